@@ -1,0 +1,257 @@
+"""Base classes that plugin components subclass: sources, analyzers, backends, steps, sinks, trainers.
+
+A component is a class with a nested pydantic ``Options`` model (``extra="forbid"``). The pipeline file's
+block for the component is validated against ``Options`` and the instance is built as
+``Cls(options, context)``. Register the class from a hook (see :mod:`oaipipe.hookspecs`)::
+
+    from oaipipe import Analyzer, PluginOptions, Sentiment, hookimpl
+
+    class Shouty(Analyzer):
+        class Options(PluginOptions):
+            threshold: float = 0.5
+
+        def analyze(self, text: str) -> Sentiment:
+            ...
+
+    @hookimpl
+    def register_analyzers(register):
+        register("shouty", Shouty)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from .types import ChatRequest, ChatResponse, ModelInfo, Record, RecordResult, RunInfo, Sentiment
+
+if TYPE_CHECKING:
+    from .plugins import PluginHost
+
+__all__ = [
+    "Analyzer",
+    "Backend",
+    "BackendOptions",
+    "Component",
+    "Context",
+    "PluginOptions",
+    "Sink",
+    "Source",
+    "Step",
+    "StepContext",
+    "StepOptions",
+    "SyncBackend",
+    "Trainer",
+]
+
+
+class PluginOptions(BaseModel):
+    """Base of every component's ``Options``: unknown keys are an error, with a did-you-mean."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+@dataclass
+class Context:
+    """What a component gets besides its options.
+
+    ``base_dir`` is the pipeline file's folder: resolve relative paths against it (:meth:`path`).
+    ``host`` gives access to the other registered components (``host.analyzer("vader")``).
+    """
+
+    base_dir: Path = field(default_factory=Path.cwd)
+    host: PluginHost | None = None
+    pipeline_name: str = "pipeline"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, value: str | Path) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+class Component:
+    """Common base: ``Options`` model, ``name`` (the registered name) and the two constructor args."""
+
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+    #: the name it was registered under; set by the registry
+    name: ClassVar[str] = ""
+    #: one line shown by ``oaipipe plugins``; defaults to the first docstring line
+    summary: ClassVar[str] = ""
+
+    def __init__(self, options: PluginOptions | None = None, context: Context | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+        self.context = context if context is not None else Context()
+
+
+# --- sources ------------------------------------------------------------------------------------
+
+
+class Source(Component):
+    """Yields :class:`~oaipipe.types.Record` objects one at a time (stream; never load everything).
+
+    Raise :class:`~oaipipe.errors.InputError` when the input as a whole cannot be read (missing file,
+    missing column). Record ids must be stable across runs: the journal resumes by id.
+    """
+
+    def records(self) -> Iterator[Record]:
+        raise NotImplementedError
+
+    def count(self) -> int | None:
+        """How many records there will be, if cheap to know (used for progress/ETA); else ``None``."""
+        return None
+
+
+# --- analyzers ----------------------------------------------------------------------------------
+
+
+class Analyzer(Component):
+    """Scores the sentiment of a text. Synchronous; the runner calls it off the event loop."""
+
+    def analyze(self, text: str) -> Sentiment:
+        raise NotImplementedError
+
+
+# --- backends -----------------------------------------------------------------------------------
+
+
+class BackendOptions(PluginOptions):
+    """Options every backend understands (the ``backend:`` block of pipeline.yaml)."""
+
+    type: str = "local"
+    model: str = "gpt-4o-mini"
+    base_url: str | None = Field(None, description="Any OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1")
+    api_key: SecretStr | None = Field(None, description="Use ${env:OPENAI_API_KEY}; never written anywhere")
+    concurrency: int = Field(8, ge=1, le=1024, description="Records processed at once")
+    timeout: float = Field(60.0, gt=0, description="Seconds per HTTP call")
+    max_retries: int = Field(5, ge=0, le=50)
+    temperature: float | None = None
+    max_tokens: int | None = None
+    rpm: int | None = Field(None, ge=1, description="Requests per minute limit (token bucket)")
+    tpm: int | None = Field(None, ge=1, description="Tokens per minute limit (token bucket)")
+    record_timeout: float | None = Field(None, gt=0, description="Seconds for all steps of one record")
+
+
+class Backend(Component):
+    """A chat/vision transport. Implement :meth:`chat` (async) and :meth:`list_models`.
+
+    Retries belong inside the backend (it knows its transport). Raise the
+    :class:`~oaipipe.errors.BackendError` subclass that fits; never put the key in a message.
+    """
+
+    Options: ClassVar[type[PluginOptions]] = BackendOptions
+    #: True when talking to api.openai.com without a key makes no sense (the CLI may fall back to local)
+    needs_api_key: ClassVar[bool] = False
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        raise NotImplementedError
+
+    async def list_models(self) -> list[ModelInfo]:
+        return []
+
+    async def aclose(self) -> None:
+        """Release connections. Called once when the run ends."""
+
+
+class SyncBackend(Backend):
+    """A backend written with blocking I/O: implement :meth:`chat_sync`; it runs in a worker thread."""
+
+    def chat_sync(self, request: ChatRequest) -> ChatResponse:
+        raise NotImplementedError
+
+    def list_models_sync(self) -> list[ModelInfo]:
+        return []
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        return await asyncio.to_thread(self.chat_sync, request)
+
+    async def list_models(self) -> list[ModelInfo]:
+        return await asyncio.to_thread(self.list_models_sync)
+
+
+# --- steps --------------------------------------------------------------------------------------
+
+
+class StepOptions(PluginOptions):
+    """Options every step has: ``type`` and ``output`` (the record field it writes)."""
+
+    type: str
+    output: str = Field(..., description="Record field the step writes")
+    name: str | None = Field(None, description="Label used in logs, costs and the cache key")
+
+
+@dataclass
+class StepContext:
+    """Per-record services for a step: the backend, analyzers, and the record's dialogue so far."""
+
+    record: Record
+    backend: Backend
+    host: PluginHost
+    exchanges: list[Any] = field(default_factory=list)
+    sentiments: dict[str, Sentiment] = field(default_factory=dict)
+    #: awaitable wrapper the runner installs (cache, rate limit, cost); steps call this, not backend.chat
+    call: Any = None
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        if self.call is not None:
+            return await self.call(request)
+        return await self.backend.chat(request)
+
+
+class Step(Component):
+    """One transformation of a record. :meth:`run` returns the fields to add (usually ``{output: value}``)."""
+
+    Options: ClassVar[type[PluginOptions]] = StepOptions
+
+    async def run(self, fields: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        opts = self.options
+        return getattr(opts, "name", None) or f"{self.name}:{getattr(opts, 'output', '')}"
+
+
+# --- sinks --------------------------------------------------------------------------------------
+
+
+class Sink(Component):
+    """Receives each finished record, in input order.
+
+    ``open`` is called once before the first record; ``close`` once at the end (also after a failure).
+    ``done_ids`` passed to ``open`` holds the ids of records that an interrupted run already finished
+    and journaled: a sink that appends should drop anything it wrote for other ids of this run, so
+    that every record ends up exactly once.
+    """
+
+    def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
+        """Prepare the output. ``done_ids`` is ``None`` for a new run."""
+
+    def write(self, result: RecordResult) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Flush and release. Must be safe to call twice."""
+
+
+# --- trainers -----------------------------------------------------------------------------------
+
+
+class Trainer(Component):
+    """Launches and follows fine-tuning jobs. See :mod:`oaipipe.training` for the dataset side.
+
+    Every trainer records its jobs in the job registry (``oaipipe jobs``).
+    """
+
+    def launch(self, dataset: Any, *, description: str = "") -> Any:
+        raise NotImplementedError
+
+    def refresh(self, job: Any) -> Any:
+        raise NotImplementedError
+
+    def cancel(self, job: Any) -> Any:
+        raise NotImplementedError

@@ -1,0 +1,3 @@
+"""Built-in plugin analyzer_keyword (placeholder: filled in by its issue)."""
+
+from __future__ import annotations

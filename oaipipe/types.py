@@ -1,0 +1,182 @@
+"""Plain data passed between the runner and plugins. No behaviour, no plugin machinery."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "ChatRequest",
+    "ChatResponse",
+    "Exchange",
+    "ModelInfo",
+    "Record",
+    "RecordResult",
+    "RunInfo",
+    "Sentiment",
+    "Usage",
+]
+
+
+@dataclass(frozen=True)
+class Sentiment:
+    """What an analyzer says about a text: ``label`` is positive, negative or neutral."""
+
+    label: str
+    score: float
+    analyzer: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "score": round(self.score, 4), "analyzer": self.analyzer}
+
+
+@dataclass
+class Usage:
+    """Token counts of one call, as the API reports them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.total_tokens + other.total_tokens,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class ChatRequest:
+    """One chat call, in OpenAI's message format.
+
+    ``messages`` are ``{"role": ..., "content": ...}`` dicts; ``content`` is a string or a list of parts
+    (``{"type": "text", "text": ...}``, ``{"type": "image_url", "image_url": {"url": ..., "detail": ...}}``).
+    ``response_format`` is passed as OpenAI's ``response_format`` (e.g. a ``json_schema`` block).
+    ``step`` names the pipeline step that made the call (for the cache key and the cost table).
+    """
+
+    messages: list[dict[str, Any]]
+    model: str
+    temperature: float | None = None
+    max_tokens: int | None = None
+    response_format: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    step: str = ""
+
+    def cache_key(self) -> str:
+        """Content address of the call: the same key means the same answer may be reused."""
+        payload = {
+            "model": self.model,
+            "messages": self.messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "response_format": self.response_format,
+            "extra": self.extra,
+            "step": self.step,
+        }
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class ChatResponse:
+    """The answer to a :class:`ChatRequest`.
+
+    ``text`` is the assistant reply; ``parsed`` holds the decoded JSON when a JSON schema was asked for.
+    ``backend`` names the transport (``local``, ``openai``, ``requests``, ``batch``) and ``model`` what the
+    server says answered. ``cached`` is set by the response cache, never by a backend.
+    """
+
+    text: str
+    model: str
+    backend: str
+    usage: Usage = field(default_factory=Usage)
+    request_id: str | None = None
+    latency: float = 0.0
+    parsed: Any = None
+    cached: bool = False
+    finish_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["usage"] = self.usage.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChatResponse:
+        data = dict(data)
+        data["usage"] = Usage(**data.get("usage") or {})
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One entry of a backend's model list."""
+
+    id: str
+    owned_by: str = ""
+    created: int | None = None
+
+
+@dataclass
+class Record:
+    """One input record. ``id`` is stable across runs (the journal keys on it); ``where`` says where it
+    came from in words a user can find (``reviews.csv row 12``)."""
+
+    id: str
+    data: dict[str, Any]
+    where: str = ""
+
+
+@dataclass
+class Exchange:
+    """One system/user/assistant exchange made by a step, as dialogue sinks write it.
+
+    Each message is ``{"role", "content", "sentiment"}``; ``sentiment`` is a :meth:`Sentiment.to_dict`
+    or ``None`` until a sentiment step or a sink fills it in.
+    """
+
+    record_id: str
+    step: str
+    messages: list[dict[str, Any]]
+    model: str
+    backend: str
+    usage: Usage = field(default_factory=Usage)
+    latency: float = 0.0
+    request_id: str | None = None
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["usage"] = self.usage.to_dict()
+        return data
+
+
+@dataclass
+class RecordResult:
+    """A record after all steps: ``fields`` is the input plus every field the steps added."""
+
+    record: Record
+    fields: dict[str, Any]
+    exchanges: list[Exchange] = field(default_factory=list)
+    sentiments: dict[str, Sentiment] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class RunInfo:
+    """What plugins may know about the run in progress."""
+
+    pipeline_name: str
+    run_id: str
+    run_dir: str
+    backend: str
+    model: str
+    resumed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
