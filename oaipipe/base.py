@@ -105,6 +105,13 @@ class Source(Component):
         """How many records there will be, if cheap to know (used for progress/ETA); else ``None``."""
         return None
 
+    def fields(self) -> list[str] | None:
+        """The field names every record will have, if known before reading (a CSV header), else ``None``.
+
+        The runner uses it to reject a template that names a missing column before the run starts.
+        """
+        return None
+
 
 # --- analyzers ----------------------------------------------------------------------------------
 

@@ -132,6 +132,8 @@ class Record:
     id: str
     data: dict[str, Any]
     where: str = ""
+    #: set by a source for a record it could not parse (a bad JSON line): the runner logs it as failed
+    error: str | None = None
 
 
 @dataclass
