@@ -213,6 +213,29 @@ class Step(Component):
     """One transformation of a record. :meth:`run` returns the fields to add (usually ``{output: value}``)."""
 
     Options: ClassVar[type[PluginOptions]] = StepOptions
+    #: names of options that are ``{field}`` templates; checked against the source's columns before a run
+    templates: ClassVar[tuple[str, ...]] = ()
+
+    def template_fields(self) -> dict[str, list[str]]:
+        """For each template option: the record fields it reads (used by ``oaipipe validate``)."""
+        from .templates import fields_of
+
+        out: dict[str, list[str]] = {}
+        for opt in self.templates:
+            value = getattr(self.options, opt, None)
+            values = value if isinstance(value, list) else [value]
+            names: list[str] = []
+            for v in values:
+                if isinstance(v, str):
+                    names += [n for n in fields_of(v) if n not in names]
+            if names:
+                out[opt] = names
+        return out
+
+    def outputs(self) -> list[str]:
+        """Record fields this step adds (used to check later steps' templates)."""
+        out = getattr(self.options, "output", None)
+        return [out] if out else []
 
     async def run(self, fields: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         raise NotImplementedError
