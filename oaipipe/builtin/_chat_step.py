@@ -1,0 +1,102 @@
+"""What the ``ask`` and ``describe_image`` steps share: presets, request parameters, reply handling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..assistants import AssistantPreset, get_preset, schema_response_format
+from ..base import Context, StepContext
+from ..errors import ConfigError
+from ..openai_wire import parse_json_reply
+from ..types import ChatResponse, Exchange
+
+__all__ = ["ChatStepMixin"]
+
+
+class ChatStepMixin:
+    """Mixed into a :class:`~oaipipe.base.Step` whose options have ``system``, ``assistant``, ``model``,
+    ``temperature``, ``max_tokens``, ``json_schema``, ``flatten`` and ``output``."""
+
+    options: Any
+    context: Context
+    label: str
+
+    def _init_chat_step(self) -> None:
+        opts = self.options
+        self.preset: AssistantPreset | None = None
+        if opts.assistant:
+            self.preset = get_preset(
+                opts.assistant,
+                pipeline_setting=self.context.settings.get("assistants"),
+                base_dir=self.context.base_dir,
+            )
+        if opts.flatten and not (opts.json_schema or (self.preset and self.preset.effective_response_format())):
+            raise ConfigError(
+                f"step '{opts.output}': `flatten: true` needs `json_schema:` (or an assistant preset with one)",
+                hint="add a json_schema describing the reply object, or remove flatten",
+            )
+
+    # --- request parameters ------------------------------------------------------------------------
+
+    def _system_template(self) -> str | None:
+        if self.options.system is not None:
+            return self.options.system
+        return self.preset.instructions if self.preset else None
+
+    def _params(self, ctx: StepContext) -> dict[str, Any]:
+        opts, preset = self.options, self.preset
+        backend_opts = ctx.backend.options
+
+        def pick(name: str) -> Any:
+            value = getattr(opts, name)
+            if value is None and preset is not None:
+                value = getattr(preset, name)
+            if value is None:
+                value = getattr(backend_opts, name, None)
+            return value
+
+        if opts.json_schema is not None:
+            response_format = schema_response_format(opts.json_schema, default_name=opts.output)
+        else:
+            response_format = preset.effective_response_format() if preset else None
+        return {
+            "model": pick("model"),
+            "temperature": pick("temperature"),
+            "max_tokens": pick("max_tokens"),
+            "response_format": response_format,
+        }
+
+    # --- the reply ---------------------------------------------------------------------------------
+
+    def _exchange(self, ctx: StepContext, system: str | None, user_text: str, resp: ChatResponse) -> Exchange:
+        messages: list[dict[str, Any]] = []
+        if system:
+            messages.append({"role": "system", "content": system, "sentiment": None})
+        messages.append({"role": "user", "content": user_text, "sentiment": None})
+        messages.append({"role": "assistant", "content": resp.text, "sentiment": None})
+        exchange = Exchange(
+            record_id=ctx.record.id,
+            step=self.label,
+            messages=messages,
+            model=resp.model,
+            backend=resp.backend,
+            usage=resp.usage,
+            latency=resp.latency,
+            request_id=resp.request_id,
+            cached=resp.cached,
+        )
+        ctx.exchanges.append(exchange)
+        return exchange
+
+    def _outputs(self, resp: ChatResponse, response_format: dict[str, Any] | None) -> dict[str, Any]:
+        out_name = self.options.output
+        if not response_format or response_format.get("type") not in ("json_schema", "json_object"):
+            return {out_name: resp.text}
+        parsed = resp.parsed
+        if parsed is None:
+            parsed = parse_json_reply(resp.text, model=resp.model, request_id=resp.request_id)
+        result: dict[str, Any] = {out_name: parsed}
+        if self.options.flatten and isinstance(parsed, dict):
+            for key, value in parsed.items():
+                result[f"{out_name}_{key}"] = value
+        return result
