@@ -66,6 +66,20 @@ class ChatStepMixin:
             "response_format": response_format,
         }
 
+    def outputs(self) -> list[str]:
+        """``output``, plus ``{output}_{key}`` for each schema property when ``flatten`` is on."""
+        out = [self.options.output]
+        if self.options.flatten:
+            schema = self.options.json_schema
+            if schema is None and self.preset is not None:
+                rf = self.preset.effective_response_format() or {}
+                schema = (rf.get("json_schema") or {}).get("schema")
+            if isinstance(schema, dict) and isinstance(schema.get("schema"), dict):
+                schema = schema["schema"]
+            props = (schema or {}).get("properties") or {}
+            out += [f"{self.options.output}_{key}" for key in props]
+        return out
+
     # --- the reply ---------------------------------------------------------------------------------
 
     def _exchange(self, ctx: StepContext, system: str | None, user_text: str, resp: ChatResponse) -> Exchange:

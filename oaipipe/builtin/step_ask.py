@@ -26,6 +26,8 @@ __all__ = ["AskStep"]
 class AskStep(ChatStepMixin, Step):
     """Send a templated prompt to the backend and keep the reply (the seed's ``ask``)."""
 
+    templates = ("prompt", "system")
+
     class Options(StepOptions):
         prompt: str = Field(..., description="User message, a {field} template over the record")
         system: str | None = Field(None, description="System message (a {field} template); wins over the preset")
