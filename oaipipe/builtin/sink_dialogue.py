@@ -1,3 +1,349 @@
-"""Built-in plugin sink_dialogue (placeholder: filled in by its issue)."""
+"""Built-in sinks ``dialogue-jsonl`` and ``dialogue-json``: the dialogue log (what the original module kept).
+
+Every message of every exchange a step made (system, user, assistant) is written with its sentiment.
+The sentiment comes from a ``sentiment`` step that scored exactly that text, else from the sink's own
+``analyzer`` option (default ``vader``; ``null`` turns it off and leaves ``sentiment: null``).
+
+* ``dialogue-jsonl``: one JSON line per exchange, appended and flushed after each record. Safe at any
+  size; the format to prefer.
+* ``dialogue-json``: the original single-document format, a JSON array of ``{role, content, sentiment}``
+  entries (plus ``record_id``, ``run_id`` and ``time``), rewritten atomically every ``flush_every``
+  records and at the end. The file is a log across runs: existing entries are kept. It holds every entry
+  in memory, so prefer ``dialogue-jsonl`` for big runs.
+
+Both honour ``done_ids`` on resume: what this run wrote for records that did not finish is removed, so
+each record ends up in the file exactly once. Image data URLs are never written: an image part of a
+message is kept with its URL shortened to ``data:image/png;base64,... (N chars)``.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from ..base import Analyzer, PluginOptions, Sink
+from ..errors import InputError
+from ..hookspecs import hookimpl
+from ..types import Exchange, RecordResult, RunInfo, Sentiment
+
+# --- shared helpers (also used by the records sinks) ----------------------------------------------
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC with milliseconds: ``2026-11-25T06:30:00.123Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (temp file in the same folder, fsync, os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def reconcile_jsonl(path: Path, *, run_id: str, done_ids: set[str] | None, run_key: str, id_key: str) -> int:
+    """Make an existing JSONL log safe to append to; returns the number of lines dropped.
+
+    Drops a truncated last line (a crash mid-write) and, when ``done_ids`` is given (a resumed run), every
+    line of this run (``line[run_key] == run_id``) whose ``line[id_key]`` is not in ``done_ids``: those
+    records will be processed again. Other lines, including other runs' and lines that are not JSON, are
+    kept byte for byte. The file is rewritten atomically, and only if something was dropped.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    needle = json.dumps(run_id).encode("utf-8")
+    dropped = 0
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+            for line in src:
+                if not line.endswith(b"\n"):
+                    dropped += 1  # truncated by a crash mid-write
+                    continue
+                if done_ids is not None and needle in line:
+                    try:
+                        obj = json.loads(line)
+                    except ValueError:
+                        obj = None
+                    if isinstance(obj, dict) and obj.get(run_key) == run_id and str(obj.get(id_key)) not in done_ids:
+                        dropped += 1
+                        continue
+                out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+        if dropped:
+            os.replace(tmp, path)
+        else:
+            Path(tmp).unlink()
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dropped
+
+
+def safe_content(content: Any) -> Any:
+    """The content as the step gave it, with any ``data:`` image URL shortened (never written in full)."""
+    if isinstance(content, str):
+        return _short_data_url(content) if content.startswith("data:") and ";base64," in content[:100] else content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                part = dict(part)
+                image = part.get("image_url")
+                if isinstance(image, dict):
+                    image = dict(image)
+                    image["url"] = _short_data_url(str(image.get("url", "")))
+                elif isinstance(image, str):
+                    image = _short_data_url(image)
+                part["image_url"] = image
+            elif isinstance(part, dict) and isinstance(part.get("image_url"), str):
+                part = {**part, "image_url": _short_data_url(part["image_url"])}
+            parts.append(part)
+        return parts
+    return content
+
+
+def _short_data_url(url: str) -> str:
+    if url.startswith("data:") and ";base64," in url:
+        head = url.split(",", 1)[0]
+        return f"{head},... ({len(url)} chars)"
+    return url
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content (text parts joined) for sentiment scoring."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text")]
+        return "\n".join(t for t in texts if t)
+    return "" if content is None else str(content)
+
+
+class _SentimentFiller:
+    """Finds the sentiment of a message: the sentiment step's result, else the sink's analyzer."""
+
+    def __init__(self, sink: Sink, analyzer: str | dict[str, Any] | None) -> None:
+        self.sink = sink
+        self.spec = analyzer
+        self._analyzer: Analyzer | None = None
+
+    def analyzer(self) -> Analyzer | None:
+        if self.spec is None:
+            return None
+        if self._analyzer is None:
+            host = self.sink.context.host
+            if host is None:
+                from ..plugins import PluginHost
+
+                host = PluginHost()
+                self.sink.context.host = host
+            self._analyzer = host.analyzer(self.spec, self.sink.context)
+        return self._analyzer
+
+    def __call__(self, message: dict[str, Any], sentiments: dict[str, Sentiment]) -> dict[str, Any] | None:
+        given = message.get("sentiment")
+        if isinstance(given, Sentiment):
+            return given.to_dict()
+        if isinstance(given, dict):
+            return given
+        text = content_text(message.get("content"))
+        found = sentiments.get(text)
+        if found is not None:
+            return found.to_dict()
+        analyzer = self.analyzer()
+        if analyzer is None or not text:
+            return None
+        return analyzer.analyze(text).to_dict()
+
+    def messages(self, exchange: Exchange, sentiments: dict[str, Sentiment]) -> list[dict[str, Any]]:
+        return [
+            {"role": m.get("role"), "content": safe_content(m.get("content")), "sentiment": self(m, sentiments)}
+            for m in exchange.messages
+        ]
+
+
+class _DialogueOptions(PluginOptions):
+    path: str = Field(..., description="Output file, relative to the pipeline file (folders are created)")
+    analyzer: str | dict[str, Any] | None = Field(
+        "vader",
+        description="Analyzer for messages no sentiment step scored (name or {type: NAME, ...}); null: none",
+    )
+
+
+# --- dialogue-jsonl -------------------------------------------------------------------------------------
+
+
+class DialogueJsonlSink(Sink):
+    """Dialogue log, one JSON line per exchange (appended and flushed; exactly once on resume)."""
+
+    class Options(_DialogueOptions):
+        path: str = Field("out/dialogue.jsonl", description="Output .jsonl file, relative to the pipeline file")
+
+    options: Options
+
+    def __init__(self, options: Any = None, context: Any = None) -> None:
+        super().__init__(options, context)
+        self._fh: Any = None
+        self._run: RunInfo | None = None
+        self._fill = _SentimentFiller(self, self.options.analyzer)
+
+    @property
+    def file(self) -> Path:
+        return self.context.path(self.options.path)
+
+    def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
+        path = self.file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        reconcile_jsonl(path, run_id=run.run_id, done_ids=done_ids, run_key="run_id", id_key="record_id")
+        self._run = run
+        self._fh = path.open("a", encoding="utf-8", newline="\n")
+
+    def write(self, result: RecordResult) -> None:
+        if self._fh is None or self._run is None:
+            raise RuntimeError("dialogue-jsonl sink: write() before open()")
+        if result.error is not None or not result.exchanges:
+            return
+        lines = []
+        for ex in result.exchanges:
+            entry = {
+                "run_id": self._run.run_id,
+                "record_id": result.record.id,
+                "step": ex.step,
+                "time": utc_now(),
+                "model": ex.model,
+                "backend": ex.backend,
+                "usage": ex.usage.to_dict(),
+                "latency": round(ex.latency, 4),
+                "request_id": ex.request_id,
+                "cached": ex.cached,
+                "messages": self._fill.messages(ex, result.sentiments),
+            }
+            lines.append(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+        self._fh.write("".join(lines))
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            finally:
+                self._fh.close()
+                self._fh = None
+
+
+# --- dialogue-json --------------------------------------------------------------------------------------
+
+
+class DialogueJsonSink(Sink):
+    """Dialogue log as ONE JSON array of {role, content, sentiment} entries (the original format)."""
+
+    class Options(_DialogueOptions):
+        path: str = Field("out/dialogue.json", description="Output .json file, relative to the pipeline file")
+        flush_every: int = Field(50, ge=1, description="Rewrite the file after this many records")
+        indent: int | None = Field(2, ge=0, description="JSON indentation; null for one compact line")
+
+    options: Options
+
+    def __init__(self, options: Any = None, context: Any = None) -> None:
+        super().__init__(options, context)
+        self._entries: list[Any] = []
+        self._run: RunInfo | None = None
+        self._pending = 0
+        self._dirty = False
+        self._open = False
+        self._fill = _SentimentFiller(self, self.options.analyzer)
+
+    @property
+    def file(self) -> Path:
+        return self.context.path(self.options.path)
+
+    def _load(self, path: Path) -> list[Any]:
+        if not path.is_file():
+            return []
+        raw = path.read_text(encoding="utf-8")
+        if not raw.strip():
+            return []
+        move = f"move it away (e.g. `mv {path} {path}.bak`) or point `path:` at another file"
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise InputError(
+                f"dialogue-json: {path} exists but is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                f"{exc.msg}); it will not be overwritten",
+                hint=move,
+            ) from None
+        if not isinstance(data, list):
+            raise InputError(
+                f"dialogue-json: {path} exists but holds a JSON {type(data).__name__}, not an array of "
+                f"dialogue entries; it will not be overwritten",
+                hint=move,
+            )
+        return data
+
+    def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
+        path = self.file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entries = self._load(path)
+        if done_ids is not None:
+            kept = [
+                e for e in entries
+                if not (isinstance(e, dict) and e.get("run_id") == run.run_id
+                        and str(e.get("record_id")) not in done_ids)
+            ]
+            self._dirty = len(kept) != len(entries)
+            entries = kept
+        self._entries = entries
+        self._run = run
+        self._pending = 0
+        self._open = True
+        if self._dirty:
+            self._flush()
+
+    def write(self, result: RecordResult) -> None:
+        if not self._open or self._run is None:
+            raise RuntimeError("dialogue-json sink: write() before open()")
+        if result.error is not None or not result.exchanges:
+            return
+        now = utc_now()
+        for ex in result.exchanges:
+            for message in self._fill.messages(ex, result.sentiments):
+                message.update(record_id=result.record.id, run_id=self._run.run_id, time=now)
+                self._entries.append(message)
+        self._dirty = True
+        self._pending += 1
+        if self._pending >= self.options.flush_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        text = json.dumps(self._entries, ensure_ascii=False, indent=self.options.indent, default=str) + "\n"
+        atomic_write_text(self.file, text)
+        self._pending = 0
+        self._dirty = False
+
+    def close(self) -> None:
+        if self._open and (self._dirty or not self.file.exists()):
+            self._flush()
+        self._open = False
+
+
+@hookimpl
+def register_sinks(register):  # type: ignore[no-untyped-def]
+    register("dialogue-jsonl", DialogueJsonlSink)
+    register("dialogue-json", DialogueJsonSink)

@@ -1,3 +1,237 @@
-"""Built-in plugin sink_records (placeholder: filled in by its issue)."""
+"""Built-in sinks ``jsonl`` and ``csv``: the enriched records themselves (input + every field steps added).
+
+* ``jsonl``: one JSON object per finished record: its ``fields`` plus ``"_id"`` (the record id) and
+  ``"_run"`` (the run id); with ``include_failed: true`` failed records are written too, with ``"_error"``.
+* ``csv``: one row per finished record: ``record_id``, then ``columns`` (or the first record's fields, in
+  order), then ``run_id``. Later records' extra fields are ignored and missing ones left empty; dict/list
+  values are JSON-encoded. Appending to an existing CSV keeps its header.
+
+Both append and flush after each record, and on resume drop the rows this run wrote for records that did
+not finish (and a row cut short by a crash), so each record ends up exactly once.
+"""
 
 from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from ..base import PluginOptions, Sink
+from ..errors import InputError
+from ..hookspecs import hookimpl
+from ..types import RecordResult, RunInfo
+from .sink_dialogue import reconcile_jsonl
+
+ID_COLUMN = "record_id"
+RUN_COLUMN = "run_id"
+
+
+class JsonlRecordsSink(Sink):
+    """Enriched records, one JSON object per line, with ``_id`` and ``_run``."""
+
+    class Options(PluginOptions):
+        path: str = Field("out/records.jsonl", description="Output .jsonl file, relative to the pipeline file")
+        include_failed: bool = Field(False, description="Also write failed records, with an '_error' field")
+
+    options: Options
+
+    def __init__(self, options: Any = None, context: Any = None) -> None:
+        super().__init__(options, context)
+        self._fh: Any = None
+        self._run: RunInfo | None = None
+
+    @property
+    def file(self) -> Path:
+        return self.context.path(self.options.path)
+
+    def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
+        path = self.file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        reconcile_jsonl(path, run_id=run.run_id, done_ids=done_ids, run_key="_run", id_key="_id")
+        self._run = run
+        self._fh = path.open("a", encoding="utf-8", newline="\n")
+
+    def write(self, result: RecordResult) -> None:
+        if self._fh is None or self._run is None:
+            raise RuntimeError("jsonl sink: write() before open()")
+        if result.error is not None and not self.options.include_failed:
+            return
+        obj: dict[str, Any] = {"_id": result.record.id, "_run": self._run.run_id}
+        obj.update(result.fields)
+        if result.error is not None:
+            obj["_error"] = result.error
+        self._fh.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            finally:
+                self._fh.close()
+                self._fh = None
+
+
+def cell(value: Any) -> str:
+    """A CSV cell: strings as they are, None empty, dicts/lists as JSON, anything else str()."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+class CsvRecordsSink(Sink):
+    """Enriched records as CSV rows: record_id, the record's fields, run_id."""
+
+    class Options(PluginOptions):
+        path: str = Field("out/records.csv", description="Output .csv file, relative to the pipeline file")
+        columns: list[str] | None = Field(
+            None, description="Columns to write (default: the first record's fields, in order)"
+        )
+        delimiter: str = Field(",", min_length=1, max_length=1, description="Field separator")
+
+    options: Options
+
+    def __init__(self, options: Any = None, context: Any = None) -> None:
+        super().__init__(options, context)
+        self._fh: Any = None
+        self._writer: Any = None
+        self._run: RunInfo | None = None
+        self._header: list[str] | None = None  # full header, once known
+        self._header_written = False
+
+    @property
+    def file(self) -> Path:
+        return self.context.path(self.options.path)
+
+    def _header_for(self, fields: list[str]) -> list[str]:
+        middle = [f for f in fields if f not in (ID_COLUMN, RUN_COLUMN)]
+        return [ID_COLUMN, *middle, RUN_COLUMN]
+
+    def _read_existing(self, path: Path, run: RunInfo, done_ids: set[str] | None) -> None:
+        """Adopt an existing file's header; on resume (or after a crash mid-row) rewrite it, streaming,
+        without the rows that must go."""
+        size = path.stat().st_size
+        if size == 0:
+            return
+        with path.open("rb") as fh:
+            fh.seek(size - 1)
+            truncated = fh.read(1) not in (b"\n", b"\r")
+        with path.open("r", encoding="utf-8", newline="") as fh:
+            header = next(csv.reader(fh, delimiter=self.options.delimiter), [])
+        if not header:
+            return
+        if ID_COLUMN not in header or RUN_COLUMN not in header:
+            raise InputError(
+                f"csv sink: {path} exists but has no '{ID_COLUMN}' and '{RUN_COLUMN}' columns, so it was not "
+                f"written by this sink; it will not be appended to",
+                hint=f"move it away (e.g. `mv {path} {path}.bak`) or point `path:` at another file",
+            )
+        if self.options.columns is not None and header != self._header_for(self.options.columns):
+            raise InputError(
+                f"csv sink: {path} exists with columns {', '.join(header)}, but `columns:` asks for "
+                f"{', '.join(self._header_for(self.options.columns))}",
+                hint="use the same columns as the existing file, or write to a new file",
+            )
+        self._header = header
+        self._header_written = True
+        if done_ids is None and not truncated:
+            return
+        id_i, run_i = header.index(ID_COLUMN), header.index(RUN_COLUMN)
+        dropped = 0
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out, \
+                    path.open("r", encoding="utf-8", newline="") as src:
+                writer = csv.writer(out, delimiter=self.options.delimiter, lineterminator="\n")
+                rows = csv.reader(src, delimiter=self.options.delimiter)
+                writer.writerow(next(rows))
+
+                def keep(row: list[str], last: bool) -> bool:
+                    if (last and truncated) or len(row) != len(header):
+                        return False  # cut short by a crash mid-write
+                    return not (done_ids is not None and row[run_i] == run.run_id and row[id_i] not in done_ids)
+
+                previous: list[str] | None = None
+                for row in rows:
+                    if previous is not None:
+                        if keep(previous, False):
+                            writer.writerow(previous)
+                        else:
+                            dropped += 1
+                    previous = row
+                if previous is not None:
+                    if keep(previous, True):
+                        writer.writerow(previous)
+                    else:
+                        dropped += 1
+                out.flush()
+                os.fsync(out.fileno())
+            if dropped or truncated:
+                os.replace(tmp, path)
+            else:
+                Path(tmp).unlink()
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
+        path = self.file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._run = run
+        self._header = None
+        self._header_written = False
+        if path.is_file():
+            self._read_existing(path, run, done_ids)
+        if self._header is None and self.options.columns is not None:
+            self._header = self._header_for(self.options.columns)
+        self._fh = path.open("a", encoding="utf-8", newline="")
+        self._writer = csv.writer(self._fh, delimiter=self.options.delimiter, lineterminator="\n")
+        if self._header is not None and not self._header_written:
+            self._write_header()
+
+    def _write_header(self) -> None:
+        assert self._header is not None
+        if self._fh.tell() == 0:
+            self._writer.writerow(self._header)
+        self._header_written = True
+        self._fh.flush()
+
+    def write(self, result: RecordResult) -> None:
+        if self._fh is None or self._run is None:
+            raise RuntimeError("csv sink: write() before open()")
+        if result.error is not None:
+            return
+        if self._header is None:
+            self._header = self._header_for(list(result.fields))
+            self._write_header()
+        values = dict(result.fields)
+        values[ID_COLUMN] = result.record.id
+        values[RUN_COLUMN] = self._run.run_id
+        self._writer.writerow([cell(values.get(col)) for col in self._header])
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            finally:
+                self._fh.close()
+                self._fh = None
+                self._writer = None
+
+
+@hookimpl
+def register_sinks(register):  # type: ignore[no-untyped-def]
+    register("jsonl", JsonlRecordsSink)
+    register("csv", CsvRecordsSink)
