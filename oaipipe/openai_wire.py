@@ -10,9 +10,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import BadRequestError
+from .errors import BadRequestError, ServerError
+from .types import ChatRequest, ChatResponse, ModelInfo, Usage
 
-__all__ = ["parse_json_reply"]
+__all__ = [
+    "chat_body",
+    "error_detail",
+    "parse_chat_reply",
+    "parse_json_reply",
+    "parse_models",
+    "parse_responses_reply",
+    "responses_body",
+]
 
 
 def parse_json_reply(text: str, *, model: str = "", request_id: str | None = None) -> Any:
@@ -27,3 +36,186 @@ def parse_json_reply(text: str, *, model: str = "", request_id: str | None = Non
             request_id=request_id,
             hint="use a model/server that supports response_format json_schema, or drop json_schema from the step",
         ) from None
+
+
+def _wants_json(request: ChatRequest) -> bool:
+    rf = request.response_format or {}
+    return rf.get("type") in ("json_schema", "json_object")
+
+
+# --- Chat Completions ---------------------------------------------------------------------------
+
+
+def chat_body(request: ChatRequest) -> dict[str, Any]:
+    """The JSON body of ``POST /chat/completions`` (also the SDK's keyword arguments)."""
+    body: dict[str, Any] = {"model": request.model, "messages": request.messages}
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
+    body.update(request.extra or {})
+    return body
+
+
+def _usage(data: dict[str, Any] | None, prompt: str, completion: str) -> Usage:
+    data = data or {}
+    p = int(data.get(prompt) or 0)
+    c = int(data.get(completion) or 0)
+    return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=int(data.get("total_tokens") or p + c))
+
+
+def parse_chat_reply(data: dict[str, Any], request: ChatRequest, *, backend: str, request_id: str | None,
+                     latency: float) -> ChatResponse:
+    """A Chat Completions reply (a dict) as a :class:`ChatResponse`."""
+    choices = data.get("choices") or []
+    if not choices:
+        raise ServerError(
+            f"the server answered without choices (request id {request_id}): {str(data)[:200]}",
+            request_id=request_id,
+            hint="the server is not OpenAI-compatible for this call, or failed; check base_url",
+        )
+    choice = choices[0] or {}
+    message = choice.get("message") or {}
+    text = message.get("content")
+    if isinstance(text, list):  # some compatible servers return parts
+        text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+    if text is None:
+        text = message.get("refusal") or ""
+    resp = ChatResponse(
+        text=text,
+        model=data.get("model") or request.model,
+        backend=backend,
+        usage=_usage(data.get("usage"), "prompt_tokens", "completion_tokens"),
+        request_id=request_id or data.get("id"),
+        latency=latency,
+        finish_reason=choice.get("finish_reason"),
+    )
+    if _wants_json(request):
+        resp.parsed = parse_json_reply(text, model=resp.model, request_id=resp.request_id)
+    return resp
+
+
+# --- Responses ----------------------------------------------------------------------------------
+
+
+def _responses_part(part: Any, role: str) -> dict[str, Any]:
+    if isinstance(part, str):
+        return {"type": "output_text" if role == "assistant" else "input_text", "text": part}
+    kind = part.get("type")
+    if kind == "text":
+        return {"type": "output_text" if role == "assistant" else "input_text", "text": part.get("text", "")}
+    if kind == "image_url":
+        image = part.get("image_url") or {}
+        url = image if isinstance(image, str) else image.get("url", "")
+        out: dict[str, Any] = {"type": "input_image", "image_url": url}
+        detail = None if isinstance(image, str) else image.get("detail")
+        out["detail"] = detail or "auto"
+        return out
+    return dict(part)  # already a Responses part (input_text, input_image, input_file)
+
+
+def responses_body(request: ChatRequest) -> dict[str, Any]:
+    """The JSON body of ``POST /responses``: system messages become ``instructions``, the rest ``input``."""
+    instructions: list[str] = []
+    items: list[dict[str, Any]] = []
+    for msg in request.messages:
+        role = msg.get("role", "user")
+        content = msg.get("content")
+        if role in ("system", "developer"):
+            if isinstance(content, list):
+                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            instructions.append(str(content or ""))
+            continue
+        if isinstance(content, str):
+            items.append({"role": role, "content": content})
+        else:
+            items.append({"role": role, "content": [_responses_part(p, role) for p in content or []]})
+    body: dict[str, Any] = {"model": request.model, "input": items}
+    if instructions:
+        body["instructions"] = "\n\n".join(instructions)
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        body["max_output_tokens"] = request.max_tokens
+    rf = request.response_format
+    if rf:
+        if rf.get("type") == "json_schema":
+            js = rf.get("json_schema") or {}
+            fmt: dict[str, Any] = {"type": "json_schema", "name": js.get("name", "reply"), "schema": js.get("schema", {})}
+            if "strict" in js:
+                fmt["strict"] = js["strict"]
+            body["text"] = {"format": fmt}
+        else:
+            body["text"] = {"format": {"type": rf.get("type", "text")}}
+    body.update(request.extra or {})
+    return body
+
+
+def parse_responses_reply(data: dict[str, Any], request: ChatRequest, *, backend: str, request_id: str | None,
+                          latency: float) -> ChatResponse:
+    """A Responses API reply (a dict) as a :class:`ChatResponse` (text = all ``output_text`` parts)."""
+    if data.get("error"):
+        err = data["error"]
+        msg = err.get("message") if isinstance(err, dict) else str(err)
+        raise ServerError(f"the response failed (request id {request_id}): {msg}", request_id=request_id)
+    texts: list[str] = []
+    for item in data.get("output") or []:
+        if not isinstance(item, dict) or item.get("type") != "message":
+            continue
+        for part in item.get("content") or []:
+            if isinstance(part, dict) and part.get("type") == "output_text":
+                texts.append(part.get("text", ""))
+            elif isinstance(part, dict) and part.get("type") == "refusal":
+                texts.append(part.get("refusal", ""))
+    if not texts and isinstance(data.get("output_text"), str):
+        texts.append(data["output_text"])
+    text = "".join(texts)
+    status = data.get("status")
+    finish = "stop" if status == "completed" else ("length" if status == "incomplete" else status)
+    resp = ChatResponse(
+        text=text,
+        model=data.get("model") or request.model,
+        backend=backend,
+        usage=_usage(data.get("usage"), "input_tokens", "output_tokens"),
+        request_id=request_id or data.get("id"),
+        latency=latency,
+        finish_reason=finish,
+    )
+    if _wants_json(request):
+        resp.parsed = parse_json_reply(text, model=resp.model, request_id=resp.request_id)
+    return resp
+
+
+# --- models and errors --------------------------------------------------------------------------
+
+
+def parse_models(data: dict[str, Any]) -> list[ModelInfo]:
+    """``GET /models`` as :class:`ModelInfo` entries, sorted by id."""
+    out = []
+    for item in data.get("data") or []:
+        if isinstance(item, dict) and item.get("id"):
+            out.append(ModelInfo(id=str(item["id"]), owned_by=str(item.get("owned_by") or ""),
+                                 created=item.get("created")))
+    return sorted(out, key=lambda m: m.id)
+
+
+def error_detail(body: Any, fallback: str = "") -> str:
+    """The human part of an OpenAI-shaped error body (``{"error": {"message": ...}}``)."""
+    if isinstance(body, (bytes, bytearray)):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return body.strip()[:300] or fallback
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            msg = err.get("message") or ""
+            code = err.get("code") or err.get("type")
+            return f"{msg} ({code})" if code and msg else (msg or str(code or fallback))
+        if isinstance(err, str):
+            return err
+    return fallback

@@ -1,3 +1,181 @@
-"""Built-in plugin backend_openai (placeholder: filled in by its issue)."""
+"""Built-in backend ``openai``: the official ``openai`` SDK (``AsyncOpenAI`` for calls, ``OpenAI`` for listings).
+
+The SDK's own retries are switched off (``max_retries=0``) so that oaipipe's policy
+(:mod:`oaipipe.retry`) applies the same way to every transport. One client per backend instance, with a
+connection pool sized to ``concurrency``; :meth:`aclose` closes it. ``base_url`` selects any
+OpenAI-compatible server; when it is unset the backend talks to ``https://api.openai.com/v1`` (the SDK's
+``OPENAI_BASE_URL`` variable is deliberately not read: use ``--set backend.base_url=...``).
+"""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from typing import Any
+
+import httpx2
+import openai
+
+from .. import hookimpl
+from ..base import Backend
+from ..errors import BackendError, ServerError
+from ..keys import NO_KEY_PLACEHOLDER
+from ..openai_wire import (
+    chat_body,
+    error_detail,
+    parse_chat_reply,
+    parse_models,
+    parse_responses_reply,
+    responses_body,
+)
+from ..retry import connection_error, error_for_status, parse_retry_after
+from ..types import ChatRequest, ChatResponse, ModelInfo
+from ._http_backend import HTTPBackendMixin, HTTPBackendOptions
+
+__all__ = ["OpenAIBackend", "translate_sdk_error"]
+
+_CHAT_KWARGS = ("model", "messages", "temperature", "max_tokens", "response_format")
+_RESPONSES_KWARGS = ("model", "input", "instructions", "temperature", "max_output_tokens", "text")
+
+
+def translate_sdk_error(exc: Exception, *, url: str, timeout: float, model: str = "") -> BackendError:
+    """An ``openai`` SDK exception as the :mod:`oaipipe.errors` class our retry policy classifies."""
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body if exc.body is not None else exc.response.text
+        return error_for_status(
+            exc.status_code,
+            error_detail(body, exc.message),
+            request_id=exc.request_id,
+            retry_after=parse_retry_after(exc.response.headers),
+            url=url,
+            model=model,
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        return connection_error("timed out", url=url, timeout=timeout)
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return connection_error(f"{type(cause).__name__}: {cause}", url=url)
+    return ServerError(f"unexpected answer from {url}: {type(exc).__name__}: {exc}",
+                       hint="base_url must point at an OpenAI-compatible API (it usually ends in /v1)")
+
+
+def _split(body: dict[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
+    kwargs = {k: v for k, v in body.items() if k in known}
+    extra = {k: v for k, v in body.items() if k not in known}
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
+
+
+class OpenAIBackend(HTTPBackendMixin, Backend):
+    """OpenAI (or any compatible server) through the official SDK; chat or Responses API."""
+
+    Options = HTTPBackendOptions
+    needs_api_key = True
+
+    def __init__(self, options: Any = None, context: Any = None) -> None:
+        super().__init__(options, context)
+        self._init_http()
+        self._aclient: openai.AsyncOpenAI | None = None
+        self._aclient_loop: asyncio.AbstractEventLoop | None = None
+        self._client: openai.OpenAI | None = None
+        self._lock = threading.Lock()
+
+    # --- clients --------------------------------------------------------------------------------
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        return {
+            "api_key": self.api_key or NO_KEY_PLACEHOLDER,
+            "base_url": self.base_url,
+            "organization": self.options.organization,
+            "project": self.options.project,
+            "timeout": self.options.timeout,
+            "max_retries": 0,
+            "default_headers": self._extra_headers() or None,
+        }
+
+    def _limits(self) -> httpx2.Limits:
+        size = max(1, self.options.concurrency)
+        return httpx2.Limits(max_connections=size, max_keepalive_connections=size)
+
+    @property
+    def aclient(self) -> openai.AsyncOpenAI:
+        """The async client of the running event loop (a new loop gets a new client)."""
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aclient_loop is not loop:
+            http = openai.DefaultAsyncHttpx2Client(limits=self._limits(), timeout=self.options.timeout)
+            self._aclient = openai.AsyncOpenAI(http_client=http, **self._client_kwargs())
+            self._aclient_loop = loop
+        return self._aclient
+
+    @property
+    def client(self) -> openai.OpenAI:
+        """The blocking client (model listings, the CLI)."""
+        with self._lock:
+            if self._client is None:
+                http = openai.DefaultHttpx2Client(limits=self._limits(), timeout=self.options.timeout)
+                self._client = openai.OpenAI(http_client=http, **self._client_kwargs())
+            return self._client
+
+    # --- the contract ---------------------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        self._check_key()
+        responses = self.options.api == "responses"
+        client = self.aclient
+        if responses:
+            kwargs = _split(responses_body(request), _RESPONSES_KWARGS)
+            url = f"{self.base_url}/responses"
+        else:
+            kwargs = _split(chat_body(request), _CHAT_KWARGS)
+            url = f"{self.base_url}/chat/completions"
+
+        async def attempt() -> Any:
+            try:
+                if responses:
+                    return await client.responses.create(**kwargs)
+                return await client.chat.completions.create(**kwargs)
+            except openai.OpenAIError as exc:
+                raise translate_sdk_error(exc, url=url, timeout=self.options.timeout, model=request.model) from exc
+
+        start = time.perf_counter()
+        result = await self.policy.arun(attempt)
+        latency = time.perf_counter() - start
+        request_id = getattr(result, "_request_id", None)
+        data = result.model_dump(mode="json", exclude_unset=False)
+        parse = parse_responses_reply if responses else parse_chat_reply
+        return parse(data, request, backend=self.name or "openai", request_id=request_id, latency=latency)
+
+    def list_models_sync(self) -> list[ModelInfo]:
+        """The server's models, via the blocking client."""
+        self._check_key()
+        url = f"{self.base_url}/models"
+
+        def attempt() -> Any:
+            try:
+                page = self.client.models.list()
+                return {"data": [m.model_dump(mode="json") for m in page.data]}
+            except openai.OpenAIError as exc:
+                raise translate_sdk_error(exc, url=url, timeout=self.options.timeout) from exc
+
+        return parse_models(self.policy.run(attempt))
+
+    async def list_models(self) -> list[ModelInfo]:
+        return await asyncio.to_thread(self.list_models_sync)
+
+    async def aclose(self) -> None:
+        if self._aclient is not None:
+            with contextlib.suppress(RuntimeError):  # created in a loop that is gone
+                await self._aclient.close()
+            self._aclient = None
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+@hookimpl
+def register_backends(register: Any) -> None:
+    register("openai", OpenAIBackend)

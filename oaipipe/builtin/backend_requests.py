@@ -1,3 +1,127 @@
-"""Built-in plugin backend_requests (placeholder: filled in by its issue)."""
+"""Built-in backend ``requests``: the OpenAI HTTP API over raw HTTP with a pooled ``requests.Session``.
+
+Same contract as the ``openai`` backend (same request bodies, same parsing, same retry policy), without
+the SDK: useful where the SDK cannot be installed, and a second, independent transport for parity tests.
+It is a :class:`~oaipipe.base.SyncBackend`: calls run in worker threads; the connection pool is sized to
+``concurrency``. No ``Authorization`` header is sent when no key applies (a custom ``base_url`` without
+``api_key``).
+"""
 
 from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .. import hookimpl
+from ..base import SyncBackend
+from ..errors import ServerError
+from ..openai_wire import (
+    chat_body,
+    error_detail,
+    parse_chat_reply,
+    parse_models,
+    parse_responses_reply,
+    responses_body,
+)
+from ..retry import connection_error, error_for_status, parse_retry_after
+from ..types import ChatRequest, ChatResponse, ModelInfo
+from ._http_backend import HTTPBackendMixin, HTTPBackendOptions
+
+__all__ = ["RequestsBackend"]
+
+
+class RequestsBackend(HTTPBackendMixin, SyncBackend):
+    """OpenAI-compatible HTTP API over raw HTTP (requests), no SDK."""
+
+    Options = HTTPBackendOptions
+    needs_api_key = True
+
+    def __init__(self, options: Any = None, context: Any = None) -> None:
+        super().__init__(options, context)
+        self._init_http()
+        self._session: requests.Session | None = None
+        self._lock = threading.Lock()
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    @property
+    def session(self) -> requests.Session:
+        with self._lock:
+            if self._session is None:
+                session = requests.Session()
+                size = max(1, self.options.concurrency)
+                adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                session.headers.update({"Content-Type": "application/json", "Accept": "application/json",
+                                        "User-Agent": "oaipipe-requests"})
+                session.headers.update(self._extra_headers())
+                if self.api_key:
+                    session.headers["Authorization"] = f"Bearer {self.api_key}"
+                self._session = session
+            return self._session
+
+    def _once(self, method: str, path: str, body: dict[str, Any] | None, model: str = "") -> tuple[Any, str | None]:
+        """One HTTP attempt: the decoded JSON and the request id, or a classified BackendError."""
+        url = f"{self.base_url}{path}"
+        timeout = self.options.timeout
+        try:
+            resp = self.session.request(method, url, json=body, timeout=timeout)
+        except requests.Timeout as exc:
+            raise connection_error(type(exc).__name__, url=url, timeout=timeout) from exc
+        except requests.RequestException as exc:
+            raise connection_error(f"{type(exc).__name__}: {exc}", url=url) from exc
+        request_id = resp.headers.get("x-request-id")
+        if resp.status_code >= 400:
+            raise error_for_status(
+                resp.status_code,
+                error_detail(resp.text, resp.reason or ""),
+                request_id=request_id,
+                retry_after=parse_retry_after(resp.headers),
+                url=url,
+                model=model,
+            )
+        try:
+            data = resp.json()
+        except (ValueError, json.JSONDecodeError):
+            err = ServerError(
+                f"HTTP {resp.status_code} from {url} is not JSON: {resp.text[:200]!r}",
+                status=resp.status_code, request_id=request_id,
+                hint="base_url must point at an OpenAI-compatible API (it usually ends in /v1)",
+            )
+            raise err from None
+        return data, request_id
+
+    # --- the contract ---------------------------------------------------------------------------
+
+    def chat_sync(self, request: ChatRequest) -> ChatResponse:
+        self._check_key()
+        responses = self.options.api == "responses"
+        path = "/responses" if responses else "/chat/completions"
+        body = responses_body(request) if responses else chat_body(request)
+        start = time.perf_counter()
+        data, request_id = self.policy.run(lambda: self._once("POST", path, body, request.model))
+        latency = time.perf_counter() - start
+        parse = parse_responses_reply if responses else parse_chat_reply
+        return parse(data, request, backend=self.name or "requests", request_id=request_id, latency=latency)
+
+    def list_models_sync(self) -> list[ModelInfo]:
+        self._check_key()
+        data, _ = self.policy.run(lambda: self._once("GET", "/models", None))
+        return parse_models(data)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+
+
+@hookimpl
+def register_backends(register: Any) -> None:
+    register("requests", RequestsBackend)

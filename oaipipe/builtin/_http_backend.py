@@ -1,0 +1,66 @@
+"""What the ``openai`` and ``requests`` backends share: options, the retry policy, key and URL handling."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ..base import BackendOptions
+from ..errors import AuthenticationError
+from ..keys import is_openai_host, resolve_api_key
+from ..retry import RetryPolicy
+
+__all__ = ["OPENAI_BASE_URL", "HTTPBackendOptions", "HTTPBackendMixin"]
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+class HTTPBackendOptions(BackendOptions):
+    """Options of the HTTP backends (``openai``, ``requests``), on top of every backend's options."""
+
+    api: Literal["chat", "responses"] = Field(
+        "chat", description="chat: POST /chat/completions; responses: POST /responses"
+    )
+    organization: str | None = Field(None, description="Sent as OpenAI-Organization")
+    project: str | None = Field(None, description="Sent as OpenAI-Project")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers on every request")
+    retry_base: float = Field(0.5, ge=0, description="Backoff base in seconds: wait up to base * 2**attempt")
+    retry_max_delay: float = Field(20.0, ge=0, description="Longest backoff wait in seconds")
+    max_retry_after: float = Field(60.0, ge=0, description="Longest wait honoured from Retry-After / retry-after-ms")
+
+
+class HTTPBackendMixin:
+    """Key, URL, headers and retry policy derived from :class:`HTTPBackendOptions`."""
+
+    options: Any
+    name: str
+
+    def _init_http(self) -> None:
+        opts = self.options
+        self.api_key: str | None = resolve_api_key(opts)
+        self.base_url: str = (opts.base_url or OPENAI_BASE_URL).rstrip("/")
+        self.policy = RetryPolicy(
+            max_retries=opts.max_retries,
+            base=opts.retry_base,
+            max_delay=opts.retry_max_delay,
+            max_retry_after=opts.max_retry_after,
+        )
+
+    def _check_key(self) -> None:
+        """No key for api.openai.com: fail before any request, with the fix."""
+        if self.api_key is None and is_openai_host(self.options.base_url):
+            raise AuthenticationError(
+                f"no API key for backend '{self.name}' ({self.base_url})",
+                hint="set OPENAI_API_KEY (export OPENAI_API_KEY=...) or `api_key: ${env:MY_KEY}` in the backend "
+                "block; or point backend.base_url at another server; or use `type: local` to run offline",
+            )
+
+    def _extra_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.options.organization:
+            headers["OpenAI-Organization"] = self.options.organization
+        if self.options.project:
+            headers["OpenAI-Project"] = self.options.project
+        headers.update(self.options.headers or {})
+        return headers

@@ -1,0 +1,213 @@
+"""Retry policy shared by the HTTP backends (and the batch backend): what to retry, and how long to wait.
+
+* Retried: HTTP 408, 409, 429 and every 5xx; timeouts; refused or dropped connections.
+* Never retried: 400, 401, 403, 404, 422 (and any other 4xx): the request itself is wrong.
+* Waiting: the server's ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date) when given,
+  capped at ``max_retry_after``; otherwise exponential backoff with full jitter:
+  ``uniform(0, min(max_delay, base * 2**attempt))``.
+* After the last attempt the error is raised as the fitting :mod:`oaipipe.errors` class
+  (:class:`RateLimitError`, :class:`ServerError`, :class:`BackendConnectionError`, ...), its message saying
+  how many attempts were made and what to do.
+
+``RetryPolicy.sleep`` / ``asleep`` are attributes so tests can inject a recorder instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import (
+    AuthenticationError,
+    BackendConnectionError,
+    BackendError,
+    BadRequestError,
+    RateLimitError,
+    ServerError,
+)
+
+__all__ = [
+    "RetryPolicy",
+    "connection_error",
+    "error_for_status",
+    "is_retryable_status",
+    "parse_retry_after",
+]
+
+T = TypeVar("T")
+
+NEVER_RETRY = frozenset({400, 401, 403, 404, 422})
+
+
+def is_retryable_status(status: int) -> bool:
+    """True for 408, 409, 429 and 5xx."""
+    return status in (408, 409, 429) or 500 <= status <= 599
+
+
+def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
+    """Seconds the server asks us to wait: ``retry-after-ms`` first, then ``Retry-After`` (seconds or HTTP date).
+
+    Returns ``None`` when neither header is present or parseable. Negative values become 0.
+    """
+    if not headers:
+        return None
+    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+    ms = lowered.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, parsed.timestamp() - now)
+
+
+def _key_hint() -> str:
+    return ("set another key with `export OPENAI_API_KEY=...`, or give this backend its own key with "
+            "`api_key: ${env:MY_KEY}` in the backend block")
+
+
+def error_for_status(
+    status: int,
+    detail: str,
+    *,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+    url: str = "",
+    model: str = "",
+) -> BackendError:
+    """The :mod:`oaipipe.errors` exception for an HTTP error answer (before retries are considered)."""
+    at = f" from {url}" if url else ""
+    rid = f" (request id {request_id})" if request_id else ""
+    detail = (detail or "").strip()
+    said = f": {detail}" if detail else ""
+    kwargs: dict[str, Any] = {"status": status, "request_id": request_id, "retry_after": retry_after}
+    err: BackendError
+    if status == 401:
+        err = AuthenticationError(f"the API key was refused (HTTP 401){at}{rid}{said}", hint=_key_hint(), **kwargs)
+    elif status == 403:
+        err = AuthenticationError(
+            f"access denied (HTTP 403){at}{rid}{said}",
+            hint="the key is valid but lacks permission for this model or project; check the key's project, "
+            "`organization:`/`project:` in the backend block, or " + _key_hint(),
+            **kwargs,
+        )
+    elif status == 404:
+        err = BadRequestError(
+            f"not found (HTTP 404){at}{rid}{said}",
+            hint=f"check the model name{f' ({model!r})' if model else ''} with `oaipipe models`, and that "
+            "base_url ends in /v1",
+            **kwargs,
+        )
+    elif status == 429:
+        err = RateLimitError(
+            f"rate limited (HTTP 429){at}{rid}{said}",
+            hint="lower backend.concurrency, set backend.rpm/tpm, raise backend.max_retries, or check your quota",
+            **kwargs,
+        )
+    elif status == 408:
+        err = BackendConnectionError(f"request timed out on the server (HTTP 408){at}{rid}{said}",
+                                     hint="raise backend.timeout or backend.max_retries", **kwargs)
+    elif status >= 500 or status == 409:
+        err = ServerError(f"server error (HTTP {status}){at}{rid}{said}",
+                          hint="the server is failing; retry later or raise backend.max_retries", **kwargs)
+    else:
+        err = BadRequestError(
+            f"the request was rejected (HTTP {status}){at}{rid}{said}",
+            hint="the request itself is wrong (model, parameters, schema or image); retrying will not help",
+            **kwargs,
+        )
+    err.retryable = is_retryable_status(status)  # type: ignore[misc]
+    return err
+
+
+def connection_error(what: str, *, url: str = "", timeout: float | None = None) -> BackendConnectionError:
+    """A retryable :class:`BackendConnectionError` for a timeout or a refused/dropped connection."""
+    at = f" to {url}" if url else ""
+    if timeout is not None:
+        return BackendConnectionError(
+            f"no answer within {timeout:g}s{at}: {what}",
+            hint="raise backend.timeout, or check that the server is up and not overloaded",
+        )
+    return BackendConnectionError(
+        f"cannot connect{at}: {what}",
+        hint="check backend.base_url and that the server is running (`oaipipe serve` for the local one)",
+    )
+
+
+@dataclass
+class RetryPolicy:
+    """When and how long to retry. ``delay(attempt, retry_after)``: ``attempt`` counts from 0."""
+
+    max_retries: int = 5
+    base: float = 0.5
+    max_delay: float = 20.0
+    max_retry_after: float = 60.0
+    rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], None] = time.sleep
+    asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt + 1``."""
+        if retry_after is not None:
+            return min(max(0.0, retry_after), self.max_retry_after)
+        ceiling = min(self.max_delay, self.base * (2 ** max(0, attempt)))
+        return self.rng.uniform(0.0, ceiling)
+
+    @staticmethod
+    def should_retry(error: BaseException) -> bool:
+        """The classifier: retry errors marked retryable (429, 5xx, 408, 409, timeouts, connections)."""
+        if not isinstance(error, BackendError):
+            return False
+        if error.status is not None and error.status in NEVER_RETRY:
+            return False
+        return bool(getattr(error, "retryable", False))
+
+    def _give_up(self, error: BackendError, attempts: int) -> BackendError:
+        if attempts > 1:
+            error.message = f"{error.message} (gave up after {attempts} attempts)"
+            error.args = (str(error),)
+        return error
+
+    def run(self, attempt_fn: Callable[[], T]) -> T:
+        """Call ``attempt_fn`` until it succeeds or the policy gives up (blocking sleeps)."""
+        attempt = 0
+        while True:
+            try:
+                return attempt_fn()
+            except BackendError as err:
+                if not self.should_retry(err) or attempt >= self.max_retries:
+                    raise self._give_up(err, attempt + 1) from err.__cause__
+                self.sleep(self.delay(attempt, err.retry_after))
+                attempt += 1
+
+    async def arun(self, attempt_fn: Callable[[], Awaitable[T]]) -> T:
+        """Async :meth:`run`."""
+        attempt = 0
+        while True:
+            try:
+                return await attempt_fn()
+            except BackendError as err:
+                if not self.should_retry(err) or attempt >= self.max_retries:
+                    raise self._give_up(err, attempt + 1) from err.__cause__
+                await self.asleep(self.delay(attempt, err.retry_after))
+                attempt += 1
