@@ -232,6 +232,9 @@ class Step(Component):
                 out[opt] = names
         return out
 
+    def prepare(self) -> None:
+        """Called once when the pipeline is built: resolve names (analyzers, presets) so errors come early."""
+
     def outputs(self) -> list[str]:
         """Record fields this step adds (used to check later steps' templates)."""
         out = getattr(self.options, "output", None)

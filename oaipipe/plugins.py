@@ -286,6 +286,18 @@ class PluginHost:
     def describe(self) -> list[dict[str, Any]]:
         """What ``oaipipe plugins`` prints: each plugin, its origin and what it registers."""
         self.registry  # noqa: B018 - fill PluginInfo.registers
+        import click
+
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            group = click.Group()
+            try:
+                impl.function(cli=group)
+            except Exception:  # noqa: BLE001 - listing must not fail on a broken command plugin
+                continue
+            name = self.pm.get_name(impl.plugin) or "?"
+            if name in self.info:
+                regs = self.info[name].registers
+                regs.extend(f"command:{c}" for c in sorted(group.commands) if f"command:{c}" not in regs)
         return [
             {"name": info.name, "origin": info.origin, "registers": list(info.registers)}
             for info in self.info.values()

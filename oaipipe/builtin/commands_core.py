@@ -1,3 +1,147 @@
-"""Built-in plugin commands_core (placeholder: filled in by its issue)."""
+"""Core commands: ``run``, ``validate``, ``schema``, ``plugins``."""
 
 from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import click
+
+from ..hookspecs import hookimpl
+
+_set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+    help="Override a pipeline value, e.g. --set backend.base_url=http://127.0.0.1:8080/v1 (repeatable)",
+)
+_disable_option = click.option("--disable-plugin", "disabled", multiple=True, metavar="NAME",
+                               help="Do not load this plugin (repeatable)")
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    rec = summary.get("records", {})
+    status = summary.get("status")
+    if status == "nothing-to-do":
+        click.echo(summary.get("message", "nothing to do"))
+        return
+    if status == "dry-run":
+        click.echo(f"dry run: {rec.get('total', 0)} records would be processed; no call was made")
+        est = summary.get("estimate")
+        if est:
+            click.echo(f"  estimated tokens: {est.get('prompt_tokens', 0)} in, {est.get('completion_tokens', 0)} out; "
+                       f"estimated cost ${est.get('cost_usd', 0):.4f}")
+        return
+    tokens = summary.get("tokens", {})
+    click.echo(
+        f"{status}: {rec.get('done', 0)} done, {rec.get('failed', 0)} failed"
+        + (f", {rec.get('skipped')} already done before" if rec.get("skipped") else "")
+        + f" in {summary.get('elapsed_s', 0):.1f}s ({summary.get('records_per_s', 0)}/s); "
+        f"{summary.get('calls', 0)} calls ({summary.get('cached', 0)} cached), "
+        f"{tokens.get('total', 0)} tokens, ${summary.get('cost_usd', 0):.4f}"
+    )
+    click.echo(f"  run directory: {summary.get('run_dir')}")
+    for sink in summary.get("sinks", []):
+        click.echo(f"  output: {sink}")
+    if rec.get("failed"):
+        click.echo(f"  errors: {summary.get('errors_file')}")
+    train = summary.get("train")
+    if train:
+        model = train.get("fine_tuned_model")
+        click.echo(f"  train: {train.get('status')}" + (f", model {model}" if model else "")
+                   + (f" ({train.get('reason')})" if train.get("reason") else ""))
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    @cli.command()
+    @click.argument("pipeline", default="pipeline.yaml", type=click.Path(dir_okay=True))
+    @_set_option
+    @click.option("--resume/--fresh", "resume", default=True,
+                  help="Continue the last unfinished run (default), or start a new run")
+    @click.option("--limit", type=click.IntRange(min=0), help="Process at most N records")
+    @click.option("--dry-run", is_flag=True, help="Validate and estimate tokens and cost; call nothing")
+    @click.option("--max-failures", type=click.IntRange(min=0), help="Abort after more than N failed records")
+    @click.option("--retry-failed", is_flag=True, help="Rerun only the records that failed in the last run")
+    @click.option("--no-cache", is_flag=True, help="Do not reuse cached responses")
+    @click.option("--max-cost", type=click.FloatRange(min=0), help="Stop starting records past this many USD")
+    @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout")
+    @click.option("-q", "--quiet", is_flag=True, help="No progress output")
+    @_disable_option
+    def run(pipeline: str, overrides: tuple[str, ...], resume: bool, limit: int | None, dry_run: bool,
+            max_failures: int | None, retry_failed: bool, no_cache: bool, max_cost: float | None,
+            as_json: bool, quiet: bool, disabled: tuple[str, ...]) -> None:
+        """Run a pipeline file (default: pipeline.yaml)."""
+        from ..cli import set_exit_code
+        from ..pipeline import load_pipeline
+        from ..progress import make_reporter
+        from ..runner import RunOptions, run_pipeline
+
+        built = load_pipeline(pipeline, list(overrides), disabled=list(disabled))
+        options = RunOptions(fresh=not resume, limit=limit, dry_run=dry_run, max_failures=max_failures,
+                             retry_failed=retry_failed, use_cache=not no_cache, max_cost=max_cost)
+        try:
+            from ..scale import configure_run  # cache, rate limits, rich progress (scale features)
+        except ImportError:
+            configure_run = None
+        reporter = make_reporter(quiet=quiet or as_json)
+        if configure_run is not None:
+            reporter = configure_run(built, options, reporter, quiet=quiet or as_json)
+        summary = asyncio.run(run_pipeline(built, options, reporter))
+        if as_json:
+            click.echo(json.dumps(summary, indent=2, default=str))
+        else:
+            _print_summary(summary)
+        if summary.get("records", {}).get("failed") and summary.get("status") != "nothing-to-do":
+            set_exit_code(1)
+
+    @cli.command()
+    @click.argument("pipeline", default="pipeline.yaml", type=click.Path(dir_okay=True))
+    @_set_option
+    @_disable_option
+    def validate(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...]) -> None:
+        """Check a pipeline file: YAML, keys, plugin names and options, templates. Calls nothing."""
+        from ..pipeline import load_pipeline
+
+        built = load_pipeline(pipeline, list(overrides), disabled=list(disabled))
+        fields = built.source.fields()
+        click.echo(f"ok: {pipeline}: source {built.source.name}"
+                   + (f" ({len(fields)} fields)" if fields is not None else "")
+                   + f", {len(built.steps)} steps ({', '.join(s.name for s in built.steps) or 'none'}), "
+                   f"{len(built.sinks)} sinks, {built.describe_backend()}")
+        if built.backend_note:
+            click.echo(f"note: {built.backend_note}")
+
+    @cli.command()
+    @click.option("--pipeline", type=click.Path(exists=True), help="Include the plugins this pipeline lists")
+    @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to a file")
+    def schema(pipeline: str | None, output: str | None) -> None:
+        """Print the JSON Schema of pipeline.yaml, every plugin's options included (for editors)."""
+        from ..schema import pipeline_schema
+
+        text = json.dumps(pipeline_schema(pipeline), indent=2)
+        if output:
+            with open(output, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+            click.echo(f"wrote {output}", err=True)
+        else:
+            click.echo(text)
+
+    @cli.command()
+    @click.option("--pipeline", type=click.Path(exists=True), help="Also load the plugins this pipeline lists")
+    @click.option("--json", "as_json", is_flag=True)
+    @_disable_option
+    def plugins(pipeline: str | None, as_json: bool, disabled: tuple[str, ...]) -> None:
+        """List loaded plugins: where each came from and what it registers."""
+        from ..schema import plugin_host_for
+
+        host = plugin_host_for(pipeline, list(disabled))
+        described = host.describe()
+        if as_json:
+            click.echo(json.dumps(described, indent=2))
+            return
+        width = max((len(p["name"]) for p in described), default=10)
+        for p in described:
+            regs = ", ".join(p["registers"]) or "-"
+            click.echo(f"{p['name']:<{width}}  {p['origin']:<12}  {regs}")
+        sys.stdout.flush()

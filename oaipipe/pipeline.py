@@ -1,0 +1,230 @@
+"""Build a runnable pipeline from a pipeline file: plugins loaded, every block validated, components built.
+
+Building does no I/O beyond reading the pipeline file, importing plugins and peeking at the source's
+header: ``oaipipe validate`` is exactly :func:`load_pipeline` without running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .base import Backend, BackendOptions, Context, Sink, Source, Step
+from .config import LoadedConfig, load_config
+from .errors import ConfigError, OaipipeError
+from .plugins import PluginHost
+
+__all__ = ["Pipeline", "build_backend", "fingerprint", "load_pipeline"]
+
+
+@dataclass
+class Pipeline:
+    """Everything a run needs, built and validated."""
+
+    loaded: LoadedConfig
+    host: PluginHost
+    context: Context
+    backend: Backend
+    source: Source
+    steps: list[Step]
+    sinks: list[Sink]
+    #: one line saying the backend fell back to the local engine, and why (or None)
+    backend_note: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.loaded.config.name
+
+    @property
+    def file(self) -> str:
+        return str(self.loaded.path)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.loaded.base_dir
+
+    @property
+    def train(self) -> dict[str, Any] | None:
+        return self.loaded.config.train
+
+    def describe_backend(self) -> str:
+        opts = self.backend.options
+        model = getattr(opts, "model", "?")
+        where = getattr(opts, "base_url", None)
+        text = f"backend {self.backend.name}, model {model}"
+        if self.backend.name == "local":
+            text += " (embedded offline engine: deterministic replies, not GPT)"
+        elif where:
+            text += f" at {where}"
+        return text
+
+
+def _resolved_key(backend_cls: type[Backend], options: BackendOptions) -> str | None:
+    try:
+        from .keys import resolve_api_key  # the transports' rule (a custom base_url gets no OpenAI key)
+    except ImportError:  # pragma: no cover - keys.py ships with the transports
+        if options.api_key is not None:
+            return options.api_key.get_secret_value()
+        return os.environ.get("OPENAI_API_KEY") if options.base_url is None else None
+    return resolve_api_key(options)
+
+
+def build_backend(
+    block: dict[str, Any],
+    *,
+    host: PluginHost,
+    base_dir: Path | None = None,
+    context: Context | None = None,
+    file: str | None = None,
+    lines: Any = None,
+    offline_fallback: bool = True,
+) -> tuple[Backend, str | None]:
+    """Build the backend of ``block``; fall back to ``local`` when it needs an OpenAI key and has none.
+
+    Returns the backend and a one-line note when it fell back (else ``None``).
+    """
+    ctx = context or Context(base_dir=base_dir or Path.cwd(), host=host)
+    block = dict(block or {})
+    block.setdefault("type", "local")
+    backend = host.build("backend", block, ctx, key="backend", file=file, lines=lines)
+    assert isinstance(backend, Backend)
+    note = None
+    options = backend.options
+    if (
+        offline_fallback
+        and backend.needs_api_key
+        and isinstance(options, BackendOptions)
+        and options.base_url is None
+        and not _resolved_key(type(backend), options)
+    ):
+        local_block = {k: v for k, v in block.items() if k in BackendOptions.model_fields}
+        local_block["type"] = "local"
+        local_block.pop("api_key", None)
+        local = host.build("backend", local_block, ctx, key="backend", file=file, lines=lines)
+        assert isinstance(local, Backend)
+        note = (f"no OPENAI_API_KEY set: backend '{block['type']}' falls back to the embedded offline engine "
+                f"(set OPENAI_API_KEY, or backend.base_url for another server, to run for real)")
+        backend = local
+    return backend, note
+
+
+def load_pipeline(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    disabled: list[str] | None = None,
+    environ: dict[str, str] | None = None,
+    entry_points: bool = True,
+) -> Pipeline:
+    """Load and validate a pipeline file and build its components (nothing runs)."""
+    loaded = load_config(path, overrides, environ=environ)
+    cfg = loaded.config
+    file = str(path)
+    host = PluginHost(
+        [],
+        base_dir=loaded.base_dir,
+        disabled=[*cfg.disable_plugins, *(disabled or [])],
+        entry_points=entry_points,
+        pipeline_file=file,
+    )
+    for i, item in enumerate(cfg.plugins):
+        try:
+            host.load(item)
+        except OaipipeError as exc:
+            line, col = loaded.where(f"plugins.{i}")
+            raise ConfigError(exc.message, file=file, line=line, column=col, key=f"plugins.{i}",
+                              hint=exc.hint) from exc
+    host.pm.check_pending()
+    assistants = loaded.base_dir / cfg.assistants if cfg.assistants else None
+    context = Context(base_dir=loaded.base_dir, host=host, pipeline_name=cfg.name,
+                      settings={"assistants": str(assistants) if assistants else None,
+                                "pipeline_file": str(loaded.path), "prices": cfg.prices})
+    backend, note = build_backend(loaded.data.get("backend") or {"type": "local"}, host=host, context=context,
+                                  file=file, lines=loaded.where, offline_fallback=cfg.run.offline_fallback)
+    source = host.build("source", loaded.data["source"], context, key="source", file=file, lines=loaded.where)
+    assert isinstance(source, Source)
+    steps: list[Step] = []
+    for i, block in enumerate(loaded.data.get("steps") or []):
+        key = f"steps.{i}"
+        if not isinstance(block, dict):
+            line, col = loaded.where(key)
+            raise ConfigError("each step must be a mapping with `type:` and `output:`", file=file, line=line,
+                              column=col, key=key)
+        step = host.build("step", block, context, key=key, file=file, lines=loaded.where)
+        assert isinstance(step, Step)
+        try:
+            step.prepare()
+        except OaipipeError as exc:
+            line, col = loaded.where(key)
+            raise ConfigError(exc.message, file=file, line=line, column=col, key=key, hint=exc.hint) from exc
+        steps.append(step)
+    sinks: list[Sink] = []
+    for i, block in enumerate(loaded.data.get("sinks") or []):
+        key = f"sinks.{i}"
+        if not isinstance(block, dict):
+            line, col = loaded.where(key)
+            raise ConfigError("each sink must be a mapping with `type:`", file=file, line=line, column=col, key=key)
+        sink = host.build("sink", block, context, key=key, file=file, lines=loaded.where)
+        assert isinstance(sink, Sink)
+        sinks.append(sink)
+    if cfg.train is not None:
+        host.get("trainer", str(cfg.train.get("type", "local")), key="train.type", file=file,
+                 line=loaded.where("train.type")[0])
+    pipeline = Pipeline(loaded=loaded, host=host, context=context, backend=backend, source=source, steps=steps,
+                        sinks=sinks, backend_note=note)
+    check_templates(pipeline)
+    return pipeline
+
+
+def check_templates(pipeline: Pipeline) -> None:
+    """Every ``{field}`` a step reads must come from the source or an earlier step (when the source says)."""
+    available = pipeline.source.fields()
+    if available is None:
+        return
+    have = set(available)
+    loaded = pipeline.loaded
+    for i, step in enumerate(pipeline.steps):
+        for opt, names in step.template_fields().items():
+            for name in names:
+                if name not in have:
+                    import difflib
+
+                    close = difflib.get_close_matches(name, sorted(have), n=1)
+                    hint = f"did you mean '{{{close[0]}}}'? " if close else ""
+                    hint += f"fields available at this step: {', '.join(sorted(have))}"
+                    line, col = loaded.where(f"steps.{i}.{opt}")
+                    raise ConfigError(
+                        f"template names field '{name}', which neither the source nor an earlier step provides",
+                        file=pipeline.file, line=line, column=col, key=f"steps.{i}.{opt}", hint=hint,
+                    )
+        have.update(step.outputs())
+
+
+def _public(data: Any) -> Any:
+    """A copy of the config data without secrets (api keys)."""
+    if isinstance(data, dict):
+        return {k: ("***" if "key" in str(k).lower() and v else _public(v)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_public(v) for v in data]
+    return data
+
+
+def fingerprint(pipeline: Pipeline) -> str:
+    """Hash of what decides the records' results: source, backend model/params, steps (not sinks, not run)."""
+    data = pipeline.loaded.data
+    backend = _public(dict(data.get("backend") or {}))
+    for volatile in ("concurrency", "timeout", "max_retries", "rpm", "tpm", "api_key", "record_timeout"):
+        backend.pop(volatile, None)
+    relevant = {"source": data.get("source"), "steps": data.get("steps"), "backend": backend,
+                "effective_backend": pipeline.backend.name}
+    blob = json.dumps(relevant, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def public_config(pipeline: Pipeline) -> dict[str, Any]:
+    return _public(pipeline.loaded.data)

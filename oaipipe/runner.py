@@ -1,0 +1,450 @@
+"""The runner: source → steps → sinks (→ trainer), as an async core with bounded concurrency.
+
+How a run goes:
+
+1. The source is read in a worker thread, a batch at a time (the input is streamed, never loaded whole).
+2. Up to ``backend.concurrency`` records are processed at once; each goes through every step in order.
+   Sync plugin code (analyzers, blocking backends) runs in threads, off the event loop.
+3. Finished records are handed to the sinks **in input order** (a bounded reorder window keeps memory
+   flat), then journaled. A record that fails is logged to ``errors.jsonl``; the run goes on.
+4. A summary is written to ``summary.json`` and returned.
+
+Resuming: a run that did not finish (Ctrl-C, crash, SIGKILL) is continued by running the same command
+again: journaled records are skipped and sinks drop any partial output of records not journaled, so
+every record ends up exactly once in every sink. A finished run is not redone (``--fresh`` starts over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as _dt
+import json
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .base import StepContext
+from .errors import (
+    AuthenticationError,
+    BackendError,
+    OaipipeError,
+    RecordError,
+    RunAborted,
+)
+from .pipeline import Pipeline, fingerprint, load_pipeline, public_config
+from .pricing import PriceTable
+from .progress import Reporter, SilentReporter
+from .rundir import RunDir, find_runs, new_run_id
+from .stats import RunStats
+from .types import ChatRequest, ChatResponse, Record, RecordResult, RunInfo
+
+__all__ = ["RunOptions", "Runner", "run_pipeline", "run_pipeline_file"]
+
+#: consecutive failures with no success at all before a run gives up (unless --max-failures says otherwise)
+EARLY_ABORT_FAILURES = 10
+_SOURCE_BATCH = 256
+
+CallWrapper = Callable[[Callable[[ChatRequest], Awaitable[ChatResponse]]], Callable[[ChatRequest], Awaitable[ChatResponse]]]
+
+
+@dataclass
+class RunOptions:
+    """Options of one run (the CLI's flags)."""
+
+    fresh: bool = False
+    limit: int | None = None
+    dry_run: bool = False
+    max_failures: int | None = None
+    retry_failed: bool = False
+    use_cache: bool = True
+    max_cost: float | None = None
+    #: extra wrappers around the backend call (outermost first); used by cache / rate limits
+    call_wrappers: list[CallWrapper] = field(default_factory=list)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+class Runner:
+    def __init__(self, pipeline: Pipeline, options: RunOptions | None = None,
+                 reporter: Reporter | None = None) -> None:
+        self.pipeline = pipeline
+        self.options = options or RunOptions()
+        self.reporter = reporter or SilentReporter()
+        cfg = pipeline.loaded.config
+        self.max_failures = self.options.max_failures if self.options.max_failures is not None else cfg.run.max_failures
+        self.max_cost = self.options.max_cost if self.options.max_cost is not None else cfg.run.max_cost
+        self.stats = RunStats(prices=PriceTable(cfg.prices))
+        self.root = pipeline.context.path(cfg.run.dir) / _safe_name(pipeline.name)
+        self.fingerprint = fingerprint(pipeline)
+        self._call: Callable[[ChatRequest], Awaitable[ChatResponse]] = self._backend_call
+        self._abort: OaipipeError | None = None
+        self._stop_scheduling = False
+
+    # --- the backend call -------------------------------------------------------------------------
+
+    async def _backend_call(self, request: ChatRequest) -> ChatResponse:
+        return await self.pipeline.backend.chat(request)
+
+    def _build_call(self) -> Callable[[ChatRequest], Awaitable[ChatResponse]]:
+        call = self._backend_call
+        for wrap in reversed(self.options.call_wrappers):
+            call = wrap(call)
+
+        batch = self.pipeline.backend.name == "batch"
+
+        async def counted(request: ChatRequest) -> ChatResponse:
+            response = await call(request)
+            self.stats.add_call(request.step, response, batch=batch)
+            if self.max_cost is not None and self.stats.cost_usd >= self.max_cost and not self._stop_scheduling:
+                self._stop_scheduling = True
+                self.reporter.note(f"cost budget of ${self.max_cost:.4f} reached: no new records are started")
+            return response
+
+        return counted
+
+    # --- choosing the run directory ---------------------------------------------------------------
+
+    def _select_run(self) -> tuple[RunDir, set[str] | None, str]:
+        """(run dir, ids to skip or None for a new run, mode) where mode is new|resume|retry|done."""
+        runs = find_runs(self.root)
+        latest = runs[-1] if runs else None
+        if latest is not None and not self.options.fresh:
+            meta = latest.meta()
+            summary = latest.summary()
+            same = meta.get("fingerprint") == self.fingerprint
+            finished = summary is not None and summary.get("status") in ("finished", "nothing-to-do")
+            if self.options.retry_failed:
+                if not same:
+                    raise RunAborted(
+                        f"the pipeline changed since run {latest.run_id}; --retry-failed needs the same pipeline",
+                        hint="undo the change, or start over with --fresh",
+                    )
+                statuses = latest.status_by_id()
+                return latest, {i for i, s in statuses.items() if s == "done"}, "retry"
+            if not finished:
+                if not same:
+                    raise RunAborted(
+                        f"run {latest.run_id} of this pipeline did not finish, and the pipeline has changed since "
+                        f"(source, steps or model): its records would be mixed with the new ones",
+                        hint=f"rerun the unchanged pipeline to finish it, or pass --fresh to start a new run "
+                             f"(the old one stays in {latest.path})",
+                    )
+                return latest, set(latest.status_by_id()), "resume"
+            if same:
+                return latest, None, "done"
+        run = RunDir(self.root / new_run_id())
+        return run, None, "new"
+
+    # --- the run ----------------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        pipeline = self.pipeline
+        run, skip_ids, mode = self._select_run()
+        headline = f"oaipipe: {pipeline.name}: {pipeline.describe_backend()}"
+        notes = [pipeline.backend_note] if pipeline.backend_note else []
+        if mode == "done":
+            previous = run.summary() or {}
+            summary = {"pipeline": pipeline.name, "run_id": run.run_id, "run_dir": str(run.path),
+                       "status": "nothing-to-do", "calls": 0, "records": previous.get("records", {}),
+                       "previous": previous,
+                       "message": f"run {run.run_id} already finished: nothing to do "
+                                  f"(use --fresh to run again, --retry-failed to redo failed records)"}
+            self.reporter.start(headline, notes, None)
+            self.reporter.note(summary["message"])
+            self.reporter.finish(summary)
+            return summary
+        if self.options.dry_run:
+            return await self._dry_run(run, headline, notes)
+
+        if mode == "new":
+            run.create({"pipeline": pipeline.name, "file": pipeline.file, "fingerprint": self.fingerprint,
+                        "started": _now(), "config": public_config(pipeline)})
+        else:
+            run.repair_journal()
+            notes.append(f"resuming run {run.run_id}: {len(skip_ids or ())} records already done"
+                         if mode == "resume" else f"retrying failed records of run {run.run_id}")
+        info = RunInfo(pipeline_name=pipeline.name, run_id=run.run_id, run_dir=str(run.path),
+                       backend=pipeline.backend.name, model=str(getattr(pipeline.backend.options, "model", "")),
+                       resumed=mode != "new")
+        self.info = info
+        self.stats.total = pipeline.source.count()
+        if self.stats.total is not None and self.options.limit is not None:
+            self.stats.total = min(self.stats.total, self.options.limit)
+        self.reporter.start(headline, notes, self.stats.total)
+        self._call = self._build_call()
+
+        status = "finished"
+        error: OaipipeError | None = None
+        opened: list[Any] = []
+        journal = errors = None
+        try:
+            # sinks honour done_ids on resume: drop partial output of records that were not journaled
+            done_for_sinks = None if mode == "new" else set(run.status_by_id())
+            for sink in pipeline.sinks:
+                sink.open(info, done_for_sinks)
+                opened.append(sink)
+            journal = run.journal_path.open("a", encoding="utf-8")
+            errors = run.errors_path.open("a", encoding="utf-8")
+            pipeline.host.hook.oaipipe_run_start(run=info)
+            await self._process_all(skip_ids or set(), journal, errors, info)
+            if self._abort is not None:
+                raise self._abort
+            if self._stop_scheduling:
+                status = "budget-reached"
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            status = "interrupted"
+            raise
+        except OaipipeError as exc:
+            status = "aborted"
+            error = exc
+            raise
+        finally:
+            for closer in (journal, errors):
+                if closer is not None:
+                    closer.close()
+            for sink in opened:
+                try:
+                    sink.close()
+                except Exception as exc:  # noqa: BLE001 - report, but keep closing the others
+                    self.reporter.note(f"sink {sink.name} failed to close: {exc}")
+            with contextlib.suppress(Exception):
+                await pipeline.backend.aclose()
+            summary = self._summary(run, status, error)
+            run.write_summary(summary)
+            if status in ("finished", "budget-reached") and pipeline.train is not None:
+                summary["train"] = self._train(run)
+                run.write_summary(summary)
+            with contextlib.suppress(Exception):
+                pipeline.host.hook.oaipipe_run_finish(run=info, summary=summary)
+            self.summary = summary
+            self.reporter.finish(summary)
+        return summary
+
+    def _summary(self, run: RunDir, status: str, error: OaipipeError | None) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "pipeline": self.pipeline.name,
+            "run_id": run.run_id,
+            "run_dir": str(run.path),
+            "status": status,
+            "backend": self.pipeline.backend.name,
+            "model": str(getattr(self.pipeline.backend.options, "model", "")),
+            "finished_at": _now(),
+            **self.stats.to_dict(),
+            "errors_file": str(run.errors_path),
+            "journal": str(run.journal_path),
+            "sinks": [str(getattr(s.options, "path", s.name)) for s in self.pipeline.sinks],
+        }
+        if error is not None:
+            summary["error"] = str(error)
+        return summary
+
+    def _train(self, run: RunDir) -> dict[str, Any]:
+        try:
+            from .training import train_after_run
+        except ImportError:  # pragma: no cover - training ships with the package
+            return {"status": "skipped", "reason": "training support is not installed"}
+        try:
+            return train_after_run(self.pipeline.train or {}, records_path=run.journal_path,
+                                   host=self.pipeline.host, context=self.pipeline.context,
+                                   backend_options=self.pipeline.backend.options)
+        except OaipipeError as exc:
+            self.reporter.note(f"train: {exc}")
+            return {"status": "failed", "error": str(exc)}
+
+    # --- records ----------------------------------------------------------------------------------
+
+    def _records(self) -> Iterator[list[Record]]:
+        batch: list[Record] = []
+        for record in self.pipeline.source.records():
+            batch.append(record)
+            if len(batch) >= _SOURCE_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    async def _process_all(self, skip: set[str], journal: Any, errors: Any, info: RunInfo) -> None:
+        concurrency = int(getattr(self.pipeline.backend.options, "concurrency", 8) or 8)
+        gate = asyncio.Semaphore(concurrency)
+        window = max(4 * concurrency, 64)
+        pending: collections.deque[asyncio.Task[RecordResult]] = collections.deque()
+        batches = self._records()
+        scheduled = 0
+        limit = self.options.limit
+        sentinel = object()
+
+        async def worker(record: Record) -> RecordResult:
+            async with gate:
+                return await self._process(record)
+
+        def emit(result: RecordResult) -> None:
+            self._emit(result, journal, errors, info)
+
+        try:
+            while not self._stop_scheduling and self._abort is None:
+                batch = await asyncio.to_thread(next, batches, sentinel)
+                if batch is sentinel:
+                    break
+                for record in batch:  # type: ignore[union-attr]
+                    if record.id in skip:
+                        self.stats.skipped += 1
+                        continue
+                    if (limit is not None and scheduled >= limit) or self._stop_scheduling or self._abort:
+                        break
+                    while len(pending) >= window:
+                        emit(await pending.popleft())
+                    pending.append(asyncio.create_task(worker(record)))
+                    scheduled += 1
+                    while pending and pending[0].done():
+                        emit(pending.popleft().result())
+                if limit is not None and scheduled >= limit:
+                    break
+            while pending and self._abort is None:
+                emit(await pending.popleft())
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                batches.close()  # type: ignore[attr-defined]
+
+    async def _process(self, record: Record) -> RecordResult:
+        fields = dict(record.data)
+        if record.error:
+            return RecordResult(record, fields, error=record.error)
+        ctx = StepContext(record=record, backend=self.pipeline.backend, host=self.pipeline.host, call=self._call)
+        timeout = getattr(self.pipeline.backend.options, "record_timeout", None)
+        step_label = ""
+        try:
+            async def all_steps() -> None:
+                nonlocal step_label
+                for step in self.pipeline.steps:
+                    step_label = step.label
+                    added = await step.run(fields, ctx)
+                    if added:
+                        fields.update(added)
+
+            if timeout:
+                await asyncio.wait_for(all_steps(), timeout)
+            else:
+                await all_steps()
+        except AuthenticationError as exc:
+            if self._abort is None:
+                self._abort = exc
+            return RecordResult(record, fields, ctx.exchanges, ctx.sentiments, error=f"{type(exc).__name__}: {exc}")
+        except (RecordError, BackendError, OaipipeError) as exc:
+            return _failed(record, fields, ctx, step_label, exc)
+        except TimeoutError:
+            exc2 = RecordError(f"record took longer than backend.record_timeout={timeout}s")
+            return _failed(record, fields, ctx, step_label, exc2)
+        except Exception as exc:  # noqa: BLE001 - a plugin bug fails this record, not the run
+            tb = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            at = f" at {Path(tb.filename).name}:{tb.lineno}" if tb else ""
+            return _failed(record, fields, ctx, step_label,
+                           RecordError(f"unexpected {type(exc).__name__} in step {step_label}{at}: {exc}"))
+        return RecordResult(record, fields, ctx.exchanges, ctx.sentiments)
+
+    def _emit(self, result: RecordResult, journal: Any, errors: Any, info: RunInfo) -> None:
+        ok = result.error is None
+        for sink in self.pipeline.sinks:
+            sink.write(result)
+        entry = {
+            "id": result.record.id,
+            "status": "done" if ok else "failed",
+            "where": result.record.where,
+            "fields": result.fields,
+            "exchanges": [_exchange_dict(e, result) for e in result.exchanges],
+        }
+        if not ok:
+            entry["error"] = result.error
+            errors.write(json.dumps({"id": result.record.id, "where": result.record.where, "error": result.error,
+                                     "time": _now()}, ensure_ascii=False, default=str) + "\n")
+            errors.flush()
+            self.stats.failed += 1
+        else:
+            self.stats.done += 1
+        journal.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+        journal.flush()
+        self.pipeline.host.hook.oaipipe_record_done(run=info, result=result)
+        self.reporter.update(self.stats)
+        if not ok:
+            self._check_failures(result)
+
+    def _check_failures(self, result: RecordResult) -> None:
+        if self._abort is not None:
+            return
+        if self.max_failures is not None and self.stats.failed > self.max_failures:
+            self._abort = RunAborted(
+                f"{self.stats.failed} records failed, more than --max-failures {self.max_failures}; "
+                f"last: {result.error}",
+                hint="see errors.jsonl in the run directory; rerun the same command to continue after a fix",
+            )
+        elif self.max_failures is None and self.stats.done == 0 and self.stats.failed >= EARLY_ABORT_FAILURES:
+            self._abort = RunAborted(
+                f"the first {self.stats.failed} records all failed; last: {result.error}",
+                hint="fix the cause and rerun (finished records are kept), or pass --max-failures N to go on anyway",
+            )
+
+    async def _dry_run(self, run: RunDir, headline: str, notes: list[str]) -> dict[str, Any]:
+        try:
+            from .dryrun import estimate
+        except ImportError:
+            estimate = None
+        self.reporter.start(headline + " (dry run: nothing is called)", notes, None)
+        summary: dict[str, Any] = {"pipeline": self.pipeline.name, "status": "dry-run", "calls": 0,
+                                   "backend": self.pipeline.backend.name}
+        if estimate is not None:
+            summary.update(await asyncio.to_thread(estimate, self.pipeline, limit=self.options.limit))
+        else:
+            count = 0
+            for batch in self._records():
+                count += len(batch)
+                if self.options.limit is not None and count >= self.options.limit:
+                    count = self.options.limit
+                    break
+            summary["records"] = {"total": count}
+        self.reporter.finish(summary)
+        return summary
+
+
+def _exchange_dict(exchange: Any, result: RecordResult) -> dict[str, Any]:
+    data = exchange.to_dict()
+    for message in data.get("messages", []):
+        if message.get("sentiment") is None:
+            found = result.sentiments.get(message.get("content"))
+            if found is not None:
+                message["sentiment"] = found.to_dict()
+    return data
+
+
+def _failed(record: Record, fields: dict[str, Any], ctx: StepContext, step: str, exc: Exception) -> RecordResult:
+    where = f" ({record.where})" if record.where and record.where not in str(exc) else ""
+    return RecordResult(record, fields, ctx.exchanges, ctx.sentiments,
+                        error=f"step {step}: {type(exc).__name__}: {exc}{where}")
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "pipeline"
+
+
+async def run_pipeline(pipeline: Pipeline, options: RunOptions | None = None,
+                       reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run a built pipeline and return its summary (also written to ``summary.json``)."""
+    return await Runner(pipeline, options, reporter).run()
+
+
+def run_pipeline_file(path: str | Path, overrides: list[str] | None = None, *,
+                      options: RunOptions | None = None, reporter: Reporter | None = None,
+                      disabled: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Load a pipeline file and run it to the end (blocking). ``kwargs`` set :class:`RunOptions` fields."""
+    opts = options or RunOptions(**kwargs)
+    pipeline = load_pipeline(path, overrides, disabled=disabled)
+    return asyncio.run(run_pipeline(pipeline, opts, reporter))

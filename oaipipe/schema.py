@@ -1,0 +1,59 @@
+"""JSON Schema of pipeline.yaml with every registered plugin's options, for editors and ``oaipipe schema``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import PipelineConfig, load_config
+from .plugins import PluginHost
+
+__all__ = ["pipeline_schema", "plugin_host_for"]
+
+
+def plugin_host_for(pipeline: str | None = None, disabled: list[str] | None = None) -> PluginHost:
+    """A plugin host with the built-ins, entry points and (optionally) a pipeline's own plugins."""
+    if pipeline is None:
+        return PluginHost(disabled=disabled or [])
+    loaded = load_config(pipeline)
+    host = PluginHost(base_dir=loaded.base_dir, disabled=[*loaded.config.disable_plugins, *(disabled or [])],
+                      pipeline_file=str(pipeline))
+    for item in loaded.config.plugins:
+        host.load(item)
+    return host
+
+
+def _component_schemas(host: PluginHost, kind: str, defs: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for name in host.names(kind):
+        reg = host.registry[kind][name]
+        schema = reg.cls.Options.model_json_schema(ref_template="#/$defs/{model}")
+        for key, value in schema.pop("$defs", {}).items():
+            defs.setdefault(key, value)
+        props = schema.setdefault("properties", {})
+        props["type"] = {"const": name, "description": (reg.cls.__doc__ or "").strip().split("\n")[0]}
+        required = schema.setdefault("required", [])
+        if "type" not in required:
+            required.insert(0, "type")
+        schema["title"] = f"{kind} {name}"
+        schema["additionalProperties"] = False
+        out.append(schema)
+    return out
+
+
+def pipeline_schema(pipeline: str | None = None) -> dict[str, Any]:
+    """The whole file's schema: the top level from :class:`PipelineConfig`, plugin blocks as ``oneOf``."""
+    host = plugin_host_for(pipeline)
+    schema = PipelineConfig.model_json_schema(ref_template="#/$defs/{model}")
+    defs = schema.setdefault("$defs", {})
+    props = schema["properties"]
+    for key, kind in (("backend", "backend"), ("source", "source"), ("train", "trainer")):
+        variants = _component_schemas(host, kind, defs)
+        desc = props.get(key, {}).get("description", "")
+        props[key] = {"oneOf": variants, "description": desc or f"a {kind} plugin block"}
+        if key == "train":
+            props[key] = {"anyOf": [{"oneOf": variants}, {"type": "null"}]}
+    props["steps"] = {"type": "array", "items": {"oneOf": _component_schemas(host, "step", defs)}}
+    props["sinks"] = {"type": "array", "items": {"oneOf": _component_schemas(host, "sink", defs)}}
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "oaipipe pipeline"
+    return schema
