@@ -218,10 +218,15 @@ def interpolate_env(value: Any, *, key: str = "", environ: dict[str, str] | None
 
 def _coerce(text: str) -> Any:
     """``--set`` values are YAML scalars: 8 → int, true → bool, null → None, [a, b] → list."""
+    if text == "":
+        return ""
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, dict) and not text.lstrip().startswith("{"):
+        return text  # "Reply to: {text}" is a string, not a mapping
+    return value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
