@@ -1,0 +1,351 @@
+"""Built-in sinks: dialogue-jsonl, dialogue-json, jsonl, csv: format, sentiment, exactly-once on resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oaipipe.base import Context, Sink
+from oaipipe.errors import InputError
+from oaipipe.plugins import PluginHost
+from oaipipe.types import Exchange, Record, RecordResult, RunInfo, Sentiment, Usage
+
+DATA_URL = "data:image/png;base64," + "iVBORw0KGgo" * 200
+
+
+@pytest.fixture(scope="module")
+def host() -> PluginHost:
+    return PluginHost(entry_points=False)
+
+
+def build(host: PluginHost, tmp_path: Path, **block: Any) -> Sink:
+    sink = host.build("sink", block, Context(base_dir=tmp_path, host=host))
+    assert isinstance(sink, Sink)
+    return sink
+
+
+def run_info(run_id: str = "R1") -> RunInfo:
+    return RunInfo(pipeline_name="demo", run_id=run_id, run_dir="/tmp/runs/" + run_id, backend="local",
+                   model="local-chat")
+
+
+def result(rid: str, *, reply: str = "Thanks, glad you like it!", error: str | None = None,
+           sentiments: dict[str, Sentiment] | None = None, exchanges: int = 1) -> RecordResult:
+    record = Record(rid, {"id": rid, "text": f"review {rid}"}, where=f"reviews.csv row {rid}")
+    exs = [
+        Exchange(
+            record_id=rid,
+            step=f"ask:reply{n}" if n else "ask:reply",
+            messages=[
+                {"role": "system", "content": "You are a helpful support agent.", "sentiment": None},
+                {"role": "user", "content": f"Reply to: review {rid}", "sentiment": None},
+                {"role": "assistant", "content": reply, "sentiment": None},
+            ],
+            model="local-chat",
+            backend="local",
+            usage=Usage(10, 5, 15),
+            latency=0.01234,
+            request_id=f"req-{rid}",
+        )
+        for n in range(exchanges)
+    ]
+    fields = {"id": rid, "text": f"review {rid}", "reply": reply, "meta": {"n": 1}, "tags": ["a", "b"]}
+    return RecordResult(record, fields, exchanges=[] if error else exs, sentiments=sentiments or {}, error=error)
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# --- dialogue-jsonl ---------------------------------------------------------------------------------
+
+
+def test_dialogue_jsonl_format(host: PluginHost, tmp_path: Path) -> None:
+    sink = build(host, tmp_path, type="dialogue-jsonl", path="out/deep/dialogue.jsonl")
+    sink.open(run_info(), None)
+    sink.write(result("a", reply="Réponse: très bien 😀"))
+    sink.close()
+    sink.close()  # idempotent
+    path = tmp_path / "out" / "deep" / "dialogue.jsonl"
+    assert "très bien 😀" in path.read_text(encoding="utf-8")  # ensure_ascii=False
+    [entry] = lines(path)
+    assert set(entry) == {"run_id", "record_id", "step", "time", "model", "backend", "usage", "latency",
+                          "request_id", "cached", "messages"}
+    assert entry["run_id"] == "R1" and entry["record_id"] == "a" and entry["step"] == "ask:reply"
+    assert entry["time"].endswith("Z") and entry["time"].startswith("20")
+    assert entry["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    assert entry["model"] == "local-chat" and entry["backend"] == "local" and entry["request_id"] == "req-a"
+    assert entry["cached"] is False
+    assert [m["role"] for m in entry["messages"]] == ["system", "user", "assistant"]
+    for m in entry["messages"]:  # system messages get a sentiment too
+        assert m["sentiment"]["analyzer"] == "vader"
+        assert m["sentiment"]["label"] in {"positive", "negative", "neutral"}
+
+
+def test_dialogue_sentiment_from_step_else_analyzer(host: PluginHost, tmp_path: Path) -> None:
+    reply = "Thanks, glad you like it!"
+    given = Sentiment("negative", -0.5, analyzer="keyword")  # deliberately not what vader would say
+    sink = build(host, tmp_path, type="dialogue-jsonl", path="d.jsonl")
+    sink.open(run_info(), None)
+    sink.write(result("a", reply=reply, sentiments={reply: given}))
+    sink.close()
+    [entry] = lines(tmp_path / "d.jsonl")
+    assistant = entry["messages"][2]
+    assert assistant["sentiment"] == {"label": "negative", "score": -0.5, "analyzer": "keyword"}
+    assert entry["messages"][1]["sentiment"]["analyzer"] == "vader"
+
+
+def test_dialogue_analyzer_option(host: PluginHost, tmp_path: Path) -> None:
+    off = build(host, tmp_path, type="dialogue-jsonl", path="off.jsonl", analyzer=None)
+    off.open(run_info(), None)
+    off.write(result("a"))
+    off.close()
+    assert all(m["sentiment"] is None for m in lines(tmp_path / "off.jsonl")[0]["messages"])
+    kw = build(host, tmp_path, type="dialogue-jsonl", path="kw.jsonl", analyzer="keyword")
+    kw.open(run_info(), None)
+    kw.write(result("a", reply="great, thanks"))
+    kw.close()
+    assistant = lines(tmp_path / "kw.jsonl")[0]["messages"][2]
+    assert assistant["sentiment"] == {"label": "positive", "score": 1.0, "analyzer": "keyword"}
+
+
+def test_dialogue_jsonl_skips_failed_records_and_appends(host: PluginHost, tmp_path: Path) -> None:
+    sink = build(host, tmp_path, type="dialogue-jsonl", path="d.jsonl")
+    sink.open(run_info("R1"), None)
+    sink.write(result("a", exchanges=2))
+    sink.write(result("b", error="TemplateError: no field 'x'"))
+    sink.close()
+    again = build(host, tmp_path, type="dialogue-jsonl", path="d.jsonl")
+    again.open(run_info("R2"), None)
+    again.write(result("c"))
+    again.close()
+    got = [(e["run_id"], e["record_id"], e["step"]) for e in lines(tmp_path / "d.jsonl")]
+    assert got == [("R1", "a", "ask:reply"), ("R1", "a", "ask:reply1"), ("R2", "c", "ask:reply")]
+
+
+def test_dialogue_jsonl_exactly_once_on_resume(host: PluginHost, tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    old = build(host, tmp_path, type="dialogue-jsonl", path="d.jsonl")
+    old.open(run_info("R0"), None)
+    old.write(result("c"))  # an earlier run's line for the same id: must stay
+    old.close()
+    first = build(host, tmp_path, type="dialogue-jsonl", path="d.jsonl")
+    first.open(run_info("R1"), None)
+    for rid in "abc":
+        first.write(result(rid))
+    first.close()
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write('{"run_id": "R1", "record_id": "d", "mess')  # crash mid-write
+    resumed = build(host, tmp_path, type="dialogue-jsonl", path="d.jsonl")
+    resumed.open(run_info("R1"), {"a", "b"})
+    assert [(e["run_id"], e["record_id"]) for e in lines(path)] == [("R0", "c"), ("R1", "a"), ("R1", "b")]
+    resumed.write(result("c"))
+    resumed.write(result("d"))
+    resumed.close()
+    got = [(e["run_id"], e["record_id"]) for e in lines(path)]
+    assert got == [("R0", "c"), ("R1", "a"), ("R1", "b"), ("R1", "c"), ("R1", "d")]
+    assert not list(tmp_path.glob(".d.jsonl.*"))  # no temp files left behind
+
+
+def test_dialogue_jsonl_truncated_tail_dropped_on_fresh_run(host: PluginHost, tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"run_id": "R0", "record_id": "x"}\n{"run_id": "R0", "rec', encoding="utf-8")
+    sink = build(host, tmp_path, type="dialogue-jsonl", path="d.jsonl")
+    sink.open(run_info("R1"), None)
+    sink.write(result("a"))
+    sink.close()
+    assert [e["record_id"] for e in lines(path)] == ["x", "a"]
+
+
+def test_dialogue_never_writes_image_data_urls(host: PluginHost, tmp_path: Path) -> None:
+    rec = result("a")
+    rec.exchanges[0].messages[1]["content"] = [
+        {"type": "text", "text": "What's in this image?"},
+        {"type": "image_url", "image_url": {"url": DATA_URL, "detail": "low"}},
+    ]
+    for kind, name in (("dialogue-jsonl", "d.jsonl"), ("dialogue-json", "d.json")):
+        sink = build(host, tmp_path, type=kind, path=name)
+        sink.open(run_info(), None)
+        sink.write(rec)
+        sink.close()
+        text = (tmp_path / name).read_text(encoding="utf-8")
+        assert "iVBORw0KGgo" not in text
+        assert "What's in this image?" in text and "data:image/png;base64,..." in text
+    # the step's own objects are not modified
+    assert rec.exchanges[0].messages[1]["content"][1]["image_url"]["url"] == DATA_URL
+
+
+# --- dialogue-json ----------------------------------------------------------------------------------
+
+
+def test_dialogue_json_format_and_atomic_rewrite(host: PluginHost, tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "dialogue.json"
+    sink = build(host, tmp_path, type="dialogue-json", path="logs/dialogue.json", flush_every=2)
+    sink.open(run_info(), None)
+    sink.write(result("a"))
+    assert not path.exists()  # not yet flushed
+    sink.write(result("b"))
+    entries = json.loads(path.read_text(encoding="utf-8"))  # valid JSON after the periodic rewrite
+    assert len(entries) == 6
+    sink.write(result("c"))
+    assert len(json.loads(path.read_text(encoding="utf-8"))) == 6
+    sink.close()
+    sink.close()
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    assert len(entries) == 9
+    first = entries[0]
+    assert set(first) == {"role", "content", "sentiment", "record_id", "run_id", "time"}
+    assert (first["role"], first["record_id"], first["run_id"]) == ("system", "a", "R1")
+    assert first["sentiment"]["analyzer"] == "vader"
+    assert not list(path.parent.glob(".dialogue.json.*"))
+
+
+def test_dialogue_json_keeps_old_entries_and_resumes_exactly_once(host: PluginHost, tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    seed_entry = {"role": "user", "content": "from the old module", "sentiment": "positive"}
+    path.write_text(json.dumps([seed_entry]), encoding="utf-8")
+    first = build(host, tmp_path, type="dialogue-json", path="d.json")
+    first.open(run_info("R1"), None)
+    for rid in "abc":
+        first.write(result(rid))
+    first.close()
+    assert len(json.loads(path.read_text(encoding="utf-8"))) == 10
+    resumed = build(host, tmp_path, type="dialogue-json", path="d.json")
+    resumed.open(run_info("R1"), {"a", "b"})
+    entries = json.loads(path.read_text(encoding="utf-8"))  # rewritten at once
+    assert entries[0] == seed_entry
+    assert [e["record_id"] for e in entries[1:]] == ["a"] * 3 + ["b"] * 3
+    resumed.write(result("c"))
+    resumed.write(result("x", error="boom"))
+    resumed.close()
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    assert [e.get("record_id") for e in entries[1:]] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+
+
+@pytest.mark.parametrize("content", ["[{\"role\": \"user\",", "{\"role\": \"user\"}"])
+def test_dialogue_json_corrupt_file_is_never_overwritten(host: PluginHost, tmp_path: Path, content: str) -> None:
+    path = tmp_path / "d.json"
+    path.write_text(content, encoding="utf-8")
+    sink = build(host, tmp_path, type="dialogue-json", path="d.json")
+    with pytest.raises(InputError) as err:
+        sink.open(run_info(), None)
+    assert str(path) in str(err.value) and "move it away" in str(err.value)
+    sink.close()
+    assert path.read_text(encoding="utf-8") == content
+
+
+def test_dialogue_json_zero_records_writes_empty_array(host: PluginHost, tmp_path: Path) -> None:
+    sink = build(host, tmp_path, type="dialogue-json", path="d.json")
+    sink.open(run_info(), None)
+    sink.close()
+    assert json.loads((tmp_path / "d.json").read_text(encoding="utf-8")) == []
+
+
+# --- records: jsonl ---------------------------------------------------------------------------------
+
+
+def test_records_jsonl_format_and_failed(host: PluginHost, tmp_path: Path) -> None:
+    sink = build(host, tmp_path, type="jsonl", path="out/records.jsonl")
+    sink.open(run_info(), None)
+    sink.write(result("a"))
+    sink.write(result("b", error="boom"))
+    sink.close()
+    [row] = lines(tmp_path / "out" / "records.jsonl")
+    assert row == {"_id": "a", "_run": "R1", "id": "a", "text": "review a", "reply": "Thanks, glad you like it!",
+                   "meta": {"n": 1}, "tags": ["a", "b"]}
+    failed = build(host, tmp_path, type="jsonl", path="f.jsonl", include_failed=True)
+    failed.open(run_info(), None)
+    failed.write(result("b", error="TemplateError: no field 'x'"))
+    failed.close()
+    [row] = lines(tmp_path / "f.jsonl")
+    assert row["_id"] == "b" and row["_error"] == "TemplateError: no field 'x'"
+
+
+def test_records_jsonl_exactly_once_on_resume(host: PluginHost, tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    first = build(host, tmp_path, type="jsonl", path="r.jsonl")
+    first.open(run_info("R1"), None)
+    for rid in "abc":
+        first.write(result(rid))
+    first.close()
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write('{"_id": "d", "_run": "R1", "te')
+    resumed = build(host, tmp_path, type="jsonl", path="r.jsonl")
+    resumed.open(run_info("R1"), {"a", "b"})
+    assert [r["_id"] for r in lines(path)] == ["a", "b"]
+    resumed.write(result("c"))
+    resumed.close()
+    assert [r["_id"] for r in lines(path)] == ["a", "b", "c"]
+
+
+# --- records: csv -----------------------------------------------------------------------------------
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        return list(csv.reader(fh))
+
+
+def test_records_csv_format(host: PluginHost, tmp_path: Path) -> None:
+    sink = build(host, tmp_path, type="csv", path="out/records.csv")
+    sink.open(run_info(), None)
+    sink.write(result("a", reply="multi\nline, \"quoted\""))
+    later = result("b")
+    later.fields["extra"] = "ignored"
+    del later.fields["tags"]
+    sink.write(later)
+    sink.write(result("x", error="boom"))
+    sink.close()
+    rows = read_csv(tmp_path / "out" / "records.csv")
+    assert rows[0] == ["record_id", "id", "text", "reply", "meta", "tags", "run_id"]
+    assert rows[1] == ["a", "a", "review a", "multi\nline, \"quoted\"", '{"n": 1}', '["a", "b"]', "R1"]
+    assert rows[2] == ["b", "b", "review b", "Thanks, glad you like it!", '{"n": 1}', "", "R1"]
+    assert len(rows) == 3
+
+
+def test_records_csv_columns_option_and_append(host: PluginHost, tmp_path: Path) -> None:
+    for run in ("R1", "R2"):
+        sink = build(host, tmp_path, type="csv", path="r.csv", columns=["reply", "text"])
+        sink.open(run_info(run), None)
+        sink.write(result("a" if run == "R1" else "b"))
+        sink.close()
+    rows = read_csv(tmp_path / "r.csv")
+    assert rows == [
+        ["record_id", "reply", "text", "run_id"],
+        ["a", "Thanks, glad you like it!", "review a", "R1"],
+        ["b", "Thanks, glad you like it!", "review b", "R2"],
+    ]
+    other = build(host, tmp_path, type="csv", path="r.csv", columns=["text"])
+    with pytest.raises(InputError, match="columns"):
+        other.open(run_info("R3"), None)
+
+
+def test_records_csv_exactly_once_on_resume(host: PluginHost, tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    first = build(host, tmp_path, type="csv", path="r.csv")
+    first.open(run_info("R1"), None)
+    for rid in "abc":
+        first.write(result(rid, reply=f"reply\nfor {rid}"))
+    first.close()
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write('d,d,review d,"cut sho')  # crash mid-row
+    resumed = build(host, tmp_path, type="csv", path="r.csv")
+    resumed.open(run_info("R1"), {"a", "b"})
+    assert [r[0] for r in read_csv(path)] == ["record_id", "a", "b"]
+    resumed.write(result("c"))
+    resumed.close()
+    rows = read_csv(path)
+    assert [r[0] for r in rows] == ["record_id", "a", "b", "c"]
+    assert rows[1][3] == "reply\nfor a"
+
+
+def test_records_csv_refuses_foreign_file(host: PluginHost, tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text("name,age\nx,1\n", encoding="utf-8")
+    sink = build(host, tmp_path, type="csv", path="r.csv")
+    with pytest.raises(InputError, match="move it away"):
+        sink.open(run_info(), None)
+    assert (tmp_path / "r.csv").read_text(encoding="utf-8") == "name,age\nx,1\n"
