@@ -22,8 +22,14 @@ class ChatStepMixin:
     label: str
 
     def _init_chat_step(self) -> None:
-        opts = self.options
         self.preset: AssistantPreset | None = None
+        self._prepared = False
+
+    def prepare(self) -> None:
+        """Resolve the assistant preset and check ``flatten`` (called when the pipeline is built)."""
+        if self._prepared:
+            return
+        opts = self.options
         if opts.assistant:
             self.preset = get_preset(
                 opts.assistant,
@@ -35,15 +41,18 @@ class ChatStepMixin:
                 f"step '{opts.output}': `flatten: true` needs `json_schema:` (or an assistant preset with one)",
                 hint="add a json_schema describing the reply object, or remove flatten",
             )
+        self._prepared = True
 
     # --- request parameters ------------------------------------------------------------------------
 
     def _system_template(self) -> str | None:
+        self.prepare()
         if self.options.system is not None:
             return self.options.system
         return self.preset.instructions if self.preset else None
 
     def _params(self, ctx: StepContext) -> dict[str, Any]:
+        self.prepare()
         opts, preset = self.options, self.preset
         backend_opts = ctx.backend.options
 
@@ -70,6 +79,7 @@ class ChatStepMixin:
         """``output``, plus ``{output}_{key}`` for each schema property when ``flatten`` is on."""
         out = [self.options.output]
         if self.options.flatten:
+            self.prepare()
             schema = self.options.json_schema
             if schema is None and self.preset is not None:
                 rf = self.preset.effective_response_format() or {}
