@@ -1,0 +1,402 @@
+"""The HTTP layer: a ``ThreadingHTTPServer`` speaking HTTP/1.1 with keep-alive, routing, auth, faults, stats.
+
+Every response carries ``Content-Length`` and ``x-request-id``. Errors have OpenAI's shape. Faults
+(latency, injected statuses, dropped connections, slow answers) apply to the inference endpoints only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import random
+import re
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..engine.models import find_model, list_models
+from . import inference
+from .config import Faults, ServerConfig
+from .errors import ApiError
+
+__all__ = ["OaipipeServer", "Reply", "make_server"]
+
+#: paths whose calls get injected faults
+INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/responses"})
+_MAX_BODY = 200 * 1024 * 1024
+
+
+class Reply:
+    """What a route returns: a status, a JSON-able body or raw bytes, and extra headers."""
+
+    def __init__(self, body: Any = None, *, status: int = 200, raw: bytes | None = None,
+                 content_type: str = "application/json", headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.raw = raw
+        self.content_type = content_type
+        self.headers = headers or {}
+
+    def payload(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        return json.dumps(self.body, ensure_ascii=False).encode("utf-8")
+
+
+class Request:
+    """A parsed request as routes see it."""
+
+    def __init__(self, method: str, path: str, query: dict[str, list[str]], headers: Any, body: bytes,
+                 params: dict[str, str]) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.params = params
+
+    def json(self) -> Any:
+        if not self.body:
+            raise ApiError(400, "The request body is empty; send a JSON object.", code="invalid_json")
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"The request body is not valid JSON ({exc}).", code="invalid_json") from exc
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+    def int_arg(self, name: str, default: int, *, low: int = 1, high: int = 10_000) -> int:
+        raw = self.arg(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ApiError(400, f"Invalid '{name}': expected an integer, got {raw!r}.", param=name,
+                           code="invalid_value") from None
+        if not low <= value <= high:
+            raise ApiError(400, f"Invalid '{name}': must be between {low} and {high}.", param=name,
+                           code="invalid_value")
+        return value
+
+
+Route = tuple[str, re.Pattern[str], str, Callable[[Request], Reply]]
+
+
+class OaipipeServer(ThreadingHTTPServer):
+    """The server plus its state: config, faults, stats, files, fine-tuning jobs and batches."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._faults = config.faults
+        self._rng = random.Random(config.seed)
+        self._stats_by_path: Counter[str] = Counter()
+        self._stats_by_status: Counter[str] = Counter()
+        self._stats_injected: Counter[str] = Counter()
+        self._stats_total = 0
+        self._own_data_dir = config.data_dir is None
+        self.data_dir = Path(tempfile.mkdtemp(prefix="oaipipe-serve-")) if config.data_dir is None \
+            else Path(config.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.stopping = threading.Event()
+        self.routes: list[Route] = []
+        self._add_core_routes()
+        for extend in _EXTENSIONS:
+            extend(self)
+        super().__init__((config.host, config.port), Handler)
+
+    # --- routes -----------------------------------------------------------------------------
+    def route(self, method: str, template: str, func: Callable[[Request], Reply]) -> None:
+        """Add a route; ``{name}`` in the template captures one path segment into ``request.params``."""
+        pattern = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "$")
+        self.routes.append((method, pattern, template, func))
+
+    def match(self, method: str, path: str) -> tuple[str, Callable[[Request], Reply] | None, dict[str, str], bool]:
+        """(template, handler, params, path_exists)."""
+        path_exists = False
+        for m, pattern, template, func in self.routes:
+            found = pattern.match(path)
+            if found:
+                path_exists = True
+                if m == method:
+                    return template, func, {k: unquote(v) for k, v in found.groupdict().items()}, True
+        return path, None, {}, path_exists
+
+    def _add_core_routes(self) -> None:
+        self.route("GET", "/v1/models", self._models)
+        self.route("GET", "/v1/models/{model}", self._model)
+        self.route("POST", "/v1/chat/completions", self._chat)
+        self.route("POST", "/v1/responses", self._responses)
+        self.route("GET", "/_oaipipe/stats", lambda req: Reply(self.stats()))
+        self.route("POST", "/_oaipipe/stats/reset", lambda req: Reply(self.reset_stats() or self.stats()))
+        self.route("GET", "/_oaipipe/faults", lambda req: Reply(self.faults.to_dict()))
+        self.route("POST", "/_oaipipe/faults", self._set_faults_route)
+        self.route("GET", "/_oaipipe/health", lambda req: Reply({"status": "ok"}))
+
+    def _models(self, req: Request) -> Reply:
+        return Reply({"object": "list", "data": [m.to_openai() for m in list_models()]})
+
+    def _model(self, req: Request) -> Reply:
+        model_id = req.params["model"]
+        found = find_model(model_id)
+        if found is None:
+            raise ApiError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
+        return Reply(found.to_openai())
+
+    def _chat(self, req: Request) -> Reply:
+        body = req.json()
+        if isinstance(body, dict) and body.get("stream"):
+            return Reply(raw=inference.chat_stream_events(body), content_type="text/event-stream; charset=utf-8")
+        return Reply(inference.chat_completion(body))
+
+    def _responses(self, req: Request) -> Reply:
+        return Reply(inference.create_response(req.json()))
+
+    def _set_faults_route(self, req: Request) -> Reply:
+        body = req.json()
+        if not isinstance(body, dict):
+            raise ApiError(400, "Send a JSON object of fault settings, e.g. {\"error_rates\": {\"429\": 0.2}}.")
+        try:
+            self.set_faults(**body)
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, f"Invalid fault settings: {exc}", code="invalid_value") from exc
+        return Reply(self.faults.to_dict())
+
+    # --- faults and stats -------------------------------------------------------------------
+    @property
+    def faults(self) -> Faults:
+        with self._lock:
+            return self._faults
+
+    def set_faults(self, faults: Faults | None = None, **changes: Any) -> Faults:
+        """Replace the faults (``faults=Faults(...)``) or change some settings (``error_rates={429: 0.5}``)."""
+        with self._lock:
+            base = faults if faults is not None else self._faults
+            self._faults = base.updated(**changes) if changes else base
+            return self._faults
+
+    def random(self) -> float:
+        with self._lock:
+            return self._rng.random()
+
+    def count(self, path: str, status: int | str) -> None:
+        with self._lock:
+            self._stats_total += 1
+            self._stats_by_path[path] += 1
+            self._stats_by_status[str(status)] += 1
+
+    def count_injected(self, what: str) -> None:
+        with self._lock:
+            self._stats_injected[what] += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start (or the last reset): requests by path template and by status, injected faults."""
+        with self._lock:
+            return {"requests": self._stats_total, "by_path": dict(self._stats_by_path),
+                    "by_status": dict(self._stats_by_status), "injected": dict(self._stats_injected)}
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self._stats_total = 0
+            self._stats_by_path.clear()
+            self._stats_by_status.clear()
+            self._stats_injected.clear()
+
+    # --- lifecycle --------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"http://{host}:{port}/v1"
+
+    def server_close(self) -> None:
+        self.stopping.set()
+        super().server_close()
+        if self._own_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+#: functions that add routes/state to a new server (files, fine-tuning, batches register here)
+_EXTENSIONS: list[Callable[[OaipipeServer], None]] = []
+
+
+def extension(func: Callable[[OaipipeServer], None]) -> Callable[[OaipipeServer], None]:
+    _EXTENSIONS.append(func)
+    return func
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "oaipipe-serve/0.1"
+    server: OaipipeServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
+        return
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            total = 0
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                total += size
+                if total > _MAX_BODY:
+                    raise ApiError(413, "The request body is too large (over 200 MB).")
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > _MAX_BODY:
+            raise ApiError(413, "The request body is too large (over 200 MB).")
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send(self, reply: Reply, request_id: str) -> None:
+        payload = reply.payload()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("x-request-id", request_id)
+        self.send_header("openai-version", "2020-10-01")
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+        self.wfile.flush()
+
+    def _check_auth(self) -> None:
+        key = self.server.config.api_key
+        if not key:
+            return
+        header = self.headers.get("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' (the key "
+                           "this server was started with: --api-key or OAIPIPE_SERVE_API_KEY).",
+                           code="invalid_api_key")
+        if not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise ApiError(401, "Incorrect API key provided. Use the key this server was started with "
+                           "(--api-key or OAIPIPE_SERVE_API_KEY).", code="invalid_api_key")
+
+    def _inject_faults(self, template: str) -> bool:
+        """Apply latency and injected faults; returns False when the connection was dropped."""
+        faults = self.server.faults
+        delay = faults.latency + (faults.jitter * self.server.random() if faults.jitter else 0.0)
+        if delay > 0:
+            time.sleep(delay)
+        draw = self.server.random()
+        edge = 0.0
+        for status in sorted(faults.error_rates):
+            edge += faults.error_rates[status]
+            if draw < edge:
+                self.server.count_injected(str(status))
+                headers = {}
+                if status == 429:
+                    ra = faults.retry_after
+                    headers = {"Retry-After": str(int(ra)) if float(ra).is_integer() else f"{ra:g}",
+                               "retry-after-ms": str(int(round(ra * 1000)))}
+                    raise ApiError(429, "Rate limit reached for requests (injected by oaipipe serve). Please "
+                                   "retry after the time in the Retry-After header.", code="rate_limit_exceeded",
+                                   headers=headers)
+                messages = {500: "The server had an error while processing your request (injected by oaipipe "
+                                 "serve). Retry your request.",
+                            503: "The engine is currently overloaded (injected by oaipipe serve). Please try "
+                                 "again later."}
+                code = {500: "server_error", 503: "service_unavailable"}.get(status, "injected_error")
+                raise ApiError(status, messages.get(status, f"Injected error {status} (oaipipe serve --error-rate)."),
+                               code=code, headers=headers)
+        edge_drop = edge + faults.drop_rate
+        if draw < edge_drop:
+            self.server.count_injected("drop")
+            return False
+        if draw < edge_drop + faults.timeout_rate:
+            self.server.count_injected("timeout")
+            self.server.stopping.wait(faults.timeout_seconds)
+        return True
+
+    def _dispatch(self, method: str) -> None:
+        request_id = "req_" + secrets.token_hex(12)
+        parts = urlsplit(self.path)
+        path = parts.path.rstrip("/") or "/"
+        template, func, params, path_exists = self.server.match(method, path)
+        try:
+            body = self._read_body()
+        except ApiError as exc:
+            self.close_connection = True
+            self.server.count(template, exc.status)
+            self._send(Reply(exc.body(), status=exc.status), request_id)
+            return
+        except (OSError, ValueError):
+            self.close_connection = True
+            return
+        try:
+            if path.startswith("/v1"):
+                self._check_auth()
+            if func is None:
+                if path_exists:
+                    raise ApiError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed")
+                raise ApiError(404, f"Invalid URL ({method} {path}): no such endpoint on oaipipe serve.",
+                               code="unknown_url")
+            if template in INFERENCE_PATHS and not self._inject_faults(template):
+                self.server.count(template, "dropped")
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            request = Request(method, path, parse_qs(parts.query), self.headers, body, params)
+            reply = func(request)
+        except ApiError as exc:
+            reply = Reply(exc.body(), status=exc.status, headers=exc.headers)
+        except Exception as exc:  # noqa: BLE001 - a bug must still produce an OpenAI-shaped 500
+            reply = Reply(ApiError(500, f"The local server failed: {type(exc).__name__}: {exc}",
+                                   code="server_error").body(), status=500)
+        status = reply.status
+        try:
+            self._send(reply, request_id)
+        finally:
+            self.server.count(template, status)
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+
+
+def make_server(config: ServerConfig | None = None, **kwargs: Any) -> OaipipeServer:
+    """Create (bind, not yet serve) a server; ``kwargs`` are flat :class:`ServerConfig`/:class:`Faults` settings."""
+    if config is None:
+        config = ServerConfig.from_kwargs(**kwargs)
+    elif kwargs:
+        raise TypeError("pass either a ServerConfig or keyword settings, not both")
+    return OaipipeServer(config)

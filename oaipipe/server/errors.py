@@ -1,0 +1,33 @@
+"""API errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ApiError", "not_found"]
+
+_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
+          404: "invalid_request_error", 408: "timeout", 409: "invalid_request_error",
+          422: "invalid_request_error", 429: "requests", 500: "server_error", 502: "server_error",
+          503: "server_error", 504: "server_error"}
+
+
+class ApiError(Exception):
+    """An error answer. ``headers`` are extra response headers (``Retry-After`` on 429)."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 type: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = type or _TYPES.get(status, "invalid_request_error")
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def not_found(kind: str, ident: str, param: str = "id") -> ApiError:
+    return ApiError(404, f"No such {kind} object: {ident}", param=param, code=None)
