@@ -86,6 +86,7 @@ class Runner:
         self._call: Callable[[ChatRequest], Awaitable[ChatResponse]] = self._backend_call
         self._abort: OaipipeError | None = None
         self._stop_scheduling = False
+        self._limited = False
 
     # --- the backend call -------------------------------------------------------------------------
 
@@ -198,6 +199,8 @@ class Runner:
                 raise self._abort
             if self._stop_scheduling:
                 status = "budget-reached"
+            elif self._limited:
+                status = "partial"
         except (asyncio.CancelledError, KeyboardInterrupt):
             status = "interrupted"
             raise
@@ -218,7 +221,7 @@ class Runner:
                 await pipeline.backend.aclose()
             summary = self._summary(run, status, error)
             run.write_summary(summary)
-            if status in ("finished", "budget-reached") and pipeline.train is not None:
+            if status == "finished" and pipeline.train is not None:
                 summary["train"] = self._train(run)
                 run.write_summary(summary)
             with contextlib.suppress(Exception):
@@ -288,7 +291,7 @@ class Runner:
             self._emit(result, journal, errors, info)
 
         try:
-            while not self._stop_scheduling and self._abort is None:
+            while not self._stop_scheduling and self._abort is None and not self._limited:
                 batch = await asyncio.to_thread(next, batches, sentinel)
                 if batch is sentinel:
                     break
@@ -296,7 +299,11 @@ class Runner:
                     if record.id in skip:
                         self.stats.skipped += 1
                         continue
-                    if (limit is not None and scheduled >= limit) or self._stop_scheduling or self._abort:
+                    if limit is not None and scheduled >= limit:
+                        # a record is left over: the run is partial, and the next run resumes it
+                        self._limited = True
+                        break
+                    if self._stop_scheduling or self._abort:
                         break
                     while len(pending) >= window:
                         emit(await pending.popleft())
@@ -304,8 +311,6 @@ class Runner:
                     scheduled += 1
                     while pending and pending[0].done():
                         emit(pending.popleft().result())
-                if limit is not None and scheduled >= limit:
-                    break
             while pending and self._abort is None:
                 emit(await pending.popleft())
         finally:

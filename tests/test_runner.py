@@ -1,0 +1,290 @@
+"""The runner end to end on the local backend: records, failures, run directories, resume, order, hooks."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from oaipipe.cli import main
+from oaipipe.errors import InputError, RunAborted
+from oaipipe.runner import RunOptions, run_pipeline_file
+
+REVIEWS = [
+    ("1", "I love this mug, it is wonderful"),
+    ("2", "Terrible service, the handle broke and I want a refund"),
+    ("3", "The parcel arrived on Tuesday"),
+    ("4", "Great value and fast delivery, thanks!"),
+    ("5", "Awful. Never again."),
+]
+
+
+def make_csv(path: Path, rows: list[tuple[str, str]] = REVIEWS) -> Path:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "text"])
+        writer.writerows(rows)
+    return path
+
+
+def make_pipeline(tmp_path: Path, extra: str = "", *, source: str = "{type: csv, path: r.csv, id_column: id}",
+                  steps: str | None = None, name: str = "t") -> Path:
+    if not (tmp_path / "r.csv").exists():
+        make_csv(tmp_path / "r.csv")
+    steps = steps or textwrap.dedent("""\
+      - {type: sentiment, analyzer: vader, input: "{text}", output: review_sentiment}
+      - {type: ask, system: "You are a helpful support agent.", prompt: "Reply to: {text}", output: reply}
+      - {type: sentiment, analyzer: keyword, input: "{reply}", output: reply_sentiment}
+    """)
+    text = f"name: {name}\nbackend: {{type: local, concurrency: 4}}\nsource: {source}\nsteps:\n"
+    text += textwrap.indent(steps, "  ")
+    text += "sinks:\n  - {type: dialogue-jsonl, path: out/dialogue.jsonl}\n  - {type: jsonl, path: out/records.jsonl}\n"
+    text += extra
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_every_record_gets_a_reply_and_sentiment(tmp_path: Path) -> None:
+    summary = run_pipeline_file(make_pipeline(tmp_path))
+    assert summary["status"] == "finished"
+    assert summary["records"] == {"total": 5, "done": 5, "failed": 0, "skipped": 0}
+    assert summary["calls"] == 5
+    dialogue = read_jsonl(tmp_path / "out/dialogue.jsonl")
+    assert sorted(d["record_id"] for d in dialogue) == ["1", "2", "3", "4", "5"]
+    for line in dialogue:
+        roles = [m["role"] for m in line["messages"]]
+        assert roles == ["system", "user", "assistant"]
+        assert line["messages"][2]["content"]
+        assert all(m["sentiment"]["label"] in {"positive", "negative", "neutral"} for m in line["messages"])
+        assert line["backend"] == "local"
+        assert line["model"].startswith("local:")
+    records = read_jsonl(tmp_path / "out/records.jsonl")
+    assert [r["_id"] for r in records] == ["1", "2", "3", "4", "5"]  # input order
+    by_id = {r["_id"]: r for r in records}
+    assert by_id["1"]["review_sentiment"] == "positive"
+    assert by_id["2"]["review_sentiment"] == "negative"
+    assert -1 <= by_id["2"]["review_sentiment_score"] < 0
+    run_dir = Path(summary["run_dir"])
+    assert {p.name for p in run_dir.iterdir()} >= {"journal.jsonl", "errors.jsonl", "summary.json", "pipeline.json"}
+    assert json.loads((run_dir / "summary.json").read_text())["records"]["done"] == 5
+
+
+def test_rerun_of_a_finished_run_does_nothing(tmp_path: Path) -> None:
+    path = make_pipeline(tmp_path)
+    first = run_pipeline_file(path)
+    second = run_pipeline_file(path)
+    assert second["status"] == "nothing-to-do"
+    assert second["calls"] == 0
+    assert second["run_id"] == first["run_id"]
+    assert len(read_jsonl(tmp_path / "out/dialogue.jsonl")) == 5
+    third = run_pipeline_file(path, fresh=True)
+    assert third["run_id"] != first["run_id"]
+    assert third["records"]["done"] == 5
+
+
+def test_limit_makes_a_partial_run_that_the_next_run_finishes(tmp_path: Path) -> None:
+    path = make_pipeline(tmp_path)
+    first = run_pipeline_file(path, limit=2)
+    assert first["status"] == "partial"
+    assert first["records"]["done"] == 2
+    second = run_pipeline_file(path)
+    assert second["run_id"] == first["run_id"]
+    assert second["records"]["skipped"] == 2
+    assert second["records"]["done"] == 3
+    assert second["status"] == "finished"
+    ids = [d["record_id"] for d in read_jsonl(tmp_path / "out/dialogue.jsonl")]
+    assert sorted(ids) == ["1", "2", "3", "4", "5"]  # each exactly once
+
+
+def test_resume_drops_output_of_records_that_were_not_journaled(tmp_path: Path) -> None:
+    path = make_pipeline(tmp_path)
+    first = run_pipeline_file(path, limit=3)
+    run_dir = Path(first["run_dir"])
+    # simulate a crash after the sinks wrote record 3 but before the journal did
+    lines = (run_dir / "journal.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "journal.jsonl").write_text("".join(lines[:2]) + lines[2][:20])  # torn last line
+    run_pipeline_file(path)
+    ids = [d["record_id"] for d in read_jsonl(tmp_path / "out/dialogue.jsonl")]
+    assert sorted(ids) == ["1", "2", "3", "4", "5"]
+    assert [r["_id"] for r in read_jsonl(tmp_path / "out/records.jsonl")] == ["1", "2", "3", "4", "5"]
+
+
+def test_changed_pipeline_is_not_mixed_into_an_unfinished_run(tmp_path: Path) -> None:
+    path = make_pipeline(tmp_path)
+    run_pipeline_file(path, limit=2)
+    path.write_text(path.read_text().replace("Reply to: {text}", "Answer: {text}"))
+    with pytest.raises(RunAborted, match="changed"):
+        run_pipeline_file(path)
+    fresh = run_pipeline_file(path, fresh=True)
+    assert fresh["records"]["done"] == 5
+
+
+def test_one_bad_record_does_not_stop_the_run(tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text(
+        '{"id": "a", "text": "I love it"}\n{not json\n{"id": "c", "txt": "typo field"}\n{"id": "d", "text": "bad"}\n'
+    )
+    path = make_pipeline(tmp_path, source="{type: jsonl, path: in.jsonl, id_field: id}")
+    summary = run_pipeline_file(path)
+    assert summary["records"]["done"] == 2
+    assert summary["records"]["failed"] == 2
+    errors = read_jsonl(Path(summary["errors_file"]))
+    assert len(errors) == 2
+    joined = " ".join(e["error"] for e in errors)
+    assert "line 2" in joined  # the bad JSON line
+    assert "'text'" in joined and "lacks" in joined  # the missing template field, named
+    assert {r["_id"] for r in read_jsonl(tmp_path / "out/records.jsonl")} == {"a", "d"}
+
+
+def test_exit_code_one_when_records_failed_and_zero_otherwise(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "text": "fine"}\n{oops\n')
+    bad = make_pipeline(tmp_path, source="{type: jsonl, path: in.jsonl, id_field: id}")
+    assert main(["run", str(bad), "-q"]) == 1
+    out = capsys.readouterr().out
+    assert "1 done, 1 failed" in out and "errors:" in out
+    good_dir = tmp_path / "good"
+    good_dir.mkdir()
+    assert main(["run", str(make_pipeline(good_dir)), "-q"]) == 0
+
+
+def test_max_failures_aborts_the_run(tmp_path: Path) -> None:
+    lines = "".join('{"id": "%d", "txt": "no text field"}\n' % i for i in range(6))
+    (tmp_path / "in.jsonl").write_text(lines + '{"id": "ok", "text": "fine"}\n')
+    path = make_pipeline(tmp_path, source="{type: jsonl, path: in.jsonl, id_field: id}")
+    with pytest.raises(RunAborted, match="max-failures 2"):
+        run_pipeline_file(path, max_failures=2)
+
+
+def test_a_run_where_everything_fails_stops_early(tmp_path: Path) -> None:
+    lines = "".join('{"id": "%d", "txt": "no text field"}\n' % i for i in range(30))
+    (tmp_path / "in.jsonl").write_text(lines)
+    path = make_pipeline(tmp_path, source="{type: jsonl, path: in.jsonl, id_field: id}")
+    with pytest.raises(RunAborted, match="first 10 records all failed"):
+        run_pipeline_file(path)
+
+
+def test_empty_input_gives_a_clean_summary(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text("id,text\n")
+    summary = run_pipeline_file(make_pipeline(tmp_path))
+    assert summary["status"] == "finished"
+    assert summary["records"]["done"] == 0 and summary["records"]["failed"] == 0
+    assert summary["calls"] == 0
+
+
+def test_csv_without_the_named_column(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "r.csv").write_text("key,text\n1,hi\n")
+    path = make_pipeline(tmp_path)
+    with pytest.raises(InputError) as info:
+        run_pipeline_file(path)
+    assert "id" in str(info.value) and "key" in str(info.value)
+    assert main(["run", str(path), "-q"]) == 3
+    assert "r.csv" in capsys.readouterr().err
+
+
+def test_order_is_input_order_even_when_replies_finish_out_of_order(tmp_path: Path) -> None:
+    plugin = tmp_path / "slowpoke.py"
+    plugin.write_text(textwrap.dedent('''
+        import asyncio
+        from oaipipe import Step, StepOptions, hookimpl
+
+        class Slow(Step):
+            """Sleeps longer for earlier records."""
+            class Options(StepOptions):
+                pass
+            async def run(self, fields, ctx):
+                await asyncio.sleep(0.05 * (10 - int(ctx.record.id)))
+                return {self.options.output: "slept"}
+
+        @hookimpl
+        def register_steps(register):
+            register("slow", Slow)
+    '''))
+    make_csv(tmp_path / "r.csv", [(str(i), f"text {i}") for i in range(10)])
+    path = make_pipeline(tmp_path, steps="- {type: slow, output: z}\n")
+    text = "plugins: [slowpoke.py]\n" + path.read_text().replace("concurrency: 4", "concurrency: 10")
+    path.write_text(text)
+    run_pipeline_file(path)
+    assert [r["_id"] for r in read_jsonl(tmp_path / "out/records.jsonl")] == [str(i) for i in range(10)]
+
+
+def test_sync_analyzers_run_off_the_event_loop_concurrently(tmp_path: Path) -> None:
+    plugin = tmp_path / "sleepy.py"
+    plugin.write_text(textwrap.dedent('''
+        import threading, time
+        from oaipipe import Analyzer, Sentiment, hookimpl
+
+        STATE = {"now": 0, "max": 0}
+        LOCK = threading.Lock()
+
+        class Sleepy(Analyzer):
+            """Blocks for a while, like a slow model would."""
+            def analyze(self, text):
+                with LOCK:
+                    STATE["now"] += 1
+                    STATE["max"] = max(STATE["max"], STATE["now"])
+                time.sleep(0.1)
+                with LOCK:
+                    STATE["now"] -= 1
+                return Sentiment("neutral", 0.0, "sleepy")
+
+        @hookimpl
+        def register_analyzers(register):
+            register("sleepy", Sleepy)
+
+        @hookimpl
+        def oaipipe_run_finish(run, summary):
+            summary["max_parallel_analyzers"] = STATE["max"]
+    '''))
+    make_csv(tmp_path / "r.csv", [(str(i), f"text {i}") for i in range(8)])
+    path = make_pipeline(tmp_path, steps='- {type: sentiment, analyzer: sleepy, input: "{text}", output: s}\n')
+    path.write_text("plugins: [sleepy.py]\n" + path.read_text())
+    summary = run_pipeline_file(path)
+    assert summary["records"]["done"] == 8
+    assert summary["max_parallel_analyzers"] > 1
+
+
+def test_lifecycle_hooks_see_the_run(tmp_path: Path) -> None:
+    plugin = tmp_path / "observer.py"
+    plugin.write_text(textwrap.dedent('''
+        import json, pathlib
+        from oaipipe import hookimpl
+
+        LOG = []
+
+        @hookimpl
+        def oaipipe_run_start(run):
+            LOG.append(("start", run.pipeline_name, run.resumed))
+
+        @hookimpl
+        def oaipipe_record_done(run, result):
+            LOG.append(("record", result.record.id, result.error is None))
+
+        @hookimpl
+        def oaipipe_run_finish(run, summary):
+            LOG.append(("finish", summary["status"]))
+            pathlib.Path(run.run_dir, "observed.json").write_text(json.dumps(LOG))
+    '''))
+    path = make_pipeline(tmp_path)
+    path.write_text("plugins: [observer.py]\n" + path.read_text())
+    summary = run_pipeline_file(path)
+    log = json.loads((Path(summary["run_dir"]) / "observed.json").read_text())
+    assert log[0] == ["start", "t", False]
+    assert [e[1] for e in log if e[0] == "record"] == ["1", "2", "3", "4", "5"]
+    assert log[-1] == ["finish", "finished"]
+
+
+def test_library_api_returns_summary_without_printing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import oaipipe
+
+    summary = oaipipe.run(str(make_pipeline(tmp_path)), options=RunOptions())
+    assert summary["records"]["done"] == 5
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
