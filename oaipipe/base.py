@@ -24,7 +24,7 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -277,14 +277,53 @@ class Sink(Component):
 class Trainer(Component):
     """Launches and follows fine-tuning jobs. See :mod:`oaipipe.training` for the dataset side.
 
-    Every trainer records its jobs in the job registry (``oaipipe jobs``).
+    oaipipe builds and validates the dataset, then calls :meth:`launch` with the written files
+    (:class:`oaipipe.training.DatasetFiles`) and an unsaved :class:`oaipipe.jobs.Job` whose fields
+    (trainer, base model, method, dataset hash, ...) are already filled in. The trainer sets ``id``,
+    ``status`` and whatever it knows (``fine_tuned_model``, ``error``, ``remote`` ids, events) and returns
+    it; oaipipe writes it to the job registry (``oaipipe jobs``) and calls :meth:`refresh` until the
+    status is final (``succeeded``, ``failed``, ``cancelled``). A trainer never writes the registry
+    itself. ``Options`` should subclass ``Trainer.Options`` so ``train:`` blocks look the same everywhere.
     """
 
-    def launch(self, dataset: Any, *, description: str = "") -> Any:
+    class Options(PluginOptions):
+        """Options every trainer understands (the ``train:`` block; ``oaipipe train`` flags)."""
+
+        type: str = "local"
+        model: str | None = Field(None, description="Base model to fine-tune; defaults to the backend's model")
+        method: Literal["supervised", "dpo"] = Field("supervised", description="supervised (SFT) or dpo")
+        suffix: str | None = Field(None, description="Up to 64 characters added to the fine-tuned model name")
+        hyperparameters: dict[str, Any] = Field(
+            default_factory=dict,
+            description="n_epochs, batch_size, learning_rate_multiplier (and beta for dpo)",
+        )
+        seed: int | None = Field(None, description="Training seed (and the dataset split seed)")
+        select: dict[str, Any] = Field(
+            default_factory=dict,
+            description="Keep exchanges whose fields match, e.g. {reply_sentiment: positive} or {sentiment: positive}",
+        )
+        system: str | None = Field(None, description="System prompt for CSV/pair data that has none")
+        step: str | None = Field(None, description="Only use the exchanges of this step (by its label)")
+        validation_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share kept for validation")
+        min_examples: int = Field(10, ge=1, description="Refuse smaller datasets (OpenAI requires 10)")
+        max_tokens_per_example: int | None = Field(None, ge=1, description="Override the model's example limit")
+        description: str | None = Field(None, description="Shown by `oaipipe jobs list`")
+        wait: bool = Field(True, description="Follow the job until it finishes")
+        force: bool = Field(False, description="Launch even if the same dataset was trained already")
+        poll_interval: float = Field(2.0, gt=0, description="Seconds between status checks")
+        timeout: float | None = Field(None, gt=0, description="Give up waiting after this many seconds")
+
+    #: True when :meth:`launch` finishes the job before returning (no polling needed)
+    in_process: ClassVar[bool] = False
+
+    def launch(self, dataset: Any, job: Any) -> Any:
+        """Start a job on ``dataset`` and return ``job`` with ``id`` and ``status`` set."""
         raise NotImplementedError
 
     def refresh(self, job: Any) -> Any:
-        raise NotImplementedError
+        """Return ``job`` updated from the provider (status, fine_tuned_model, error, new events)."""
+        return job
 
     def cancel(self, job: Any) -> Any:
+        """Ask the provider to cancel ``job``; return it updated."""
         raise NotImplementedError

@@ -1,3 +1,148 @@
-"""Built-in plugin trainer_openai (placeholder: filled in by its issue)."""
+"""Built-in trainer ``openai``: fine-tuning through the official SDK, against OpenAI or any compatible server.
+
+Uploads the training (and validation) file with purpose ``fine-tune``, creates the job with
+``method: {type: supervised|dpo, <type>: {hyperparameters: {...}}}``, and reports status and events
+(``fine_tuning.jobs.retrieve`` / ``list_events``) when oaipipe follows it. A failed job keeps the
+server's error message, which ``oaipipe train --wait`` / ``oaipipe jobs wait`` raise as a
+:class:`~oaipipe.errors.TrainingError`.
+
+OpenAI is winding its fine-tuning platform down (new jobs stop early in 2027); the datasets oaipipe
+writes are plain JSONL in OpenAI's format and stay usable by other trainers.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, SecretStr
+
+from ..base import Trainer
+from ..errors import AuthenticationError, OaipipeError, TrainingError
+from ..hookspecs import hookimpl
+from ..keys import NO_KEY_PLACEHOLDER, is_openai_host, resolve_api_key
+
+OPENAI_URL = "https://api.openai.com/v1"
+_HYPERPARAMETERS = {
+    "supervised": {"n_epochs", "batch_size", "learning_rate_multiplier"},
+    "dpo": {"n_epochs", "batch_size", "learning_rate_multiplier", "beta"},
+}
+
+
+class OpenAITrainer(Trainer):
+    """Fine-tune through the OpenAI fine-tuning API (OpenAI or any compatible server)."""
+
+    class Options(Trainer.Options):
+        type: str = "openai"
+        base_url: str | None = Field(None, description="Any OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1")
+        api_key: SecretStr | None = Field(None, description="Use ${env:OPENAI_API_KEY}; never written anywhere")
+        request_timeout: float = Field(120.0, gt=0, description="Seconds per HTTP call (uploads included)")
+        max_retries: int = Field(2, ge=0, le=20, description="SDK retries per HTTP call")
+
+    def __init__(self, options: Any = None, context: Any = None) -> None:
+        super().__init__(options, context)
+        self._client: Any = None
+        hp = set(self.options.hyperparameters) - _HYPERPARAMETERS[self.options.method]
+        if hp:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"unknown hyperparameter(s) for {self.options.method}: {', '.join(sorted(hp))}",
+                              key="train.hyperparameters",
+                              hint=f"allowed: {', '.join(sorted(_HYPERPARAMETERS[self.options.method]))}")
+
+    @property
+    def url(self) -> str:
+        return self.options.base_url or OPENAI_URL
+
+    def client(self) -> Any:
+        if self._client is None:
+            import openai
+
+            key = resolve_api_key(self.options)
+            if key is None:
+                if is_openai_host(self.options.base_url):
+                    raise AuthenticationError(
+                        "fine-tuning on OpenAI needs an API key, and none is set",
+                        hint="export OPENAI_API_KEY, set train.api_key: ${env:VAR}, or use --trainer local "
+                             "(offline) / --base-url for an OpenAI-compatible server")
+                key = NO_KEY_PLACEHOLDER
+            self._client = openai.OpenAI(api_key=key, base_url=self.options.base_url,
+                                         timeout=self.options.request_timeout, max_retries=self.options.max_retries)
+        return self._client
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from .backend_openai import translate_sdk_error
+
+        try:
+            return fn(*args, **kwargs)
+        except OaipipeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every SDK error becomes an oaipipe error
+            err = translate_sdk_error(exc, url=self.url, timeout=self.options.request_timeout)
+            err.message = f"{what}: {err.message}"
+            raise err from None
+
+    # --- the Trainer contract -------------------------------------------------------------------
+
+    def launch(self, dataset: Any, job: Any) -> Any:
+        client = self.client()
+        with dataset.train_path.open("rb") as fh:
+            train_file = self._call(f"uploading {dataset.train_path.name}", client.files.create,
+                                    file=fh, purpose="fine-tune")
+        job.remote = {"training_file": train_file.id}
+        kwargs: dict[str, Any] = {}
+        if dataset.validation_path is not None:
+            with dataset.validation_path.open("rb") as fh:
+                val_file = self._call(f"uploading {dataset.validation_path.name}", client.files.create,
+                                      file=fh, purpose="fine-tune")
+            kwargs["validation_file"] = val_file.id
+            job.remote["validation_file"] = val_file.id
+        method = job.method
+        hyper = dict(job.hyperparameters or self.options.hyperparameters)
+        spec: dict[str, Any] = {"type": method, method: {"hyperparameters": hyper}} if hyper else {"type": method}
+        suffix = job.suffix or self.options.suffix
+        if suffix:
+            kwargs["suffix"] = suffix
+        if self.options.seed is not None:
+            kwargs["seed"] = self.options.seed
+        remote = self._call("creating the fine-tuning job", client.fine_tuning.jobs.create,
+                            model=job.base_model, training_file=train_file.id, method=spec, **kwargs)
+        job.id = remote.id
+        self._apply(job, remote)
+        return job
+
+    def _apply(self, job: Any, remote: Any) -> None:
+        job.status = remote.status
+        job.fine_tuned_model = getattr(remote, "fine_tuned_model", None) or job.fine_tuned_model
+        error = getattr(remote, "error", None)
+        if error is not None and (getattr(error, "message", None) or getattr(error, "code", None)):
+            job.error = {"code": getattr(error, "code", None), "message": getattr(error, "message", None),
+                         "param": getattr(error, "param", None)}
+        trained = getattr(remote, "trained_tokens", None)
+        if trained is not None:
+            job.remote["trained_tokens"] = trained
+
+    def refresh(self, job: Any) -> Any:
+        client = self.client()
+        remote = self._call(f"reading job {job.id}", client.fine_tuning.jobs.retrieve, job.id)
+        self._apply(job, remote)
+        try:
+            page = self._call(f"reading the events of job {job.id}", client.fine_tuning.jobs.list_events,
+                              job.id, limit=50)
+            events = [{"id": e.id, "created_at": e.created_at, "level": e.level, "message": e.message}
+                      for e in getattr(page, "data", [])]
+            job.add_events(sorted(reversed(events), key=lambda e: (e["created_at"] or 0)))
+        except OaipipeError:
+            pass  # events are informative; the status is what matters
+        return job
+
+    def cancel(self, job: Any) -> Any:
+        if job.finished:
+            raise TrainingError(f"job {job.id} is already {job.status}; there is nothing to cancel")
+        remote = self._call(f"cancelling job {job.id}", self.client().fine_tuning.jobs.cancel, job.id)
+        self._apply(job, remote)
+        return job
+
+
+@hookimpl
+def register_trainers(register: Any) -> None:
+    register("openai", OpenAITrainer)

@@ -1,0 +1,204 @@
+"""The job registry: every fine-tuning job any trainer launched, in ``$OAIPIPE_HOME/jobs.json``.
+
+One JSON document ``{"version": 1, "jobs": [...]}``, rewritten atomically (temp file + ``os.replace``)
+under a lock file, so concurrent writers never lose each other's jobs and a crash never leaves half a
+file. Each job records its id, a description, creation time, trainer, base model, method, the dataset
+file and its sha256, status, the fine-tuned model, the error, the server's base URL (never a key) and
+the last events.
+
+A rerun with the same dataset hash, trainer, base model, method and base URL finds the first job
+(:meth:`JobRegistry.find_same`) instead of launching another, unless that job failed or was cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import TrainingError, redact
+from .home import home_dir
+
+__all__ = ["ACTIVE_STATUSES", "FINAL_STATUSES", "Job", "JobRegistry", "default_registry_path"]
+
+#: statuses after which a job never changes (OpenAI's names)
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE_STATUSES = frozenset({"validating_files", "queued", "running", "pending"})
+EVENTS_TAIL = 20
+
+
+def default_registry_path() -> Path:
+    return home_dir() / "jobs.json"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Job:
+    """One fine-tuning job as the registry keeps it."""
+
+    id: str
+    trainer: str
+    base_model: str
+    method: str = "supervised"
+    description: str = ""
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+    status: str = "queued"
+    fine_tuned_model: str | None = None
+    error: dict[str, Any] | None = None
+    dataset: str = ""
+    dataset_sha256: str = ""
+    validation_dataset: str | None = None
+    n_examples: int = 0
+    base_url: str | None = None
+    suffix: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    #: the provider's own ids: uploaded files, the remote job
+    remote: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def add_events(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append events not seen yet (by id, else by message+time); return the new ones."""
+        seen = {(e.get("id"), e.get("message"), e.get("created_at")) for e in self.events}
+        new = [e for e in events if (e.get("id"), e.get("message"), e.get("created_at")) not in seen]
+        self.events = (self.events + new)[-EVENTS_TAIL:]
+        return new
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if data.get("error"):
+            data["error"] = {k: redact(str(v)) if isinstance(v, str) else v for k, v in data["error"].items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def error_message(self) -> str:
+        if not self.error:
+            return ""
+        msg = self.error.get("message") or ""
+        code = self.error.get("code")
+        return f"{msg} ({code})" if code else msg
+
+
+class JobRegistry:
+    """Read and update the registry file. Every write holds the lock and replaces the file atomically."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path).expanduser() if path else default_registry_path()
+
+    # --- file plumbing --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float = 30.0) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.path.with_name(self.path.name + ".lock")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                break
+            except FileExistsError:
+                try:  # a lock left by a crashed writer: older than the timeout
+                    if time.time() - lock.stat().st_mtime > timeout:
+                        lock.unlink(missing_ok=True)
+                        continue
+                except FileNotFoundError:
+                    continue
+                if time.monotonic() > deadline:
+                    raise TrainingError(f"the job registry {self.path} is locked by another process",
+                                        hint=f"if no other oaipipe is running, delete {lock}") from None
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+
+    def _read(self) -> list[Job]:
+        if not self.path.exists():
+            return []
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError) as exc:
+            raise TrainingError(f"the job registry {self.path} cannot be read: {exc}",
+                                hint="restore it from a backup, or move it away to start a new registry") from None
+        items = data.get("jobs", []) if isinstance(data, dict) else data
+        return [Job.from_dict(item) for item in items if isinstance(item, dict) and item.get("id")]
+
+    def _write(self, jobs: list[Job]) -> None:
+        payload = json.dumps({"version": 1, "jobs": [j.to_dict() for j in jobs]}, indent=2, ensure_ascii=False)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".jobs.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(redact(payload) + "\n")
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    # --- queries --------------------------------------------------------------------------------
+
+    def list(self) -> list[Job]:
+        return self._read()
+
+    def get(self, job_id: str) -> Job:
+        jobs = self._read()
+        for job in jobs:
+            if job.id == job_id:
+                return job
+        matches = [j for j in jobs if j.id.startswith(job_id)] if job_id else []
+        if len(matches) == 1:
+            return matches[0]
+        known = ", ".join(j.id for j in jobs[-5:]) or "(none yet)"
+        raise TrainingError(f"no job '{job_id}' in the registry {self.path}",
+                            hint=f"`oaipipe jobs list` shows every job; recent ids: {known}")
+
+    def find_same(self, *, dataset_sha256: str, trainer: str, base_model: str, method: str,
+                  base_url: str | None) -> Job | None:
+        """The newest job on the same dataset/trainer/base model/method/server that did not fail."""
+        for job in reversed(self._read()):
+            if (job.dataset_sha256 == dataset_sha256 and job.trainer == trainer and job.base_model == base_model
+                    and job.method == method and (job.base_url or None) == (base_url or None)
+                    and job.status not in ("failed", "cancelled")):
+                return job
+        return None
+
+    # --- updates --------------------------------------------------------------------------------
+
+    def add(self, job: Job) -> Job:
+        with self._locked():
+            jobs = [j for j in self._read() if j.id != job.id]
+            jobs.append(job)
+            self._write(jobs)
+        return job
+
+    def update(self, job: Job) -> Job:
+        job.updated_at = _now()
+        with self._locked():
+            jobs = self._read()
+            for i, existing in enumerate(jobs):
+                if existing.id == job.id:
+                    jobs[i] = job
+                    break
+            else:
+                jobs.append(job)
+            self._write(jobs)
+        return job
