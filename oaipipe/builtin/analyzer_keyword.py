@@ -19,8 +19,8 @@ from ..types import Sentiment
 POSITIVE_WORDS: list[str] = [
     "good", "great", "excellent", "love", "loved", "happy", "amazing", "awesome", "fantastic", "wonderful",
     "perfect", "best", "thanks", "thank you", "nice", "helpful", "recommend", "pleased", "satisfied",
-    "beautiful", "brilliant", "delighted", "enjoy", "enjoyed", "fast", "glad", "impressed", "like",
-    "outstanding", "superb", "works great", "worth",
+    "beautiful", "brilliant", "delighted", "enjoy", "enjoyed", "fast", "glad", "impressed",
+    "outstanding", "superb", "works great", "gorgeous", "comfortable",
 ]
 
 NEGATIVE_WORDS: list[str] = [
