@@ -1,0 +1,132 @@
+"""The core commands through the real entry point: run, validate, schema, plugins, and exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oaipipe.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def oaipipe_exe() -> str:
+    exe = Path(sys.executable).parent / "oaipipe"
+    return str(exe) if exe.exists() else (shutil.which("oaipipe") or "oaipipe")
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Path:
+    (tmp_path / "r.csv").write_text("id,text\n1,I love it\n2,I hate it\n", encoding="utf-8")
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "name: cli\n"
+        "backend: {type: local}\n"
+        "source: {type: csv, path: r.csv, id_column: id}\n"
+        "steps:\n"
+        '  - {type: sentiment, analyzer: vader, input: "{text}", output: s}\n'
+        '  - {type: ask, prompt: "Reply to: {text}", output: reply}\n'
+        "sinks:\n"
+        "  - {type: jsonl, path: out.jsonl}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_validate_ok(pipeline: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["validate", str(pipeline)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok:")
+    assert "2 steps" in out and "backend local" in out
+
+
+def test_validate_points_at_the_broken_line(pipeline: Path, capsys: pytest.CaptureFixture) -> None:
+    text = pipeline.read_text().replace("output: reply}", "output: reply, temprature: 0.2}")
+    pipeline.write_text(text)
+    assert main(["validate", str(pipeline)]) == 2
+    err = capsys.readouterr().err
+    assert f"{pipeline}:6" in err
+    assert "temprature" in err and "did you mean 'temperature'" in err
+
+
+def test_validate_malformed_yaml(pipeline: Path, capsys: pytest.CaptureFixture) -> None:
+    pipeline.write_text(pipeline.read_text().replace("steps:\n", "steps:\n  - [unclosed\n"))
+    assert main(["validate", str(pipeline)]) == 2
+    err = capsys.readouterr().err
+    assert "malformed YAML" in err and str(pipeline) in err
+
+
+def test_run_json_summary(pipeline: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", str(pipeline), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["records"]["done"] == 2
+    assert summary["backend"] == "local"
+    assert (pipeline.parent / "out.jsonl").exists()
+
+
+def test_run_set_override_changes_the_run(pipeline: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", str(pipeline), "--json", "--set", "steps.1.prompt=Say hi to {text}",
+                 "--set", "sinks.0.path=other.jsonl"]) == 0
+    assert (pipeline.parent / "other.jsonl").exists()
+    records = [json.loads(x) for x in (pipeline.parent / "other.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+
+
+def test_run_unknown_plugin_exit_code_and_message(pipeline: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", str(pipeline), "--set", "source.type=xlsx"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown source 'xlsx'" in err and "csv" in err
+
+
+def test_run_missing_pipeline_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_schema_includes_every_plugins_options(capsys: pytest.CaptureFixture) -> None:
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    sources = {v["properties"]["type"]["const"]: v for v in schema["properties"]["source"]["oneOf"]}
+    assert {"csv", "jsonl", "images"} <= set(sources)
+    assert "id_column" in sources["csv"]["properties"]
+    steps = {v["properties"]["type"]["const"] for v in schema["properties"]["steps"]["items"]["oneOf"]}
+    assert {"sentiment", "ask"} <= steps
+    assert schema["additionalProperties"] is False
+
+
+def test_plugins_lists_builtins_and_a_pipelines_own(tmp_path: Path, pipeline: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "mine.py").write_text(
+        "from oaipipe import Analyzer, Sentiment, hookimpl\n"
+        "class Mine(Analyzer):\n"
+        "    def analyze(self, text):\n"
+        "        return Sentiment('neutral', 0.0, 'mine')\n"
+        "@hookimpl\n"
+        "def register_analyzers(register):\n"
+        "    register('mine', Mine)\n"
+    )
+    pipeline.write_text("plugins: [mine.py]\n" + pipeline.read_text())
+    assert main(["plugins", "--json", "--pipeline", str(pipeline)]) == 0
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert listed["analyzer_vader"]["origin"] == "builtin"
+    assert "analyzer:vader" in listed["analyzer_vader"]["registers"]
+    assert "command:run" in listed["commands_core"]["registers"]
+    assert listed["mine"]["registers"] == ["analyzer:mine"]
+    assert "mine.py" in listed["mine"]["origin"]
+
+
+def test_disable_plugin_by_name(pipeline: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["validate", str(pipeline), "--disable-plugin", "analyzer_vader"]) == 2
+    assert "unknown analyzer 'vader'" in capsys.readouterr().err
+
+
+def test_console_script_runs_as_a_real_process(pipeline: Path) -> None:
+    proc = subprocess.run([oaipipe_exe(), "run", str(pipeline)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "backend local" in proc.stderr  # the one-line backend announcement
+    assert "finished: 2 done, 0 failed" in proc.stdout
