@@ -288,3 +288,46 @@ def test_images_missing_folder_and_file_instead(host: PluginHost, tmp_path: Path
 def test_images_empty_folder_is_zero_records(host: PluginHost, tmp_path: Path) -> None:
     (tmp_path / "pics").mkdir()
     assert list(build(host, tmp_path, type="images", path="pics").records()) == []
+
+
+# --- the shipped example data -------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_reviews_csv_reads_and_every_image_exists(host: PluginHost) -> None:
+    src = build(host, REPO, type="csv", path="examples/data/reviews.csv", id_column="id")
+    assert src.fields() == ["id", "text", "image"]
+    recs = list(src.records())
+    assert 15 <= len(recs) <= 30
+    assert all(r.error is None and r.data["text"] for r in recs)
+    images = {r.data["image"] for r in recs}
+    assert len(images) == 5
+    for rel in images:
+        path = REPO / rel
+        assert path.is_file(), rel
+        assert path.stat().st_size < 30_000
+        with Image.open(path) as im:
+            im.verify()
+    labels = {host.analyzer("vader").analyze(r.data["text"]).label for r in recs}
+    assert labels == {"positive", "negative", "neutral"}
+
+
+def test_shipped_images_folder_and_exif_portrait(host: PluginHost) -> None:
+    from PIL import ImageOps
+
+    src = build(host, REPO, type="images", path="examples/images")
+    names = [r.id for r in src.records()]
+    assert names == sorted(names) and "yellow_lamp.jpg" in names and len(names) == 5
+    with Image.open(REPO / "examples/images/yellow_lamp.jpg") as im:
+        assert im.getexif().get(0x0112) == 6
+        assert im.width > im.height  # stored sideways ...
+        upright = ImageOps.exif_transpose(im)
+        assert upright.height > upright.width  # ... displayed in portrait
+
+
+def test_shipped_jsonl_and_qa_files(host: PluginHost) -> None:
+    recs = list(build(host, REPO, type="jsonl", path="examples/data/questions.jsonl", id_field="id").records())
+    assert recs and all(r.error is None and r.data["text"] for r in recs)
+    qa = list(build(host, REPO, type="csv", path="examples/data/qa.csv").records())
+    assert len(qa) >= 10 and all(r.data["prompt"] and r.data["completion"] for r in qa)
