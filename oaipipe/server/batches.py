@@ -1,0 +1,229 @@
+"""``/v1/batches``: a JSONL file of requests processed in the background, without injected faults.
+
+Lifecycle: ``validating`` → ``in_progress`` → ``finalizing`` → ``completed`` (``failed`` when the input file
+itself is malformed; ``cancelling`` → ``cancelled`` on cancel). Requests that fail (a bad body, an unknown
+model) go to the error file with their status code; the others to the output file.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from typing import Any
+
+from . import inference
+from .app import OaipipeServer, Reply, Request, extension
+from .errors import ApiError
+from .files import FileStore, _list_reply
+
+__all__ = ["Batches"]
+
+ENDPOINTS: dict[str, Any] = {"/v1/chat/completions": inference.chat_completion,
+                             "/v1/responses": inference.create_response}
+TERMINAL = ("completed", "failed", "cancelled", "expired")
+
+
+class BatchInputError(Exception):
+    def __init__(self, message: str, line: int | None, code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.message, self.line, self.code = message, line, code
+
+
+def parse_batch_input(data: bytes, endpoint: str) -> list[dict[str, Any]]:
+    """The request lines of a batch input file; raises :class:`BatchInputError` naming the bad line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BatchInputError("The input file is not UTF-8 text.", None, "invalid_file_format") from None
+    lines: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for n, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            raise BatchInputError(f"Line {n} is not valid JSON.", n, "invalid_json_line") from None
+        if not isinstance(row, dict):
+            raise BatchInputError(f"Line {n} is not a JSON object.", n, "invalid_json_line")
+        custom_id = row.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            raise BatchInputError(f"Line {n} has no 'custom_id' string.", n, "missing_required_parameter")
+        if custom_id in seen:
+            raise BatchInputError(f"Line {n}: custom_id '{custom_id}' is used twice; custom_id values must be "
+                                  "unique.", n, "duplicate_custom_id")
+        seen.add(custom_id)
+        if row.get("method") != "POST":
+            raise BatchInputError(f"Line {n}: 'method' must be POST.", n, "invalid_method")
+        if row.get("url") != endpoint:
+            raise BatchInputError(f"Line {n}: 'url' is {row.get('url')!r} but the batch endpoint is {endpoint}; "
+                                  "every line must use the batch's endpoint.", n, "mismatched_url")
+        lines.append(row)
+    if not lines:
+        raise BatchInputError("The input file contains no requests.", None, "empty_file")
+    return lines
+
+
+class Batches:
+    def __init__(self, server: OaipipeServer, files: FileStore) -> None:
+        self.server = server
+        self.files = files
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.cancel_flags: dict[str, threading.Event] = {}
+        self.lock = threading.Lock()
+
+    def _update(self, batch_id: str, **changes: Any) -> None:
+        with self.lock:
+            self.batches[batch_id].update(changes)
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+        file_id = body.get("input_file_id")
+        if not isinstance(file_id, str) or not file_id:
+            raise ApiError(400, "Missing required parameter: 'input_file_id'.", param="input_file_id",
+                           code="missing_required_parameter")
+        try:
+            obj = self.files.get(file_id)
+        except ApiError:
+            raise ApiError(400, f"Invalid 'input_file_id': no such file {file_id}; upload it with purpose "
+                           "'batch' first.", param="input_file_id", code="invalid_file_id") from None
+        if obj["purpose"] != "batch":
+            raise ApiError(400, f"File {file_id} has purpose '{obj['purpose']}'; batch input files need purpose "
+                           "'batch'.", param="input_file_id", code="invalid_file_purpose")
+        endpoint = body.get("endpoint")
+        if endpoint not in ENDPOINTS:
+            raise ApiError(400, f"Invalid 'endpoint': {endpoint!r}; the local server batches "
+                           + " and ".join(ENDPOINTS) + ".", param="endpoint", code="invalid_value")
+        if body.get("completion_window") != "24h":
+            raise ApiError(400, "Invalid 'completion_window': only '24h' is supported.", param="completion_window",
+                           code="invalid_value")
+        now = int(time.time())
+        batch_id = "batch_" + secrets.token_hex(12)
+        batch = {
+            "id": batch_id, "object": "batch", "endpoint": endpoint, "errors": None, "input_file_id": file_id,
+            "completion_window": "24h", "status": "validating", "output_file_id": None, "error_file_id": None,
+            "created_at": now, "in_progress_at": None, "expires_at": now + 86400, "finalizing_at": None,
+            "completed_at": None, "failed_at": None, "expired_at": None, "cancelling_at": None,
+            "cancelled_at": None, "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"), "model": None, "usage": None,
+        }
+        with self.lock:
+            self.batches[batch_id] = batch
+            self.cancel_flags[batch_id] = threading.Event()
+        threading.Thread(target=self._run, args=(batch_id,), name=f"batch-{batch_id}", daemon=True).start()
+        return json.loads(json.dumps(batch))
+
+    def _finish_cancel(self, batch_id: str) -> None:
+        self._update(batch_id, status="cancelled", cancelled_at=int(time.time()))
+
+    def _run(self, batch_id: str) -> None:
+        cfg = self.server.config
+        cancel = self.cancel_flags[batch_id]
+        batch = self.get(batch_id)
+        try:
+            if cancel.wait(cfg.batch_seconds / 3):
+                return self._finish_cancel(batch_id)
+            try:
+                lines = parse_batch_input(self.files.content(batch["input_file_id"]), batch["endpoint"])
+            except BatchInputError as exc:
+                self._update(batch_id, status="failed", failed_at=int(time.time()), errors={
+                    "object": "list", "data": [{"code": exc.code, "message": exc.message, "param": None,
+                                                "line": exc.line}]})
+                return None
+            with self.lock:
+                if cancel.is_set():
+                    return self._finish_cancel(batch_id)
+                self.batches[batch_id].update(status="in_progress", in_progress_at=int(time.time()),
+                                              request_counts={"total": len(lines), "completed": 0, "failed": 0})
+            call = ENDPOINTS[batch["endpoint"]]
+            outputs: list[str] = []
+            errors: list[str] = []
+            usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+            per_line = cfg.batch_seconds / 3 / max(len(lines), 1)
+            model = None
+            for row in lines:
+                if cancel.wait(per_line) or cancel.is_set():
+                    return self._finish_cancel(batch_id)
+                request_id = "req_" + secrets.token_hex(12)
+                try:
+                    body = call(row.get("body"))
+                    status = 200
+                except ApiError as exc:
+                    body, status = exc.body(), exc.status
+                except Exception as exc:  # noqa: BLE001 - one bad line must not stop the batch
+                    body, status = ApiError(500, f"The local server failed: {exc}").body(), 500
+                line = {"id": "batch_req_" + secrets.token_hex(12), "custom_id": row["custom_id"],
+                        "response": {"status_code": status, "request_id": request_id, "body": body}, "error": None}
+                text = json.dumps(line, ensure_ascii=False)
+                with self.lock:
+                    counts = self.batches[batch_id]["request_counts"]
+                    if status == 200:
+                        counts["completed"] += 1
+                    else:
+                        counts["failed"] += 1
+                if status == 200:
+                    outputs.append(text)
+                    u = body.get("usage") or {}
+                    inp = u.get("prompt_tokens", u.get("input_tokens", 0))
+                    out = u.get("completion_tokens", u.get("output_tokens", 0))
+                    usage["input_tokens"] += inp
+                    usage["output_tokens"] += out
+                    usage["total_tokens"] += inp + out
+                    model = model or body.get("model")
+                else:
+                    errors.append(text)
+            self._update(batch_id, status="finalizing", finalizing_at=int(time.time()))
+            if cancel.wait(cfg.batch_seconds / 3):
+                return self._finish_cancel(batch_id)
+            out_id = self.files.add(("\n".join(outputs) + "\n").encode("utf-8") if outputs else b"",
+                                    f"{batch_id}_output.jsonl", "batch_output")["id"] if outputs else None
+            err_id = self.files.add(("\n".join(errors) + "\n").encode("utf-8"), f"{batch_id}_error.jsonl",
+                                    "batch_output")["id"] if errors else None
+            self._update(batch_id, status="completed", completed_at=int(time.time()), output_file_id=out_id,
+                         error_file_id=err_id, model=model, usage={
+                             **usage, "input_tokens_details": {"cached_tokens": 0},
+                             "output_tokens_details": {"reasoning_tokens": 0}})
+        except Exception as exc:  # noqa: BLE001 - a failed batch must say why
+            self._update(batch_id, status="failed", failed_at=int(time.time()), errors={
+                "object": "list", "data": [{"code": "server_error", "message": f"The local server failed: {exc}",
+                                            "param": None, "line": None}]})
+        return None
+
+    def get(self, batch_id: str) -> dict[str, Any]:
+        with self.lock:
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                raise ApiError(404, f"No batch found with id '{batch_id}'.", param="batch_id", code=None)
+            return json.loads(json.dumps(batch))
+
+    def cancel(self, batch_id: str) -> dict[str, Any]:
+        batch = self.get(batch_id)
+        if batch["status"] in TERMINAL or batch["status"] == "cancelling":
+            raise ApiError(400, f"Cannot cancel a batch with status '{batch['status']}'.", param="batch_id",
+                           code="invalid_state")
+        with self.lock:
+            self.cancel_flags[batch_id].set()
+            self.batches[batch_id].update(status="cancelling", cancelling_at=int(time.time()))
+        return self.get(batch_id)
+
+    def listing(self) -> list[dict[str, Any]]:
+        with self.lock:
+            items = [json.loads(json.dumps(b)) for b in self.batches.values()]
+        return list(reversed(items))
+
+
+@extension
+def add_batch_routes(server: OaipipeServer) -> None:
+    batches = Batches(server, server.files)  # type: ignore[attr-defined]
+    server.batches = batches  # type: ignore[attr-defined]
+    server.route("POST", "/v1/batches", lambda req: Reply(batches.create(req.json())))
+    server.route("GET", "/v1/batches", lambda req: _list_reply(batches.listing(), req, 20))
+    server.route("GET", "/v1/batches/{batch_id}", lambda req: Reply(batches.get(req.params["batch_id"])))
+
+    def cancel(req: Request) -> Reply:
+        return Reply(batches.cancel(req.params["batch_id"]))
+
+    server.route("POST", "/v1/batches/{batch_id}/cancel", cancel)
