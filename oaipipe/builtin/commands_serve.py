@@ -1,3 +1,121 @@
-"""Built-in plugin commands_serve (placeholder: filled in by its issue)."""
+"""Command ``oaipipe serve``: the embedded engine as an OpenAI-compatible HTTP server (loopback by default)."""
 
 from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import ConfigError, register_secret
+from ..hookspecs import hookimpl
+
+__all__ = ["is_loopback", "serve_command"]
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _error_rates(values: tuple[str, ...]) -> dict[int, float]:
+    from ..server.config import parse_error_rate
+
+    rates: dict[int, float] = {}
+    for value in values:
+        try:
+            status, rate = parse_error_rate(value)
+        except ValueError as exc:
+            raise ConfigError(f"--error-rate: {exc}", hint="repeat the flag per status: "
+                              "--error-rate 429=0.2 --error-rate 503=0.05") from None
+        rates[status] = rate
+    return rates
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback only "
+              "unless --allow-remote).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="Port (0 picks a free one).")
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (the server has no TLS).")
+@click.option("--latency", default=0.0, type=click.FloatRange(min=0), help="Seconds added to every inference call.")
+@click.option("--jitter", default=0.0, type=click.FloatRange(min=0), help="Up to this many random extra seconds.")
+@click.option("--error-rate", "error_rate", multiple=True, metavar="STATUS=RATE",
+              help="Inject an error status on this share of inference calls, e.g. 429=0.2 (repeatable).")
+@click.option("--retry-after", default=1.0, type=click.FloatRange(min=0), show_default=True,
+              help="Seconds sent in Retry-After / retry-after-ms with injected 429s.")
+@click.option("--drop-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of calls whose connection "
+              "is closed without a response.")
+@click.option("--timeout-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of calls answered only "
+              "after --timeout-seconds (to trip client timeouts).")
+@click.option("--timeout-seconds", default=10.0, type=click.FloatRange(min=0), show_default=True,
+              help="How long a --timeout-rate call stalls.")
+@click.option("--api-key", default=None, envvar="OAIPIPE_SERVE_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every /v1 request.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where uploaded/produced files live (default: a temporary folder removed on exit).")
+@click.option("--ft-seconds", default=1.0, type=click.FloatRange(min=0), show_default=True,
+              help="How long a fine-tuning job takes.")
+@click.option("--ft-min-examples", default=10, type=click.IntRange(min=1), show_default=True,
+              help="Fewest examples a training file may have (OpenAI requires 10).")
+@click.option("--batch-seconds", default=0.2, type=click.FloatRange(min=0), show_default=True,
+              help="How long a batch takes at least.")
+@click.option("--seed", default=None, type=int, help="Seed of the random fault/jitter choices (reproducible runs).")
+@click.option("--quiet", is_flag=True, help="Print only the base URL line.")
+def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitter: float,
+                  error_rate: tuple[str, ...], retry_after: float, drop_rate: float, timeout_rate: float,
+                  timeout_seconds: float, api_key: str | None, data_dir: Path | None, ft_seconds: float,
+                  ft_min_examples: int, batch_seconds: float, seed: int | None, quiet: bool) -> None:
+    """Serve the embedded offline engine as an OpenAI-compatible API (models, chat, responses, files,
+    fine-tuning jobs, batches), with switches to inject latency and errors."""
+    from ..server.config import Faults, ServerConfig
+    from ..testing import ServerHandle, serve_forever
+
+    if not is_loopback(host) and not allow_remote:
+        raise ConfigError(f"--host {host} is not a loopback address; the server has no TLS and answers anyone "
+                          "who can reach it.", hint="use --host 127.0.0.1, or add --allow-remote if you mean it")
+    if api_key:
+        register_secret(api_key)
+    try:
+        faults = Faults(latency=latency, jitter=jitter, error_rates=_error_rates(error_rate),
+                        retry_after=retry_after, drop_rate=drop_rate, timeout_rate=timeout_rate,
+                        timeout_seconds=timeout_seconds)
+    except ValueError as exc:
+        raise ConfigError(f"fault settings: {exc}", hint="lower the rates so that they add up to at most 1") from None
+    config = ServerConfig(host=host, port=port, data_dir=data_dir, api_key=api_key or None, seed=seed,
+                          ft_seconds=ft_seconds, ft_min_examples=ft_min_examples, batch_seconds=batch_seconds,
+                          faults=faults)
+
+    def ready(handle: ServerHandle) -> None:
+        click.echo(f"oaipipe serve: listening on {handle.base_url}  (use --set backend.base_url={handle.base_url})")
+        if not quiet:
+            notes = []
+            if api_key:
+                notes.append("bearer key required")
+            if faults.error_rates or faults.drop_rate or faults.timeout_rate or faults.latency or faults.jitter:
+                notes.append("faults: " + ", ".join(f"{k}={v}" for k, v in faults.to_dict().items()
+                                                    if v and k not in ("retry_after", "timeout_seconds")))
+            notes.append(f"files in {handle.data_dir}")
+            click.echo("  " + "; ".join(notes) + ". Ctrl-C stops.", err=True)
+        import sys
+
+        sys.stdout.flush()
+
+    try:
+        serve_forever(config, ready=ready)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                          hint="pick another --port (or --port 0 for a free one)") from None
+    if not quiet:
+        click.echo("oaipipe serve: stopped", err=True)
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    cli.add_command(serve_command)
