@@ -92,3 +92,10 @@ def test_emoji_package_declares_the_entry_point() -> None:
 
     meta = tomllib.loads((EMOJI_DIR / "pyproject.toml").read_text(encoding="utf-8"))
     assert meta["project"]["entry-points"]["oaipipe"] == {"emoji": "oaipipe_emoji"}
+
+
+def test_plugin_guide_shows_the_shipped_shouty_code() -> None:
+    code = (REPO / "plugins" / "shouty_sentiment.py").read_text(encoding="utf-8")
+    body = code.split('"""', 2)[2].lstrip("\n")  # without the module docstring
+    guide = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
+    assert body in guide
