@@ -32,7 +32,7 @@ class ShoutyAnalyzer(Analyzer):
         caps = sum(1 for w in words if len(w) >= self.options.min_caps_length and w.isupper())
         level = min(1.0, (caps + text.count("!")) / max(1, len(words)))
         label = "negative" if level >= self.options.threshold else "neutral"
-        return Sentiment(label, -level if level else 0.0, analyzer=self.name)
+        return Sentiment(label, -level, analyzer=self.name)
 
 
 @hookimpl

@@ -94,8 +94,8 @@ def test_emoji_package_declares_the_entry_point() -> None:
     assert meta["project"]["entry-points"]["oaipipe"] == {"emoji": "oaipipe_emoji"}
 
 
-def test_plugin_guide_shows_the_shipped_shouty_code() -> None:
+@pytest.mark.parametrize("doc", ["docs/plugins.md", "README.md"])
+def test_docs_show_the_shipped_shouty_code(doc: str) -> None:
     code = (REPO / "plugins" / "shouty_sentiment.py").read_text(encoding="utf-8")
     body = code.split('"""', 2)[2].lstrip("\n")  # without the module docstring
-    guide = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
-    assert body in guide
+    assert body in (REPO / doc).read_text(encoding="utf-8")
