@@ -35,6 +35,15 @@ __all__ = [
 
 Progress = Callable[[str], None]
 
+#: exchanges of these steps are left out unless ``step:`` names them
+_VISION_STEPS = ("describe_image",)
+
+
+def _step_matches(ex: Any, step: str) -> bool:
+    """``step: reply`` matches an exchange logged as ``ask:reply`` (type:output), or ``ask``, or ``reply``."""
+    label = str(ex.fields.get("step", ""))
+    return label == step or label.endswith(f":{step}") or label.startswith(f"{step}:")
+
 
 def _quiet(_: str) -> None:
     return None
@@ -46,8 +55,9 @@ def build_dataset(data: str | Path, *, method: str = "supervised", select: dict[
     """Read ``data`` (file or folder) and build fine-tuning rows (not written yet)."""
     examples = read_examples(data, system=system)
     if step:
-        examples = [ex for ex in examples if ex.raw is not None or ex.fields.get("step") in (step, None)
-                    or str(ex.fields.get("step", "")).endswith(f":{step}")]
+        examples = [ex for ex in examples if ex.raw is not None or _step_matches(ex, step)]
+    else:  # image exchanges are logged with a text placeholder for the image: not training material
+        examples = [ex for ex in examples if not str(ex.fields.get("step", "")).startswith(_VISION_STEPS)]
     return build_rows(examples, method=method, select=select, validation_fraction=validation_fraction, seed=seed)
 
 

@@ -1,0 +1,152 @@
+"""The validation report: one broken file per category (tests/data/training), tokens, epochs, price."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from oaipipe.cli import main
+from oaipipe.pricing import PriceTable
+from oaipipe.tokens import count_message_tokens
+from oaipipe.training import CATEGORIES, default_epochs, token_limit_for, validate_file, validate_rows
+
+DATA = Path(__file__).parent / "data" / "training"
+
+BROKEN = [
+    ("invalid_json.jsonl", "invalid_json", "supervised"),
+    ("data_type.jsonl", "data_type", "supervised"),
+    ("missing_messages_list.jsonl", "missing_messages_list", "supervised"),
+    ("message_missing_key.jsonl", "message_missing_key", "supervised"),
+    ("message_unrecognized_key.jsonl", "message_unrecognized_key", "supervised"),
+    ("unrecognized_role.jsonl", "unrecognized_role", "supervised"),
+    ("missing_content.jsonl", "missing_content", "supervised"),
+    ("example_missing_assistant_message.jsonl", "example_missing_assistant_message", "supervised"),
+    ("missing_preferred_output.jsonl", "missing_preferred_output", "dpo"),
+    ("missing_non_preferred_output.jsonl", "missing_non_preferred_output", "dpo"),
+]
+
+
+@pytest.mark.parametrize(("name", "category", "method"), BROKEN)
+def test_each_category_is_reported_at_its_line(name: str, category: str, method: str) -> None:
+    report = validate_file(DATA / name)
+    assert report.method == method
+    assert not report.ok
+    assert category in report.errors
+    # the broken row is line 4; no other line is blamed
+    for where in (w for ws in report.errors.values() for w in ws):
+        assert where.startswith("line 4"), where
+    text = report.to_text()
+    assert category in text and CATEGORIES[category] in text and "NOT READY" in text
+
+
+def test_every_category_has_a_broken_example_file() -> None:
+    covered = {c for _, c, _ in BROKEN} | {"too_few_examples", "example_over_token_limit"}
+    assert covered == set(CATEGORIES)
+    assert (DATA / "too_few_examples.jsonl").exists() and (DATA / "example_over_token_limit.jsonl").exists()
+
+
+def test_too_few_examples() -> None:
+    report = validate_file(DATA / "too_few_examples.jsonl")
+    assert list(report.errors) == ["too_few_examples"]
+    assert report.n_examples == 5
+    assert "at least 10" in report.errors["too_few_examples"][0]
+
+
+def test_over_token_limit_with_an_explicit_limit() -> None:
+    report = validate_file(DATA / "example_over_token_limit.jsonl", token_limit=1000)
+    assert list(report.errors) == ["example_over_token_limit"]
+    assert report.errors["example_over_token_limit"][0].startswith("line 4 (")
+    # under the model's real limit (65,536 for gpt-4o-mini) the same file is fine
+    assert validate_file(DATA / "example_over_token_limit.jsonl").ok
+
+
+def test_over_the_real_gpt_4o_mini_limit(tmp_path: Path) -> None:
+    rows = [("line %d" % i, {"messages": [{"role": "user", "content": f"q{i}"},
+                                          {"role": "assistant", "content": f"a{i}"}]}) for i in range(11)]
+    huge = " ".join(f"w{i}" for i in range(40_000))  # ~80k tokens
+    rows.append(("line 12", {"messages": [{"role": "user", "content": huge}, {"role": "assistant", "content": "ok"}]}))
+    report = validate_rows(rows, model="gpt-4o-mini")
+    assert report.token_limit == 65_536
+    assert list(report.errors) == ["example_over_token_limit"]
+    assert report.errors["example_over_token_limit"][0].startswith("line 12")
+
+
+def test_token_limit_table() -> None:
+    assert token_limit_for("gpt-4o-mini") == 65_536
+    assert token_limit_for("gpt-4o-mini-2024-07-18") == 65_536
+    assert token_limit_for("ft:gpt-4o-mini:org::abc") == 65_536
+    assert token_limit_for("gpt-3.5-turbo") == 16_385
+
+
+@pytest.mark.parametrize(("n", "epochs"), [(1, 25), (3, 25), (5, 20), (10, 10), (12, 8), (34, 3), (100, 3),
+                                           (8_333, 3), (8_334, 2), (12_501, 1), (30_000, 1)])
+def test_default_epochs_follow_openais_rule(n: int, epochs: int) -> None:
+    assert default_epochs(n) == epochs
+    assert 1 <= default_epochs(n) <= 25
+
+
+def test_valid_file_tokens_epochs_billed_price() -> None:
+    report = validate_file(DATA / "valid_sft.jsonl", model="gpt-4o-mini")
+    assert report.ok, report.to_text()
+    rows = [json.loads(line) for line in (DATA / "valid_sft.jsonl").read_text().splitlines()]
+    lengths = [count_message_tokens(r["messages"], "gpt-4o-mini") for r in rows]
+    assert report.tokens["min"] == min(lengths) and report.tokens["max"] == max(lengths)
+    assert report.tokens["total"] == sum(lengths)
+    est = report.estimate
+    assert est is not None
+    assert est.n_epochs == 8  # 12 examples: 3 epochs would be 36 < 100 passes → 100 // 12
+    assert est.billed_tokens == sum(lengths) * 8
+    assert est.estimated_cost_usd == pytest.approx(sum(lengths) * 8 * 3.00 / 1_000_000)
+    assert report.to_dict()["per_message_overhead"] == 3
+    assert report.tokenizer in ("bpe-openai", "tiktoken")
+
+
+def test_explicit_epochs_and_price_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = PriceTable({"gpt-4o-mini": {"training": 10.0}})
+    report = validate_file(DATA / "valid_sft.jsonl", n_epochs=2, prices=table)
+    assert report.estimate and report.estimate.n_epochs == 2 and report.estimate.epochs_source == "hyperparameters"
+    assert report.estimate.estimated_cost_usd == pytest.approx(report.estimate.billed_tokens * 10 / 1_000_000)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"gpt-4o-mini": {"training": 1.0}}))
+    monkeypatch.setenv("OAIPIPE_PRICES", str(prices))
+    report = validate_file(DATA / "valid_sft.jsonl")
+    assert report.estimate and report.estimate.price_per_1m == 1.0
+
+
+def test_unknown_model_has_no_price() -> None:
+    report = validate_file(DATA / "valid_sft.jsonl", model="my-own-model")
+    assert report.ok and report.estimate and report.estimate.estimated_cost_usd is None
+    assert "no training price known" in report.to_text()
+
+
+def test_dpo_file_counts_all_outputs() -> None:
+    report = validate_file(DATA / "valid_dpo.jsonl")
+    assert report.ok and report.method == "dpo"
+    row = json.loads((DATA / "valid_dpo.jsonl").read_text().splitlines()[0])
+    convo = row["input"]["messages"] + row["preferred_output"] + row["non_preferred_output"]
+    assert report.tokens["min"] <= count_message_tokens(convo) <= report.tokens["max"]
+
+
+def test_validating_sft_rows_as_dpo_reports_them() -> None:
+    report = validate_file(DATA / "valid_sft.jsonl", method="dpo")
+    assert {"missing_messages_list", "missing_preferred_output", "missing_non_preferred_output"} <= set(report.errors)
+
+
+def test_cli_validate_text_json_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dataset", "validate", str(DATA / "valid_sft.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "OK: ready to train" in out and "epochs: 8" in out and "estimated price" in out
+    assert main(["dataset", "validate", str(DATA / "missing_content.jsonl"), "--json"]) == 6
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is False and data["errors"]["missing_content"]["count"] == 1
+    assert data["errors"]["missing_content"]["where"] == ["line 4"]
+    assert main(["dataset", "validate", str(DATA / "nope.jsonl")]) == 6
+    assert "dataset file not found" in capsys.readouterr().err
+
+
+def test_cli_max_tokens_option(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["dataset", "validate", str(DATA / "example_over_token_limit.jsonl"), "--max-tokens-per-example", "1000"])
+    assert code == 6
+    assert "example_over_token_limit: 1" in capsys.readouterr().out
