@@ -111,7 +111,7 @@ def _fill(schema: Any, name: str, known: dict[str, Any], root: dict[str, Any], d
     if not isinstance(schema, dict):
         return known.get(_norm(name))
     schema = _resolve(schema, root)
-    value = known.get(_norm(name)) if name else None
+    value = known.get(_norm(name)) if (name or "" in known) else None
     if "const" in schema:
         return schema["const"]
     for key in ("anyOf", "oneOf"):
