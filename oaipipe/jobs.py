@@ -32,6 +32,8 @@ __all__ = ["ACTIVE_STATUSES", "FINAL_STATUSES", "Job", "JobRegistry", "default_r
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE_STATUSES = frozenset({"validating_files", "queued", "running", "pending"})
 EVENTS_TAIL = 20
+#: a lock file older than this is left over from a crashed writer and is removed
+STALE_LOCK_SECONDS = 120.0
 
 
 def default_registry_path() -> Path:
@@ -117,8 +119,8 @@ class JobRegistry:
                 os.close(fd)
                 break
             except FileExistsError:
-                try:  # a lock left by a crashed writer: older than the timeout
-                    if time.time() - lock.stat().st_mtime > timeout:
+                try:  # a lock left by a crashed writer
+                    if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
                         lock.unlink(missing_ok=True)
                         continue
                 except FileNotFoundError:
