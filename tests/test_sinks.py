@@ -226,6 +226,42 @@ def test_dialogue_json_keeps_old_entries_and_resumes_exactly_once(host: PluginHo
     assert [e.get("record_id") for e in entries[1:]] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
 
 
+def test_dialogue_json_crash_between_rewrites_loses_nothing(host: PluginHost, tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    crashed = build(host, tmp_path, type="dialogue-json", path="d.json", flush_every=50)
+    crashed.open(run_info("R1"), None)
+    for rid in "abc":
+        crashed.write(result(rid))
+    # SIGKILL here: no close(), the document was never rewritten; the side file holds a, b, c
+    side = tmp_path / ".d.json.pending.jsonl"
+    with side.open("a", encoding="utf-8") as fh:
+        fh.write('{"run_id": "R1", "record_id": "d", "entr')  # and a record cut short
+    resumed = build(host, tmp_path, type="dialogue-json", path="d.json")
+    resumed.open(run_info("R1"), {"a", "b"})  # the runner journaled a and b only
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    assert [e["record_id"] for e in entries] == ["a"] * 3 + ["b"] * 3
+    resumed.write(result("c"))
+    resumed.close()
+    assert not side.exists()
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    assert [e["record_id"] for e in entries] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+
+
+def test_dialogue_json_side_file_already_in_document_is_not_merged_twice(host: PluginHost, tmp_path: Path) -> None:
+    sink = build(host, tmp_path, type="dialogue-json", path="d.json", flush_every=1)
+    sink.open(run_info("R1"), None)
+    sink.write(result("a"))
+    # a crash between the rewrite and the side file's truncation: both hold record a
+    side = tmp_path / ".d.json.pending.jsonl"
+    side.write_text(json.dumps({"run_id": "R1", "record_id": "a", "entries": [{"role": "user"}]}) + "\n",
+                    encoding="utf-8")
+    again = build(host, tmp_path, type="dialogue-json", path="d.json")
+    again.open(run_info("R1"), {"a"})
+    again.close()
+    entries = json.loads((tmp_path / "d.json").read_text(encoding="utf-8"))
+    assert [e["record_id"] for e in entries] == ["a"] * 3
+
+
 @pytest.mark.parametrize("content", ["[{\"role\": \"user\",", "{\"role\": \"user\"}"])
 def test_dialogue_json_corrupt_file_is_never_overwritten(host: PluginHost, tmp_path: Path, content: str) -> None:
     path = tmp_path / "d.json"

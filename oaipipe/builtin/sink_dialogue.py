@@ -252,7 +252,13 @@ class DialogueJsonlSink(Sink):
 
 
 class DialogueJsonSink(Sink):
-    """Dialogue log as ONE JSON array of {role, content, sentiment} entries (the original format)."""
+    """Dialogue log as ONE JSON array of {role, content, sentiment} entries (the original format).
+
+    Between two rewrites of the document, each record's entries are also appended (and flushed) to a
+    hidden side file, ``.<name>.pending.jsonl`` next to it, so that a crash loses nothing the runner
+    already counted as done: the next ``open`` merges the side file into the document (once), then
+    removes it.
+    """
 
     class Options(_DialogueOptions):
         path: str = Field("out/dialogue.json", description="Output .json file, relative to the pipeline file")
@@ -268,11 +274,17 @@ class DialogueJsonSink(Sink):
         self._pending = 0
         self._dirty = False
         self._open = False
+        self._side: Any = None
         self._fill = _SentimentFiller(self, self.options.analyzer)
 
     @property
     def file(self) -> Path:
         return self.context.path(self.options.path)
+
+    @property
+    def side_file(self) -> Path:
+        path = self.file
+        return path.with_name(f".{path.name}.pending.jsonl")
 
     def _load(self, path: Path) -> list[Any]:
         if not path.is_file():
@@ -297,23 +309,49 @@ class DialogueJsonSink(Sink):
             )
         return data
 
+    def _merge_side_file(self, entries: list[Any]) -> int:
+        """Add the records of the side file that the document does not hold yet; returns how many."""
+        side = self.side_file
+        if not side.is_file():
+            return 0
+        present = {(e.get("run_id"), str(e.get("record_id"))) for e in entries if isinstance(e, dict)}
+        merged = 0
+        with side.open("rb") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break  # cut short by a crash: that record was not counted as done
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    continue
+                key = (item.get("run_id"), str(item.get("record_id")))
+                if key in present or not isinstance(item.get("entries"), list):
+                    continue
+                entries.extend(item["entries"])
+                present.add(key)
+                merged += 1
+        return merged
+
     def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
         path = self.file
         path.parent.mkdir(parents=True, exist_ok=True)
         entries = self._load(path)
+        had_side = self.side_file.exists()
+        self._dirty = self._merge_side_file(entries) > 0
         if done_ids is not None:
             kept = [
                 e for e in entries
                 if not (isinstance(e, dict) and e.get("run_id") == run.run_id
                         and str(e.get("record_id")) not in done_ids)
             ]
-            self._dirty = len(kept) != len(entries)
+            self._dirty = self._dirty or len(kept) != len(entries)
             entries = kept
         self._entries = entries
         self._run = run
         self._pending = 0
+        self._side = self.side_file.open("a", encoding="utf-8", newline="\n")
         self._open = True
-        if self._dirty:
+        if self._dirty or had_side:
             self._flush()
 
     def write(self, result: RecordResult) -> None:
@@ -322,10 +360,15 @@ class DialogueJsonSink(Sink):
         if result.error is not None or not result.exchanges:
             return
         now = utc_now()
+        new: list[dict[str, Any]] = []
         for ex in result.exchanges:
             for message in self._fill.messages(ex, result.sentiments):
                 message.update(record_id=result.record.id, run_id=self._run.run_id, time=now)
-                self._entries.append(message)
+                new.append(message)
+        side = {"run_id": self._run.run_id, "record_id": result.record.id, "entries": new}
+        self._side.write(json.dumps(side, ensure_ascii=False, default=str) + "\n")
+        self._side.flush()
+        self._entries.extend(new)
         self._dirty = True
         self._pending += 1
         if self._pending >= self.options.flush_every:
@@ -334,6 +377,9 @@ class DialogueJsonSink(Sink):
     def _flush(self) -> None:
         text = json.dumps(self._entries, ensure_ascii=False, indent=self.options.indent, default=str) + "\n"
         atomic_write_text(self.file, text)
+        if self._side is not None:  # everything is in the document now
+            self._side.seek(0)
+            self._side.truncate()
         self._pending = 0
         self._dirty = False
 
@@ -341,6 +387,10 @@ class DialogueJsonSink(Sink):
         if self._open and (self._dirty or not self.file.exists()):
             self._flush()
         self._open = False
+        if self._side is not None:
+            self._side.close()
+            self._side = None
+            self.side_file.unlink(missing_ok=True)
 
 
 @hookimpl
