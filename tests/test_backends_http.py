@@ -172,9 +172,8 @@ def test_custom_base_url_never_gets_the_openai_key(host: PluginHost, kind: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     key = "sk-env-key-0123456789abcdef"
     monkeypatch.setenv("OPENAI_API_KEY", key)
-    with running_server(api_key=key) as srv:
-        with pytest.raises(AuthenticationError) as info:
-            call(make(host, kind, base_url=srv.base_url), req())
+    with running_server(api_key=key) as srv, pytest.raises(AuthenticationError) as info:
+        call(make(host, kind, base_url=srv.base_url), req())
     assert key not in str(info.value)
 
 
