@@ -1,4 +1,4 @@
-"""Progress reporting for ``oaipipe run``: a live line on a terminal, plain lines otherwise.
+"""Progress reporting for ``oaipipe run``: a live ``rich`` bar on a terminal, plain lines otherwise.
 
 A reporter gets ``start``, then ``update`` after each record, then ``finish``. The runner never prints
 on its own: library callers pass :class:`SilentReporter` (the default) and get a summary dict back.
@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from .stats import RunStats
 
-__all__ = ["PlainReporter", "Reporter", "SilentReporter", "make_reporter"]
+__all__ = ["PlainReporter", "Reporter", "RichReporter", "SilentReporter", "make_reporter", "status_line"]
 
 
 class Reporter:
@@ -94,7 +94,85 @@ class PlainReporter(Reporter):
             self._dirty = False
 
 
+def _info(stats: RunStats) -> str:
+    return (f"{stats.done} done · {stats.failed} failed · {stats.cached} cached · {stats.rate():.1f}/s · "
+            f"{stats.prompt_tokens + stats.completion_tokens} tok · ${stats.cost_usd:.4f}")
+
+
+class RichReporter(Reporter):
+    """A live ``rich`` progress bar: done/total, failed, cached, rate, ETA, tokens and spend.
+
+    Notes are printed above the bar. Updates are throttled (``interval`` seconds) so the bar costs
+    nothing measurable on fast runs.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, interval: float = 0.1, force_terminal: bool | None = None
+                 ) -> None:
+        from rich.console import Console
+
+        self.stream = stream or sys.stderr
+        self.console = Console(file=self.stream, force_terminal=force_terminal, highlight=False)
+        self.interval = interval
+        self._progress: Any = None
+        self._task: Any = None
+        self._last = 0.0
+        self._stats: RunStats | None = None
+
+    def start(self, headline: str, notes: list[str], total: int | None) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console.print(headline, markup=False)
+        for n in notes:
+            self.console.print(n, markup=False)
+        self._progress = Progress(
+            TextColumn("[bold]records"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), TextColumn("{task.fields[info]}", markup=False),
+            console=self.console, transient=False, refresh_per_second=8,
+        )
+        self._task = self._progress.add_task("run", total=total, info="")
+        self._progress.start()
+
+    def note(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False)
+        else:
+            self.console.print(text, markup=False)
+
+    def _push(self, stats: RunStats) -> None:
+        if self._progress is None:
+            return
+        self._progress.update(self._task, completed=stats.processed + stats.skipped, total=stats.total,
+                              info=_info(stats))
+
+    def update(self, stats: RunStats) -> None:
+        self._stats = stats
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        self._push(stats)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if self._progress is None:
+            return
+        if self._stats is not None:
+            self._push(self._stats)
+        self._progress.stop()
+        self._progress = None
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def make_reporter(*, quiet: bool = False, stream: TextIO | None = None) -> Reporter:
+    """Silent when ``quiet``; a live rich bar when ``stream`` (default stderr) is a terminal; plain lines else."""
     if quiet:
         return SilentReporter()
+    stream = stream or sys.stderr
+    if _is_tty(stream):
+        return RichReporter(stream)
     return PlainReporter(stream)

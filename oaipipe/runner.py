@@ -21,7 +21,6 @@ import collections
 import contextlib
 import datetime as _dt
 import json
-import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -65,6 +64,8 @@ class RunOptions:
     max_cost: float | None = None
     #: extra wrappers around the backend call (outermost first); used by cache / rate limits
     call_wrappers: list[CallWrapper] = field(default_factory=list)
+    #: install the response cache and rate limits from the pipeline (oaipipe.scale.configure_run)
+    scale: bool = True
 
 
 def _now() -> str:
@@ -87,6 +88,13 @@ class Runner:
         self._abort: OaipipeError | None = None
         self._stop_scheduling = False
         self._limited = False
+        if self.options.scale:
+            try:
+                from .scale import configure_run
+            except ImportError:  # pragma: no cover - scale ships with the package
+                pass
+            else:
+                configure_run(pipeline, self.options, self.reporter, quiet=True)
 
     # --- the backend call -------------------------------------------------------------------------
 
@@ -147,9 +155,11 @@ class Runner:
 
     async def run(self) -> dict[str, Any]:
         pipeline = self.pipeline
-        run, skip_ids, mode = self._select_run()
         headline = f"oaipipe: {pipeline.name}: {pipeline.describe_backend()}"
         notes = [pipeline.backend_note] if pipeline.backend_note else []
+        if self.options.dry_run:  # estimates the whole input, whatever the state of earlier runs
+            return await self._dry_run(None, headline, notes)
+        run, skip_ids, mode = self._select_run()
         if mode == "done":
             previous = run.summary() or {}
             summary = {"pipeline": pipeline.name, "run_id": run.run_id, "run_dir": str(run.path),
@@ -161,9 +171,6 @@ class Runner:
             self.reporter.note(summary["message"])
             self.reporter.finish(summary)
             return summary
-        if self.options.dry_run:
-            return await self._dry_run(run, headline, notes)
-
         if mode == "new":
             run.create({"pipeline": pipeline.name, "file": pipeline.file, "fingerprint": self.fingerprint,
                         "started": _now(), "config": public_config(pipeline)})
@@ -246,6 +253,9 @@ class Runner:
         }
         if error is not None:
             summary["error"] = str(error)
+        setup = getattr(self.options, "_oaipipe_scale", None)
+        if setup is not None:
+            summary.update(setup.to_dict())
         return summary
 
     def _train(self, run: RunDir) -> dict[str, Any]:
@@ -277,18 +287,21 @@ class Runner:
         concurrency = int(getattr(self.pipeline.backend.options, "concurrency", 8) or 8)
         gate = asyncio.Semaphore(concurrency)
         window = max(4 * concurrency, 64)
-        pending: collections.deque[asyncio.Task[RecordResult]] = collections.deque()
+        pending: collections.deque[asyncio.Task[RecordResult | None]] = collections.deque()
         batches = self._records()
         scheduled = 0
         limit = self.options.limit
         sentinel = object()
 
-        async def worker(record: Record) -> RecordResult:
+        async def worker(record: Record) -> RecordResult | None:
             async with gate:
+                if self._stop_scheduling:
+                    return None  # budget reached while it waited: not started, the next run does it
                 return await self._process(record)
 
-        def emit(result: RecordResult) -> None:
-            self._emit(result, journal, errors, info)
+        def emit(result: RecordResult | None) -> None:
+            if result is not None:
+                self._emit(result, journal, errors, info)
 
         try:
             while not self._stop_scheduling and self._abort is None and not self._limited:
@@ -398,7 +411,7 @@ class Runner:
                 hint="fix the cause and rerun (finished records are kept), or pass --max-failures N to go on anyway",
             )
 
-    async def _dry_run(self, run: RunDir, headline: str, notes: list[str]) -> dict[str, Any]:
+    async def _dry_run(self, run: RunDir | None, headline: str, notes: list[str]) -> dict[str, Any]:
         try:
             from .dryrun import estimate
         except ImportError:

@@ -1,0 +1,119 @@
+"""``oaipipe run --dry-run``: count records, tokens and dollars without calling anything.
+
+Every record goes through the real steps, so templates are rendered and images prepared exactly as in
+a run, but the backend is replaced by a stand-in that only *measures* each request:
+
+* prompt tokens: :func:`oaipipe.tokens.count_message_tokens` (images by OpenAI's tile rule);
+* completion tokens: the request's ``max_tokens`` if set, else ``completion_tokens`` per call
+  (default :data:`DEFAULT_COMPLETION_TOKENS`), an assumption the summary states;
+* cost: :class:`oaipipe.pricing.PriceTable` with the pipeline's ``prices:`` (half price for ``batch``).
+
+The stand-in replies with an empty text (``{}`` for JSON-schema steps), so a later step that reads a
+reply sees an empty field. No HTTP request is made and no file outside memory is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from .base import StepContext
+from .pricing import PriceTable
+from .tokens import count_message_tokens, tokenizer_name
+from .types import ChatRequest, ChatResponse, Usage
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+__all__ = ["DEFAULT_COMPLETION_TOKENS", "estimate"]
+
+#: completion tokens assumed per call when the request sets no max_tokens
+DEFAULT_COMPLETION_TOKENS = 150
+
+
+class _Counter:
+    def __init__(self, prices: PriceTable, completion_tokens: int, batch: bool, free: bool) -> None:
+        self.prices = prices
+        self.completion_tokens = completion_tokens
+        self.batch = batch
+        self.free = free
+        self.by_step: dict[tuple[str, str], dict[str, Any]] = {}
+        self.unpriced: set[str] = set()
+
+    async def call(self, request: ChatRequest) -> ChatResponse:
+        prompt = count_message_tokens(request.messages, request.model)
+        completion = request.max_tokens or self.completion_tokens
+        price = self.prices.lookup(request.model)
+        cost = 0.0
+        if price.known:
+            cost = price.cost(prompt, completion, batch=self.batch)
+        else:
+            self.unpriced.add(request.model)
+        row = self.by_step.setdefault((request.step, request.model), {
+            "step": request.step, "model": request.model, "calls": 0, "prompt_tokens": 0,
+            "completion_tokens": 0, "cost_usd": 0.0})
+        row["calls"] += 1
+        row["prompt_tokens"] += prompt
+        row["completion_tokens"] += completion
+        row["cost_usd"] += cost
+        json_reply = bool(request.response_format and request.response_format.get("type") in
+                          ("json_schema", "json_object"))
+        return ChatResponse(text="{}" if json_reply else "", model=request.model, backend="dry-run",
+                            usage=Usage(prompt, completion, prompt + completion),
+                            parsed={} if json_reply else None)
+
+
+def estimate(pipeline: Pipeline, limit: int | None = None, *,
+             completion_tokens: int = DEFAULT_COMPLETION_TOKENS) -> dict[str, Any]:
+    """The dry-run part of a summary: ``records`` and ``estimate`` (tokens, cost, per step and model)."""
+    return asyncio.run(_estimate(pipeline, limit, completion_tokens))
+
+
+async def _estimate(pipeline: Pipeline, limit: int | None, completion_tokens: int) -> dict[str, Any]:
+    backend = pipeline.backend
+    counter = _Counter(PriceTable(pipeline.loaded.config.prices), completion_tokens,
+                       batch=backend.name == "batch", free=backend.name == "local")
+    total = failed = 0
+    errors: list[str] = []
+    for record in pipeline.source.records():
+        if limit is not None and total >= limit:
+            break
+        total += 1
+        if record.error:
+            failed += 1
+            continue
+        fields = dict(record.data)
+        ctx = StepContext(record=record, backend=backend, host=pipeline.host, call=counter.call)
+        try:
+            for step in pipeline.steps:
+                added = await step.run(fields, ctx)
+                if added:
+                    fields.update(added)
+        except Exception as exc:  # noqa: BLE001 - a record that would fail is counted, not fatal
+            failed += 1
+            if len(errors) < 5:
+                errors.append(f"{record.where or record.id}: {type(exc).__name__}: {exc}")
+    rows = [dict(r, cost_usd=round(r["cost_usd"], 6)) for r in counter.by_step.values()]
+    prompt = sum(r["prompt_tokens"] for r in rows)
+    completion = sum(r["completion_tokens"] for r in rows)
+    cost = sum(r["cost_usd"] for r in rows)
+    est: dict[str, Any] = {
+        "calls": sum(r["calls"] for r in rows),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "cost_usd": 0.0 if counter.free else round(cost, 6),
+        "completion_tokens_per_call": completion_tokens,
+        "tokenizer": tokenizer_name(str(getattr(backend.options, "model", "gpt-4o-mini"))),
+        "by_step": rows,
+    }
+    if counter.free:
+        est["note"] = "the local backend costs nothing; cost_usd_on_openai is what these calls would cost there"
+        est["cost_usd_on_openai"] = round(cost, 6)
+    if backend.name == "batch":
+        est["note"] = "priced at the Batch API discount (half price)"
+    if counter.unpriced:
+        est["unpriced_models"] = sorted(counter.unpriced)
+    summary: dict[str, Any] = {"records": {"total": total, "would_fail": failed}, "estimate": est}
+    if errors:
+        summary["record_errors"] = errors
+    return summary
