@@ -63,7 +63,7 @@ def test_over_token_limit_with_an_explicit_limit() -> None:
 
 
 def test_over_the_real_gpt_4o_mini_limit(tmp_path: Path) -> None:
-    rows = [("line %d" % i, {"messages": [{"role": "user", "content": f"q{i}"},
+    rows = [(f"line {i}", {"messages": [{"role": "user", "content": f"q{i}"},
                                           {"role": "assistant", "content": f"a{i}"}]}) for i in range(11)]
     huge = " ".join(f"w{i}" for i in range(40_000))  # ~80k tokens
     rows.append(("line 12", {"messages": [{"role": "user", "content": huge}, {"role": "assistant", "content": "ok"}]}))
