@@ -29,7 +29,15 @@ __all__ = ["EngineReply", "analyse_messages", "complete", "engine_model_name"]
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]+")
 _STOP = set(["a", "an", "the", "and", "or", "but", "if", "then", "than", "so", "to", "of", "in", "on", "at", "by", "for", "with", "from", "about", "into", "over", "after", "before", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "have", "has", "had", "i", "me", "my", "mine", "we", "us", "our", "you", "your", "yours", "it", "its", "this", "that", "these", "those", "there", "here", "they", "them", "their", "he", "she", "him", "her", "his", "hers", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "not", "no", "yes", "very", "really", "just", "also", "too", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "one", "ones", "some", "any", "all", "more", "most", "much", "many", "get", "got", "gets", "getting", "make", "made", "item", "thing", "things", "product", "order", "ordered", "bought", "buy", "please", "thanks", "thank", "hello", "hi", "dear", "would've", "i'm", "it's", "don't", "didn't", "doesn't", "isn't", "wasn't", "can't", "won't", "i've"]) | set(
     ["work", "works", "worked", "working", "arrived", "arrive", "came", "come", "comes", "went", "goes", "going", "used", "using", "use", "uses", "days", "week", "weeks", "month", "months", "time", "times", "again", "still", "even", "ever", "never", "always", "only", "well", "within"]
-)
+) | {"nobody", "anybody", "somebody", "someone", "anyone", "everyone", "something", "anything", "nothing",
+     "everything", "answer", "answers", "answered", "reply", "replied", "respond", "responded", "wait",
+     "waiting", "waited", "yet", "since"}
+#: complaint phrases VADER scores as neutral; they tip a neutral text to negative
+_COMPLAINT = re.compile(
+    r"\b(never (arrived|came|showed up|received)|not (working|arrived|received|delivered)|doesn't work|"
+    r"does not work|didn't work|stopped working|nobody (answers|replies|responds|called)|no (reply|response|"
+    r"answer)|still waiting|broken|broke|damaged|defective|missing|refund|late|wrong (item|size|colou?r)|"
+    r"cracked|leak(s|ed|ing)?|faulty)\b", re.IGNORECASE)
 _QUESTION_START = re.compile(r"^\s*(what|why|how|when|where|who|which|can|could|do|does|did|is|are|will|would|should)\b",
                              re.IGNORECASE)
 
@@ -116,6 +124,8 @@ def analyse_messages(messages: list[dict[str, Any]]) -> Analysis:
     user = _text_of(last_user.get("content")) if last_user else ""
     images = [measure(load_image_url(u)) for u in _image_urls(last_user.get("content"))] if last_user else []
     compound = float(_vader().polarity_scores(user)["compound"]) if user.strip() else 0.0
+    if -0.05 < compound < 0.05 and _COMPLAINT.search(user):
+        compound = -0.3  # a complaint in neutral words ("my order never arrived")
     label = "positive" if compound >= 0.05 else ("negative" if compound <= -0.05 else "neutral")
     stripped = user.strip()
     is_question = stripped.endswith("?") or bool(_QUESTION_START.match(stripped) and len(stripped) < 200)
@@ -123,9 +133,9 @@ def analyse_messages(messages: list[dict[str, Any]]) -> Analysis:
                     is_question=is_question, keywords=_keywords(user), images=images)
 
 
-def _topic(a: Analysis) -> str:
+def _topic(a: Analysis, fallback: str = "your message") -> str:
     if not a.keywords:
-        return "your message"
+        return fallback
     return f"the {a.keywords[0]}"
 
 
@@ -170,7 +180,7 @@ def _text_reply(a: Analysis, model: str, seed: int) -> str:
         body = a.user.split(":", 1)[1] if ":" in a.user[:40] else a.user
         first = re.split(r"(?<=[.!?])\s", body.strip(), maxsplit=1)[0]
         return f"Summary: {first[:200].strip()}" if first else "Summary: (nothing to summarise)"
-    if not a.user.strip():
+    if not a.user.strip() or re.fullmatch(r"\s*(hi|hello|hey|good (morning|afternoon|evening))\W*", a.user, re.I):
         return "Hello! How can we help you today?"
     if a.is_question and a.sentiment_label != "negative":
         templates = _QUESTION
@@ -180,7 +190,8 @@ def _text_reply(a: Analysis, model: str, seed: int) -> str:
         templates = _NEGATIVE
     else:
         templates = _NEUTRAL
-    return templates[seed % len(templates)].format(topic=_topic(a))
+    fallback = "your message" if templates in (_POSITIVE, _NEUTRAL) else "this"
+    return templates[seed % len(templates)].format(topic=_topic(a, fallback))
 
 
 def _known_fields(a: Analysis, reply: str) -> dict[str, Any]:
