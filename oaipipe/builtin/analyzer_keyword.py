@@ -20,14 +20,14 @@ POSITIVE_WORDS: list[str] = [
     "good", "great", "excellent", "love", "loved", "happy", "amazing", "awesome", "fantastic", "wonderful",
     "perfect", "best", "thanks", "thank you", "nice", "helpful", "recommend", "pleased", "satisfied",
     "beautiful", "brilliant", "delighted", "enjoy", "enjoyed", "fast", "glad", "impressed",
-    "outstanding", "superb", "works great", "gorgeous", "comfortable",
+    "outstanding", "superb", "works great", "gorgeous", "comfortable", "appreciate", "appreciated",
 ]
 
 NEGATIVE_WORDS: list[str] = [
     "bad", "terrible", "awful", "hate", "hated", "broken", "refund", "disappointed", "disappointing",
     "poor", "worst", "horrible", "useless", "angry", "annoyed", "annoying", "cheap", "complaint", "defective",
     "damaged", "faulty", "late", "problem", "return", "slow", "unhappy", "waste", "wrong", "crap",
-    "not working", "never again", "scam",
+    "not working", "never again", "scam", "sorry", "apologise", "apologize",
 ]
 
 
