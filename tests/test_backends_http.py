@@ -150,8 +150,13 @@ def test_refused_key_fails_after_exactly_one_request(host: PluginHost, kind: str
         backend = make(host, kind, base_url=srv.base_url, api_key=wrong, max_retries=5)
         with pytest.raises(AuthenticationError) as info:
             call(backend, req())
+        assert srv.stats()["requests"] == 1
+        # the backend remembers the refusal: further calls fail at once, without resending the key
+        with pytest.raises(AuthenticationError) as again:
+            many(backend, [req(f"call {i}") for i in range(5)])
         stats = srv.stats()
     assert stats["requests"] == 1, stats
+    assert "refused" in str(again.value)
     message = str(info.value)
     assert wrong not in message
     assert "refused" in message and "401" in message
@@ -262,6 +267,26 @@ def test_list_models(host: PluginHost, server: Any, kind: str) -> None:
     asyncio.run(backend.aclose())
     ids = [m.id for m in models]
     assert "gpt-4o-mini" in ids
+
+
+def test_requests_backend_runs_as_many_threads_as_concurrency(host: PluginHost, server: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio's default pool (cpu + 4 threads) would cap concurrency: the backend brings its own."""
+    import threading
+
+    from oaipipe.builtin.backend_requests import RequestsBackend
+
+    barrier = threading.Barrier(16, timeout=10)  # breaks unless 16 calls run at the same time
+    original = RequestsBackend.chat_sync
+
+    def gated(self: RequestsBackend, request: ChatRequest) -> ChatResponse:
+        barrier.wait()
+        return original(self, request)
+
+    monkeypatch.setattr(RequestsBackend, "chat_sync", gated)
+    backend = make(host, "requests", base_url=server.base_url, concurrency=16)
+    responses = many(backend, [req(f"parallel {i}") for i in range(16)])
+    assert len(responses) == 16 and not barrier.broken
 
 
 def test_options_reject_unknown_api(host: PluginHost) -> None:

@@ -46,9 +46,19 @@ class HTTPBackendMixin:
             max_delay=opts.retry_max_delay,
             max_retry_after=opts.max_retry_after,
         )
+        #: set by the first 401: later calls fail at once instead of sending the refused key again
+        self._refused: AuthenticationError | None = None
+
+    def _remember_refusal(self, error: BaseException) -> None:
+        if isinstance(error, AuthenticationError) and error.status == 401:
+            self._refused = error
 
     def _check_key(self) -> None:
-        """No key for api.openai.com: fail before any request, with the fix."""
+        """No key for api.openai.com, or a key the server already refused: fail before any request."""
+        if self._refused is not None:
+            prior = self._refused
+            raise AuthenticationError(prior.message, status=prior.status, request_id=prior.request_id,
+                                      hint=prior.hint)
         if self.api_key is None and is_openai_host(self.options.base_url):
             raise AuthenticationError(
                 f"no API key for backend '{self.name}' ({self.base_url})",

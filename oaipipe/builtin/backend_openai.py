@@ -138,7 +138,9 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
                     return await client.responses.create(**kwargs)
                 return await client.chat.completions.create(**kwargs)
             except openai.OpenAIError as exc:
-                raise translate_sdk_error(exc, url=url, timeout=self.options.timeout, model=request.model) from exc
+                error = translate_sdk_error(exc, url=url, timeout=self.options.timeout, model=request.model)
+                self._remember_refusal(error)
+                raise error from exc
 
         start = time.perf_counter()
         result = await self.policy.arun(attempt)
@@ -158,7 +160,9 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
                 page = self.client.models.list()
                 return {"data": [m.model_dump(mode="json") for m in page.data]}
             except openai.OpenAIError as exc:
-                raise translate_sdk_error(exc, url=url, timeout=self.options.timeout) from exc
+                error = translate_sdk_error(exc, url=url, timeout=self.options.timeout)
+                self._remember_refusal(error)
+                raise error from exc
 
         return parse_models(self.policy.run(attempt))
 

@@ -9,9 +9,11 @@ It is a :class:`~oaipipe.base.SyncBackend`: calls run in worker threads; the con
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
@@ -46,6 +48,7 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
         self._init_http()
         self._session: requests.Session | None = None
         self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -78,7 +81,7 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
             raise connection_error(f"{type(exc).__name__}: {exc}", url=url) from exc
         request_id = resp.headers.get("x-request-id")
         if resp.status_code >= 400:
-            raise error_for_status(
+            error = error_for_status(
                 resp.status_code,
                 error_detail(resp.text, resp.reason or ""),
                 request_id=request_id,
@@ -86,6 +89,8 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
                 url=url,
                 model=model,
             )
+            self._remember_refusal(error)
+            raise error
         try:
             data = resp.json()
         except (ValueError, json.JSONDecodeError):
@@ -110,6 +115,18 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
         parse = parse_responses_reply if responses else parse_chat_reply
         return parse(data, request, backend=self.name or "requests", request_id=request_id, latency=latency)
 
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        """Run :meth:`chat_sync` on this backend's own threads (one per ``concurrency`` slot).
+
+        asyncio's default pool has only ``cpu_count + 4`` threads, which would cap concurrency.
+        """
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=max(1, self.options.concurrency),
+                                                    thread_name_prefix="oaipipe-requests")
+            executor = self._executor
+        return await asyncio.get_running_loop().run_in_executor(executor, self.chat_sync, request)
+
     def list_models_sync(self) -> list[ModelInfo]:
         self._check_key()
         data, _ = self.policy.run(lambda: self._once("GET", "/models", None))
@@ -120,6 +137,9 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
             if self._session is not None:
                 self._session.close()
                 self._session = None
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+                self._executor = None
 
 
 @hookimpl
