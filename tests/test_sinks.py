@@ -385,3 +385,15 @@ def test_records_csv_refuses_foreign_file(host: PluginHost, tmp_path: Path) -> N
     with pytest.raises(InputError, match="move it away"):
         sink.open(run_info(), None)
     assert (tmp_path / "r.csv").read_text(encoding="utf-8") == "name,age\nx,1\n"
+
+
+def test_records_jsonl_own_keys_win_over_record_fields(host: PluginHost, tmp_path: Path) -> None:
+    rec = result("a")
+    rec.fields["_id"] = "spoofed"
+    rec.fields["_run"] = "other"
+    sink = build(host, tmp_path, type="jsonl", path="r.jsonl")
+    sink.open(run_info("R1"), None)
+    sink.write(rec)
+    sink.close()
+    [row] = lines(tmp_path / "r.jsonl")
+    assert (row["_id"], row["_run"]) == ("a", "R1")

@@ -142,6 +142,7 @@ class _SentimentFiller:
         self.sink = sink
         self.spec = analyzer
         self._analyzer: Analyzer | None = None
+        self._cache: dict[str, dict[str, Any]] = {}
 
     def analyzer(self) -> Analyzer | None:
         if self.spec is None:
@@ -169,7 +170,13 @@ class _SentimentFiller:
         analyzer = self.analyzer()
         if analyzer is None or not text:
             return None
-        return analyzer.analyze(text).to_dict()
+        cached = self._cache.get(text)
+        if cached is None:
+            cached = analyzer.analyze(text).to_dict()
+            if len(self._cache) >= 256:  # system prompts repeat on every record: keep a few
+                self._cache.clear()
+            self._cache[text] = cached
+        return dict(cached)
 
     def messages(self, exchange: Exchange, sentiments: dict[str, Sentiment]) -> list[dict[str, Any]]:
         return [

@@ -62,7 +62,8 @@ class JsonlRecordsSink(Sink):
         if result.error is not None and not self.options.include_failed:
             return
         obj: dict[str, Any] = {"_id": result.record.id, "_run": self._run.run_id}
-        obj.update(result.fields)
+        # a record field named like ours must not break resume: ours win
+        obj.update((k, v) for k, v in result.fields.items() if k not in ("_id", "_run", "_error"))
         if result.error is not None:
             obj["_error"] = result.error
         self._fh.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
