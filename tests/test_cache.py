@@ -1,0 +1,182 @@
+"""The response cache: content addressing, atomic writes under concurrency, hits at $0, --no-cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import threading
+from pathlib import Path
+
+import pytest
+from _scale_util import chat_requests, write_pipeline
+
+from oaipipe.cache import ResponseCache, cache_wrapper
+from oaipipe.cli import main
+from oaipipe.errors import ServerError
+from oaipipe.runner import run_pipeline_file
+from oaipipe.types import ChatRequest, ChatResponse, Usage
+
+
+def _req(text: str = "hi", **kw) -> ChatRequest:
+    return ChatRequest(messages=[{"role": "user", "content": text}], model=kw.pop("model", "gpt-4o-mini"), **kw)
+
+
+def _resp(text: str = "hello") -> ChatResponse:
+    return ChatResponse(text=text, model="gpt-4o-mini", backend="openai", usage=Usage(3, 4, 7), latency=0.5)
+
+
+def test_round_trip_marks_hits_cached(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path / "c")
+    assert cache.get(_req()) is None
+    cache.put(_req(), _resp())
+    hit = cache.get(_req())
+    assert hit is not None and hit.cached is True
+    assert hit.text == "hello" and hit.usage.total_tokens == 7 and hit.latency == 0.0
+    key = _req().cache_key()
+    assert (tmp_path / "c" / key[:2] / f"{key}.json").is_file()
+    assert cache.stats.to_dict() == {"hits": 1, "misses": 1, "writes": 1, "errors": 0}
+    assert len(cache) == 1
+
+
+@pytest.mark.parametrize("other", [
+    _req("hi", model="gpt-4o"), _req("hello"), _req("hi", temperature=0.5), _req("hi", step="ask:other"),
+    _req("hi", max_tokens=5), _req("hi", response_format={"type": "json_object"}),
+])
+def test_key_covers_model_messages_params_and_step(tmp_path: Path, other: ChatRequest) -> None:
+    cache = ResponseCache(tmp_path)
+    cache.put(_req(), _resp())
+    assert cache.get(other) is None
+
+
+def test_corrupt_or_foreign_entry_is_a_miss(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path)
+    cache.put(_req(), _resp())
+    path = cache.path_for(_req().cache_key())
+    path.write_text("{not json", encoding="utf-8")
+    assert cache.get(_req()) is None
+    path.write_text(json.dumps({"format": 1, "key": "other", "response": {}}), encoding="utf-8")
+    assert cache.get(_req()) is None
+    assert cache.stats.errors == 2
+
+
+def test_only_successful_calls_are_stored(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path)
+
+    async def failing(request: ChatRequest) -> ChatResponse:
+        raise ServerError("boom")
+
+    with pytest.raises(ServerError):
+        asyncio.run(cache_wrapper(cache)(failing)(_req()))
+    assert len(cache) == 0
+
+
+def test_wrapper_calls_once_then_hits(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path)
+    calls = []
+
+    async def backend(request: ChatRequest) -> ChatResponse:
+        calls.append(request)
+        return _resp()
+
+    call = cache_wrapper(cache)(backend)
+    first = asyncio.run(call(_req()))
+    second = asyncio.run(call(_req()))
+    assert len(calls) == 1
+    assert first.cached is False and second.cached is True
+
+
+def test_read_and_write_switches(tmp_path: Path) -> None:
+    ResponseCache(tmp_path, write=False).put(_req(), _resp())
+    assert len(ResponseCache(tmp_path)) == 0
+    ResponseCache(tmp_path).put(_req(), _resp())
+    assert ResponseCache(tmp_path, read=False).get(_req()) is None
+
+
+def test_concurrent_thread_writers_never_tear_an_entry(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(40):
+                cache.put(_req(f"q{i % 10}"), _resp(f"a{i % 10}"))
+                hit = cache.get(_req(f"q{(i + n) % 10}"))
+                assert hit is None or hit.text == f"a{(i + n) % 10}"
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(cache) == 10
+    assert not list(tmp_path.glob("??/*.tmp")), "no temporary file may be left behind"
+    for i in range(10):
+        assert cache.get(_req(f"q{i}")).text == f"a{i}"
+
+
+def _process_writer(root: str, n: int) -> None:
+    cache = ResponseCache(root)
+    for i in range(60):
+        cache.put(_req(f"q{i % 15}"), _resp(f"a{i % 15}"))
+
+
+def test_concurrent_process_writers(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_process_writer, args=(str(tmp_path), n)) for n in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    cache = ResponseCache(tmp_path)
+    assert len(cache) == 15
+    assert all(cache.get(_req(f"q{i}")).text == f"a{i}" for i in range(15))
+
+
+def test_fresh_run_reuses_cache_with_zero_requests_and_no_cost(tmp_path: Path, server) -> None:
+    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}', concurrency: 4}}", n=5)
+    first = run_pipeline_file(path)
+    assert first["status"] == "finished" and first["cached"] == 0
+    assert chat_requests(server) == 5
+    assert (tmp_path / ".oaipipe" / "cache").is_dir()
+    second = run_pipeline_file(path, fresh=True)
+    assert second["run_id"] != first["run_id"]
+    assert second["records"]["done"] == 5
+    assert second["calls"] == 5 and second["cached"] == 5
+    assert second["tokens"]["total"] == 0 and second["cost_usd"] == 0
+    assert chat_requests(server) == 5, "a fresh run must reuse cached responses"
+    assert second["cache"]["hits"] == 5
+
+
+def test_cli_no_cache_calls_again(tmp_path: Path, server, capsys) -> None:
+    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}'}}", n=3)
+    assert main(["run", str(path), "-q"]) == 0
+    assert main(["run", str(path), "-q", "--fresh", "--no-cache"]) == 0
+    assert chat_requests(server) == 6
+    out = capsys.readouterr().out
+    assert "(0 cached)" in out
+
+
+def test_cache_off_in_pipeline_and_cache_dir_override(tmp_path: Path, server) -> None:
+    url = server.base_url
+    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{url}'}}", n=2, extra="run: {cache: false}\n")
+    run_pipeline_file(path)
+    run_pipeline_file(path, fresh=True)
+    assert chat_requests(server) == 4
+    assert not (tmp_path / ".oaipipe").exists()
+    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{url}'}}", n=2, name="t2",
+                          extra="run: {cache_dir: mycache}\n")
+    summary = run_pipeline_file(path)
+    assert summary["cache"]["dir"] == str(tmp_path / "mycache")
+    assert len(ResponseCache(tmp_path / "mycache")) == 2
+
+
+def test_local_backend_is_not_cached(tmp_path: Path) -> None:
+    path = write_pipeline(tmp_path, "{type: local}", n=2)
+    summary = run_pipeline_file(path)
+    assert "cache" not in summary
+    assert not (tmp_path / ".oaipipe").exists()
