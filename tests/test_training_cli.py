@@ -271,3 +271,19 @@ def test_train_after_run_inherits_the_backend_server(tmp_path: Path) -> None:
     assert job.base_url == srv.base_url and job.description.startswith("demo: 12 supervised")
     registry_text = (JobRegistry().path).read_text()
     assert secret not in registry_text and secret not in json.dumps(summary)
+
+
+def test_train_block_is_validated_key_by_key() -> None:
+    from oaipipe.errors import ConfigError
+    from oaipipe.training import build_train_block
+
+    host = PluginHost()
+    with pytest.raises(ConfigError) as err:
+        build_train_block({"type": "local", "selct": {"sentiment": "positive"}}, host=host, context=Context(host=host),
+                          file="pipeline.yaml")
+    assert "selct" in str(err.value) and "select" in str(err.value)
+    with pytest.raises(ConfigError):
+        build_train_block({"type": "local", "validation_fraction": 2}, host=host, context=Context(host=host))
+    trainer, block = build_train_block({"type": "openai"}, host=host, context=Context(host=host),
+                                       backend_options=BackendOptions(model="gpt-4.1-mini", base_url="http://x/v1"))
+    assert trainer.options.base_url == "http://x/v1" and trainer.options.model == "gpt-4.1-mini"

@@ -23,7 +23,7 @@ from .launch import (
     report_for,
     trainer_for_job,
 )
-from .pipeline import train_after_run
+from .pipeline import build_train_block, train_after_run
 from .sources import Example, parse_select, read_examples
 from .validate import CATEGORIES, MIN_EXAMPLES, ValidationReport, validate_file, validate_rows
 
@@ -37,6 +37,7 @@ __all__ = [
     "ValidationReport",
     "build_dataset",
     "build_rows",
+    "build_train_block",
     "default_dataset_path",
     "default_epochs",
     "ensure_valid",

@@ -17,7 +17,7 @@ from ..jobs import JobRegistry
 from .build import write_dataset
 from .launch import build_dataset, follow_job, launch_job, report_for
 
-__all__ = ["train_after_run"]
+__all__ = ["build_train_block", "train_after_run"]
 
 
 def _secret(value: Any) -> str | None:
@@ -25,6 +25,32 @@ def _secret(value: Any) -> str | None:
         return None
     getter = getattr(value, "get_secret_value", None)
     return getter() if getter else str(value)
+
+
+def build_train_block(train_block: dict[str, Any] | None, *, host: Any, context: Context,
+                      backend_options: Any = None, file: str | None = None,
+                      lines: Any = None) -> tuple[Trainer, dict[str, Any]]:
+    """Validate a ``train:`` block and build its trainer (no network), with the backend's settings inherited.
+
+    ``oaipipe validate`` can call this to check every key of ``train:`` (unknown keys are errors with
+    the file and line, through ``file``/``lines`` as in :meth:`PluginHost.build`).
+    """
+    block = dict(train_block or {})
+    block.setdefault("type", "local")
+    reg = host.get("trainer", block["type"], key="train.type", file=file)
+    option_fields = reg.cls.Options.model_fields
+    if backend_options is not None:
+        if "base_url" in option_fields and not block.get("base_url") and not block.get("api_key"):
+            if getattr(backend_options, "base_url", None):
+                block["base_url"] = backend_options.base_url
+            key = _secret(getattr(backend_options, "api_key", None))
+            if key:
+                block["api_key"] = key
+        if not block.get("model") and getattr(backend_options, "model", None):
+            block["model"] = backend_options.model
+    trainer = host.build("trainer", block, context, key="train", file=file, lines=lines)
+    assert isinstance(trainer, Trainer)
+    return trainer, block
 
 
 def train_after_run(train_block: dict[str, Any], *, records_path: Path, host: Any, context: Context,
@@ -37,21 +63,7 @@ def train_after_run(train_block: dict[str, Any], *, records_path: Path, host: An
     the backend's ``base_url`` and ``api_key``.
     """
     say = progress or (lambda _msg: None)
-    block = dict(train_block or {})
-    block.setdefault("type", "local")
-    reg = host.get("trainer", block["type"], key="train.type")
-    option_fields = reg.cls.Options.model_fields
-    if backend_options is not None:
-        if "base_url" in option_fields and not block.get("base_url") and not block.get("api_key"):
-            if getattr(backend_options, "base_url", None):
-                block["base_url"] = backend_options.base_url
-            key = _secret(getattr(backend_options, "api_key", None))
-            if key:
-                block["api_key"] = key
-        if not block.get("model") and getattr(backend_options, "model", None):
-            block["model"] = backend_options.model
-    trainer = host.build("trainer", block, context, key="train")
-    assert isinstance(trainer, Trainer)
+    trainer, block = build_train_block(train_block, host=host, context=context, backend_options=backend_options)
     opts: Any = trainer.options
     base_model = opts.model or "gpt-4o-mini"
     records_path = Path(records_path)
