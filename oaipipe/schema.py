@@ -52,7 +52,14 @@ def pipeline_schema(pipeline: str | None = None) -> dict[str, Any]:
         props[key] = {"oneOf": variants, "description": desc or f"a {kind} plugin block"}
         if key == "train":
             props[key] = {"anyOf": [{"oneOf": variants}, {"type": "null"}]}
-    props["steps"] = {"type": "array", "items": {"oneOf": _component_schemas(host, "step", defs)}}
+    steps = _component_schemas(host, "step", defs)
+    analyzers = _component_schemas(host, "analyzer", defs)
+    analyzer_ref = {"anyOf": [{"enum": host.names("analyzer")}, {"oneOf": analyzers}],
+                    "description": "An analyzer name, or {type: NAME, ...options}"}
+    for step in steps:
+        if "analyzer" in step.get("properties", {}):
+            step["properties"]["analyzer"] = analyzer_ref
+    props["steps"] = {"type": "array", "items": {"oneOf": steps}}
     props["sinks"] = {"type": "array", "items": {"oneOf": _component_schemas(host, "sink", defs)}}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "oaipipe pipeline"

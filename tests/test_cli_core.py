@@ -96,6 +96,12 @@ def test_schema_includes_every_plugins_options(capsys: pytest.CaptureFixture) ->
     assert "id_column" in sources["csv"]["properties"]
     steps = {v["properties"]["type"]["const"] for v in schema["properties"]["steps"]["items"]["oneOf"]}
     assert {"sentiment", "ask"} <= steps
+    sentiment = next(v for v in schema["properties"]["steps"]["items"]["oneOf"]
+                     if v["properties"]["type"]["const"] == "sentiment")
+    analyzer = sentiment["properties"]["analyzer"]["anyOf"]
+    assert {"keyword", "vader"} <= set(analyzer[0]["enum"])
+    vader = next(v for v in analyzer[1]["oneOf"] if v["properties"]["type"]["const"] == "vader")
+    assert "positive_threshold" in vader["properties"]
     assert schema["additionalProperties"] is False
 
 
