@@ -16,7 +16,6 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +30,20 @@ from .errors import ApiError
 
 __all__ = ["OaipipeServer", "Reply", "make_server"]
 
+#: message and code of each injectable status (429 is built separately: it carries Retry-After)
+_INJECTED: dict[int, tuple[str, str]] = {
+    400: ("The request was rejected as invalid.", "invalid_request"),
+    401: ("Incorrect API key provided.", "invalid_api_key"),
+    403: ("You are not allowed to use this endpoint.", "forbidden"),
+    404: ("The requested resource does not exist.", "not_found"),
+    408: ("The request timed out.", "timeout"),
+    409: ("The request conflicts with another request; retry it.", "conflict"),
+    422: ("The request could not be processed.", "unprocessable_entity"),
+    500: ("The server had an error while processing your request. Retry your request.", "server_error"),
+    502: ("Bad gateway.", "bad_gateway"),
+    503: ("The engine is currently overloaded. Please try again later.", "service_unavailable"),
+    504: ("Gateway timeout.", "gateway_timeout"),
+}
 #: paths whose calls get injected faults
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/responses"})
 _MAX_BODY = 200 * 1024 * 1024
@@ -247,6 +260,11 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "oaipipe-serve/0.1"
     server: OaipipeServer
 
+    def setup(self) -> None:
+        super().setup()
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
         return
 
@@ -291,10 +309,11 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
+        # headers and body in one write: two small writes meet Nagle + delayed ACK (40 ms per call)
+        self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD":
-            self.wfile.write(payload)
-        self.wfile.flush()
+            self._headers_buffer.append(payload)
+        self.flush_headers()
 
     def _check_auth(self) -> None:
         key = self.server.config.api_key
@@ -315,7 +334,7 @@ class Handler(BaseHTTPRequestHandler):
         faults = self.server.faults
         delay = faults.latency + (faults.jitter * self.server.random() if faults.jitter else 0.0)
         if delay > 0:
-            time.sleep(delay)
+            self.server.stopping.wait(delay)
         draw = self.server.random()
         edge = 0.0
         for status in sorted(faults.error_rates):
@@ -330,13 +349,9 @@ class Handler(BaseHTTPRequestHandler):
                     raise ApiError(429, "Rate limit reached for requests (injected by oaipipe serve). Please "
                                    "retry after the time in the Retry-After header.", code="rate_limit_exceeded",
                                    headers=headers)
-                messages = {500: "The server had an error while processing your request (injected by oaipipe "
-                                 "serve). Retry your request.",
-                            503: "The engine is currently overloaded (injected by oaipipe serve). Please try "
-                                 "again later."}
-                code = {500: "server_error", 503: "service_unavailable"}.get(status, "injected_error")
-                raise ApiError(status, messages.get(status, f"Injected error {status} (oaipipe serve --error-rate)."),
-                               code=code, headers=headers)
+                text, code = _INJECTED.get(status, (f"Injected error {status}.", "injected_error"))
+                raise ApiError(status, text + " (injected by oaipipe serve --error-rate)", code=code,
+                               headers=headers)
         edge_drop = edge + faults.drop_rate
         if draw < edge_drop:
             self.server.count_injected("drop")
