@@ -287,3 +287,18 @@ def test_train_block_is_validated_key_by_key() -> None:
     trainer, block = build_train_block({"type": "openai"}, host=host, context=Context(host=host),
                                        backend_options=BackendOptions(model="gpt-4.1-mini", base_url="http://x/v1"))
     assert trainer.options.base_url == "http://x/v1" and trainer.options.model == "gpt-4.1-mini"
+
+
+def test_a_pipeline_can_name_the_fine_tuned_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(QA), "--system", SYS, "--wait"]) == 0
+    model = out_of(capsys)[0].strip().splitlines()[-1].removeprefix("fine-tuned model: ")
+    (tmp_path / "q.jsonl").write_text(json.dumps({"id": "q1", "text": "Where is my order?"}) + "\n")
+    (tmp_path / "p.yaml").write_text(
+        "name: use-ft\n"
+        f"backend: {{type: local, model: '{model}'}}\n"
+        "source: {type: jsonl, path: q.jsonl, id_field: id}\n"
+        f"steps: [{{type: ask, system: '{SYS}', prompt: '{{text}}', output: reply}}]\n"
+        "sinks: [{type: jsonl, path: out/records.jsonl}]\n")
+    assert main(["run", str(tmp_path / "p.yaml")]) == 0
+    record = json.loads((tmp_path / "out" / "records.jsonl").read_text().splitlines()[0])
+    assert record["reply"].startswith("You can follow your parcel from the link in your shipping confirmation")
