@@ -171,7 +171,8 @@ def _read_csv(path: Path, system: str | None) -> Iterator[Example]:
                 f"{path}: the CSV has columns {', '.join(header) or '(none)'}, but training needs a "
                 "prompt/completion (or question/answer) pair",
                 hint="rename the columns to prompt,completion (an optional system column sets the system prompt; "
-                     "prompt,chosen,rejected gives DPO pairs)",
+                     "prompt,chosen,rejected gives DPO pairs); to train on replies to other data, run a pipeline over it "
+                     "and train on its dialogue log",
             )
         for i, row in enumerate(reader, start=2):
             ex = _pair_example(row, f"{path.name} line {i}", system)
