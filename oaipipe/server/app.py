@@ -397,11 +397,8 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # noqa: BLE001 - a bug must still produce an OpenAI-shaped 500
             reply = Reply(ApiError(500, f"The local server failed: {type(exc).__name__}: {exc}",
                                    code="server_error").body(), status=500)
-        status = reply.status
-        try:
-            self._send(reply, request_id)
-        finally:
-            self.server.count(template, status)
+        self.server.count(template, reply.status)  # before sending: a client that reads stats next sees it
+        self._send(reply, request_id)
 
     def finish(self) -> None:
         with contextlib.suppress(OSError):
