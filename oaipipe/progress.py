@@ -106,12 +106,12 @@ class RichReporter(Reporter):
     nothing measurable on fast runs.
     """
 
-    def __init__(self, stream: TextIO | None = None, *, interval: float = 0.1, force_terminal: bool | None = None
-                 ) -> None:
+    def __init__(self, stream: TextIO | None = None, *, interval: float = 0.1, force_terminal: bool | None = None,
+                 width: int | None = None) -> None:
         from rich.console import Console
 
         self.stream = stream or sys.stderr
-        self.console = Console(file=self.stream, force_terminal=force_terminal, highlight=False)
+        self.console = Console(file=self.stream, force_terminal=force_terminal, highlight=False, width=width)
         self.interval = interval
         self._progress: Any = None
         self._task: Any = None
@@ -125,7 +125,7 @@ class RichReporter(Reporter):
         for n in notes:
             self.console.print(n, markup=False)
         self._progress = Progress(
-            TextColumn("[bold]records"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+            TextColumn("[bold]records"), BarColumn(bar_width=24), MofNCompleteColumn(), TextColumn("ETA"),
             TimeRemainingColumn(), TextColumn("{task.fields[info]}", markup=False),
             console=self.console, transient=False, refresh_per_second=8,
         )
