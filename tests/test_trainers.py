@@ -195,3 +195,35 @@ def test_openai_trainer_unreachable_server_is_a_clear_error(tmp_path: Path, host
         launch_job(t, dataset(tmp_path), base_model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1")
     assert "uploading train.jsonl" in str(err.value)
     assert JobRegistry().list() == []
+
+
+def test_following_a_job_survives_a_short_outage(tmp_path: Path, host: PluginHost) -> None:
+    from oaipipe.errors import AuthenticationError as AuthError
+    from oaipipe.errors import ServerError
+
+    files = dataset(tmp_path)
+    with running_server(ft_seconds=0.4) as srv:
+        t = trainer(host, type="openai", base_url=srv.base_url, max_retries=0)
+        job = launch_job(t, files, base_model="gpt-4o-mini", base_url=srv.base_url).job
+        calls = {"n": 0}
+        original = t.refresh
+
+        def flaky(j: Any) -> Any:  # the server's answer to the first two polls is lost
+            calls["n"] += 1
+            if calls["n"] <= 2:
+                raise ServerError("503 Service Unavailable from the test", status=503)
+            return original(j)
+
+        t.refresh = flaky  # type: ignore[method-assign]
+        notes: list[str] = []
+        job = follow_job(t, job, poll_interval=0.05, progress=notes.append)
+        assert job.status == "succeeded"
+        assert sum("retrying" in n for n in notes) == 2
+
+        def refused(j: Any) -> Any:
+            raise AuthError("401 key refused", status=401)
+
+        t.refresh = refused  # type: ignore[method-assign]
+        job.status = "running"
+        with pytest.raises(AuthError):  # not retryable: raised at once
+            follow_job(t, job, poll_interval=0.05)

@@ -150,3 +150,13 @@ def test_cli_max_tokens_option(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["dataset", "validate", str(DATA / "example_over_token_limit.jsonl"), "--max-tokens-per-example", "1000"])
     assert code == 6
     assert "example_over_token_limit: 1" in capsys.readouterr().out
+
+
+def test_validating_a_csv_points_at_dataset_build(tmp_path: Path) -> None:
+    from oaipipe.errors import DatasetError
+
+    csv = tmp_path / "qa.csv"
+    csv.write_text("prompt,completion\na,b\n")
+    with pytest.raises(DatasetError) as err:
+        validate_file(csv)
+    assert "oaipipe dataset build" in str(err.value)

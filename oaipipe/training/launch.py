@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base import Context, Trainer
-from ..errors import DatasetError, TrainingError
+from ..errors import BackendError, DatasetError, TrainingError
 from ..home import home_dir
 from ..jobs import Job, JobRegistry
 from ..pricing import PriceTable
@@ -34,6 +34,9 @@ __all__ = [
 ]
 
 Progress = Callable[[str], None]
+
+#: consecutive retryable errors (429/5xx/connection) tolerated while following a job
+MAX_POLL_ERRORS = 10
 
 #: exchanges of these steps are left out unless ``step:`` names them
 _VISION_STEPS = ("describe_image",)
@@ -130,10 +133,21 @@ def follow_job(trainer: Trainer, job: Job, *, registry: JobRegistry | None = Non
     last_status = None
     for event in job.events:
         progress(f"  {event.get('message', '')}")
+    hiccups = 0
     while True:
         before = len(job.events)
         seen = [dict(e) for e in job.events]
-        job = trainer.refresh(job)
+        try:
+            job = trainer.refresh(job)
+        except BackendError as exc:
+            # a long wait outlives short outages: keep polling through retryable errors, for a while
+            hiccups += 1
+            if not exc.retryable or hiccups > MAX_POLL_ERRORS:
+                raise
+            progress(f"  (could not read job {job.id}: {exc.message}; retrying)")
+            time.sleep(poll_interval)
+            continue
+        hiccups = 0
         registry.update(job)
         new = [e for e in job.events if e not in seen] if len(job.events) >= before else []
         for event in new:

@@ -241,6 +241,10 @@ def read_rows(path: str | Path) -> list[tuple[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path}", hint="give the path of a .jsonl fine-tuning file")
+    if path.suffix.lower() in (".csv", ".tsv", ".xlsx"):
+        raise DatasetError(f"{path} is not a fine-tuning JSONL file",
+                           hint=f"build one first: oaipipe dataset build {path} -o train.jsonl "
+                                "(or let `oaipipe train` do both)")
     rows: list[tuple[str, Any]] = []
     try:
         with path.open(encoding="utf-8") as fh:
