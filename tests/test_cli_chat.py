@@ -22,6 +22,20 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def settled(srv: Any) -> dict[str, Any]:
+    """The server's counters once in-flight requests are counted (it counts after sending a reply)."""
+    import time
+
+    previous = srv.stats()
+    for _ in range(40):
+        time.sleep(0.05)
+        current = srv.stats()
+        if current == previous:
+            return current
+        previous = current
+    return previous
+
+
 def free_port() -> int:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -62,7 +76,7 @@ def test_ask_unknown_ft_model_is_a_clear_error(capsys: pytest.CaptureFixture[str
     code, _, err = run(capsys, "ask", "hi", "--model", "ft:gpt-4o-mini:acme::missing", "--base-url", server.base_url)
     assert code == 4
     assert "ft:gpt-4o-mini:acme::missing" in err and "404" in err
-    assert server.stats()["requests"] == 1
+    assert settled(server)["requests"] == 1
 
 
 def test_models_from_the_server(capsys: pytest.CaptureFixture[str], server: Any) -> None:
@@ -98,7 +112,7 @@ def test_models_refused_key(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
             f"backend: {{type: requests, base_url: '{srv.base_url}', api_key: sk-wrong-key-987654321}}\n"
         )
         code, _, err = run(capsys, "models", str(pipeline))
-        assert srv.stats()["requests"] == 1
+        assert settled(srv)["requests"] == 1
     assert code == 5
     assert "refused" in err and "sk-wrong-key-987654321" not in err
 
