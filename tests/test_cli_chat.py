@@ -206,3 +206,20 @@ def test_assistants_without_a_file(capsys: pytest.CaptureFixture[str], tmp_path:
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "assistants")
     assert code == 0 and "no assistants file found" in err
+
+
+@pytest.mark.parametrize("backend", ["local", "openai", "requests"])
+def test_ask_a_fine_tuned_model(capsys: pytest.CaptureFixture[str], server: Any, backend: str) -> None:
+    from oaipipe.engine.tuning import train_local_model
+
+    rows = [{"messages": [{"role": "user", "content": "What are your opening hours?"},
+                          {"role": "assistant", "content": "We are open 9 to 5, Monday to Friday."}]}]
+    model = train_local_model(rows, base_model="gpt-4o-mini", suffix="hours")
+    argv = ["ask", "What are your opening hours?", "--model", model, "--backend", backend, "--json"]
+    if backend != "local":
+        argv += ["--base-url", server.base_url]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["text"] == "We are open 9 to 5, Monday to Friday."
+    assert data["model"] == model
