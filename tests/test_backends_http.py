@@ -309,3 +309,37 @@ def test_options_reject_unknown_api(host: PluginHost) -> None:
     with pytest.raises(ConfigError) as info:
         make(host, "openai", api="assistants")
     assert "api" in str(info.value)
+
+
+# --- key resolution -------------------------------------------------------------------------------
+
+
+def test_resolve_api_key_rules(host: PluginHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    from oaipipe.errors import redact
+    from oaipipe.keys import resolve_api_key
+
+    def opts(**block: Any) -> Any:
+        return make(host, "requests", **block).options
+
+    assert resolve_api_key(opts()) is None
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-0123456789")
+    assert resolve_api_key(opts()) == "sk-from-env-0123456789"
+    assert resolve_api_key(opts(base_url="https://api.openai.com/v1")) == "sk-from-env-0123456789"
+    assert resolve_api_key(opts(base_url="http://127.0.0.1:9/v1")) is None  # never leaks to another server
+    assert resolve_api_key(opts(base_url="http://127.0.0.1:9/v1", api_key="vllm-token-abc")) == "vllm-token-abc"
+    assert resolve_api_key(opts(api_key="yaml-key-xyz-123")) == "yaml-key-xyz-123"  # the YAML wins
+    assert resolve_api_key(opts(api_key="   ")) == "sk-from-env-0123456789"
+    assert redact("token vllm-token-abc leaked") == "token *** leaked"  # registered for redaction
+
+
+def test_requests_sends_no_authorization_to_a_keyless_server(host: PluginHost, server: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-0123456789")
+    backend = make(host, "requests", base_url=server.base_url)
+    assert "Authorization" not in backend.session.headers
+    keyed = make(host, "requests", base_url=server.base_url, api_key="server-key-123456")
+    assert keyed.session.headers["Authorization"] == "Bearer server-key-123456"
+    sdk = make(host, "openai", base_url=server.base_url)
+    assert sdk.client.api_key == "sk-no-key"
+    for b in (backend, keyed, sdk):
+        asyncio.run(b.aclose())

@@ -115,3 +115,27 @@ def test_same_results_on_every_transport(project: Path) -> None:
         assert record["photo_image_tokens"] == 85
     labels = {r["id"]: r["reply_sentiment"] for r in local_records}
     assert labels  # sentiments are part of the compared records
+
+
+@pytest.mark.parametrize("kind", ["openai", "requests"])
+def test_a_refused_key_stops_the_run_after_one_request(project: Path, kind: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from oaipipe.cli import main
+
+    wrong = "sk-wrong-0123456789abcdef"
+    with running_server(api_key="sk-right-0123456789abcdef") as srv:
+        code = main(["run", str(project / "pipeline.yaml"), "--set", f"backend.type={kind}",
+                     "--set", f"backend.base_url={srv.base_url}", "--set", f"backend.api_key={wrong}",
+                     "--set", "backend.concurrency=1", "--fresh"])
+        import time
+
+        time.sleep(0.2)  # the server counts a request after replying
+        stats = srv.stats()
+    captured = capsys.readouterr()
+    assert code == 5
+    assert stats["requests"] == 1, stats
+    assert "refused" in captured.err
+    assert wrong not in captured.err + captured.out
+    for path in project.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".jsonl", ".csv", ".txt", ".log"):
+            assert wrong not in path.read_text(errors="replace"), path
