@@ -173,8 +173,10 @@ def load_pipeline(
         assert isinstance(sink, Sink)
         sinks.append(sink)
     if cfg.train is not None:
-        host.get("trainer", str(cfg.train.get("type", "local")), key="train.type", file=file,
-                 line=loaded.where("train.type")[0])
+        from .training import build_train_block  # validates every key of `train:`; no network
+
+        build_train_block(cfg.train, host=host, context=context, backend_options=backend.options,
+                          file=file, lines=loaded.where)
     pipeline = Pipeline(loaded=loaded, host=host, context=context, backend=backend, source=source, steps=steps,
                         sinks=sinks, backend_note=note)
     check_templates(pipeline)

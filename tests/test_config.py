@@ -222,3 +222,11 @@ def test_duplicate_key_is_reported(tmp_path: Path) -> None:
         load_config(write(tmp_path, "name: a\nname: b\nsource: {type: csv}\n"))
     assert "twice" in str(info.value)
     assert info.value.line == 2
+
+
+def test_train_block_keys_are_validated_with_their_line(tmp_path: Path, csv: Path) -> None:
+    path = write(tmp_path, BASE + "train: {type: local, selct: {s: positive}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(path)
+    assert "train.selct" in str(info.value) and "did you mean 'select'" in str(info.value)
+    assert info.value.line == 8
