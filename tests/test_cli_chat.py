@@ -223,3 +223,42 @@ def test_ask_a_fine_tuned_model(capsys: pytest.CaptureFixture[str], server: Any,
     data = json.loads(out)
     assert data["text"] == "We are open 9 to 5, Monday to Friday."
     assert data["model"] == model
+
+
+def test_describe_together_sends_one_request(capsys: pytest.CaptureFixture[str], server: Any, red_png: Path,
+                                             tmp_path: Path) -> None:
+    blue = tmp_path / "blue.png"
+    Image.new("RGB", (40, 40), (20, 60, 220)).save(blue)
+    code, out, err = run(capsys, "describe", str(red_png), str(blue), "--together", "--base-url", server.base_url,
+                         "--json")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["image"] == f"{red_png}, {blue}"
+    assert settled(server)["requests"] == 1
+
+
+def test_ask_uses_the_pipeline_backend_and_presets(capsys: pytest.CaptureFixture[str], server: Any,
+                                                   tmp_path: Path) -> None:
+    (tmp_path / "team.yaml").write_text("assistants:\n  brief: {instructions: Answer briefly., model: gpt-4.1-mini}\n")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(
+        "assistants: team.yaml\n"
+        "source: {type: jsonl, path: in.jsonl}\n"
+        f"backend: {{type: requests, base_url: '{server.base_url}'}}\n"
+    )
+    code, out, err = run(capsys, "ask", "Where is my parcel?", "--pipeline", str(pipeline), "--assistant", "brief",
+                         "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["backend"] == "requests"
+    assert "gpt-4.1-mini" in data["model"]
+    assert settled(server)["requests"] == 1
+
+
+def test_models_json_says_why_it_shows_the_local_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "models", "--backend", "requests", "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert data["backend"] == "local" and data["problem_kind"] == "no-key"
+    assert "falls back" in data["note"]
