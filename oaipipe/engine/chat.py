@@ -31,7 +31,7 @@ _STOP = set(["a", "an", "the", "and", "or", "but", "if", "then", "than", "so", "
     ["work", "works", "worked", "working", "arrived", "arrive", "came", "come", "comes", "went", "goes", "going", "used", "using", "use", "uses", "days", "week", "weeks", "month", "months", "time", "times", "again", "still", "even", "ever", "never", "always", "only", "well", "within"]
 ) | {"nobody", "anybody", "somebody", "someone", "anyone", "everyone", "something", "anything", "nothing",
      "everything", "answer", "answers", "answered", "reply", "replied", "respond", "responded", "wait",
-     "waiting", "waited", "yet", "since"}
+     "waiting", "waited", "yet", "since", "bit", "lot", "lots", "couple", "pair", "kind", "sort", "piece", "way"}
 #: complaint phrases VADER scores as neutral; they tip a neutral text to negative
 _COMPLAINT = re.compile(
     r"\b(never (arrived|came|showed up|received)|not (working|arrived|received|delivered)|doesn't work|"
@@ -102,16 +102,53 @@ def _digest(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big")
 
 
+_TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]*|\d+")
+_DETERMINERS = {"the", "this", "that", "these", "those", "my", "your", "our", "their", "his", "her", "a", "an"}
+#: words that describe a noun rather than name it ("the red mug" is about the mug)
+_MODIFIERS = {"new", "old", "first", "second", "third", "last", "next", "other", "same", "whole", "big", "small",
+              "little", "large", "tiny", "huge", "brand", "super", "fast", "slow", "only", "own", "replacement",
+              "extra", "spare", "main", "cheap", "expensive"} | {
+    "red", "blue", "green", "yellow", "black", "white", "grey", "gray", "pink", "purple", "orange", "brown"}
+
+
+def _is_content_word(word: str) -> bool:
+    return len(word) >= 3 and word.isalpha() and word not in _STOP
+
+
+def _noun_after_determiner(tokens: list[str]) -> str | None:
+    """The head of the first ``the/this/my ... <word>`` phrase: "the red mug" → "mug"."""
+    for i, tok in enumerate(tokens[:-1]):
+        if tok not in _DETERMINERS:
+            continue
+        run = []
+        for nxt in tokens[i + 1:i + 3]:
+            if not _is_content_word(nxt):
+                break
+            run.append(nxt)
+        if not run:
+            continue
+        if len(run) == 2 and (run[0] in _MODIFIERS or run[0] in _vader().lexicon or run[0].endswith("ly")):
+            return run[1]
+        if run[0] in _MODIFIERS or run[0] in _vader().lexicon:
+            continue
+        return run[0]
+    return None
+
+
 def _keywords(text: str, limit: int = 3) -> list[str]:
+    """Topic words of a text, the most likely noun first."""
+    tokens = [t.lower().strip("'-") for t in _TOKEN.findall(text)]
     seen: list[str] = []
-    for word in _WORD.findall(text):
-        low = word.lower().strip("'-")
-        if len(low) < 4 or low in _STOP or low in seen or low in _vader().lexicon:
+    head = _noun_after_determiner(tokens)
+    if head:
+        seen.append(head)
+    for low in tokens:
+        if not _is_content_word(low) or low in seen or low in _vader().lexicon or low in _MODIFIERS:
             continue
         seen.append(low)
-        if len(seen) == limit:
+        if len(seen) >= limit:
             break
-    return seen
+    return seen[:limit]
 
 
 def analyse_messages(messages: list[dict[str, Any]]) -> Analysis:
