@@ -39,7 +39,17 @@ from .errors import (
     UnknownPluginError,
 )
 from .hookspecs import hookimpl
-from .types import ChatRequest, ChatResponse, Exchange, ModelInfo, Record, RecordResult, RunInfo, Sentiment, Usage
+from .types import (
+    ChatRequest,
+    ChatResponse,
+    Exchange,
+    ModelInfo,
+    Record,
+    RecordResult,
+    RunInfo,
+    Sentiment,
+    Usage,
+)
 
 __version__ = "0.1.0"
 

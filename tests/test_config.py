@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from oaipipe.config import apply_overrides, interpolate_env, load_config
-from oaipipe.errors import ConfigError, PluginLoadError, UnknownPluginError
+from oaipipe.errors import ConfigError, UnknownPluginError
 from oaipipe.pipeline import load_pipeline
 
 

@@ -156,7 +156,7 @@ def test_exit_code_one_when_records_failed_and_zero_otherwise(tmp_path: Path, ca
 
 
 def test_max_failures_aborts_the_run(tmp_path: Path) -> None:
-    lines = "".join('{"id": "%d", "txt": "no text field"}\n' % i for i in range(6))
+    lines = "".join(f'{{"id": "{i}", "txt": "no text field"}}\n' for i in range(6))
     (tmp_path / "in.jsonl").write_text(lines + '{"id": "ok", "text": "fine"}\n')
     path = make_pipeline(tmp_path, source="{type: jsonl, path: in.jsonl, id_field: id}")
     with pytest.raises(RunAborted, match="max-failures 2"):
@@ -164,7 +164,7 @@ def test_max_failures_aborts_the_run(tmp_path: Path) -> None:
 
 
 def test_a_run_where_everything_fails_stops_early(tmp_path: Path) -> None:
-    lines = "".join('{"id": "%d", "txt": "no text field"}\n' % i for i in range(30))
+    lines = "".join(f'{{"id": "{i}", "txt": "no text field"}}\n' for i in range(30))
     (tmp_path / "in.jsonl").write_text(lines)
     path = make_pipeline(tmp_path, source="{type: jsonl, path: in.jsonl, id_field: id}")
     with pytest.raises(RunAborted, match="first 10 records all failed"):
