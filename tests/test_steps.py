@@ -238,3 +238,23 @@ def test_template_fields_are_declared(host: PluginHost, images: Path) -> None:
     assert step.template_fields() == {"image": ["a", "b"], "prompt": ["topic"]}
     ask = build(host, images, {"type": "ask", "prompt": "{text}", "system": "Hi {name}", "output": "r"})
     assert ask.template_fields() == {"prompt": ["text"], "system": ["name"]}
+
+
+def test_a_bad_image_fails_its_record_and_the_run_goes_on(images: Path) -> None:
+    import oaipipe
+
+    (images / "img" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    rows = [{"id": "a", "image": "img/red.png"}, {"id": "b", "image": "img/broken.png"},
+            {"id": "c", "image": "img/missing.png"}, {"id": "d", "image": "img/blue.jpg"}]
+    (images / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (images / "p.yaml").write_text(
+        "source: {type: jsonl, path: in.jsonl, id_field: id}\n"
+        "steps:\n  - {type: describe_image, image: '{image}', output: desc}\n"
+        "sinks:\n  - {type: jsonl, path: out.jsonl}\n"
+    )
+    summary = oaipipe.run(str(images / "p.yaml"))
+    assert summary["records"]["done"] == 2 and summary["records"]["failed"] == 2
+    errors = Path(summary["errors_file"]).read_text()
+    assert "broken.png" in errors and "missing.png" in errors
+    done = [json.loads(line) for line in (images / "out.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in done if r.get("desc")} == {"a", "d"}
