@@ -310,3 +310,40 @@ def test_local_backend_is_registered() -> None:
     host = PluginHost()
     assert "local" in host.names("backend")
     assert host.get("backend", "local").cls is LocalBackend
+
+
+def test_transparent_pixels_count_as_white() -> None:
+    buf = io.BytesIO()
+    img = Image.new("RGBA", (20, 10), (0, 0, 0, 0))
+    img.paste((230, 10, 20, 255), (0, 0, 5, 10))
+    img.save(buf, "PNG")
+    facts = vision.measure(buf.getvalue())
+    names = [c.name for c in facts.dominant_colors]
+    assert names[0] == "white" and "red" in names and "black" not in names
+
+
+def test_reply_names_the_product_not_an_adjective() -> None:
+    text = chat.complete(user("Ordered the red mug on Monday and it arrived cracked."), "gpt-4o-mini").text
+    assert "the mug" in text
+
+
+def test_engine_is_a_plain_library() -> None:
+    """The engine must not import the plugin machinery (pluggy, plugins, hookspecs, base)."""
+    import ast
+    from pathlib import Path
+
+    import oaipipe.engine as engine_pkg
+
+    for path in Path(engine_pkg.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                parts = set(name.split("."))
+                assert not parts & {"pluggy", "plugins", "hookspecs", "base", "builtin"}, \
+                    f"{path.name} imports {name}"

@@ -107,7 +107,12 @@ def measure(data: bytes, *, colors: int = 4) -> ImageFacts:
                 img.load()
                 upright = ImageOps.exif_transpose(img)
                 rotated = upright.size != img.size
-                rgb = upright.convert("RGB")
+                if upright.mode in ("RGBA", "LA", "PA") or (upright.mode == "P" and "transparency" in upright.info):
+                    rgba = upright.convert("RGBA")  # transparent pixels count as the white page they sit on
+                    rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+                    rgb.paste(rgba, mask=rgba.getchannel("A"))
+                else:
+                    rgb = upright.convert("RGB")
     except InvalidImage:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
