@@ -481,3 +481,19 @@ def test_serve_command_refuses_remote_host_and_bad_flags() -> None:
     assert result.exit_code != 0 and "STATUS=RATE" in str(result.exception)
     assert commands_serve.is_loopback("127.0.0.1") and commands_serve.is_loopback("::1")
     assert commands_serve.is_loopback("localhost") and not commands_serve.is_loopback("10.0.0.1")
+
+
+def test_batch_on_the_responses_endpoint_and_file_pagination(server: Any) -> None:
+    c = client(server)
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/responses",
+              "body": {"model": "gpt-4o-mini", "input": f"Is item {i} in stock?"}} for i in range(2)]
+    f = c.files.create(file=("r.jsonl", jsonl(lines)), purpose="batch")
+    batch = c.batches.create(input_file_id=f.id, endpoint="/v1/responses", completion_window="24h")
+    batch = wait_for(lambda: c.batches.retrieve(batch.id), ("completed", "failed", "cancelled"))
+    assert batch.status == "completed" and batch.error_file_id is None
+    bodies = [json.loads(line)["response"]["body"] for line in c.files.content(batch.output_file_id).text.splitlines()]
+    assert [b["object"] for b in bodies] == ["response", "response"]
+    assert batch.usage.total_tokens == sum(b["usage"]["total_tokens"] for b in bodies)
+    ids = [x.id for x in c.files.list(limit=1)]  # the SDK follows `after` cursors page by page
+    assert set(ids) == {f.id, batch.output_file_id} and len(ids) == 2
+    assert [x.id for x in c.files.list(purpose="batch")] == [f.id]
