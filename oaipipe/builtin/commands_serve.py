@@ -68,10 +68,12 @@ def _error_rates(values: tuple[str, ...]) -> dict[int, float]:
               help="How long a batch takes at least.")
 @click.option("--seed", default=None, type=int, help="Seed of the random fault/jitter choices (reproducible runs).")
 @click.option("--quiet", is_flag=True, help="Print only the base URL line.")
+@click.option("--log", "log_requests", is_flag=True, help="Log one line per request to stderr.")
 def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitter: float,
                   error_rate: tuple[str, ...], retry_after: float, drop_rate: float, timeout_rate: float,
                   timeout_seconds: float, api_key: str | None, data_dir: Path | None, ft_seconds: float,
-                  ft_min_examples: int, batch_seconds: float, seed: int | None, quiet: bool) -> None:
+                  ft_min_examples: int, batch_seconds: float, seed: int | None, quiet: bool,
+                  log_requests: bool) -> None:
     """Serve the embedded offline engine as an OpenAI-compatible API (models, chat, responses, files,
     fine-tuning jobs, batches), with switches to inject latency and errors."""
     from ..server.config import Faults, ServerConfig
@@ -90,7 +92,7 @@ def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitt
         raise ConfigError(f"fault settings: {exc}", hint="lower the rates so that they add up to at most 1") from None
     config = ServerConfig(host=host, port=port, data_dir=data_dir, api_key=api_key or None, seed=seed,
                           ft_seconds=ft_seconds, ft_min_examples=ft_min_examples, batch_seconds=batch_seconds,
-                          faults=faults)
+                          log_requests=log_requests, faults=faults)
 
     def ready(handle: ServerHandle) -> None:
         click.echo(f"oaipipe serve: listening on {handle.base_url}  (use --set backend.base_url={handle.base_url})")

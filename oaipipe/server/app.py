@@ -9,13 +9,17 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import os
 import random
 import re
 import secrets
 import shutil
 import socket
+import sys
 import tempfile
 import threading
+import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -363,6 +367,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         request_id = "req_" + secrets.token_hex(12)
+        started = time.perf_counter()
         parts = urlsplit(self.path)
         path = parts.path.rstrip("/") or "/"
         template, func, params, path_exists = self.server.match(method, path)
@@ -395,10 +400,16 @@ class Handler(BaseHTTPRequestHandler):
         except ApiError as exc:
             reply = Reply(exc.body(), status=exc.status, headers=exc.headers)
         except Exception as exc:  # noqa: BLE001 - a bug must still produce an OpenAI-shaped 500
+            if os.environ.get("OAIPIPE_DEBUG"):
+                traceback.print_exc()
             reply = Reply(ApiError(500, f"The local server failed: {type(exc).__name__}: {exc}",
                                    code="server_error").body(), status=500)
         self.server.count(template, reply.status)  # before sending: a client that reads stats next sees it
         self._send(reply, request_id)
+        if self.server.config.log_requests:
+            elapsed = (time.perf_counter() - started) * 1000
+            sys.stderr.write(f"{time.strftime('%H:%M:%S')} {method} {path} {reply.status} {elapsed:.0f} ms "
+                             f"{request_id}\n")
 
     def finish(self) -> None:
         with contextlib.suppress(OSError):

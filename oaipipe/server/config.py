@@ -78,6 +78,7 @@ class ServerConfig:
     ft_seconds: float = 1.0
     ft_min_examples: int = 10
     batch_seconds: float = 0.2
+    log_requests: bool = False
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
