@@ -46,13 +46,17 @@ def _wants_json(request: ChatRequest) -> bool:
 # --- Chat Completions ---------------------------------------------------------------------------
 
 
-def chat_body(request: ChatRequest) -> dict[str, Any]:
-    """The JSON body of ``POST /chat/completions`` (also the SDK's keyword arguments)."""
+def chat_body(request: ChatRequest, *, max_tokens_param: str = "max_tokens") -> dict[str, Any]:
+    """The JSON body of ``POST /chat/completions`` (also the SDK's keyword arguments).
+
+    ``max_tokens_param`` names the length limit: ``max_completion_tokens`` (what OpenAI wants now; its
+    o-series and gpt-5 models refuse ``max_tokens``) or ``max_tokens`` (what most compatible servers know).
+    """
     body: dict[str, Any] = {"model": request.model, "messages": request.messages}
     if request.temperature is not None:
         body["temperature"] = request.temperature
     if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
+        body[max_tokens_param] = request.max_tokens
     if request.response_format is not None:
         body["response_format"] = request.response_format
     body.update(request.extra or {})

@@ -343,3 +343,21 @@ def test_requests_sends_no_authorization_to_a_keyless_server(host: PluginHost, s
     assert sdk.client.api_key == "sk-no-key"
     for b in (backend, keyed, sdk):
         asyncio.run(b.aclose())
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+@pytest.mark.parametrize("param", ["max_tokens", "max_completion_tokens"])
+def test_length_limit_reaches_the_server(host: PluginHost, server: Any, kind: str, param: str) -> None:
+    backend = make(host, kind, base_url=server.base_url, max_tokens_param=param)
+    resp = call(backend, req(max_tokens=3))
+    assert resp.usage.completion_tokens <= 3
+    assert resp.finish_reason == "length"
+
+
+def test_length_limit_parameter_defaults(host: PluginHost) -> None:
+    from oaipipe.openai_wire import chat_body
+
+    assert make(host, "requests").max_tokens_param == "max_completion_tokens"  # api.openai.com
+    assert make(host, "openai", base_url="http://127.0.0.1:9/v1").max_tokens_param == "max_tokens"
+    body = chat_body(req(max_tokens=7), max_tokens_param="max_completion_tokens")
+    assert body["max_completion_tokens"] == 7 and "max_tokens" not in body

@@ -25,6 +25,11 @@ class HTTPBackendOptions(BackendOptions):
     organization: str | None = Field(None, description="Sent as OpenAI-Organization")
     project: str | None = Field(None, description="Sent as OpenAI-Project")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers on every request")
+    max_tokens_param: Literal["auto", "max_tokens", "max_completion_tokens"] = Field(
+        "auto",
+        description="How chat calls send the length limit; auto: max_completion_tokens for api.openai.com, "
+        "max_tokens for other servers",
+    )
     retry_base: float = Field(0.5, ge=0, description="Backoff base in seconds: wait up to base * 2**attempt")
     retry_max_delay: float = Field(20.0, ge=0, description="Longest backoff wait in seconds")
     max_retry_after: float = Field(60.0, ge=0, description="Longest wait honoured from Retry-After / retry-after-ms")
@@ -48,6 +53,13 @@ class HTTPBackendMixin:
         )
         #: set by the first 401: later calls fail at once instead of sending the refused key again
         self._refused: AuthenticationError | None = None
+
+    @property
+    def max_tokens_param(self) -> str:
+        choice = self.options.max_tokens_param
+        if choice != "auto":
+            return str(choice)
+        return "max_completion_tokens" if is_openai_host(self.options.base_url) else "max_tokens"
 
     def _remember_refusal(self, error: BaseException) -> None:
         if isinstance(error, AuthenticationError) and error.status == 401:

@@ -36,7 +36,7 @@ from ._http_backend import HTTPBackendMixin, HTTPBackendOptions
 
 __all__ = ["OpenAIBackend", "translate_sdk_error"]
 
-_CHAT_KWARGS = ("model", "messages", "temperature", "max_tokens", "response_format")
+_CHAT_KWARGS = ("model", "messages", "temperature", "max_tokens", "max_completion_tokens", "response_format")
 _RESPONSES_KWARGS = ("model", "input", "instructions", "temperature", "max_output_tokens", "text")
 
 
@@ -129,7 +129,7 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
             kwargs = _split(responses_body(request), _RESPONSES_KWARGS)
             url = f"{self.base_url}/responses"
         else:
-            kwargs = _split(chat_body(request), _CHAT_KWARGS)
+            kwargs = _split(chat_body(request, max_tokens_param=self.max_tokens_param), _CHAT_KWARGS)
             url = f"{self.base_url}/chat/completions"
 
         async def attempt() -> Any:

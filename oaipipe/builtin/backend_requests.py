@@ -108,7 +108,7 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
         self._check_key()
         responses = self.options.api == "responses"
         path = "/responses" if responses else "/chat/completions"
-        body = responses_body(request) if responses else chat_body(request)
+        body = responses_body(request) if responses else chat_body(request, max_tokens_param=self.max_tokens_param)
         start = time.perf_counter()
         data, request_id = self.policy.run(lambda: self._once("POST", path, body, request.model))
         latency = time.perf_counter() - start
