@@ -347,3 +347,18 @@ def test_engine_is_a_plain_library() -> None:
                 parts = set(name.split("."))
                 assert not parts & {"pluggy", "plugins", "hookspecs", "base", "builtin"}, \
                     f"{path.name} imports {name}"
+
+
+def test_schema_fields_for_review_summaries() -> None:
+    schema = {"type": "object", "properties": {"summary": {"type": "string"}, "product": {"type": "string"},
+                                               "stars": {"type": "integer", "minimum": 1, "maximum": 5}},
+              "required": ["summary", "product", "stars"], "additionalProperties": False}
+    bad = json.loads(chat.complete(user("Summarize this review: The mug arrived cracked. Awful."), "gpt-4o-mini",
+                                   response_format=json_schema(schema)).text)
+    good = json.loads(chat.complete(user("Best lamp ever, I love it!"), "gpt-4o-mini",
+                                    response_format=json_schema(schema)).text)
+    check(bad, schema)
+    check(good, schema)
+    assert bad == {"summary": "The mug arrived cracked.", "product": "mug", "stars": bad["stars"]}
+    assert bad["stars"] < good["stars"] == 5
+    assert good["product"] == "lamp"

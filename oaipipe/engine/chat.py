@@ -31,7 +31,9 @@ _STOP = set(["a", "an", "the", "and", "or", "but", "if", "then", "than", "so", "
     ["work", "works", "worked", "working", "arrived", "arrive", "came", "come", "comes", "went", "goes", "going", "used", "using", "use", "uses", "days", "week", "weeks", "month", "months", "time", "times", "again", "still", "even", "ever", "never", "always", "only", "well", "within"]
 ) | {"nobody", "anybody", "somebody", "someone", "anyone", "everyone", "something", "anything", "nothing",
      "everything", "answer", "answers", "answered", "reply", "replied", "respond", "responded", "wait",
-     "waiting", "waited", "yet", "since", "bit", "lot", "lots", "couple", "pair", "kind", "sort", "piece", "way"}
+     "waiting", "waited", "yet", "since", "bit", "lot", "lots", "couple", "pair", "kind", "sort", "piece", "way",
+     "review", "reviews", "message", "feedback", "comment", "comments", "text", "customer", "question",
+     "summarize", "summarise", "summary", "describe", "following"}
 #: complaint phrases VADER scores as neutral; they tip a neutral text to negative
 _COMPLAINT = re.compile(
     r"\b(never (arrived|came|showed up|received)|not (working|arrived|received|delivered)|doesn't work|"
@@ -214,9 +216,8 @@ def _text_reply(a: Analysis, model: str, seed: int) -> str:
         return " ".join(sentences)
     instruction = a.user.strip().lower()
     if instruction.startswith(("summarize", "summarise", "summary")) or "summar" in a.system.lower():
-        body = a.user.split(":", 1)[1] if ":" in a.user[:40] else a.user
-        first = re.split(r"(?<=[.!?])\s", body.strip(), maxsplit=1)[0]
-        return f"Summary: {first[:200].strip()}" if first else "Summary: (nothing to summarise)"
+        first = _first_sentence(a.user)
+        return f"Summary: {first}" if first else "Summary: (nothing to summarise)"
     if not a.user.strip() or re.fullmatch(r"\s*(hi|hello|hey|good (morning|afternoon|evening))\W*", a.user, re.I):
         return "Hello! How can we help you today?"
     if a.is_question and a.sentiment_label != "negative":
@@ -233,12 +234,16 @@ def _text_reply(a: Analysis, model: str, seed: int) -> str:
 
 def _known_fields(a: Analysis, reply: str) -> dict[str, Any]:
     """Values a JSON schema property can be filled with, by normalised property name."""
+    stars = max(1, min(5, round(3 + 2 * a.sentiment_score)))
     known: dict[str, Any] = {
         "sentiment": a.sentiment_label, "label": a.sentiment_label, "tone": a.sentiment_label,
         "polarity": a.sentiment_label, "score": round(a.sentiment_score, 4),
         "sentiment_score": round(a.sentiment_score, 4), "confidence": round(abs(a.sentiment_score), 4),
         "reply": reply, "response": reply, "answer": reply, "message": reply, "text": reply,
-        "summary": reply, "keywords": a.keywords, "topics": a.keywords, "topic": a.keywords[0] if a.keywords else "",
+        "summary": _first_sentence(a.user) or reply, "keywords": a.keywords, "topics": a.keywords,
+        "topic": a.keywords[0] if a.keywords else "", "product": a.keywords[0] if a.keywords else "",
+        "item": a.keywords[0] if a.keywords else "", "subject": a.keywords[0] if a.keywords else "",
+        "stars": stars, "rating": stars, "star_rating": stars,
         "language": "en", "is_question": a.is_question, "question": a.is_question,
     }
     if a.images:
@@ -254,8 +259,14 @@ def _known_fields(a: Analysis, reply: str) -> dict[str, Any]:
             "alt": sentence, "reply": sentence, "text": sentence, "answer": sentence,
             "aspect_ratio": round(f.width / f.height, 4) if f.height else 0.0,
             "is_dark": f.brightness < 0.4, "is_bright": f.brightness >= 0.6,
+            "product": f"{names[0]} object" if names else "object", "subject": f"{names[0]} object" if names else "object",
         })
     return known
+
+
+def _first_sentence(text: str) -> str:
+    body = text.split(":", 1)[1] if ":" in text[:40] else text
+    return re.split(r"(?<=[.!?])\s", body.strip(), maxsplit=1)[0][:200].strip()
 
 
 def engine_model_name(model: str) -> str:
