@@ -237,6 +237,13 @@ class OaipipeServer(ThreadingHTTPServer):
             self._stats_injected.clear()
 
     # --- lifecycle --------------------------------------------------------------------------
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (timeout, drop) is normal here; anything else is reported."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError) or self.stopping.is_set():
+            return
+        super().handle_error(request, client_address)
+
     @property
     def base_url(self) -> str:
         host, port = self.server_address[:2]
