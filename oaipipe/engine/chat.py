@@ -24,7 +24,7 @@ from .schema_fill import fill_schema
 from .tuning import load_local_model
 from .vision import ImageFacts, describe, load_image_url, measure
 
-__all__ = ["EngineReply", "analyse_messages", "complete", "engine_model_name"]
+__all__ = ["EngineReply", "analyse_messages", "complete", "engine_model_name", "warm_up"]
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]+")
 _STOP = set(["a", "an", "the", "and", "or", "but", "if", "then", "than", "so", "to", "of", "in", "on", "at", "by", "for", "with", "from", "about", "into", "over", "after", "before", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "have", "has", "had", "i", "me", "my", "mine", "we", "us", "our", "you", "your", "yours", "it", "its", "this", "that", "these", "those", "there", "here", "they", "them", "their", "he", "she", "him", "her", "his", "hers", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "not", "no", "yes", "very", "really", "just", "also", "too", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "one", "ones", "some", "any", "all", "more", "most", "much", "many", "get", "got", "gets", "getting", "make", "made", "item", "thing", "things", "product", "order", "ordered", "bought", "buy", "please", "thanks", "thank", "hello", "hi", "dear", "would've", "i'm", "it's", "don't", "didn't", "doesn't", "isn't", "wasn't", "can't", "won't", "i've"]) | set(
@@ -71,6 +71,13 @@ def _vader() -> Any:
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     return SentimentIntensityAnalyzer()
+
+
+def warm_up() -> None:
+    """Load VADER's lexicon and the tokenizer now (about half a second, once per process), so that the
+    first request is as quick as the others."""
+    _vader()
+    count_tokens("warm up")
 
 
 def _text_of(content: Any) -> str:

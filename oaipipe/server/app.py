@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..engine.chat import warm_up
 from ..engine.models import find_model, list_models
 from . import inference
 from .config import Faults, ServerConfig
@@ -133,6 +134,7 @@ class OaipipeServer(ThreadingHTTPServer):
             else Path(config.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.stopping = threading.Event()
+        warm_up()  # the first call must not pay for loading the lexicon (tests use short client timeouts)
         self.routes: list[Route] = []
         self._add_core_routes()
         for extend in _EXTENSIONS:
