@@ -362,3 +362,14 @@ def test_schema_fields_for_review_summaries() -> None:
     assert bad == {"summary": "The mug arrived cracked.", "product": "mug", "stars": bad["stars"]}
     assert bad["stars"] < good["stars"] == 5
     assert good["product"] == "lamp"
+
+
+@pytest.mark.parametrize(("text", "label"), [("The kettle broke!", "complaint"), ("Love it!", "praise"),
+                                              ("Does it come in blue?", "question")])
+def test_enums_are_matched_by_meaning(text: str, label: str) -> None:
+    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["complaint", "praise", "question"]},
+                                               "sentiment": {"type": "string", "enum": ["POSITIVE", "NEGATIVE", "NEUTRAL"]}},
+              "required": ["label", "sentiment"], "additionalProperties": False}
+    data = json.loads(chat.complete(user(text), "gpt-4o-mini", response_format=json_schema(schema)).text)
+    check(data, schema)
+    assert data["label"] == label

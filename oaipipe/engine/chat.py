@@ -242,6 +242,8 @@ def _text_reply(a: Analysis, model: str, seed: int) -> str:
 def _known_fields(a: Analysis, reply: str) -> dict[str, Any]:
     """Values a JSON schema property can be filled with, by normalised property name."""
     stars = max(1, min(5, round(3 + 2 * a.sentiment_score)))
+    intent = "question" if a.is_question else {"negative": "complaint", "positive": "praise"}.get(
+        a.sentiment_label, "feedback")
     known: dict[str, Any] = {
         "sentiment": a.sentiment_label, "label": a.sentiment_label, "tone": a.sentiment_label,
         "polarity": a.sentiment_label, "score": round(a.sentiment_score, 4),
@@ -251,6 +253,7 @@ def _known_fields(a: Analysis, reply: str) -> dict[str, Any]:
         "topic": a.keywords[0] if a.keywords else "", "product": a.keywords[0] if a.keywords else "",
         "item": a.keywords[0] if a.keywords else "", "subject": a.keywords[0] if a.keywords else "",
         "stars": stars, "rating": stars, "star_rating": stars,
+        "category": intent, "intent": intent, "type": intent, "kind": intent,
         "language": "en", "is_question": a.is_question, "question": a.is_question,
     }
     if a.images:

@@ -52,15 +52,41 @@ def _types(schema: dict[str, Any]) -> list[str]:
     return ["string"]
 
 
-def _pick_enum(options: list[Any], value: Any) -> Any:
+#: enum values that mean the same as a known value ("negative" fits an enum of complaint/praise/question)
+_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "negative": ("complaint", "negative", "bad", "unhappy", "dissatisfied", "angry", "poor", "low", "con"),
+    "positive": ("praise", "positive", "good", "happy", "satisfied", "compliment", "great", "high", "pro"),
+    "neutral": ("neutral", "mixed", "feedback", "other", "ok", "okay", "medium", "info", "information"),
+    "question": ("question", "inquiry", "enquiry", "request", "support"),
+    "complaint": ("complaint", "negative", "issue", "problem", "bad"),
+    "praise": ("praise", "positive", "compliment", "good"),
+    "feedback": ("feedback", "neutral", "other", "comment"),
+}
+
+
+def _match_enum(options: list[Any], value: Any) -> tuple[bool, Any]:
+    if isinstance(value, str) and value.lower() in _SYNONYMS:
+        lowered = {opt.lower(): opt for opt in options if isinstance(opt, str)}
+        for candidate in (value.lower(), *_SYNONYMS[value.lower()]):
+            if candidate in lowered:
+                return True, lowered[candidate]
     if value is not None:
         for opt in options:
             if opt == value or (isinstance(opt, str) and isinstance(value, str) and opt.lower() == value.lower()):
-                return opt
+                return True, opt
         if isinstance(value, str):  # a known label like "positive" may be spelled "Positive review"
             for opt in options:
                 if isinstance(opt, str) and value.lower() in opt.lower():
-                    return opt
+                    return True, opt
+    return False, None
+
+
+def _pick_enum(options: list[Any], value: Any, alternative: Any = None) -> Any:
+    """The option meaning ``value`` (or else ``alternative``), else the first option."""
+    for candidate in (value, alternative):
+        found, option = _match_enum(options, candidate)
+        if found:
+            return option
     return options[0] if options else None
 
 
@@ -135,7 +161,7 @@ def _fill(schema: Any, name: str, known: dict[str, Any], root: dict[str, Any], d
                     merged[k] = v
         return _fill(merged, name, known, root, depth + 1)
     if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return _pick_enum(schema["enum"], value)
+        return _pick_enum(schema["enum"], value, known.get("intent"))
     types = _types(schema)
     non_null = [t for t in types if t != "null"]
     if not non_null:
