@@ -40,7 +40,7 @@ from .pricing import PriceTable
 from .progress import Reporter, SilentReporter
 from .rundir import RunDir, find_runs, new_run_id
 from .stats import RunStats
-from .types import ChatRequest, ChatResponse, Record, RecordResult, RunInfo
+from .types import ChatRequest, ChatResponse, Exchange, Record, RecordResult, RunInfo
 
 __all__ = ["RunOptions", "Runner", "run_pipeline", "run_pipeline_file"]
 
@@ -434,7 +434,17 @@ class Runner:
 
 
 def _exchange_dict(exchange: Any, result: RecordResult) -> dict[str, Any]:
-    data = exchange.to_dict()
+    if isinstance(exchange, Exchange):
+        # hot path (one per call): a shallow build is several times cheaper than dataclasses.asdict
+        usage = exchange.usage
+        data = {"record_id": exchange.record_id, "step": exchange.step,
+                "messages": [dict(m) for m in exchange.messages], "model": exchange.model,
+                "backend": exchange.backend,
+                "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                          "total_tokens": usage.total_tokens},
+                "latency": exchange.latency, "request_id": exchange.request_id, "cached": exchange.cached}
+    else:
+        data = exchange.to_dict()
     for message in data.get("messages", []):
         if message.get("sentiment") is None:
             found = result.sentiments.get(message.get("content"))

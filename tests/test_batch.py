@@ -124,3 +124,14 @@ def test_batch_calls_are_priced_at_half() -> None:
     reply = ChatResponse(text="x", model="gpt-4o-mini", backend="batch", usage=Usage(1_000_000, 0, 1_000_000))
     assert stats.add_call("s", reply, batch=True) == pytest.approx(0.075)
     assert stats.add_call("s", reply) == pytest.approx(0.15)
+
+
+def test_retry_failed_resubmits_error_lines(tmp_path: Path, server, home: Path) -> None:
+    steps = '- {type: ask, prompt: "{text}", output: reply, model: "ft:gpt-4o-mini:org::later"}\n'
+    path = write_pipeline(tmp_path, _batch_backend(server.base_url), steps=steps, n=2,
+                          extra="run: {max_failures: 10}\n")
+    assert run_pipeline_file(path)["records"]["failed"] == 2
+    assert all(not e["custom_ids"] for e in _state(tmp_path)["batches"].values())  # error lines forgotten
+    again = run_pipeline_file(path, retry_failed=True)
+    assert again["records"]["failed"] == 2  # the model still does not exist: submitted and answered again
+    assert _posts(server, "/v1/batches") == 2

@@ -123,3 +123,17 @@ def test_max_cost_from_the_pipeline_and_price_overrides(tmp_path: Path) -> None:
     assert summary["status"] == "budget-reached"
     assert summary["records"]["done"] == 2
     assert summary["cost_usd"] == pytest.approx(0.01)
+
+
+def test_journal_exchange_matches_the_exchange_dataclass() -> None:
+    # the runner builds journal exchanges by hand (hot path): it must stay equal to Exchange.to_dict()
+    from oaipipe.runner import _exchange_dict
+    from oaipipe.types import Exchange, Record, RecordResult, Sentiment, Usage
+
+    exchange = Exchange("1", "ask:reply", [{"role": "user", "content": "hi", "sentiment": None}], "m", "openai",
+                        Usage(1, 2, 3), 0.5, "req_1", True)
+    result = RecordResult(Record("1", {}), {}, sentiments={"hi": Sentiment("positive", 0.5, "vader")})
+    expected = exchange.to_dict()
+    expected["messages"][0]["sentiment"] = {"label": "positive", "score": 0.5, "analyzer": "vader"}
+    assert _exchange_dict(exchange, result) == expected
+    assert exchange.messages[0]["sentiment"] is None  # the record's own exchange is not modified

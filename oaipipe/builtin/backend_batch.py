@@ -97,6 +97,7 @@ class BatchBackend(OpenAIBackend):
         self._wake: asyncio.Event | None = None
         self._state: dict[str, Any] | None = None
         self.submitted: list[str] = []  # batch ids submitted by this process
+        self._unanswerable: set[str] = set()  # custom_ids answered with an error line
 
     # --- state file -----------------------------------------------------------------------------
 
@@ -256,6 +257,12 @@ class BatchBackend(OpenAIBackend):
                 if file_id:
                     content = await self._api("files", lambda fid=file_id: client.files.content(fid))
                     answered |= self._deliver(content.read(), batch_id)
+            if self._unanswerable:  # error lines: forget them so that a retry submits them again
+                entry = self._load_state()["batches"].get(batch_id)
+                if entry is not None:
+                    entry["custom_ids"] = [c for c in entry["custom_ids"] if c not in self._unanswerable]
+                    self._save_state()
+                self._unanswerable.clear()
             custom_ids = self._load_state()["batches"].get(batch_id, {}).get("custom_ids", [])
             missing = [c for c in custom_ids if c not in answered and c in self._waiting]
             if batch.status != "completed" or missing:
@@ -285,11 +292,13 @@ class BatchBackend(OpenAIBackend):
             custom_id = row.get("custom_id")
             waiting = self._waiting.pop(custom_id, None)
             seen.add(custom_id)
-            if not waiting:
-                continue
             response = row.get("response") or {}
             status = int(response.get("status_code") or 0)
             body = response.get("body") or {}
+            if row.get("error") or status != 200:
+                self._unanswerable.add(custom_id)
+            if not waiting:
+                continue
             for p in waiting:
                 if p.future.done():
                     continue
