@@ -96,7 +96,7 @@ class PlainReporter(Reporter):
 
 def _info(stats: RunStats) -> str:
     return (f"{stats.done} done · {stats.failed} failed · {stats.cached} cached · {stats.rate():.1f}/s · "
-            f"{stats.prompt_tokens + stats.completion_tokens} tok · ${stats.cost_usd:.4f}")
+            f"{stats.prompt_tokens + stats.completion_tokens} tokens · ${stats.cost_usd:.4f}")
 
 
 class RichReporter(Reporter):
@@ -119,15 +119,31 @@ class RichReporter(Reporter):
         self._stats: RunStats | None = None
 
     def start(self, headline: str, notes: list[str], total: int | None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class TwoLines(Progress):
+            """The bar on one line, the figures on the next (fits an 80-column terminal)."""
+
+            def get_renderables(self):  # type: ignore[no-untyped-def]
+                yield self.make_tasks_table(self.tasks)
+                for task in self.tasks:
+                    yield Text("  " + str(task.fields.get("info", "")))
 
         self.console.print(headline, markup=False)
         for n in notes:
             self.console.print(n, markup=False)
-        self._progress = Progress(
-            TextColumn("[bold]records"), BarColumn(bar_width=24), MofNCompleteColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), TextColumn("{task.fields[info]}", markup=False),
-            console=self.console, transient=False, refresh_per_second=8,
+        self._progress = TwoLines(
+            TextColumn("[bold]records"), BarColumn(bar_width=None), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(),
+            console=self.console, transient=False, refresh_per_second=8, expand=False,
         )
         self._task = self._progress.add_task("run", total=total, info="")
         self._progress.start()

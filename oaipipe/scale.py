@@ -28,7 +28,9 @@ _MARK = "_oaipipe_scale"
 class ScaleSetup:
     """What :func:`configure_run` installed (kept on the options as ``options._oaipipe_scale``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipeline_id: int = 0) -> None:
+        self.pipeline_id = pipeline_id
+        self.wrappers: list[Any] = []
         self.cache: ResponseCache | None = None
         self.limiter: RateLimiter | None = None
         self.cooldown = False
@@ -60,8 +62,11 @@ def configure_run(pipeline: Pipeline, options: RunOptions, reporter: Reporter | 
     * reporter: a plain reporter writing to a terminal becomes a live rich bar.
     """
     setup: ScaleSetup | None = getattr(options, _MARK, None)
+    if setup is not None and setup.pipeline_id != id(pipeline):  # options reused for another pipeline
+        options.call_wrappers[:] = [w for w in options.call_wrappers if w not in setup.wrappers]
+        setup = None
     if setup is None:
-        setup = ScaleSetup()
+        setup = ScaleSetup(id(pipeline))
         cfg = pipeline.loaded.config
         wrappers = []
         backend = pipeline.backend
@@ -76,6 +81,7 @@ def configure_run(pipeline: Pipeline, options: RunOptions, reporter: Reporter | 
             if limiter.active or setup.cooldown:
                 setup.limiter = limiter
                 wrappers.append(rate_limit_wrapper(limiter))
+        setup.wrappers = wrappers
         options.call_wrappers[:0] = wrappers  # ours outermost, any user wrappers inside
         setattr(options, _MARK, setup)
     if reporter is None:

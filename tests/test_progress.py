@@ -77,6 +77,11 @@ def test_configure_run_upgrades_a_plain_terminal_reporter(tmp_path: Path) -> Non
     count = len(options.call_wrappers)
     configure_run(pipeline, options, None)
     assert len(options.call_wrappers) == count  # idempotent
+    other = load_pipeline(write_pipeline(tmp_path, "{type: openai, base_url: 'http://127.0.0.1:9/v1'}", n=1))
+    configure_run(other, options, None)  # the same options for another pipeline: its own cache and limits
+    setup = options._oaipipe_scale  # type: ignore[attr-defined]
+    assert setup.cache is not None and setup.limiter is not None
+    assert len(options.call_wrappers) == 2
 
 
 def test_cli_progress_goes_to_stderr_and_json_to_stdout(tmp_path: Path, capsys) -> None:
