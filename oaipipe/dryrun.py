@@ -81,6 +81,8 @@ async def _estimate(pipeline: Pipeline, limit: int | None, completion_tokens: in
         total += 1
         if record.error:
             failed += 1
+            if len(errors) < 5:
+                errors.append(record.error)
             continue
         fields = dict(record.data)
         ctx = StepContext(record=record, backend=backend, host=pipeline.host, call=counter.call)
@@ -93,21 +95,26 @@ async def _estimate(pipeline: Pipeline, limit: int | None, completion_tokens: in
             failed += 1
             if len(errors) < 5:
                 errors.append(f"{record.where or record.id}: {type(exc).__name__}: {exc}")
-    rows = [dict(r, cost_usd=round(r["cost_usd"], 6)) for r in counter.by_step.values()]
+    raw = list(counter.by_step.values())
+    cost = sum(r["cost_usd"] for r in raw)
+    if counter.free:
+        rows = [dict(r, cost_usd=0.0, cost_usd_on_openai=round(r["cost_usd"], 6)) for r in raw]
+    else:
+        rows = [dict(r, cost_usd=round(r["cost_usd"], 6)) for r in raw]
     prompt = sum(r["prompt_tokens"] for r in rows)
     completion = sum(r["completion_tokens"] for r in rows)
-    cost = sum(r["cost_usd"] for r in rows)
     est: dict[str, Any] = {
         "calls": sum(r["calls"] for r in rows),
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "cost_usd": 0.0 if counter.free else round(cost, 6),
+        "cost_usd": 0.0 if counter.free else round(cost, 6),  # free: see cost_usd_on_openai
         "completion_tokens_per_call": completion_tokens,
         "tokenizer": tokenizer_name(str(getattr(backend.options, "model", "gpt-4o-mini"))),
         "by_step": rows,
     }
     if counter.free:
-        est["note"] = "the local backend costs nothing; cost_usd_on_openai is what these calls would cost there"
+        est["note"] = (f"the local backend costs nothing; on OpenAI these calls would cost about ${cost:.4f} "
+                       f"(cost_usd_on_openai)")
         est["cost_usd_on_openai"] = round(cost, 6)
     if backend.name == "batch":
         est["note"] = "priced at the Batch API discount (half price)"

@@ -31,6 +31,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
         if est:
             click.echo(f"  estimated tokens: {est.get('prompt_tokens', 0)} in, {est.get('completion_tokens', 0)} out; "
                        f"estimated cost ${est.get('cost_usd', 0):.4f}")
+            for row in est.get("by_step", []):
+                click.echo(f"  step {row['step']} ({row['model']}): {row['calls']} calls, {row['prompt_tokens']} in, "
+                           f"{row['completion_tokens']} out, ${row['cost_usd']:.4f}")
+            if est.get("completion_tokens_per_call"):
+                click.echo(f"  (completion tokens: max_tokens where set, else {est['completion_tokens_per_call']} "
+                           f"per call)")
+            if est.get("note"):
+                click.echo(f"  note: {est['note']}")
+        if rec.get("would_fail"):
+            click.echo(f"  {rec['would_fail']} records would fail: " + "; ".join(summary.get("record_errors", [])))
         return
     tokens = summary.get("tokens", {})
     click.echo(
@@ -45,6 +55,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
         click.echo(f"  output: {sink}")
     if rec.get("failed"):
         click.echo(f"  errors: {summary.get('errors_file')}")
+    if status == "budget-reached":
+        click.echo("  the cost budget was reached: run the same command again to continue "
+                   "(--max-cost applies to each invocation)")
     train = summary.get("train")
     if train:
         model = train.get("fine_tuned_model")
