@@ -137,3 +137,43 @@ def test_journal_exchange_matches_the_exchange_dataclass() -> None:
     expected["messages"][0]["sentiment"] = {"label": "positive", "score": 0.5, "analyzer": "vader"}
     assert _exchange_dict(exchange, result) == expected
     assert exchange.messages[0]["sentiment"] is None  # the record's own exchange is not modified
+
+
+SLOW_ANALYZER = '''
+import threading, time
+from oaipipe import hookimpl
+from oaipipe.base import Analyzer
+from oaipipe.types import Sentiment
+
+STATE = {"active": 0, "max": 0}
+LOCK = threading.Lock()
+
+
+class SlowSync(Analyzer):
+    def analyze(self, text):
+        with LOCK:
+            STATE["active"] += 1
+            STATE["max"] = max(STATE["max"], STATE["active"])
+        time.sleep(0.05)  # blocking on purpose
+        with LOCK:
+            STATE["active"] -= 1
+        return Sentiment("neutral", float(STATE["max"]), "slowsync")
+
+
+@hookimpl
+def register_analyzers(register):
+    register("slowsync", SlowSync)
+'''
+
+
+def test_blocking_plugins_run_off_the_event_loop_side_by_side(tmp_path: Path) -> None:
+    (tmp_path / "slow_analyzer.py").write_text(SLOW_ANALYZER, encoding="utf-8")
+    path = write_pipeline(tmp_path, "{type: local, concurrency: 4}", n=8,
+                          steps="- {type: sentiment, analyzer: slowsync, input: '{text}', output: s}\n",
+                          sinks="- {type: jsonl, path: out/records.jsonl}\n",
+                          extra="plugins: [slow_analyzer.py]\n")
+    summary = run_pipeline_file(path)
+    assert summary["records"]["done"] == 8
+    # the analyzer saw several calls at once: a blocking plugin does not serialise the run
+    scores = [r["s_score"] for r in read_jsonl(tmp_path / "out/records.jsonl")]
+    assert max(scores) > 1
