@@ -168,7 +168,6 @@ class Runner:
                        "message": f"run {run.run_id} already finished: nothing to do "
                                   f"(use --fresh to run again, --retry-failed to redo failed records)"}
             self.reporter.start(headline, notes, None)
-            self.reporter.note(summary["message"])
             self.reporter.finish(summary)
             return summary
         if mode == "new":
