@@ -2,7 +2,8 @@
 
 Values arrive as strings exactly as written (``dtype=str``, no NA guessing), so ``007`` stays ``007`` and
 an empty cell is ``""``. Memory stays flat however long the file is: pandas reads ``chunksize`` rows at a
-time. The only thing that grows with the file is the set of ids seen so far (to report duplicates).
+time. The only thing that grows with the file is the set of ids seen so far (to report duplicates),
+kept compactly (8 bytes an id, see ``oaipipe.idset``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import Field
 from ..base import PluginOptions, Source
 from ..errors import InputError
 from ..hookspecs import hookimpl
+from ..idset import SeenIds
 from ..types import Record
 
 #: above this size ``count()`` answers None instead of scanning the file
@@ -173,7 +175,7 @@ class CsvSource(Source):
         columns = wanted if wanted is not None else header
         label = self.options.path
         id_column = self.options.id_column
-        seen: dict[str, int] = {}
+        seen = SeenIds()
         row = 0
         line = 2  # the first data row's line (the header is line 1)
         kwargs = self._read_kwargs()
@@ -198,11 +200,10 @@ class CsvSource(Source):
                                 rid = f"row-{row}"
                                 error = (f"{where}: empty id in column '{id_column}'; give every row an id "
                                          f"(this record was named {rid})")
-                            elif rid in seen:
-                                error = (f"{where}: duplicate id '{rid}' in column '{id_column}', also at row "
-                                         f"{seen[rid]}; ids must be unique (the resume journal keys on them)")
-                            else:
-                                seen[rid] = row
+                            elif (first := seen.check_add(rid, row)) is not None:
+                                at = f"row {first}" if first != "earlier" else "an earlier row"
+                                error = (f"{where}: duplicate id '{rid}' in column '{id_column}', also at {at}; "
+                                         f"ids must be unique (the resume journal keys on them)")
                         yield Record(id=rid, data=data, where=where, error=error)
         except UnicodeDecodeError as exc:
             raise self._encoding_error(exc) from None

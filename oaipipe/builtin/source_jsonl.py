@@ -15,6 +15,7 @@ from pydantic import Field
 from ..base import PluginOptions, Source
 from ..errors import InputError
 from ..hookspecs import hookimpl
+from ..idset import SeenIds
 from ..types import Record
 from .source_csv import count_lines, missing_file_error
 
@@ -51,7 +52,7 @@ class JsonlSource(Source):
         path = self._check_exists()
         label = self.options.path
         id_field = self.options.id_field
-        seen: dict[str, int] = {}
+        seen = SeenIds()
         try:
             "".encode(self.options.encoding)
         except LookupError:
@@ -94,12 +95,13 @@ class JsonlSource(Source):
                         f"{where}: no '{id_field}' (source.id_field) in this object; its keys: {keys}"))
                     continue
                 rid = str(value)
-                if rid in seen:
+                first = seen.check_add(rid, lineno)
+                if first is not None:
+                    at = f"line {first}" if first != "earlier" else "an earlier line"
                     yield Record(rid, obj, where, error=(
-                        f"{where}: duplicate id '{rid}' in field '{id_field}', also at line {seen[rid]}; "
+                        f"{where}: duplicate id '{rid}' in field '{id_field}', also at {at}; "
                         f"ids must be unique (the resume journal keys on them)"))
                     continue
-                seen[rid] = lineno
                 yield Record(rid, obj, where)
 
 
