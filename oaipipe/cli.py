@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
+        click.echo("\ninterrupted: rerun the same command to resume where it stopped", err=True)
         return 130
     except KeyboardInterrupt:
         click.echo("\ninterrupted: rerun the same command to resume where it stopped", err=True)

@@ -265,7 +265,7 @@ class Runner:
         try:
             return train_after_run(self.pipeline.train or {}, records_path=run.journal_path,
                                    host=self.pipeline.host, context=self.pipeline.context,
-                                   backend_options=self.pipeline.backend.options)
+                                   backend_options=self.pipeline.backend.options, progress=self.reporter.note)
         except OaipipeError as exc:
             self.reporter.note(f"train: {exc}")
             return {"status": "failed", "error": str(exc)}
