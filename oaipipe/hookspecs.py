@@ -116,8 +116,10 @@ def register_trainers(register: Callable[[str, type[Trainer]], None]) -> None:
     """Register fine-tuning trainers: ``register("openai", OpenAITrainer)``.
 
     Named by ``train: {type: NAME}`` and ``oaipipe train --trainer NAME``. Subclass
-    :class:`oaipipe.base.Trainer`. Every job a trainer launches must be recorded in the job registry
-    (``oaipipe.jobs``), so that ``oaipipe jobs`` can list, show, wait for and cancel it.
+    :class:`oaipipe.base.Trainer` (its ``Options`` too, so that ``train:`` blocks look alike) and
+    implement ``launch(dataset, job)``, ``refresh(job)`` and ``cancel(job)``. oaipipe builds and
+    validates the dataset before ``launch`` is called, and records every job in the job registry
+    (``oaipipe jobs``) itself: a trainer only fills in the job's id, status, fine-tuned model and error.
     """
 
 
