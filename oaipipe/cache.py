@@ -15,15 +15,15 @@ The default folder is ``.oaipipe/cache`` next to the pipeline file; ``run.cache_
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .fsutil import write_text_atomic
 from .types import ChatRequest, ChatResponse
 
 __all__ = ["CacheStats", "ResponseCache", "cache_wrapper"]
@@ -89,16 +89,7 @@ class ResponseCache:
                                  "response": replace(response, cached=False).to_dict()}
         blob = json.dumps(entry, ensure_ascii=False, default=str)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:12]}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(blob)
-                os.replace(tmp, path)
-            except BaseException:
-                with _suppress():
-                    os.unlink(tmp)
-                raise
+            write_text_atomic(path, blob, fsync=False, newline=None, prefix=f".{key[:12]}.")
         except OSError:
             self.stats.bump("errors")
             return
@@ -111,18 +102,10 @@ class ResponseCache:
         """Delete every entry; returns how many were removed."""
         removed = 0
         for p in self.root.glob("??/*.json") if self.root.is_dir() else ():
-            with _suppress():
+            with contextlib.suppress(OSError):
                 p.unlink()
                 removed += 1
         return removed
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
 
 
 Call = Callable[[ChatRequest], Awaitable[ChatResponse]]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TrainingError, redact
+from .fsutil import write_text_atomic
 from .home import home_dir
 
 __all__ = ["ACTIVE_STATUSES", "FINAL_STATUSES", "Job", "JobRegistry", "default_registry_path"]
@@ -147,14 +147,7 @@ class JobRegistry:
 
     def _write(self, jobs: list[Job]) -> None:
         payload = json.dumps({"version": 1, "jobs": [j.to_dict() for j in jobs]}, indent=2, ensure_ascii=False)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".jobs.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(redact(payload) + "\n")
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(self.path, redact(payload) + "\n", fsync=False, newline=None, prefix=".jobs.")
 
     # --- queries --------------------------------------------------------------------------------
 

@@ -30,8 +30,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from pydantic import Field
 
 from .. import hookimpl
 from ..errors import BackendError, ServerError
+from ..fsutil import write_text_atomic
 from ..home import home_dir
 from ..openai_wire import chat_body, error_detail, parse_chat_reply
 from ..retry import error_for_status
@@ -121,14 +120,7 @@ class BatchBackend(OpenAIBackend):
         return self._state
 
     def _save_state(self) -> None:
-        path = self.state_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(self._load_state(), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_text_atomic(self.state_path, json.dumps(self._load_state()), newline=None)
 
     def _known_batch(self, custom_id: str) -> str | None:
         for batch_id, entry in self._load_state()["batches"].items():

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..fsutil import write_text_atomic
 from ..home import home_dir
 
 __all__ = ["LocalModel", "list_local_models", "load_local_model", "model_store", "train_local_model"]
@@ -120,10 +119,7 @@ def train_local_model(rows: list[dict[str, Any]], *, base_model: str, suffix: st
              "method": method}
     root = model_store(store)
     path = root / (_file_name(model_id))
-    fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(model, fh, ensure_ascii=False)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(model, ensure_ascii=False), fsync=False, newline=None)
     return model_id
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
-import os
 import secrets
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from ..fsutil import write_bytes_atomic
 from .app import OaipipeServer, Reply, Request, extension
 from .errors import ApiError, not_found
 
@@ -43,10 +42,7 @@ class FileStore:
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, data, fsync=False)
 
     def _meta_path(self, file_id: str) -> Path:
         if not file_id.startswith("file-") or not file_id[5:].isalnum():

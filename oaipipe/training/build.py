@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
+from ..fsutil import atomic_file
 from .sources import Example, matches_select, select_value
 from .validate import ParseError
 
@@ -221,18 +220,11 @@ def build_rows(examples: list[Example], *, method: str = "supervised", select: d
 
 
 def _write_jsonl(path: Path, rows: list[Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                if isinstance(row, ParseError):
-                    continue
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, fsync=False) as out:
+        for row in rows:
+            if isinstance(row, ParseError):
+                continue
+            out.fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def dataset_sha256(train_path: Path, validation_path: Path | None = None) -> str:

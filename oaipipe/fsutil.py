@@ -1,0 +1,89 @@
+"""Atomic file writes: a temp file in the same folder, optionally fsync'd, moved into place with ``os.replace``.
+
+Readers never see a half-written file: they see the old content or the new. This module imports nothing
+from oaipipe, so any part of the package (the embedded engine included) may use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["AtomicFile", "atomic_file", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+
+
+class AtomicFile:
+    """The open temp file of :func:`atomic_file` (``.fh``); :meth:`discard` leaves the target untouched."""
+
+    def __init__(self, fh: IO[Any], tmp: str) -> None:
+        self.fh = fh
+        self.tmp = tmp
+        self.discarded = False
+
+    def discard(self) -> None:
+        """Do not replace the target: the temp file is removed when the ``with`` block ends."""
+        self.discarded = True
+
+
+@contextmanager
+def atomic_file(
+    path: Path,
+    mode: str = "w",
+    *,
+    fsync: bool = True,
+    encoding: str | None = "utf-8",
+    newline: str | None = None,
+    prefix: str | None = None,
+) -> Iterator[AtomicFile]:
+    """Write ``path`` through a temp file: ``with atomic_file(p) as out: out.fh.write(...)``.
+
+    The parent folder is created. On a normal exit the temp file is flushed (and fsync'd unless
+    ``fsync=False``) and replaces ``path``, unless :meth:`AtomicFile.discard` was called; on an exception
+    the temp file is removed and ``path`` is left as it was. ``prefix`` names the temp file
+    (default ``.<name>.``; it always ends in ``.tmp``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}." if prefix is None else prefix, suffix=".tmp",
+                               dir=path.parent)
+    binary = "b" in mode
+    try:
+        with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else newline) as fh:
+            out = AtomicFile(fh, tmp)
+            yield out
+            if not out.discarded:
+                fh.flush()
+                if fsync:
+                    os.fsync(fh.fileno())
+        if out.discarded:
+            Path(tmp).unlink(missing_ok=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True, prefix: str | None = None) -> None:
+    """Replace ``path`` with ``data`` atomically."""
+    with atomic_file(path, "wb", fsync=fsync, prefix=prefix) as out:
+        out.fh.write(data)
+
+
+def write_text_atomic(path: Path, text: str, *, fsync: bool = True, encoding: str = "utf-8",
+                      newline: str | None = "", prefix: str | None = None) -> None:
+    """Replace ``path`` with ``text`` atomically (written as given: ``newline=""`` translates nothing)."""
+    with atomic_file(path, "w", fsync=fsync, encoding=encoding, newline=newline, prefix=prefix) as out:
+        out.fh.write(text)
+
+
+def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2, fsync: bool = True,
+                      prefix: str | None = None, trailing_newline: bool = True) -> None:
+    """Replace ``path`` with ``data`` as JSON (UTF-8, ``ensure_ascii=False``, ``default=str``) atomically."""
+    text = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
+    write_text_atomic(path, text + "\n" if trailing_newline else text, fsync=fsync, prefix=prefix)
