@@ -47,5 +47,7 @@ class SeenIds:
 
     def _fold(self) -> None:
         hashes = np.fromiter((_hash(k) for k in self._recent), dtype=np.int64, count=len(self._recent))
-        self._old = np.union1d(self._old, hashes)
+        hashes.sort()
+        # one new array per fold (np.union1d would allocate several full-size temporaries)
+        self._old = np.insert(self._old, np.searchsorted(self._old, hashes), hashes)
         self._recent.clear()
