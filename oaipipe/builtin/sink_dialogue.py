@@ -19,9 +19,6 @@ message is kept with its URL shortened to ``data:image/png;base64,... (N chars)`
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,70 +26,12 @@ from pydantic import Field
 
 from ..base import Analyzer, PluginOptions, Sink
 from ..errors import InputError
+from ..fsutil import write_text_atomic
 from ..hookspecs import hookimpl
 from ..types import Exchange, RecordResult, RunInfo, Sentiment
+from ._sink_files import JsonlAppendingSink, unfinished, utc_now
 
-# --- shared helpers (also used by the records sinks) ----------------------------------------------
-
-
-def utc_now() -> str:
-    """The current time as ISO 8601 UTC with milliseconds: ``2026-11-25T06:30:00.123Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically (temp file in the same folder, fsync, os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def reconcile_jsonl(path: Path, *, run_id: str, done_ids: set[str] | None, run_key: str, id_key: str) -> int:
-    """Make an existing JSONL log safe to append to; returns the number of lines dropped.
-
-    Drops a truncated last line (a crash mid-write) and, when ``done_ids`` is given (a resumed run), every
-    line of this run (``line[run_key] == run_id``) whose ``line[id_key]`` is not in ``done_ids``: those
-    records will be processed again. Other lines, including other runs' and lines that are not JSON, are
-    kept byte for byte. The file is rewritten atomically, and only if something was dropped.
-    """
-    if not path.is_file() or path.stat().st_size == 0:
-        return 0
-    needle = json.dumps(run_id).encode("utf-8")
-    dropped = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, path.open("rb") as src:
-            for line in src:
-                if not line.endswith(b"\n"):
-                    dropped += 1  # truncated by a crash mid-write
-                    continue
-                if done_ids is not None and needle in line:
-                    try:
-                        obj = json.loads(line)
-                    except ValueError:
-                        obj = None
-                    if isinstance(obj, dict) and obj.get(run_key) == run_id and str(obj.get(id_key)) not in done_ids:
-                        dropped += 1
-                        continue
-                out.write(line)
-            out.flush()
-            os.fsync(out.fileno())
-        if dropped:
-            os.replace(tmp, path)
-        else:
-            Path(tmp).unlink()
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dropped
+# --- shared helpers ------------------------------------------------------------------------------------
 
 
 def safe_content(content: Any) -> Any:
@@ -196,8 +135,12 @@ class _DialogueOptions(PluginOptions):
 # --- dialogue-jsonl -------------------------------------------------------------------------------------
 
 
-class DialogueJsonlSink(Sink):
+class DialogueJsonlSink(JsonlAppendingSink):
     """Dialogue log, one JSON line per exchange (appended and flushed; exactly once on resume)."""
+
+    kind = "dialogue-jsonl sink"
+    run_key = "run_id"
+    id_key = "record_id"
 
     class Options(_DialogueOptions):
         path: str = Field("out/dialogue.jsonl", description="Output .jsonl file, relative to the pipeline file")
@@ -206,30 +149,15 @@ class DialogueJsonlSink(Sink):
 
     def __init__(self, options: Any = None, context: Any = None) -> None:
         super().__init__(options, context)
-        self._fh: Any = None
-        self._run: RunInfo | None = None
         self._fill = _SentimentFiller(self, self.options.analyzer)
 
-    @property
-    def file(self) -> Path:
-        return self.context.path(self.options.path)
-
-    def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
-        path = self.file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        reconcile_jsonl(path, run_id=run.run_id, done_ids=done_ids, run_key="run_id", id_key="record_id")
-        self._run = run
-        self._fh = path.open("a", encoding="utf-8", newline="\n")
-
     def write(self, result: RecordResult) -> None:
-        if self._fh is None or self._run is None:
-            raise RuntimeError("dialogue-jsonl sink: write() before open()")
+        run = self._open_run()
         if result.error is not None or not result.exchanges:
             return
-        lines = []
-        for ex in result.exchanges:
-            entry = {
-                "run_id": self._run.run_id,
+        self._append_objects([
+            {
+                "run_id": run.run_id,
                 "record_id": result.record.id,
                 "step": ex.step,
                 "time": utc_now(),
@@ -241,18 +169,8 @@ class DialogueJsonlSink(Sink):
                 "cached": ex.cached,
                 "messages": self._fill.messages(ex, result.sentiments),
             }
-            lines.append(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
-        self._fh.write("".join(lines))
-        self._fh.flush()
-
-    def close(self) -> None:
-        if self._fh is not None:
-            try:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-            finally:
-                self._fh.close()
-                self._fh = None
+            for ex in result.exchanges
+        ])
 
 
 # --- dialogue-json --------------------------------------------------------------------------------------
@@ -348,8 +266,8 @@ class DialogueJsonSink(Sink):
         if done_ids is not None:
             kept = [
                 e for e in entries
-                if not (isinstance(e, dict) and e.get("run_id") == run.run_id
-                        and str(e.get("record_id")) not in done_ids)
+                if not (isinstance(e, dict)
+                        and unfinished(e.get("run_id"), e.get("record_id"), run_id=run.run_id, done_ids=done_ids))
             ]
             self._dirty = self._dirty or len(kept) != len(entries)
             entries = kept
@@ -383,7 +301,7 @@ class DialogueJsonSink(Sink):
 
     def _flush(self) -> None:
         text = json.dumps(self._entries, ensure_ascii=False, indent=self.options.indent, default=str) + "\n"
-        atomic_write_text(self.file, text)
+        write_text_atomic(self.file, text)
         if self._side is not None:  # everything is in the document now
             self._side.seek(0)
             self._side.truncate()

@@ -14,25 +14,28 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from ..base import PluginOptions, Sink
+from ..base import PluginOptions
 from ..errors import InputError
+from ..fsutil import atomic_file
 from ..hookspecs import hookimpl
 from ..types import RecordResult, RunInfo
-from .sink_dialogue import reconcile_jsonl
+from ._sink_files import AppendingSink, JsonlAppendingSink, unfinished
 
 ID_COLUMN = "record_id"
 RUN_COLUMN = "run_id"
 
 
-class JsonlRecordsSink(Sink):
+class JsonlRecordsSink(JsonlAppendingSink):
     """Enriched records, one JSON object per line, with ``_id`` and ``_run``."""
+
+    kind = "jsonl sink"
+    run_key = "_run"
+    id_key = "_id"
 
     class Options(PluginOptions):
         path: str = Field("out/records.jsonl", description="Output .jsonl file, relative to the pipeline file")
@@ -40,43 +43,16 @@ class JsonlRecordsSink(Sink):
 
     options: Options
 
-    def __init__(self, options: Any = None, context: Any = None) -> None:
-        super().__init__(options, context)
-        self._fh: Any = None
-        self._run: RunInfo | None = None
-
-    @property
-    def file(self) -> Path:
-        return self.context.path(self.options.path)
-
-    def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
-        path = self.file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        reconcile_jsonl(path, run_id=run.run_id, done_ids=done_ids, run_key="_run", id_key="_id")
-        self._run = run
-        self._fh = path.open("a", encoding="utf-8", newline="\n")
-
     def write(self, result: RecordResult) -> None:
-        if self._fh is None or self._run is None:
-            raise RuntimeError("jsonl sink: write() before open()")
+        run = self._open_run()
         if result.error is not None and not self.options.include_failed:
             return
-        obj: dict[str, Any] = {"_id": result.record.id, "_run": self._run.run_id}
+        obj: dict[str, Any] = {"_id": result.record.id, "_run": run.run_id}
         # a record field named like ours must not break resume: ours win
         obj.update((k, v) for k, v in result.fields.items() if k not in ("_id", "_run", "_error"))
         if result.error is not None:
             obj["_error"] = result.error
-        self._fh.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        if self._fh is not None:
-            try:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-            finally:
-                self._fh.close()
-                self._fh = None
+        self._append_objects([obj])
 
 
 def cell(value: Any) -> str:
@@ -90,8 +66,10 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-class CsvRecordsSink(Sink):
+class CsvRecordsSink(AppendingSink):
     """Enriched records as CSV rows: record_id, the record's fields, run_id."""
+
+    kind = "csv sink"
 
     class Options(PluginOptions):
         path: str = Field("out/records.csv", description="Output .csv file, relative to the pipeline file")
@@ -104,15 +82,9 @@ class CsvRecordsSink(Sink):
 
     def __init__(self, options: Any = None, context: Any = None) -> None:
         super().__init__(options, context)
-        self._fh: Any = None
         self._writer: Any = None
-        self._run: RunInfo | None = None
         self._header: list[str] | None = None  # full header, once known
         self._header_written = False
-
-    @property
-    def file(self) -> Path:
-        return self.context.path(self.options.path)
 
     def _header_for(self, fields: list[str]) -> list[str]:
         middle = [f for f in fields if f not in (ID_COLUMN, RUN_COLUMN)]
@@ -149,53 +121,42 @@ class CsvRecordsSink(Sink):
             return
         id_i, run_i = header.index(ID_COLUMN), header.index(RUN_COLUMN)
         dropped = 0
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out, \
-                    path.open("r", encoding="utf-8", newline="") as src:
-                writer = csv.writer(out, delimiter=self.options.delimiter, lineterminator="\n")
-                rows = csv.reader(src, delimiter=self.options.delimiter)
-                writer.writerow(next(rows))
+        with atomic_file(path, newline="") as out, path.open("r", encoding="utf-8", newline="") as src:
+            writer = csv.writer(out.fh, delimiter=self.options.delimiter, lineterminator="\n")
+            rows = csv.reader(src, delimiter=self.options.delimiter)
+            writer.writerow(next(rows))
 
-                def keep(row: list[str], last: bool) -> bool:
-                    if (last and truncated) or len(row) != len(header):
-                        return False  # cut short by a crash mid-write
-                    return not (done_ids is not None and row[run_i] == run.run_id and row[id_i] not in done_ids)
+            def keep(row: list[str], last: bool) -> bool:
+                if (last and truncated) or len(row) != len(header):
+                    return False  # cut short by a crash mid-write
+                return not unfinished(row[run_i], row[id_i], run_id=run.run_id, done_ids=done_ids)
 
-                previous: list[str] | None = None
-                for row in rows:
-                    if previous is not None:
-                        if keep(previous, False):
-                            writer.writerow(previous)
-                        else:
-                            dropped += 1
-                    previous = row
+            previous: list[str] | None = None
+            for row in rows:
                 if previous is not None:
-                    if keep(previous, True):
+                    if keep(previous, False):
                         writer.writerow(previous)
                     else:
                         dropped += 1
-                out.flush()
-                os.fsync(out.fileno())
-            if dropped or truncated:
-                os.replace(tmp, path)
-            else:
-                Path(tmp).unlink()
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+                previous = row
+            if previous is not None:
+                if keep(previous, True):
+                    writer.writerow(previous)
+                else:
+                    dropped += 1
+            if not (dropped or truncated):
+                out.discard()
 
     def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
         path = self.file
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._run = run
         self._header = None
         self._header_written = False
         if path.is_file():
             self._read_existing(path, run, done_ids)
         if self._header is None and self.options.columns is not None:
             self._header = self._header_for(self.options.columns)
-        self._fh = path.open("a", encoding="utf-8", newline="")
+        self._open_for_append(path, run, newline="")
         self._writer = csv.writer(self._fh, delimiter=self.options.delimiter, lineterminator="\n")
         if self._header is not None and not self._header_written:
             self._write_header()
@@ -208,8 +169,7 @@ class CsvRecordsSink(Sink):
         self._fh.flush()
 
     def write(self, result: RecordResult) -> None:
-        if self._fh is None or self._run is None:
-            raise RuntimeError("csv sink: write() before open()")
+        run = self._open_run()
         if result.error is not None:
             return
         if self._header is None:
@@ -217,19 +177,15 @@ class CsvRecordsSink(Sink):
             self._write_header()
         values = dict(result.fields)
         values[ID_COLUMN] = result.record.id
-        values[RUN_COLUMN] = self._run.run_id
+        values[RUN_COLUMN] = run.run_id
         self._writer.writerow([cell(values.get(col)) for col in self._header])
         self._fh.flush()
 
     def close(self) -> None:
-        if self._fh is not None:
-            try:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-            finally:
-                self._fh.close()
-                self._fh = None
-                self._writer = None
+        try:
+            super().close()
+        finally:
+            self._writer = None
 
 
 @hookimpl
