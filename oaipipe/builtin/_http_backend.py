@@ -1,17 +1,22 @@
-"""What the ``openai`` and ``requests`` backends share: options, the retry policy, key and URL handling."""
+"""What the ``openai`` and ``requests`` backends share: options, the retry policy, key and URL handling,
+the chat endpoint and body, reply parsing, and HTTP error answers as classified errors."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import threading
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from ..base import BackendOptions
-from ..errors import AuthenticationError
+from ..base import BackendOptions, PluginOptions
+from ..errors import AuthenticationError, BackendError
 from ..keys import is_openai_host, resolve_api_key
-from ..retry import RetryPolicy
+from ..openai_wire import chat_body, error_detail, parse_chat_reply, parse_responses_reply, responses_body
+from ..retry import RetryPolicy, error_for_status, parse_retry_after
+from ..types import ChatRequest, ChatResponse
 
-__all__ = ["OPENAI_BASE_URL", "HTTPBackendOptions", "HTTPBackendMixin"]
+__all__ = ["OPENAI_BASE_URL", "HTTPBackendOptions", "HTTPBackendMixin", "http_error"]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -35,11 +40,33 @@ class HTTPBackendOptions(BackendOptions):
     max_retry_after: float = Field(60.0, ge=0, description="Longest wait honoured from Retry-After / retry-after-ms")
 
 
-class HTTPBackendMixin:
-    """Key, URL, headers and retry policy derived from :class:`HTTPBackendOptions`."""
+def http_error(status: int, body: Any, fallback: str, *, url: str, request_id: str | None = None,
+               headers: Mapping[str, str] | None = None, model: str = "") -> BackendError:
+    """An HTTP error answer (status, OpenAI-shaped error ``body``) as the error class the retry policy
+    classifies; ``fallback`` is the message when the body has none, ``headers`` may carry Retry-After."""
+    return error_for_status(
+        status,
+        error_detail(body, fallback),
+        request_id=request_id,
+        retry_after=parse_retry_after(headers),
+        url=url,
+        model=model,
+    )
 
+
+class HTTPBackendMixin:
+    """Key, URL, headers, retry policy, chat endpoint and reply parsing derived from
+    :class:`HTTPBackendOptions`; mixed in before :class:`~oaipipe.base.Backend`."""
+
+    Options: ClassVar[type[PluginOptions]] = HTTPBackendOptions
+    needs_api_key: ClassVar[bool] = True
     options: Any
     name: str
+
+    def __init__(self, options: Any = None, context: Any = None) -> None:
+        super().__init__(options, context)  # type: ignore[call-arg]
+        self._init_http()
+        self._lock = threading.Lock()
 
     def _init_http(self) -> None:
         opts = self.options
@@ -60,6 +87,22 @@ class HTTPBackendMixin:
         if choice != "auto":
             return str(choice)
         return "max_completion_tokens" if is_openai_host(self.options.base_url) else "max_tokens"
+
+    @property
+    def _responses_api(self) -> bool:
+        return bool(self.options.api == "responses")
+
+    def _chat_call(self, request: ChatRequest) -> tuple[str, dict[str, Any]]:
+        """The endpoint path (below ``base_url``) and JSON body of a chat request, per ``options.api``."""
+        if self._responses_api:
+            return "/responses", responses_body(request)
+        return "/chat/completions", chat_body(request, max_tokens_param=self.max_tokens_param)
+
+    def _parse_reply(self, data: Any, request: ChatRequest, *, default_name: str, request_id: str | None,
+                     latency: float) -> ChatResponse:
+        """The decoded reply of :meth:`_chat_call`'s endpoint as a :class:`ChatResponse`."""
+        parse = parse_responses_reply if self._responses_api else parse_chat_reply
+        return parse(data, request, backend=self.name or default_name, request_id=request_id, latency=latency)
 
     def _remember_refusal(self, error: BaseException) -> None:
         if isinstance(error, AuthenticationError) and error.status == 401:

@@ -41,10 +41,9 @@ from .. import hookimpl
 from ..errors import BackendError, ServerError
 from ..fsutil import write_text_atomic
 from ..home import home_dir
-from ..openai_wire import chat_body, error_detail, parse_chat_reply
-from ..retry import error_for_status
+from ..openai_wire import chat_body, parse_chat_reply
 from ..types import ChatRequest, ChatResponse
-from ._http_backend import HTTPBackendOptions
+from ._http_backend import HTTPBackendOptions, http_error
 from .backend_openai import OpenAIBackend, translate_sdk_error
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "BatchBackend", "BatchOptions"]
@@ -297,9 +296,9 @@ class BatchBackend(OpenAIBackend):
                 try:
                     if row.get("error") or status != 200:
                         err = row.get("error") or {}
-                        detail = error_detail(body, str(err.get("message") or err or ""))
-                        raise error_for_status(status or 500, detail, request_id=response.get("request_id"),
-                                               url=f"batch {batch_id}", model=p.request.model)
+                        raise http_error(status or 500, body, str(err.get("message") or err or ""),
+                                         request_id=response.get("request_id"), url=f"batch {batch_id}",
+                                         model=p.request.model)
                     reply = parse_chat_reply(body, p.request, backend=self.name or "batch",
                                              request_id=response.get("request_id"), latency=0.0)
                 except Exception as exc:  # noqa: BLE001 - delivered to the waiting call

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from typing import Any
 
@@ -23,16 +22,11 @@ from ..base import Backend
 from ..errors import BackendError, ServerError
 from ..keys import NO_KEY_PLACEHOLDER
 from ..openai_wire import (
-    chat_body,
-    error_detail,
-    parse_chat_reply,
     parse_models,
-    parse_responses_reply,
-    responses_body,
 )
-from ..retry import connection_error, error_for_status, parse_retry_after
+from ..retry import connection_error
 from ..types import ChatRequest, ChatResponse, ModelInfo
-from ._http_backend import HTTPBackendMixin, HTTPBackendOptions
+from ._http_backend import HTTPBackendMixin, http_error
 
 __all__ = ["OpenAIBackend", "translate_sdk_error"]
 
@@ -44,14 +38,8 @@ def translate_sdk_error(exc: Exception, *, url: str, timeout: float, model: str 
     """An ``openai`` SDK exception as the :mod:`oaipipe.errors` class our retry policy classifies."""
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if exc.body is not None else exc.response.text
-        return error_for_status(
-            exc.status_code,
-            error_detail(body, exc.message),
-            request_id=exc.request_id,
-            retry_after=parse_retry_after(exc.response.headers),
-            url=url,
-            model=model,
-        )
+        return http_error(exc.status_code, body, exc.message, request_id=exc.request_id,
+                          headers=exc.response.headers, url=url, model=model)
     if isinstance(exc, openai.APITimeoutError):
         return connection_error("timed out", url=url, timeout=timeout)
     if isinstance(exc, openai.APIConnectionError):
@@ -72,16 +60,11 @@ def _split(body: dict[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
 class OpenAIBackend(HTTPBackendMixin, Backend):
     """OpenAI (or any compatible server) through the official SDK; chat or Responses API."""
 
-    Options = HTTPBackendOptions
-    needs_api_key = True
-
     def __init__(self, options: Any = None, context: Any = None) -> None:
         super().__init__(options, context)
-        self._init_http()
         self._aclient: openai.AsyncOpenAI | None = None
         self._aclient_loop: asyncio.AbstractEventLoop | None = None
         self._client: openai.OpenAI | None = None
-        self._lock = threading.Lock()
 
     # --- clients --------------------------------------------------------------------------------
 
@@ -123,14 +106,11 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         self._check_key()
-        responses = self.options.api == "responses"
+        responses = self._responses_api
         client = self.aclient
-        if responses:
-            kwargs = _split(responses_body(request), _RESPONSES_KWARGS)
-            url = f"{self.base_url}/responses"
-        else:
-            kwargs = _split(chat_body(request, max_tokens_param=self.max_tokens_param), _CHAT_KWARGS)
-            url = f"{self.base_url}/chat/completions"
+        path, body = self._chat_call(request)
+        kwargs = _split(body, _RESPONSES_KWARGS if responses else _CHAT_KWARGS)
+        url = f"{self.base_url}{path}"
 
         async def attempt() -> Any:
             try:
@@ -147,8 +127,7 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
         latency = time.perf_counter() - start
         request_id = getattr(result, "_request_id", None)
         data = result.model_dump(mode="json", exclude_unset=False)
-        parse = parse_responses_reply if responses else parse_chat_reply
-        return parse(data, request, backend=self.name or "openai", request_id=request_id, latency=latency)
+        return self._parse_reply(data, request, default_name="openai", request_id=request_id, latency=latency)
 
     def list_models_sync(self) -> list[ModelInfo]:
         """The server's models, via the blocking client."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,16 +22,11 @@ from .. import hookimpl
 from ..base import SyncBackend
 from ..errors import ServerError
 from ..openai_wire import (
-    chat_body,
-    error_detail,
-    parse_chat_reply,
     parse_models,
-    parse_responses_reply,
-    responses_body,
 )
-from ..retry import connection_error, error_for_status, parse_retry_after
+from ..retry import connection_error
 from ..types import ChatRequest, ChatResponse, ModelInfo
-from ._http_backend import HTTPBackendMixin, HTTPBackendOptions
+from ._http_backend import HTTPBackendMixin, http_error
 
 __all__ = ["RequestsBackend"]
 
@@ -40,14 +34,9 @@ __all__ = ["RequestsBackend"]
 class RequestsBackend(HTTPBackendMixin, SyncBackend):
     """OpenAI-compatible HTTP API over raw HTTP (requests), no SDK."""
 
-    Options = HTTPBackendOptions
-    needs_api_key = True
-
     def __init__(self, options: Any = None, context: Any = None) -> None:
         super().__init__(options, context)
-        self._init_http()
         self._session: requests.Session | None = None
-        self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
 
     # --- plumbing -------------------------------------------------------------------------------
@@ -81,14 +70,8 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
             raise connection_error(f"{type(exc).__name__}: {exc}", url=url) from exc
         request_id = resp.headers.get("x-request-id")
         if resp.status_code >= 400:
-            error = error_for_status(
-                resp.status_code,
-                error_detail(resp.text, resp.reason or ""),
-                request_id=request_id,
-                retry_after=parse_retry_after(resp.headers),
-                url=url,
-                model=model,
-            )
+            error = http_error(resp.status_code, resp.text, resp.reason or "", request_id=request_id,
+                               headers=resp.headers, url=url, model=model)
             self._remember_refusal(error)
             raise error
         try:
@@ -106,14 +89,11 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
 
     def chat_sync(self, request: ChatRequest) -> ChatResponse:
         self._check_key()
-        responses = self.options.api == "responses"
-        path = "/responses" if responses else "/chat/completions"
-        body = responses_body(request) if responses else chat_body(request, max_tokens_param=self.max_tokens_param)
+        path, body = self._chat_call(request)
         start = time.perf_counter()
         data, request_id = self.policy.run(lambda: self._once("POST", path, body, request.model))
         latency = time.perf_counter() - start
-        parse = parse_responses_reply if responses else parse_chat_reply
-        return parse(data, request, backend=self.name or "requests", request_id=request_id, latency=latency)
+        return self._parse_reply(data, request, default_name="requests", request_id=request_id, latency=latency)
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         """Run :meth:`chat_sync` on this backend's own threads (one per ``concurrency`` slot).
