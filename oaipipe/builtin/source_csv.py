@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from ..base import PluginOptions, Source
+from ..base import PluginOptions
 from ..errors import InputError
 from ..hookspecs import hookimpl
 from ..idset import SeenIds
 from ..types import Record
-
-#: above this size ``count()`` answers None instead of scanning the file
-COUNT_LIMIT_BYTES = 50 * 1024 * 1024
+from ._source_files import FileSource, count_lines
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:
@@ -34,36 +31,11 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def missing_file_error(kind: str, path: Path, given: str, base_dir: Path, *, folder: bool = False) -> InputError:
-    what = "folder" if folder else "file"
-    return InputError(
-        f"{kind} {what} not found: {given} (looked for {path}, resolved against {base_dir})",
-        hint="paths in pipeline.yaml are relative to the pipeline file's folder; check the spelling "
-        "or give an absolute path",
-    )
-
-
-def count_lines(path: Path, *, limit: int = COUNT_LIMIT_BYTES) -> int | None:
-    """Number of lines (a cheap byte scan), or None if the file is bigger than ``limit``."""
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return None
-    if size > limit:
-        return None
-    lines = 0
-    last = b"\n"
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            lines += block.count(b"\n")
-            last = block[-1:]
-    if size and last != b"\n":
-        lines += 1
-    return lines
-
-
-class CsvSource(Source):
+class CsvSource(FileSource):
     """Rows of a CSV file (pandas, chunked); values are kept as the strings written in the file."""
+
+    kind = "CSV"
+    wrong_kind_hint = "point `source.path` at a .csv file (use `type: images` for a folder of images)"
 
     class Options(PluginOptions):
         path: str = Field(..., description="CSV file, relative to the pipeline file")
@@ -78,21 +50,6 @@ class CsvSource(Source):
     options: Options
 
     # --- helpers ----------------------------------------------------------------------------------
-
-    @property
-    def file(self) -> Path:
-        return self.context.path(self.options.path)
-
-    def _check_exists(self) -> Path:
-        path = self.file
-        if not path.is_file():
-            if path.is_dir():
-                raise InputError(
-                    f"CSV source path is a folder, not a file: {path}",
-                    hint="point `source.path` at a .csv file (use `type: images` for a folder of images)",
-                )
-            raise missing_file_error("CSV", path, self.options.path, self.context.base_dir)
-        return path
 
     def _read_kwargs(self) -> dict[str, Any]:
         return {

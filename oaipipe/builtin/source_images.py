@@ -13,10 +13,9 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from ..base import PluginOptions, Source
-from ..errors import InputError
 from ..hookspecs import hookimpl
 from ..types import Record
-from .source_csv import missing_file_error
+from ._source_files import checked_path
 
 DEFAULT_EXTENSIONS = ["png", "jpg", "jpeg", "gif", "webp", "bmp", "tiff", "tif"]
 
@@ -45,14 +44,8 @@ class ImagesSource(Source):
         return self.context.path(self.options.path)
 
     def _files(self) -> list[tuple[str, Path]]:
-        folder = self.folder
-        if not folder.is_dir():
-            if folder.is_file():
-                raise InputError(
-                    f"images source path is a file, not a folder: {folder}",
-                    hint="point `source.path` at the folder that holds the images",
-                )
-            raise missing_file_error("images", folder, self.options.path, self.context.base_dir, folder=True)
+        folder = checked_path("images", self.options.path, self.context, folder=True,
+                              hint="point `source.path` at the folder that holds the images")
         exts = set(self.options.extensions)
         candidates = folder.rglob("*") if self.options.recursive else folder.iterdir()
         found: list[tuple[str, Path]] = []

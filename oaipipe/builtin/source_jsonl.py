@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 from pydantic import Field
 
-from ..base import PluginOptions, Source
+from ..base import PluginOptions
 from ..errors import InputError
 from ..hookspecs import hookimpl
 from ..idset import SeenIds
 from ..types import Record
-from .source_csv import count_lines, missing_file_error
+from ._source_files import FileSource, count_lines
 
 
-class JsonlSource(Source):
+class JsonlSource(FileSource):
     """Objects of a JSON Lines file, one record per non-blank line."""
+
+    kind = "JSONL"
+    wrong_kind_hint = "point `source.path` at a .jsonl file"
 
     class Options(PluginOptions):
         path: str = Field(..., description="JSONL file, relative to the pipeline file")
@@ -31,19 +33,6 @@ class JsonlSource(Source):
         encoding: str = Field("utf-8", description="Text encoding of the file")
 
     options: Options
-
-    @property
-    def file(self) -> Path:
-        return self.context.path(self.options.path)
-
-    def _check_exists(self) -> Path:
-        path = self.file
-        if not path.is_file():
-            if path.is_dir():
-                raise InputError(f"JSONL source path is a folder, not a file: {path}",
-                                 hint="point `source.path` at a .jsonl file")
-            raise missing_file_error("JSONL", path, self.options.path, self.context.base_dir)
-        return path
 
     def count(self) -> int | None:
         return count_lines(self._check_exists())
