@@ -1,27 +1,46 @@
-"""What the ``ask`` and ``describe_image`` steps share: presets, request parameters, reply handling."""
+"""What the ``ask`` and ``describe_image`` steps share: options, presets, request parameters, the call,
+reply handling."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from ..assistants import AssistantPreset, get_preset, schema_response_format
-from ..base import Context, StepContext
+from ..base import Context, StepContext, StepOptions
 from ..errors import ConfigError
 from ..openai_wire import parse_json_reply
-from ..types import ChatResponse, Exchange
+from ..templates import render
+from ..types import ChatRequest, ChatResponse, Exchange
 
-__all__ = ["ChatStepMixin"]
+__all__ = ["ChatStepMixin", "ChatStepOptions"]
+
+
+class ChatStepOptions(StepOptions):
+    """Options of the chat steps (``ask``, ``describe_image``); a step may redeclare ``prompt``."""
+
+    prompt: str = Field(..., description="User message, a {field} template")
+    system: str | None = Field(None, description="System message (a {field} template); wins over the preset")
+    assistant: str | None = Field(None, description="Name of an assistant preset (assistants.yaml)")
+    model: str | None = Field(None, description="Defaults to the preset's, then the backend's model")
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    json_schema: dict[str, Any] | None = Field(
+        None, description="Ask for JSON following this schema (bare schema or {name, schema, strict})"
+    )
+    flatten: bool = Field(False, description="With json_schema: also write each key as field {output}_{key}")
 
 
 class ChatStepMixin:
-    """Mixed into a :class:`~oaipipe.base.Step` whose options have ``system``, ``assistant``, ``model``,
-    ``temperature``, ``max_tokens``, ``json_schema``, ``flatten`` and ``output``."""
+    """Mixed into a :class:`~oaipipe.base.Step` (before it) whose options are :class:`ChatStepOptions`."""
 
     options: Any
     context: Context
     label: str
 
-    def _init_chat_step(self) -> None:
+    def __init__(self, options: Any = None, context: Any = None) -> None:
+        super().__init__(options, context)  # type: ignore[call-arg]
         self.preset: AssistantPreset | None = None
         self._prepared = False
 
@@ -50,6 +69,11 @@ class ChatStepMixin:
         if self.options.system is not None:
             return self.options.system
         return self.preset.instructions if self.preset else None
+
+    def _system(self, fields: dict[str, Any], where: str) -> str | None:
+        """The system message rendered over the record (the step's own, else the preset's), or None."""
+        system_tpl = self._system_template()
+        return render(system_tpl, fields, where=where) if system_tpl else None
 
     def _params(self, ctx: StepContext) -> dict[str, Any]:
         self.prepare()
@@ -90,7 +114,20 @@ class ChatStepMixin:
             out += [f"{self.options.output}_{key}" for key in props]
         return out
 
-    # --- the reply ---------------------------------------------------------------------------------
+    # --- the call and the reply -----------------------------------------------------------------------
+
+    async def _call(self, ctx: StepContext, system: str | None, user_content: Any, logged_text: str) -> dict[str, Any]:
+        """Send ``system`` + ``user_content``; returns the output fields and records the exchange (with
+        ``logged_text`` as the user message) once the reply was decoded."""
+        messages: list[dict[str, Any]] = []
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": user_content})
+        params = self._params(ctx)
+        resp = await ctx.chat(ChatRequest(messages=messages, step=self.label, **params))
+        outputs = self._outputs(resp, params["response_format"])
+        self._exchange(ctx, system, logged_text, resp)
+        return outputs
 
     def _exchange(self, ctx: StepContext, system: str | None, user_text: str, resp: ChatResponse) -> Exchange:
         messages: list[dict[str, Any]] = []

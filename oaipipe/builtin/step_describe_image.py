@@ -21,12 +21,11 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .. import hookimpl
-from ..base import Step, StepContext, StepOptions
+from ..base import Step, StepContext
 from ..errors import ImageError
 from ..images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreparedImage, load_image
 from ..templates import fields_of, render
-from ..types import ChatRequest
-from ._chat_step import ChatStepMixin
+from ._chat_step import ChatStepMixin, ChatStepOptions
 
 __all__ = ["DescribeImageStep"]
 
@@ -38,27 +37,14 @@ class DescribeImageStep(ChatStepMixin, Step):
 
     templates = ("image", "prompt", "system")
 
-    class Options(StepOptions):
+    class Options(ChatStepOptions):
         image: str | list[str] = Field(
             ..., description="Image path/URL/data URL template, e.g. '{image}', or a list of them"
         )
         prompt: str = Field(DEFAULT_PROMPT, description="User message, a {field} template")
-        system: str | None = Field(None, description="System message (a {field} template); wins over the preset")
-        assistant: str | None = Field(None, description="Name of an assistant preset (assistants.yaml)")
         detail: Literal["auto", "low", "high"] = Field("auto", description="Vision detail level")
-        model: str | None = Field(None, description="Defaults to the preset's, then the backend's model")
-        temperature: float | None = Field(None, ge=0, le=2)
-        max_tokens: int | None = Field(None, ge=1)
-        json_schema: dict[str, Any] | None = Field(
-            None, description="Ask for JSON following this schema (bare schema or {name, schema, strict})"
-        )
-        flatten: bool = Field(False, description="With json_schema: also write each key as field {output}_{key}")
         max_image_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="Refuse larger source images")
         max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Refuse images with more pixels")
-
-    def __init__(self, options: Any = None, context: Any = None) -> None:
-        super().__init__(options, context)
-        self._init_chat_step()
 
     def outputs(self) -> list[str]:
         return [*super().outputs(), f"{self.options.output}_image_tokens"]
@@ -93,19 +79,11 @@ class DescribeImageStep(ChatStepMixin, Step):
         where = ctx.record.where
         sources = self._sources(fields, where)
         prompt = render(self.options.prompt, fields, where=where)
-        system_tpl = self._system_template()
-        system = render(system_tpl, fields, where=where) if system_tpl else None
+        system = self._system(fields, where)
         images = await asyncio.to_thread(self._prepare, sources)
         parts: list[dict[str, Any]] = [{"type": "text", "text": prompt}] + [img.part() for img in images]
-        messages: list[dict[str, Any]] = []
-        if system:
-            messages.append({"role": "system", "content": system})
-        messages.append({"role": "user", "content": parts})
-        params = self._params(ctx)
-        resp = await ctx.chat(ChatRequest(messages=messages, step=self.label, **params))
-        outputs = self._outputs(resp, params["response_format"])
         user_text = prompt + "".join(f" [image: {img.source_label}]" for img in images)
-        self._exchange(ctx, system, user_text, resp)
+        outputs = await self._call(ctx, system, parts, user_text)
         tokens = [img.tokens for img in images]
         outputs[f"{self.options.output}_image_tokens"] = None if None in tokens else sum(t or 0 for t in tokens)
         return outputs
