@@ -15,7 +15,7 @@ from typing import Any
 
 from . import inference
 from .app import OaipipeServer, Reply, Request, extension
-from .errors import ApiError
+from .errors import ApiError, require_object, require_str
 from .files import FileStore, _list_reply
 
 __all__ = ["Batches"]
@@ -79,12 +79,8 @@ class Batches:
             self.batches[batch_id].update(changes)
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
-        file_id = body.get("input_file_id")
-        if not isinstance(file_id, str) or not file_id:
-            raise ApiError(400, "Missing required parameter: 'input_file_id'.", param="input_file_id",
-                           code="missing_required_parameter")
+        body = require_object(body)
+        file_id = require_str(body, "input_file_id")
         try:
             obj = self.files.get(file_id)
         except ApiError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ApiError", "not_found"]
+__all__ = ["ApiError", "not_found", "require_object", "require_str"]
 
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
           404: "invalid_request_error", 408: "timeout", 409: "invalid_request_error",
@@ -31,3 +31,18 @@ class ApiError(Exception):
 
 def not_found(kind: str, ident: str, param: str = "id") -> ApiError:
     return ApiError(404, f"No such {kind} object: {ident}", param=param, code=None)
+
+
+def require_object(body: Any) -> dict[str, Any]:
+    """The request body, which must be a JSON object (a 400 ``invalid_json`` otherwise)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def require_str(body: dict[str, Any], name: str) -> str:
+    """The non-empty string parameter ``name`` of the body (a 400 ``missing_required_parameter`` otherwise)."""
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
+    return value

@@ -16,7 +16,7 @@ from typing import Any
 from ..engine.tuning import train_local_model
 from ..tokens import count_message_tokens
 from .app import OaipipeServer, Reply, Request, extension
-from .errors import ApiError, not_found
+from .errors import ApiError, not_found, require_object, require_str
 from .files import FileStore, _list_reply
 
 __all__ = ["FineTuningJobs", "validate_training_rows"]
@@ -110,16 +110,9 @@ class FineTuningJobs:
             return dict(self.jobs[job_id])
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ApiError(400, "Missing required parameter: 'model'.", param="model",
-                           code="missing_required_parameter")
-        training_file = body.get("training_file")
-        if not isinstance(training_file, str) or not training_file:
-            raise ApiError(400, "Missing required parameter: 'training_file'.", param="training_file",
-                           code="missing_required_parameter")
+        body = require_object(body)
+        model = require_str(body, "model")
+        training_file = require_str(body, "training_file")
         for param in ("training_file", "validation_file"):
             fid = body.get(param)
             if fid is None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..engine import chat as engine_chat
 from ..engine.errors import EngineError, ImageURLNotSupported, InvalidImage, ModelNotFound
-from .errors import ApiError
+from .errors import ApiError, require_object
 
 __all__ = ["chat_completion", "chat_stream_events", "create_response", "engine_call"]
 
@@ -68,8 +68,7 @@ def _usage_chat(reply: engine_chat.EngineReply) -> dict[str, Any]:
 
 
 def _chat_reply(body: dict[str, Any]) -> engine_chat.EngineReply:
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    body = require_object(body)
     model = _require_model(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -186,8 +185,7 @@ def _response_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 def create_response(body: dict[str, Any]) -> dict[str, Any]:
     """``POST /v1/responses`` for text/image input (no tools, no streaming)."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    body = require_object(body)
     model = _require_model(body)
     if body.get("stream"):
         raise ApiError(400, "Streaming is not supported on /v1/responses by the local server; omit stream.",
