@@ -15,7 +15,9 @@ The default folder is ``.oaipipe/cache`` next to the pipeline file; ``run.cache_
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import json
 import threading
 from collections.abc import Awaitable, Callable
@@ -50,11 +52,19 @@ class CacheStats:
 class ResponseCache:
     """A folder of cached :class:`ChatResponse` entries keyed by request content."""
 
-    def __init__(self, root: str | Path, *, read: bool = True, write: bool = True) -> None:
+    def __init__(self, root: str | Path, *, read: bool = True, write: bool = True, namespace: str = "") -> None:
         self.root = Path(root)
         self.read = read
         self.write = write
+        #: where the answers come from (backend type and server): answers of one server never serve another
+        self.namespace = namespace
         self.stats = CacheStats()
+
+    def key_for(self, request: ChatRequest) -> str:
+        key = request.cache_key()
+        if not self.namespace:
+            return key
+        return hashlib.sha256(f"{self.namespace}\n{key}".encode()).hexdigest()
 
     def path_for(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -63,7 +73,7 @@ class ResponseCache:
         """The cached answer to ``request`` (marked ``cached=True``), or ``None``."""
         if not self.read:
             return None
-        key = request.cache_key()
+        key = self.key_for(request)
         try:
             data = json.loads(self.path_for(key).read_text(encoding="utf-8"))
             if data.get("format") != _FORMAT or data.get("key") != key:
@@ -83,7 +93,7 @@ class ResponseCache:
         """Store a successful answer atomically (temp file + ``os.replace``)."""
         if not self.write or response.cached:
             return
-        key = request.cache_key()
+        key = self.key_for(request)
         path = self.path_for(key)
         entry: dict[str, Any] = {"format": _FORMAT, "key": key, "model": request.model, "step": request.step,
                                  "response": replace(response, cached=False).to_dict()}
@@ -117,11 +127,30 @@ def cache_wrapper(cache: ResponseCache) -> Callable[[Call], Call]:
     Disk reads and writes are small and run inline (a thread hop per call costs more than the read)."""
 
     def wrap(call: Call) -> Call:
+        # identical calls in flight at the same time are made once: the others wait for its answer
+        in_flight: dict[str, asyncio.Future[ChatResponse]] = {}
+
         async def cached_call(request: ChatRequest) -> ChatResponse:
             hit = cache.get(request)
             if hit is not None:
                 return hit
-            response = await call(request)
+            key = cache.key_for(request)
+            waiting = in_flight.get(key)
+            if waiting is not None:
+                response = await asyncio.shield(waiting)
+                cache.stats.bump("hits")
+                return replace(response, cached=True, latency=0.0)
+            future: asyncio.Future[ChatResponse] = asyncio.get_running_loop().create_future()
+            in_flight[key] = future
+            try:
+                response = await call(request)
+            except BaseException as exc:
+                future.set_exception(exc)
+                future.exception()  # mark retrieved: no "never retrieved" warning when nobody waits
+                raise
+            finally:
+                in_flight.pop(key, None)
+            future.set_result(response)
             cache.put(request, response)
             return response
 

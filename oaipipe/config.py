@@ -351,13 +351,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
     if not isinstance(data, dict):
         raise ConfigError(f"the top level must be a mapping of keys, not a {type(data).__name__}",
                           file=file, line=1, hint="start from the shipped pipeline.yaml")
+    if overrides:  # before interpolation, so that `--set backend.api_key='${env:MY_KEY}'` works too
+        data = apply_overrides(data, list(overrides))
     missing: list[str] = []
     data = interpolate_env(data, environ=environ, missing=missing)
     if missing:
         raise ConfigError("environment variables are not set: " + "; ".join(missing), file=file,
                           hint="export them, or use ${env:VAR:-default}")
-    if overrides:
-        data = apply_overrides(data, list(overrides))
     loaded = LoadedConfig(path=path.resolve(), config=None, data=data, positions=positions)  # type: ignore[arg-type]
     try:
         loaded.config = PipelineConfig.model_validate(data)

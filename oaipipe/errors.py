@@ -9,7 +9,8 @@ hold one.
     OaipipeError
      ├── ConfigError                 pipeline.yaml / --set / plugin options are wrong
      │    └── UnknownPluginError     a `type:` (or analyzer) name that no plugin registers
-     ├── PluginLoadError             a `plugins:` entry or entry point that cannot be imported
+     ├── PluginError                 a plugin raised in a lifecycle hook
+     │    └── PluginLoadError        a `plugins:` entry or entry point that cannot be imported
      ├── InputError                  the source cannot be read (missing file, missing column, ...)
      ├── RecordError                 one record failed; the run goes on (logged to errors.jsonl)
      │    ├── TemplateError          a `{field}` the record does not have
@@ -43,6 +44,7 @@ __all__ = [
     "ImageError",
     "InputError",
     "OaipipeError",
+    "PluginError",
     "PluginLoadError",
     "RateLimitError",
     "RecordError",
@@ -109,10 +111,14 @@ class UnknownPluginError(ConfigError):
     """A name that no loaded plugin registers; the message lists the names that exist."""
 
 
-class PluginLoadError(OaipipeError):
-    """A plugin module could not be found or imported."""
+class PluginError(OaipipeError):
+    """A plugin misbehaved: it raised in a hook, or broke the contract of its base class."""
 
     exit_code = 2
+
+
+class PluginLoadError(PluginError):
+    """A plugin module could not be found or imported, or does not fit the hook specs."""
 
 
 class InputError(OaipipeError):

@@ -139,7 +139,7 @@ def load_pipeline(
             line, col = loaded.where(f"plugins.{i}")
             raise ConfigError(exc.message, file=file, line=line, column=col, key=f"plugins.{i}",
                               hint=exc.hint) from exc
-    host.pm.check_pending()
+    host.check_pending()
     assistants = loaded.base_dir / cfg.assistants if cfg.assistants else None
     context = Context(base_dir=loaded.base_dir, host=host, pipeline_name=cfg.name,
                       settings={"assistants": str(assistants) if assistants else None,
@@ -180,7 +180,59 @@ def load_pipeline(
     pipeline = Pipeline(loaded=loaded, host=host, context=context, backend=backend, source=source, steps=steps,
                         sinks=sinks, backend_note=note)
     check_templates(pipeline)
+    check_sink_paths(pipeline)
+    check_train_select(pipeline)
     return pipeline
+
+
+def check_sink_paths(pipeline: Pipeline) -> None:
+    """Two sinks writing one file would interleave their lines: refuse it."""
+    seen: dict[Path, int] = {}
+    for i, sink in enumerate(pipeline.sinks):
+        path = getattr(sink.options, "path", None)
+        if not path:
+            continue
+        resolved = pipeline.context.path(path).resolve()
+        if resolved in seen:
+            line, col = pipeline.loaded.where(f"sinks.{i}.path")
+            raise ConfigError(f"sinks {seen[resolved]} and {i} both write {path}", file=pipeline.file, line=line,
+                              column=col, key=f"sinks.{i}.path", hint="give each sink its own path")
+        seen[resolved] = i
+
+
+def check_train_select(pipeline: Pipeline) -> None:
+    """``train.select`` must name fields the records will have, and sentiment labels that exist."""
+    import difflib
+
+    train = pipeline.train or {}
+    select = train.get("select") or {}
+    if not isinstance(select, dict) or not select:
+        return
+    fields = pipeline.source.fields()
+    sentiment_fields = {"sentiment"}
+    produced: list[str] = []
+    for step in pipeline.steps:
+        produced += step.outputs()
+        if step.name == "sentiment":
+            sentiment_fields.add(step.options.output)
+    known = None if fields is None else {*fields, *produced, "sentiment"}
+    for key, value in select.items():
+        line, col = pipeline.loaded.where(f"train.select.{key}")
+        if known is not None and key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            raise ConfigError(
+                f"selects on field '{key}', which no record will have", file=pipeline.file, line=line, column=col,
+                key=f"train.select.{key}",
+                hint=(f"did you mean '{close[0]}'? " if close else "") + f"fields: {', '.join(sorted(known))}",
+            )
+        values = value if isinstance(value, list) else [value]
+        if key in sentiment_fields:
+            for v in values:
+                if v not in ("positive", "negative", "neutral"):
+                    raise ConfigError(
+                        f"'{key}' holds a sentiment label, and {v!r} is not one", file=pipeline.file, line=line,
+                        column=col, key=f"train.select.{key}", hint="use positive, negative or neutral",
+                    )
 
 
 def check_templates(pipeline: Pipeline) -> None:

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from . import hookspecs
 from .base import Analyzer, Backend, Component, Context, Sink, Source, Step, Trainer
-from .errors import ConfigError, PluginLoadError, UnknownPluginError
+from .errors import ConfigError, PluginError, PluginLoadError, UnknownPluginError
 
 __all__ = ["DEFAULT_PLUGINS", "KINDS", "PluginHost", "Registration", "get_plugin_manager"]
 
@@ -109,7 +109,7 @@ class PluginHost:
             self._load_entry_points()
         for item in extra:
             self.load(item)
-        self.pm.check_pending()
+        self.check_pending()
         self._registry: dict[str, dict[str, Registration]] | None = None
         self._analyzers: dict[str, Analyzer] = {}
 
@@ -122,7 +122,13 @@ class PluginHost:
             return
         if self.pm.has_plugin(name) or self.pm.get_plugin(name) is not None:
             return
-        self.pm.register(module, name=name)
+        try:
+            self.pm.register(module, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginLoadError(
+                f"plugin '{name}' ({origin}) does not fit the hook specs: {exc}",
+                hint="compare the hook's arguments with oaipipe/hookspecs.py (e.g. `def register_analyzers(register):`)",
+            ) from None
         self.info[name] = PluginInfo(name, origin)
         self._registry = None
 
@@ -179,6 +185,22 @@ class PluginHost:
         except Exception as exc:  # noqa: BLE001
             raise PluginLoadError(f"plugin module '{item}'{where} failed to import: {type(exc).__name__}: {exc}") from exc
         self._register_module(module, item, "module")
+
+    def check_pending(self) -> None:
+        """Fail loudly on a hook implementation that matches no spec (a typo in a hook name)."""
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            plugin = self.pm.get_name(exc.plugin) or "?"
+            known = [n for n in dir(hookspecs) if n.startswith(("register_", "oaipipe_"))]
+            bad = next((name for name in dir(exc.plugin) if name not in known
+                        and getattr(getattr(exc.plugin, name, None), "oaipipe_impl", None) is not None), "")
+            close = difflib.get_close_matches(bad, known, n=1)
+            origin = self.info.get(plugin).origin if plugin in self.info else "plugin"
+            raise PluginLoadError(
+                f"plugin '{plugin}' ({origin}) implements an unknown hook '{bad}'",
+                hint=(f"did you mean '{close[0]}'? " if close else "") + f"the hooks are: {', '.join(sorted(known))}",
+            ) from None
 
     # --- the registry ---------------------------------------------------------------------------
 
@@ -278,6 +300,31 @@ class PluginHost:
         return self._analyzers[key]
 
     # --- lifecycle ------------------------------------------------------------------------------
+
+    def call_hook(self, name: str, **kwargs: Any) -> Any:
+        """Call a lifecycle hook; an exception in a plugin becomes a :class:`PluginError` naming it."""
+        try:
+            return getattr(self.pm.hook, name)(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - any plugin bug, reported with its origin
+            raise PluginError(
+                f"plugin '{self._plugin_of(exc, name)}' failed in its {name} hook: {type(exc).__name__}: {exc}",
+                hint="fix the plugin, or switch it off with --disable-plugin NAME",
+            ) from exc
+
+    def _plugin_of(self, exc: BaseException, hook_name: str) -> str:
+        tb = exc.__traceback__
+        files: dict[str, str] = {}
+        for plugin_name, plugin in self.pm.list_name_plugin():
+            path = getattr(plugin, "__file__", None)
+            if path:
+                files[str(Path(path).resolve())] = plugin_name
+        found = "?"
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if code.co_name == hook_name:
+                found = files.get(str(Path(code.co_filename).resolve()), code.co_filename)
+            tb = tb.tb_next
+        return found
 
     @property
     def hook(self) -> Any:

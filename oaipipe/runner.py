@@ -32,6 +32,7 @@ from .errors import (
     AuthenticationError,
     BackendError,
     OaipipeError,
+    PluginError,
     RecordError,
     RunAborted,
 )
@@ -189,6 +190,7 @@ class Runner:
 
         status = "finished"
         error: OaipipeError | None = None
+        finish_error: PluginError | None = None
         opened: list[Any] = []
         journal = errors = None
         try:
@@ -199,7 +201,7 @@ class Runner:
                 opened.append(sink)
             journal = run.journal_path.open("a", encoding="utf-8")
             errors = run.errors_path.open("a", encoding="utf-8")
-            pipeline.host.hook.oaipipe_run_start(run=info)
+            pipeline.host.call_hook("oaipipe_run_start", run=info)
             await self._process_all(skip_ids or set(), journal, errors, info)
             if self._abort is not None:
                 raise self._abort
@@ -213,6 +215,9 @@ class Runner:
         except OaipipeError as exc:
             status = "aborted"
             error = exc
+            raise
+        except Exception:
+            status = "crashed"  # not "finished": the next run resumes
             raise
         finally:
             for closer in (journal, errors):
@@ -230,10 +235,14 @@ class Runner:
             if status == "finished" and pipeline.train is not None:
                 summary["train"] = self._train(run)
                 run.write_summary(summary)
-            with contextlib.suppress(Exception):
-                pipeline.host.hook.oaipipe_run_finish(run=info, summary=summary)
+            try:
+                pipeline.host.call_hook("oaipipe_run_finish", run=info, summary=summary)
+            except PluginError as exc:
+                finish_error = exc
             self.summary = summary
             self.reporter.finish(summary)
+        if finish_error is not None:
+            raise finish_error
         return summary
 
     def _summary(self, run: RunDir, status: str, error: OaipipeError | None) -> dict[str, Any]:
@@ -390,7 +399,7 @@ class Runner:
             self.stats.done += 1
         journal.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
         journal.flush()
-        self.pipeline.host.hook.oaipipe_record_done(run=info, result=result)
+        self.pipeline.host.call_hook("oaipipe_record_done", run=info, result=result)
         self.reporter.update(self.stats)
         if not ok:
             self._check_failures(result)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .runner import RunOptions
 
-__all__ = ["DEFAULT_CACHE_DIR", "ScaleSetup", "cache_dir_for", "configure_run"]
+__all__ = ["DEFAULT_CACHE_DIR", "ScaleSetup", "cache_dir_for", "cache_namespace", "configure_run"]
 
 DEFAULT_CACHE_DIR = ".oaipipe/cache"
 _MARK = "_oaipipe_scale"
@@ -43,6 +43,15 @@ class ScaleSetup:
             out["rate_limit"] = {"rpm": self.limiter.rpm, "tpm": self.limiter.tpm,
                                  "waited_s": round(self.limiter.waited, 3), "cooldowns": self.limiter.cooldowns}
         return out
+
+
+def cache_namespace(backend: Any) -> str:
+    """Who answers: the server's URL (the same for `openai`, `requests` and `batch` against one server),
+    so that answers cached from one server (say `oaipipe serve`) are never served for another (OpenAI)."""
+    base_url = getattr(backend.options, "base_url", None)
+    if base_url:
+        return str(base_url).rstrip("/")
+    return "https://api.openai.com/v1" if getattr(backend, "needs_api_key", False) else f"backend:{backend.name}"
 
 
 def cache_dir_for(pipeline: Pipeline) -> Any:
@@ -72,7 +81,7 @@ def configure_run(pipeline: Pipeline, options: RunOptions, reporter: Reporter | 
         backend = pipeline.backend
         # the local engine is free and deterministic: caching it would only cost disk
         if options.use_cache and cfg.run.cache and backend.name != "local":
-            setup.cache = ResponseCache(cache_dir_for(pipeline))
+            setup.cache = ResponseCache(cache_dir_for(pipeline), namespace=cache_namespace(backend))
             wrappers.append(cache_wrapper(setup.cache))
         if backend.name != "batch":
             opts = backend.options

@@ -180,3 +180,41 @@ def test_local_backend_is_not_cached(tmp_path: Path) -> None:
     summary = run_pipeline_file(path)
     assert "cache" not in summary
     assert not (tmp_path / ".oaipipe").exists()
+
+
+def test_answers_of_one_server_never_serve_another(tmp_path: Path) -> None:
+    serve = ResponseCache(tmp_path / "c", namespace="http://127.0.0.1:8080/v1")
+    openai = ResponseCache(tmp_path / "c", namespace="https://api.openai.com/v1")
+    serve.put(_req(), _resp("from the local server"))
+    assert serve.get(_req()) is not None
+    assert openai.get(_req()) is None
+
+
+def test_identical_calls_in_flight_are_made_once(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path / "c")
+    calls = []
+
+    async def slow(request: ChatRequest) -> ChatResponse:
+        calls.append(request)
+        await asyncio.sleep(0.05)
+        return _resp()
+
+    async def main_() -> list[ChatResponse]:
+        wrapped = cache_wrapper(cache)(slow)
+        return await asyncio.gather(*(wrapped(_req()) for _ in range(5)), wrapped(_req("other")))
+
+    answers = asyncio.run(main_())
+    assert len(calls) == 2  # one per distinct request
+    assert sum(1 for a in answers if a.cached) == 4
+    assert {a.text for a in answers} == {"hello"}
+
+
+def test_switching_servers_does_not_reuse_answers(tmp_path: Path, server) -> None:
+    from oaipipe.testing import running_server
+
+    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}'}}", n=3)
+    run_pipeline_file(path)
+    with running_server() as other:
+        second = run_pipeline_file(path, ["backend.base_url=" + other.base_url], fresh=True)
+        assert second["cached"] == 0
+        assert chat_requests(other) == 3

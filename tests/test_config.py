@@ -230,3 +230,11 @@ def test_train_block_keys_are_validated_with_their_line(tmp_path: Path, csv: Pat
         load_pipeline(path)
     assert "train.selct" in str(info.value) and "did you mean 'select'" in str(info.value)
     assert info.value.line == 8
+
+
+def test_train_select_names_a_field_and_a_label_that_exist(tmp_path: Path, csv: Path) -> None:
+    with pytest.raises(ConfigError, match="did you mean 's'"):
+        load_pipeline(write(tmp_path, BASE + "train: {type: local, select: {ss: positive}}\n"))
+    with pytest.raises(ConfigError, match="'postive' is not one"):
+        load_pipeline(write(tmp_path, BASE + "train: {type: local, select: {s: postive}}\n"))
+    assert load_pipeline(write(tmp_path, BASE + "train: {type: local, select: {s: positive}}\n")).train

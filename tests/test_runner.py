@@ -288,3 +288,67 @@ def test_library_api_returns_summary_without_printing(tmp_path: Path, capsys: py
     assert summary["records"]["done"] == 5
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_an_analyzer_breaking_its_contract_fails_the_record_with_its_name(tmp_path: Path) -> None:
+    (tmp_path / "bad_analyzer.py").write_text(textwrap.dedent('''
+        from oaipipe import Analyzer, Sentiment, hookimpl
+
+        class Happy(Analyzer):
+            """Returns a label that does not exist."""
+            def analyze(self, text):
+                return Sentiment("happy", 7.5, "happy")
+
+        @hookimpl
+        def register_analyzers(register):
+            register("happy", Happy)
+    '''))
+    path = make_pipeline(tmp_path, steps='- {type: sentiment, analyzer: happy, input: "{text}", output: s}\n')
+    path.write_text("plugins: [bad_analyzer.py]\n" + path.read_text())
+    summary = run_pipeline_file(path)
+    assert summary["records"]["failed"] == 5
+    errors = read_jsonl(Path(summary["errors_file"]))
+    assert "analyzer 'happy'" in errors[0]["error"] and "'happy'" in errors[0]["error"]
+
+
+def test_a_plugin_failing_in_a_lifecycle_hook_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "boom.py").write_text(textwrap.dedent('''
+        from oaipipe import hookimpl
+
+        @hookimpl
+        def oaipipe_record_done(run, result):
+            raise RuntimeError("observer boom")
+    '''))
+    path = make_pipeline(tmp_path)
+    path.write_text("plugins: [boom.py]\n" + path.read_text())
+    assert main(["run", str(path), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "plugin 'boom'" in err and "oaipipe_record_done" in err and "observer boom" in err
+
+
+def test_a_misspelled_hook_name_fails_loudly_with_a_suggestion(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "typo.py").write_text(
+        "from oaipipe import hookimpl\n\n@hookimpl\ndef register_analysers(register):\n    pass\n")
+    path = make_pipeline(tmp_path)
+    path.write_text("plugins: [typo.py]\n" + path.read_text())
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "register_analysers" in err and "did you mean 'register_analyzers'" in err
+
+
+def test_two_sinks_writing_one_file_are_refused(tmp_path: Path) -> None:
+    from oaipipe.errors import ConfigError
+    from oaipipe.pipeline import load_pipeline
+
+    path = make_pipeline(tmp_path)
+    path.write_text(path.read_text() + "  - {type: csv, path: ./out/records.jsonl}\n")
+    with pytest.raises(ConfigError, match="both write"):
+        load_pipeline(path)
+
+
+def test_set_values_may_use_env_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from oaipipe.pipeline import load_pipeline
+
+    monkeypatch.setenv("MY_SERVER_KEY", "sk-from-env-123")
+    pipeline = load_pipeline(make_pipeline(tmp_path), ["backend.api_key=${env:MY_SERVER_KEY}"])
+    assert pipeline.backend.options.api_key.get_secret_value() == "sk-from-env-123"

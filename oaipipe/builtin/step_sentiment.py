@@ -13,8 +13,25 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from ..base import Step, StepContext, StepOptions
+from ..errors import PluginError
 from ..hookspecs import hookimpl
 from ..templates import render
+from ..types import Sentiment
+
+LABELS = ("positive", "negative", "neutral")
+
+
+def check_sentiment(sentiment: object, analyzer: object) -> None:
+    """Enforce the analyzer contract: a :class:`Sentiment` with a known label and a score in [-1, 1]."""
+    name = getattr(analyzer, "name", "") or type(analyzer).__name__
+    if not isinstance(sentiment, Sentiment):
+        raise PluginError(f"analyzer '{name}' returned {type(sentiment).__name__}, not an oaipipe.Sentiment",
+                          hint="return Sentiment(label, score) from analyze()")
+    if sentiment.label not in LABELS or not (-1.0 <= float(sentiment.score) <= 1.0):
+        raise PluginError(
+            f"analyzer '{name}' returned label {sentiment.label!r} with score {sentiment.score!r}",
+            hint="labels are positive, negative or neutral; scores lie in [-1, 1]",
+        )
 
 
 class SentimentStep(Step):
@@ -43,6 +60,7 @@ class SentimentStep(Step):
             self.prepare()
         text = render(self.options.input, fields, where=ctx.record.where)
         sentiment = await asyncio.to_thread(self._analyzer.analyze, text)
+        check_sentiment(sentiment, self._analyzer)
         ctx.sentiments[text] = sentiment
         out: dict[str, Any] = {self.options.output: sentiment.label}
         if self.options.score:
