@@ -70,6 +70,23 @@ def _usage(data: dict[str, Any] | None, prompt: str, completion: str) -> Usage:
     return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=int(data.get("total_tokens") or p + c))
 
 
+def _reply(data: dict[str, Any], request: ChatRequest, text: str, usage: Usage, finish_reason: Any, *,
+           backend: str, request_id: str | None, latency: float) -> ChatResponse:
+    """The :class:`ChatResponse` of either API's reply, with ``parsed`` set when JSON was asked for."""
+    resp = ChatResponse(
+        text=text,
+        model=data.get("model") or request.model,
+        backend=backend,
+        usage=usage,
+        request_id=request_id or data.get("id"),
+        latency=latency,
+        finish_reason=finish_reason,
+    )
+    if _wants_json(request):
+        resp.parsed = parse_json_reply(text, model=resp.model, request_id=resp.request_id)
+    return resp
+
+
 def parse_chat_reply(data: dict[str, Any], request: ChatRequest, *, backend: str, request_id: str | None,
                      latency: float) -> ChatResponse:
     """A Chat Completions reply (a dict) as a :class:`ChatResponse`."""
@@ -87,18 +104,8 @@ def parse_chat_reply(data: dict[str, Any], request: ChatRequest, *, backend: str
         text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
     if text is None:
         text = message.get("refusal") or ""
-    resp = ChatResponse(
-        text=text,
-        model=data.get("model") or request.model,
-        backend=backend,
-        usage=_usage(data.get("usage"), "prompt_tokens", "completion_tokens"),
-        request_id=request_id or data.get("id"),
-        latency=latency,
-        finish_reason=choice.get("finish_reason"),
-    )
-    if _wants_json(request):
-        resp.parsed = parse_json_reply(text, model=resp.model, request_id=resp.request_id)
-    return resp
+    return _reply(data, request, text, _usage(data.get("usage"), "prompt_tokens", "completion_tokens"),
+                  choice.get("finish_reason"), backend=backend, request_id=request_id, latency=latency)
 
 
 # --- Responses ----------------------------------------------------------------------------------
@@ -178,18 +185,8 @@ def parse_responses_reply(data: dict[str, Any], request: ChatRequest, *, backend
     text = "".join(texts)
     status = data.get("status")
     finish = "stop" if status == "completed" else ("length" if status == "incomplete" else status)
-    resp = ChatResponse(
-        text=text,
-        model=data.get("model") or request.model,
-        backend=backend,
-        usage=_usage(data.get("usage"), "input_tokens", "output_tokens"),
-        request_id=request_id or data.get("id"),
-        latency=latency,
-        finish_reason=finish,
-    )
-    if _wants_json(request):
-        resp.parsed = parse_json_reply(text, model=resp.model, request_id=resp.request_id)
-    return resp
+    return _reply(data, request, text, _usage(data.get("usage"), "input_tokens", "output_tokens"), finish,
+                  backend=backend, request_id=request_id, latency=latency)
 
 
 # --- models and errors --------------------------------------------------------------------------

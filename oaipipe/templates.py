@@ -18,14 +18,18 @@ __all__ = ["fields_of", "render"]
 _FORMATTER = string.Formatter()
 
 
+def _parse(template: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    """The template's (literal, field, spec, conversion) parts; a :class:`TemplateError` when malformed."""
+    try:
+        return list(_FORMATTER.parse(template))
+    except ValueError as exc:
+        raise TemplateError(f"bad template {template!r}: {exc}", hint="write literal braces as {{ and }}") from None
+
+
 def fields_of(template: str) -> list[str]:
     """The top-level field names a template reads, in order (``"{a} {b.c}"`` → ``["a", "b"]``)."""
     names: list[str] = []
-    try:
-        parsed = list(_FORMATTER.parse(template))
-    except ValueError as exc:
-        raise TemplateError(f"bad template {template!r}: {exc}", hint="write literal braces as {{ and }}") from None
-    for _, field, _, _ in parsed:
+    for _, field, _, _ in _parse(template):
         if field:
             root = field.split(".", 1)[0].split("[", 1)[0]
             if root not in names:
@@ -51,11 +55,7 @@ def _lookup(fields: dict[str, Any], name: str, template: str, where: str) -> Any
 def render(template: str, fields: dict[str, Any], *, where: str = "") -> str:
     """Fill ``template`` from ``fields``; ``None`` renders as an empty string."""
     out: list[str] = []
-    try:
-        parsed = list(_FORMATTER.parse(template))
-    except ValueError as exc:
-        raise TemplateError(f"bad template {template!r}: {exc}", hint="write literal braces as {{ and }}") from None
-    for literal, field, spec, conv in parsed:
+    for literal, field, spec, conv in _parse(template):
         out.append(literal)
         if field is None:
             continue
