@@ -18,7 +18,7 @@ from .config import LoadedConfig, load_config
 from .errors import ConfigError, OaipipeError
 from .plugins import PluginHost
 
-__all__ = ["Pipeline", "build_backend", "fingerprint", "load_pipeline"]
+__all__ = ["Pipeline", "build_backend", "endpoint", "fingerprint", "fingerprint_parts", "load_pipeline"]
 
 
 @dataclass
@@ -268,16 +268,43 @@ def _public(data: Any) -> Any:
     return data
 
 
-def fingerprint(pipeline: Pipeline) -> str:
-    """Hash of what decides the records' results: source, backend model/params, steps (not sinks, not run)."""
+#: backend keys that change how calls are made, not what they answer (a resumed run may change them)
+_VOLATILE_BACKEND_KEYS = ("concurrency", "timeout", "max_retries", "rpm", "tpm", "api_key", "record_timeout",
+                          "base_url", "type")
+
+
+def fingerprint_parts(pipeline: Pipeline) -> dict[str, str]:
+    """Hashes of what decides the records' results: the source, the steps, the model and its parameters.
+
+    Sinks, run settings and *where* calls go (backend type, ``base_url``, timeouts, limits) are left out:
+    an unfinished run may be resumed against another server or transport. The resolved backend's name
+    is in (the offline engine answers differently from a model).
+    """
     data = pipeline.loaded.data
     backend = _public(dict(data.get("backend") or {}))
-    for volatile in ("concurrency", "timeout", "max_retries", "rpm", "tpm", "api_key", "record_timeout"):
+    for volatile in _VOLATILE_BACKEND_KEYS:
         backend.pop(volatile, None)
-    relevant = {"source": data.get("source"), "steps": data.get("steps"), "backend": backend,
-                "effective_backend": pipeline.backend.name}
-    blob = json.dumps(relevant, sort_keys=True, default=str)
+    backend["engine"] = "local" if pipeline.backend.name == "local" else "remote"
+    parts = {"source": data.get("source"), "steps": data.get("steps"), "backend": backend}
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            for k, v in parts.items()}
+
+
+def fingerprint(pipeline: Pipeline) -> str:
+    """One hash of :func:`fingerprint_parts`."""
+    blob = json.dumps(fingerprint_parts(pipeline), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def endpoint(pipeline: Pipeline) -> str:
+    """Where calls go: the server (a run finished against one server is not finished for another).
+
+    The transport does not matter: ``openai``, ``requests`` and ``batch`` against one server are one endpoint.
+    """
+    base_url = getattr(pipeline.backend.options, "base_url", None)
+    if base_url:
+        return str(base_url).rstrip("/")
+    return "https://api.openai.com/v1" if pipeline.backend.needs_api_key else f"backend:{pipeline.backend.name}"
 
 
 def public_config(pipeline: Pipeline) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from .errors import (
     RecordError,
     RunAborted,
 )
-from .pipeline import Pipeline, fingerprint, load_pipeline, public_config
+from .pipeline import Pipeline, endpoint, fingerprint, fingerprint_parts, load_pipeline, public_config
 from .pricing import PriceTable
 from .progress import Reporter, SilentReporter
 from .rundir import RunDir, find_runs, new_run_id
@@ -88,7 +88,9 @@ class Runner:
         self._call: Callable[[ChatRequest], Awaitable[ChatResponse]] = self._backend_call
         self._abort: OaipipeError | None = None
         self._stop_scheduling = False
+        self.errors_path: Path | None = None
         self._limited = False
+        self._failure_kinds: collections.Counter[type] = collections.Counter()
         if self.options.scale:
             try:
                 from .scale import configure_run
@@ -121,10 +123,25 @@ class Runner:
 
     # --- choosing the run directory ---------------------------------------------------------------
 
+    def _changed(self, meta: dict[str, Any]) -> str:
+        """Which parts of the pipeline changed since a run was started, in words."""
+        old = meta.get("fingerprint_parts") or {}
+        now = fingerprint_parts(self.pipeline)
+        names = {"source": "the source", "steps": "the steps", "backend": "the model or its parameters"}
+        changed = [names[k] for k in now if old.get(k) != now[k]]
+        return ", ".join(changed) or "the pipeline"
+
     def _select_run(self) -> tuple[RunDir, set[str] | None, str]:
         """(run dir, ids to skip or None for a new run, mode) where mode is new|resume|retry|done."""
         runs = find_runs(self.root)
         latest = runs[-1] if runs else None
+        if self.options.retry_failed:
+            if self.options.fresh:
+                raise RunAborted("--retry-failed and --fresh contradict each other",
+                                 hint="--retry-failed redoes the failed records of the last run; --fresh starts a new one")
+            if latest is None:
+                raise RunAborted(f"--retry-failed: this pipeline has no earlier run in {self.root}",
+                                 hint="run it once without --retry-failed")
         if latest is not None and not self.options.fresh:
             meta = latest.meta()
             summary = latest.summary()
@@ -133,7 +150,7 @@ class Runner:
             if self.options.retry_failed:
                 if not same:
                     raise RunAborted(
-                        f"the pipeline changed since run {latest.run_id}; --retry-failed needs the same pipeline",
+                        f"{self._changed(meta)} changed since run {latest.run_id}; --retry-failed needs the same pipeline",
                         hint="undo the change, or start over with --fresh",
                     )
                 statuses = latest.status_by_id()
@@ -141,13 +158,13 @@ class Runner:
             if not finished:
                 if not same:
                     raise RunAborted(
-                        f"run {latest.run_id} of this pipeline did not finish, and the pipeline has changed since "
-                        f"(source, steps or model): its records would be mixed with the new ones",
+                        f"run {latest.run_id} of this pipeline did not finish, and {self._changed(meta)} changed "
+                        f"since: its records would be mixed with the new ones",
                         hint=f"rerun the unchanged pipeline to finish it, or pass --fresh to start a new run "
                              f"(the old one stays in {latest.path})",
                     )
                 return latest, set(latest.status_by_id()), "resume"
-            if same:
+            if same and meta.get("endpoint", endpoint(self.pipeline)) == endpoint(self.pipeline):
                 return latest, None, "done"
         run = RunDir(self.root / new_run_id())
         return run, None, "new"
@@ -173,15 +190,21 @@ class Runner:
             return summary
         if mode == "new":
             run.create({"pipeline": pipeline.name, "file": pipeline.file, "fingerprint": self.fingerprint,
+                        "fingerprint_parts": fingerprint_parts(pipeline), "endpoint": endpoint(pipeline),
                         "started": _now(), "config": public_config(pipeline)})
         else:
             run.repair_journal()
+            meta = run.meta()
+            if meta.get("endpoint") != endpoint(pipeline):  # resumed against another server: it ends there
+                meta["endpoint"] = endpoint(pipeline)
+                run.create(meta)
             notes.append(f"resuming run {run.run_id}: {len(skip_ids or ())} records already done"
                          if mode == "resume" else f"retrying failed records of run {run.run_id}")
         info = RunInfo(pipeline_name=pipeline.name, run_id=run.run_id, run_dir=str(run.path),
                        backend=pipeline.backend.name, model=str(getattr(pipeline.backend.options, "model", "")),
                        resumed=mode != "new")
         self.info = info
+        self.errors_path = run.errors_path
         self.stats.total = pipeline.source.count()
         if self.stats.total is not None and self.options.limit is not None:
             self.stats.total = min(self.stats.total, self.options.limit)
@@ -367,6 +390,7 @@ class Runner:
                 self._abort = exc
             return RecordResult(record, fields, ctx.exchanges, ctx.sentiments, error=f"{type(exc).__name__}: {exc}")
         except (RecordError, BackendError, OaipipeError) as exc:
+            self._failure_kinds[type(exc)] += 1
             return _failed(record, fields, ctx, step_label, exc)
         except TimeoutError:
             exc2 = RecordError(f"record took longer than backend.record_timeout={timeout}s")
@@ -407,17 +431,22 @@ class Runner:
     def _check_failures(self, result: RecordResult) -> None:
         if self._abort is not None:
             return
+        where = f"see {self.errors_path}" if self.errors_path else "see errors.jsonl in the run directory"
         if self.max_failures is not None and self.stats.failed > self.max_failures:
             self._abort = RunAborted(
-                f"{self.stats.failed} records failed, more than --max-failures {self.max_failures}; "
+                f"{self.stats.failed} record(s) failed, more than --max-failures {self.max_failures}; "
                 f"last: {result.error}",
-                hint="see errors.jsonl in the run directory; rerun the same command to continue after a fix",
+                hint=f"{where}; rerun the same command to continue after a fix",
             )
         elif self.max_failures is None and self.stats.done == 0 and self.stats.failed >= EARLY_ABORT_FAILURES:
-            self._abort = RunAborted(
-                f"the first {self.stats.failed} records all failed; last: {result.error}",
-                hint="fix the cause and rerun (finished records are kept), or pass --max-failures N to go on anyway",
-            )
+            message = f"the first {self.stats.failed} records all failed; last: {result.error}"
+            hint = f"{where}; fix the cause and rerun (finished records are kept), or pass --max-failures N to go on"
+            kinds = list(self._failure_kinds)
+            if len(kinds) == 1 and issubclass(kinds[0], BackendError):
+                # every record failed the same way at the backend (a server that is down, say): exit as that error
+                self._abort = kinds[0](message, hint=hint)
+            else:
+                self._abort = RunAborted(message, hint=hint)
 
     async def _dry_run(self, run: RunDir | None, headline: str, notes: list[str]) -> dict[str, Any]:
         try:

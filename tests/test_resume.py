@@ -97,7 +97,7 @@ def _changed_pipeline_is_refused(tmp_path: Path, path: Path, srv, capsys) -> Non
     code = main(["run", str(changed_path), "-q"])
     out = capsys.readouterr()
     assert code != 0
-    assert "did not finish, and the pipeline has changed" in out.err + out.out
+    assert "did not finish, and the steps changed since" in out.err + out.out
     assert "--fresh" in out.err + out.out
     assert chat_requests(srv) == 0
 

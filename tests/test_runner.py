@@ -352,3 +352,47 @@ def test_set_values_may_use_env_references(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("MY_SERVER_KEY", "sk-from-env-123")
     pipeline = load_pipeline(make_pipeline(tmp_path), ["backend.api_key=${env:MY_SERVER_KEY}"])
     assert pipeline.backend.options.api_key.get_secret_value() == "sk-from-env-123"
+
+
+def test_an_unfinished_run_may_resume_against_another_server(tmp_path: Path) -> None:
+    from oaipipe.testing import running_server
+
+    path = make_pipeline(tmp_path)
+    with running_server() as first:
+        partial = run_pipeline_file(path, ["backend.type=openai", f"backend.base_url={first.base_url}"], limit=2)
+    assert partial["status"] == "partial"
+    with running_server() as second:
+        rest = run_pipeline_file(path, ["backend.type=requests", f"backend.base_url={second.base_url}"])
+        assert rest["run_id"] == partial["run_id"] and rest["records"]["done"] == 3
+        # the same server through another transport: the run is done
+        again = run_pipeline_file(path, ["backend.type=openai", "backend.base_url=" + second.base_url + "/"])
+        assert again["status"] == "nothing-to-do"
+    with running_server() as third:
+        # a finished run against one server is not "done" for another server: that is a new run
+        other = run_pipeline_file(path, ["backend.type=openai", f"backend.base_url={third.base_url}"])
+        assert other["run_id"] != partial["run_id"] and other["records"]["done"] == 5
+
+
+def test_retry_failed_needs_an_earlier_run_and_no_fresh(tmp_path: Path) -> None:
+    path = make_pipeline(tmp_path)
+    with pytest.raises(RunAborted, match="no earlier run"):
+        run_pipeline_file(path, retry_failed=True)
+    run_pipeline_file(path)
+    with pytest.raises(RunAborted, match="contradict"):
+        run_pipeline_file(path, retry_failed=True, fresh=True)
+
+
+def test_a_server_that_is_down_stops_the_run_as_a_backend_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rows = [(str(i), f"text {i}") for i in range(12)]
+    make_csv(tmp_path / "r.csv", rows)
+    path = make_pipeline(tmp_path)
+    code = main(["run", str(path), "-q", "--no-cache", "--set", "backend.type=openai",
+                 "--set", f"backend.base_url=http://127.0.0.1:{port}/v1", "--set", "backend.max_retries=0"])
+    assert code == 4
+    err = capsys.readouterr().err
+    assert "first 10 records all failed" in err and "errors.jsonl" in err

@@ -72,7 +72,7 @@ def register_commands(cli: click.Group) -> None:
     @_set_option
     @click.option("--resume/--fresh", "resume", default=True,
                   help="Continue the last unfinished run (default), or start a new run")
-    @click.option("--limit", type=click.IntRange(min=0), help="Process at most N records")
+    @click.option("--limit", type=click.IntRange(min=1), help="Process at most N records")
     @click.option("--dry-run", is_flag=True, help="Validate and estimate tokens and cost; call nothing")
     @click.option("--max-failures", type=click.IntRange(min=0), help="Abort after more than N failed records")
     @click.option("--retry-failed", is_flag=True, help="Rerun only the records that failed in the last run")
