@@ -140,6 +140,7 @@ def load_pipeline(
             raise ConfigError(exc.message, file=file, line=line, column=col, key=f"plugins.{i}",
                               hint=exc.hint) from exc
     host.check_pending()
+    host.check_disabled()
     assistants = loaded.base_dir / cfg.assistants if cfg.assistants else None
     context = Context(base_dir=loaded.base_dir, host=host, pipeline_name=cfg.name,
                       settings={"assistants": str(assistants) if assistants else None,
@@ -250,6 +251,8 @@ def check_templates(pipeline: Pipeline) -> None:
 
                     close = difflib.get_close_matches(name, sorted(have), n=1)
                     hint = f"did you mean '{{{close[0]}}}'? " if close else ""
+                    if not name.isidentifier():
+                        hint += "for literal braces (JSON in a prompt) write {{ and }}; "
                     hint += f"fields available at this step: {', '.join(sorted(have))}"
                     line, col = loaded.where(f"steps.{i}.{opt}")
                     raise ConfigError(

@@ -186,6 +186,17 @@ class PluginHost:
             raise PluginLoadError(f"plugin module '{item}'{where} failed to import: {type(exc).__name__}: {exc}") from exc
         self._register_module(module, item, "module")
 
+    def check_disabled(self) -> None:
+        """A name in ``disable_plugins`` / ``--disable-plugin`` that matches no plugin is a mistake: say so."""
+        unknown = sorted(self.disabled - set(self.info))
+        if unknown:
+            close = [difflib.get_close_matches(n, list(self.info), n=1) for n in unknown]
+            hint = "; ".join(f"did you mean '{c[0]}'?" for c in close if c)
+            raise ConfigError(
+                f"cannot disable {', '.join(repr(n) for n in unknown)}: no plugin has that name",
+                hint=(hint + " " if hint else "") + "`oaipipe plugins` lists the plugin names",
+            )
+
     def check_pending(self) -> None:
         """Fail loudly on a hook implementation that matches no spec (a typo in a hook name)."""
         try:

@@ -136,3 +136,59 @@ def test_console_script_runs_as_a_real_process(pipeline: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "backend local" in proc.stderr  # the one-line backend announcement
     assert "finished: 2 done, 0 failed" in proc.stdout
+
+
+def test_disabling_a_plugin_that_does_not_exist_is_an_error(pipeline: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["validate", str(pipeline), "--disable-plugin", "no_such_plugin"]) == 2
+    assert "no plugin has that name" in capsys.readouterr().err
+
+
+def test_literal_braces_in_a_prompt_get_a_hint(pipeline: Path, capsys: pytest.CaptureFixture) -> None:
+    text = pipeline.read_text().replace('"Reply to: {text}"', """'Answer like {"mood": "x"}: {text}'""")
+    pipeline.write_text(text)
+    assert main(["validate", str(pipeline)]) == 2
+    assert "{{ and }}" in capsys.readouterr().err
+
+
+def test_unpriced_models_are_pointed_out(pipeline: Path, capsys: pytest.CaptureFixture) -> None:
+    from oaipipe.testing import running_server
+
+    with running_server() as srv:
+        assert main(["run", str(pipeline), "-q", "--set", "backend.type=openai", "--set",
+                     f"backend.base_url={srv.base_url}", "--set", "backend.model=my-own-model"]) == 0
+    out = capsys.readouterr().out
+    assert "no price known for local:my-own-model" in out
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    rows = "".join(f"{i},text number {i}\n" for i in range(40))
+    (tmp_path / "r.csv").write_text("id,text\n" + rows, encoding="utf-8")
+    path = tmp_path / "slow.yaml"
+    path.write_text(
+        "name: slow\nbackend: {type: local, latency: 0.2, concurrency: 2}\n"
+        "source: {type: csv, path: r.csv, id_column: id}\n"
+        'steps:\n  - {type: ask, prompt: "Reply to: {text}", output: reply}\n'
+        "sinks:\n  - {type: jsonl, path: out.jsonl}\n", encoding="utf-8")
+    proc = subprocess.Popen([oaipipe_exe(), "run", str(path), "-q"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    journal = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = list((tmp_path / "runs" / "slow").glob("*/journal.jsonl"))
+        if found and found[0].read_text().count("\n") >= 2:
+            journal = found[0]
+            break
+        time.sleep(0.05)
+    assert journal is not None
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "rerun the same command" in err
+    summary = json.loads((journal.parent / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert main(["run", str(path), "-q"]) == 0
+    ids = [json.loads(x)["_id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(ids, key=int) == [str(i) for i in range(40)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from typing import Any
 
@@ -17,6 +18,10 @@ _set_option = click.option(
 )
 _disable_option = click.option("--disable-plugin", "disabled", multiple=True, metavar="NAME",
                                help="Do not load this plugin (repeatable)")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -50,6 +55,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"{summary.get('calls', 0)} calls ({summary.get('cached', 0)} cached), "
         f"{tokens.get('total', 0)} tokens, ${summary.get('cost_usd', 0):.4f}"
     )
+    unpriced = sorted({row["model"] for row in summary.get("by_step", []) if not row.get("priced", True)})
+    if unpriced:
+        click.echo(f"  note: no price known for {', '.join(unpriced)}, counted as $0 "
+                   f"(add `prices: {{MODEL: {{input: USD_PER_1M, output: USD_PER_1M}}}}` to the pipeline)")
     click.echo(f"  run directory: {summary.get('run_dir')}")
     for sink in summary.get("sinks", []):
         click.echo(f"  output: {sink}")
@@ -90,6 +99,7 @@ def register_commands(cli: click.Group) -> None:
         from ..progress import make_reporter
         from ..runner import RunOptions, run_pipeline
 
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run like Ctrl-C: summary written, resumable
         built = load_pipeline(pipeline, list(overrides), disabled=list(disabled))
         options = RunOptions(fresh=not resume, limit=limit, dry_run=dry_run, max_failures=max_failures,
                              retry_failed=retry_failed, use_cache=not no_cache, max_cost=max_cost)
