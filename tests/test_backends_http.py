@@ -38,20 +38,6 @@ SCHEMA = {
 }
 
 
-def settled(srv: Any) -> dict[str, Any]:
-    """The server's counters once in-flight requests are counted (it counts after sending a reply)."""
-    import time
-
-    previous = srv.stats()
-    for _ in range(40):
-        time.sleep(0.05)
-        current = srv.stats()
-        if current == previous:
-            return current
-        previous = current
-    return previous
-
-
 @pytest.fixture(scope="module")
 def host() -> PluginHost:
     return PluginHost(entry_points=False)
@@ -102,7 +88,7 @@ def test_chat_round_trip_matches_local_engine(host: PluginHost, server: Any, kin
     assert remote.usage.total_tokens == remote.usage.prompt_tokens + remote.usage.completion_tokens
     assert remote.request_id and remote.request_id.startswith("req_")
     assert remote.finish_reason == "stop"
-    assert settled(server)["by_status"].get("200") == 1
+    assert server.settled_stats()["by_status"].get("200") == 1
 
 
 @pytest.mark.parametrize("kind", TRANSPORTS)
@@ -112,7 +98,7 @@ def test_responses_api(host: PluginHost, server: Any, kind: str) -> None:
     assert resp.text == local.text
     assert resp.usage.total_tokens > 0
     assert resp.request_id
-    paths = settled(server)["by_path"]
+    paths = server.settled_stats()["by_path"]
     assert any("responses" in p for p in paths), paths
 
 
@@ -149,7 +135,7 @@ def test_injected_errors_are_retried_until_every_call_completes(host: PluginHost
                        concurrency=8)
         requests = [req(f"message number {i}") for i in range(40)]
         responses = many(backend, requests)
-        stats = settled(srv)
+        stats = srv.settled_stats()
     assert len(responses) == 40 and all(r.text for r in responses)
     assert sum(stats["injected"].values()) > 0, stats
     assert stats["injected"].get("429", 0) > 0, stats
@@ -164,11 +150,11 @@ def test_refused_key_fails_after_exactly_one_request(host: PluginHost, kind: str
         backend = make(host, kind, base_url=srv.base_url, api_key=wrong, max_retries=5)
         with pytest.raises(AuthenticationError) as info:
             call(backend, req())
-        assert settled(srv)["requests"] == 1
+        assert srv.settled_stats()["requests"] == 1
         # the backend remembers the refusal: further calls fail at once, without resending the key
         with pytest.raises(AuthenticationError) as again:
             many(backend, [req(f"call {i}") for i in range(5)])
-        stats = settled(srv)
+        stats = srv.settled_stats()
     assert stats["requests"] == 1, stats
     assert "refused" in str(again.value)
     message = str(info.value)
@@ -204,7 +190,7 @@ def test_unknown_model_is_a_bad_request_without_retries(host: PluginHost, server
     assert info.value.status == 404
     assert "ft:gpt-4o-mini:acme::nosuchjob" in str(info.value)
     assert "oaipipe models" in str(info.value)
-    assert settled(server)["requests"] == 1
+    assert server.settled_stats()["requests"] == 1
 
 
 @pytest.mark.parametrize("kind", TRANSPORTS)
@@ -212,7 +198,7 @@ def test_dropped_connections_are_retried(host: PluginHost, kind: str) -> None:
     with running_server(drop_rate=0.3, seed=3) as srv:
         backend = make(host, kind, base_url=srv.base_url, max_retries=10, retry_base=0.01, retry_max_delay=0.02)
         responses = many(backend, [req(f"drop test {i}") for i in range(10)])
-        stats = settled(srv)
+        stats = srv.settled_stats()
     assert all(r.text for r in responses)
     assert stats["injected"].get("drop", 0) > 0, stats
 
@@ -223,7 +209,7 @@ def test_timeout_becomes_connection_error_after_retries(host: PluginHost, kind: 
         backend = make(host, kind, base_url=srv.base_url, timeout=0.3, max_retries=1, retry_base=0.01)
         with pytest.raises(BackendConnectionError) as info:
             call(backend, req())
-        stats = settled(srv)
+        stats = srv.settled_stats()
     assert stats["injected"].get("timeout") == 2, stats
     assert "2 attempts" in str(info.value)
     assert "timeout" in str(info.value).lower()
@@ -235,7 +221,7 @@ def test_persistent_503_gives_up_with_server_error(host: PluginHost, kind: str) 
         backend = make(host, kind, base_url=srv.base_url, max_retries=2, retry_base=0.0)
         with pytest.raises(ServerError) as info:
             call(backend, req())
-        assert settled(srv)["requests"] == 3
+        assert srv.settled_stats()["requests"] == 3
     assert info.value.status == 503
     assert "3 attempts" in str(info.value)
 
