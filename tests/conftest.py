@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from oaipipe.plugins import PluginHost
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,3 +30,11 @@ def server() -> Iterator:
 
     with running_server() as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def host() -> PluginHost:
+    """The built-in plugins only (no entry points), one host per test module."""
+    from oaipipe.plugins import PluginHost
+
+    return PluginHost(entry_points=False)

@@ -16,11 +16,6 @@ NEGATIVE = "Terrible. It arrived broken and I want a refund, very disappointed."
 NEUTRAL = "The package was delivered on Tuesday."
 
 
-@pytest.fixture(scope="module")
-def host() -> PluginHost:
-    return PluginHost(entry_points=False)
-
-
 def build(host: PluginHost, **block: Any) -> Analyzer:
     obj = host.build("analyzer", block, Context(host=host))
     assert isinstance(obj, Analyzer)

@@ -38,11 +38,6 @@ SCHEMA = {
 }
 
 
-@pytest.fixture(scope="module")
-def host() -> PluginHost:
-    return PluginHost(entry_points=False)
-
-
 def make(host: PluginHost, kind: str, **options: Any) -> Backend:
     backend = host.build("backend", {"type": kind, **options}, Context(host=host))
     assert isinstance(backend, Backend)

@@ -17,11 +17,6 @@ from oaipipe.types import Exchange, Record, RecordResult, RunInfo, Sentiment, Us
 DATA_URL = "data:image/png;base64," + "iVBORw0KGgo" * 200
 
 
-@pytest.fixture(scope="module")
-def host() -> PluginHost:
-    return PluginHost(entry_points=False)
-
-
 def build(host: PluginHost, tmp_path: Path, **block: Any) -> Sink:
     sink = host.build("sink", block, Context(base_dir=tmp_path, host=host))
     assert isinstance(sink, Sink)

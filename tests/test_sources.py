@@ -14,11 +14,6 @@ from oaipipe.errors import InputError
 from oaipipe.plugins import PluginHost
 
 
-@pytest.fixture(scope="module")
-def host() -> PluginHost:
-    return PluginHost(entry_points=False)
-
-
 def build(host: PluginHost, tmp_path: Path, **block: Any) -> Source:
     src = host.build("source", block, Context(base_dir=tmp_path, host=host))
     assert isinstance(src, Source)

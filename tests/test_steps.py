@@ -23,11 +23,6 @@ SCHEMA = {
 }
 
 
-@pytest.fixture(scope="module")
-def host() -> PluginHost:
-    return PluginHost(entry_points=False)
-
-
 def build(host: PluginHost, base_dir: Path, block: dict[str, Any], settings: dict[str, Any] | None = None) -> Step:
     step = host.build("step", block, Context(base_dir=base_dir, host=host, settings=settings or {}))
     assert isinstance(step, Step)
