@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,13 @@ import pytest
 from oaipipe.config import apply_overrides, interpolate_env, load_config
 from oaipipe.errors import ConfigError, UnknownPluginError
 from oaipipe.pipeline import load_pipeline
+
+
+def load_error(load: Callable[[Path], object], path: Path, kind: type[ConfigError] = ConfigError) -> ConfigError:
+    """The error ``load(path)`` raises (it must raise ``kind``)."""
+    with pytest.raises(kind) as info:
+        load(path)
+    return info.value
 
 
 def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
@@ -38,9 +46,7 @@ sinks:
 
 def test_malformed_yaml_names_file_line_and_column(tmp_path: Path) -> None:
     path = write(tmp_path, "name: t\nsource:\n  type: csv\n   path: x.csv\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    err = info.value
+    err = load_error(load_config, path)
     assert err.file == str(path)
     assert err.line == 4
     assert err.column is not None
@@ -50,56 +56,50 @@ def test_malformed_yaml_names_file_line_and_column(tmp_path: Path) -> None:
 
 def test_tab_indentation_is_reported_with_a_hint(tmp_path: Path) -> None:
     path = write(tmp_path, "name: t\nsource:\n\ttype: csv\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert info.value.line == 3
-    assert "spaces, not tabs" in str(info.value)
+    err = load_error(load_config, path)
+    assert err.line == 3
+    assert "spaces, not tabs" in str(err)
 
 
 def test_misspelled_top_level_key_suggests_the_right_one(tmp_path: Path, csv: Path) -> None:
     path = write(tmp_path, BASE.replace("sinks:", "sinkz:"))
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    text = str(info.value)
+    err = load_error(load_config, path)
+    text = str(err)
     assert "sinkz" in text
     assert "did you mean 'sinks'" in text
-    assert info.value.line == 6
+    assert err.line == 6
 
 
 def test_misspelled_plugin_option_names_key_path_and_line(tmp_path: Path, csv: Path) -> None:
     path = write(tmp_path, BASE.replace("id_column: id", "id_colum: id"))
-    with pytest.raises(ConfigError) as info:
-        load_pipeline(path)
-    text = str(info.value)
+    err = load_error(load_pipeline, path)
+    text = str(err)
     assert "source.id_colum" in text
     assert "did you mean 'id_column'" in text
-    assert info.value.line == 3
+    assert err.line == 3
 
 
 def test_missing_required_key(tmp_path: Path) -> None:
     path = write(tmp_path, "name: t\nsteps: []\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert "source" in str(info.value)
-    assert "required" in str(info.value)
+    err = load_error(load_config, path)
+    assert "source" in str(err)
+    assert "required" in str(err)
 
 
 def test_unknown_step_type_lists_available_names(tmp_path: Path, csv: Path) -> None:
     path = write(tmp_path, BASE.replace("type: sentiment", "type: sentimint"))
-    with pytest.raises(UnknownPluginError) as info:
-        load_pipeline(path)
-    text = str(info.value)
+    err = load_error(load_pipeline, path, UnknownPluginError)
+    text = str(err)
     assert "unknown step 'sentimint'" in text
     assert "did you mean 'sentiment'" in text
     assert "ask" in text and "describe_image" in text
-    assert info.value.line == 5
+    assert err.line == 5
 
 
 def test_unknown_analyzer_lists_analyzers(tmp_path: Path, csv: Path) -> None:
     path = write(tmp_path, BASE.replace("analyzer: vader", "analyzer: vadr"))
-    with pytest.raises(ConfigError) as info:
-        load_pipeline(path)
-    text = str(info.value)
+    err = load_error(load_pipeline, path)
+    text = str(err)
     assert "vadr" in text and "keyword" in text and "vader" in text
 
 
@@ -112,20 +112,18 @@ def test_unknown_backend_and_sink(tmp_path: Path, csv: Path) -> None:
 
 def test_plugins_path_that_does_not_exist(tmp_path: Path, csv: Path) -> None:
     path = write(tmp_path, "plugins: [my_plugins/nothere.py]\n" + BASE)
-    with pytest.raises(ConfigError) as info:
-        load_pipeline(path)
-    text = str(info.value)
+    err = load_error(load_pipeline, path)
+    text = str(err)
     assert "nothere.py" in text and "not found" in text
-    assert info.value.line == 1
+    assert err.line == 1
 
 
 def test_plugins_file_that_fails_to_import(tmp_path: Path, csv: Path) -> None:
     (tmp_path / "broken.py").write_text("import not_a_real_module_xyz\n", encoding="utf-8")
     path = write(tmp_path, "plugins: [broken.py]\n" + BASE)
-    with pytest.raises(ConfigError) as info:
-        load_pipeline(path)
-    assert "broken.py" in str(info.value)
-    assert "not_a_real_module_xyz" in str(info.value)
+    err = load_error(load_pipeline, path)
+    assert "broken.py" in str(err)
+    assert "not_a_real_module_xyz" in str(err)
 
 
 def test_plugins_dotted_name_that_does_not_exist(tmp_path: Path, csv: Path) -> None:
@@ -145,11 +143,10 @@ def test_plugin_with_a_misspelled_hook_fails_loudly(tmp_path: Path, csv: Path) -
 
 def test_template_naming_a_missing_column_points_at_the_step(tmp_path: Path, csv: Path) -> None:
     path = write(tmp_path, BASE.replace('input: "{text}"', 'input: "{txt}"'))
-    with pytest.raises(ConfigError) as info:
-        load_pipeline(path)
-    text = str(info.value)
+    err = load_error(load_pipeline, path)
+    text = str(err)
     assert "'txt'" in text and "did you mean '{text}'" in text
-    assert info.value.line == 5
+    assert err.line == 5
 
 
 def test_template_may_use_an_earlier_steps_output(tmp_path: Path, csv: Path) -> None:
@@ -218,18 +215,16 @@ def test_empty_and_non_mapping_files(tmp_path: Path) -> None:
 
 
 def test_duplicate_key_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as info:
-        load_config(write(tmp_path, "name: a\nname: b\nsource: {type: csv}\n"))
-    assert "twice" in str(info.value)
-    assert info.value.line == 2
+    err = load_error(load_config, write(tmp_path, "name: a\nname: b\nsource: {type: csv}\n"))
+    assert "twice" in str(err)
+    assert err.line == 2
 
 
 def test_train_block_keys_are_validated_with_their_line(tmp_path: Path, csv: Path) -> None:
     path = write(tmp_path, BASE + "train: {type: local, selct: {s: positive}}\n")
-    with pytest.raises(ConfigError) as info:
-        load_pipeline(path)
-    assert "train.selct" in str(info.value) and "did you mean 'select'" in str(info.value)
-    assert info.value.line == 8
+    err = load_error(load_pipeline, path)
+    assert "train.selct" in str(err) and "did you mean 'select'" in str(err)
+    assert err.line == 8
 
 
 def test_train_select_names_a_field_and_a_label_that_exist(tmp_path: Path, csv: Path) -> None:
