@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,17 @@ DATA_URL = "data:image/png;base64," + "iVBORw0KGgo" * 200
 def build(host: PluginHost, tmp_path: Path, **block: Any) -> Sink:
     sink = host.build("sink", block, Context(base_dir=tmp_path, host=host))
     assert isinstance(sink, Sink)
+    return sink
+
+
+def write_run(host: PluginHost, tmp_path: Path, results: Iterable[RecordResult], *, run_id: str = "R1",
+              **block: Any) -> Sink:
+    """Build a sink from ``block``, open it for a new run ``run_id``, write ``results`` and close it."""
+    sink = build(host, tmp_path, **block)
+    sink.open(run_info(run_id), None)
+    for res in results:
+        sink.write(res)
+    sink.close()
     return sink
 
 
@@ -60,10 +72,8 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 def test_dialogue_jsonl_format(host: PluginHost, tmp_path: Path) -> None:
-    sink = build(host, tmp_path, type="dialogue-jsonl", path="out/deep/dialogue.jsonl")
-    sink.open(run_info(), None)
-    sink.write(result("a", reply="Réponse: très bien 😀"))
-    sink.close()
+    sink = write_run(host, tmp_path, [result("a", reply="Réponse: très bien 😀")],
+                     type="dialogue-jsonl", path="out/deep/dialogue.jsonl")
     sink.close()  # idempotent
     path = tmp_path / "out" / "deep" / "dialogue.jsonl"
     assert "très bien 😀" in path.read_text(encoding="utf-8")  # ensure_ascii=False
@@ -84,10 +94,8 @@ def test_dialogue_jsonl_format(host: PluginHost, tmp_path: Path) -> None:
 def test_dialogue_sentiment_from_step_else_analyzer(host: PluginHost, tmp_path: Path) -> None:
     reply = "Thanks, glad you like it!"
     given = Sentiment("negative", -0.5, analyzer="keyword")  # deliberately not what vader would say
-    sink = build(host, tmp_path, type="dialogue-jsonl", path="d.jsonl")
-    sink.open(run_info(), None)
-    sink.write(result("a", reply=reply, sentiments={reply: given}))
-    sink.close()
+    write_run(host, tmp_path, [result("a", reply=reply, sentiments={reply: given})],
+              type="dialogue-jsonl", path="d.jsonl")
     [entry] = lines(tmp_path / "d.jsonl")
     assistant = entry["messages"][2]
     assert assistant["sentiment"] == {"label": "negative", "score": -0.5, "analyzer": "keyword"}
@@ -95,29 +103,18 @@ def test_dialogue_sentiment_from_step_else_analyzer(host: PluginHost, tmp_path: 
 
 
 def test_dialogue_analyzer_option(host: PluginHost, tmp_path: Path) -> None:
-    off = build(host, tmp_path, type="dialogue-jsonl", path="off.jsonl", analyzer=None)
-    off.open(run_info(), None)
-    off.write(result("a"))
-    off.close()
+    write_run(host, tmp_path, [result("a")], type="dialogue-jsonl", path="off.jsonl", analyzer=None)
     assert all(m["sentiment"] is None for m in lines(tmp_path / "off.jsonl")[0]["messages"])
-    kw = build(host, tmp_path, type="dialogue-jsonl", path="kw.jsonl", analyzer="keyword")
-    kw.open(run_info(), None)
-    kw.write(result("a", reply="great, thanks"))
-    kw.close()
+    write_run(host, tmp_path, [result("a", reply="great, thanks")],
+              type="dialogue-jsonl", path="kw.jsonl", analyzer="keyword")
     assistant = lines(tmp_path / "kw.jsonl")[0]["messages"][2]
     assert assistant["sentiment"] == {"label": "positive", "score": 1.0, "analyzer": "keyword"}
 
 
 def test_dialogue_jsonl_skips_failed_records_and_appends(host: PluginHost, tmp_path: Path) -> None:
-    sink = build(host, tmp_path, type="dialogue-jsonl", path="d.jsonl")
-    sink.open(run_info("R1"), None)
-    sink.write(result("a", exchanges=2))
-    sink.write(result("b", error="TemplateError: no field 'x'"))
-    sink.close()
-    again = build(host, tmp_path, type="dialogue-jsonl", path="d.jsonl")
-    again.open(run_info("R2"), None)
-    again.write(result("c"))
-    again.close()
+    write_run(host, tmp_path, [result("a", exchanges=2), result("b", error="TemplateError: no field 'x'")],
+              type="dialogue-jsonl", path="d.jsonl")
+    write_run(host, tmp_path, [result("c")], run_id="R2", type="dialogue-jsonl", path="d.jsonl")
     got = [(e["run_id"], e["record_id"], e["step"]) for e in lines(tmp_path / "d.jsonl")]
     assert got == [("R1", "a", "ask:reply"), ("R1", "a", "ask:reply1"), ("R2", "c", "ask:reply")]
 
@@ -128,11 +125,7 @@ def test_dialogue_jsonl_exactly_once_on_resume(host: PluginHost, tmp_path: Path)
     old.open(run_info("R0"), None)
     old.write(result("c"))  # an earlier run's line for the same id: must stay
     old.close()
-    first = build(host, tmp_path, type="dialogue-jsonl", path="d.jsonl")
-    first.open(run_info("R1"), None)
-    for rid in "abc":
-        first.write(result(rid))
-    first.close()
+    write_run(host, tmp_path, map(result, "abc"), type="dialogue-jsonl", path="d.jsonl")
     with path.open("a", encoding="utf-8") as fh:
         fh.write('{"run_id": "R1", "record_id": "d", "mess')  # crash mid-write
     resumed = build(host, tmp_path, type="dialogue-jsonl", path="d.jsonl")
@@ -149,10 +142,7 @@ def test_dialogue_jsonl_exactly_once_on_resume(host: PluginHost, tmp_path: Path)
 def test_dialogue_jsonl_truncated_tail_dropped_on_fresh_run(host: PluginHost, tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text('{"run_id": "R0", "record_id": "x"}\n{"run_id": "R0", "rec', encoding="utf-8")
-    sink = build(host, tmp_path, type="dialogue-jsonl", path="d.jsonl")
-    sink.open(run_info("R1"), None)
-    sink.write(result("a"))
-    sink.close()
+    write_run(host, tmp_path, [result("a")], type="dialogue-jsonl", path="d.jsonl")
     assert [e["record_id"] for e in lines(path)] == ["x", "a"]
 
 
@@ -163,10 +153,7 @@ def test_dialogue_never_writes_image_data_urls(host: PluginHost, tmp_path: Path)
         {"type": "image_url", "image_url": {"url": DATA_URL, "detail": "low"}},
     ]
     for kind, name in (("dialogue-jsonl", "d.jsonl"), ("dialogue-json", "d.json")):
-        sink = build(host, tmp_path, type=kind, path=name)
-        sink.open(run_info(), None)
-        sink.write(rec)
-        sink.close()
+        write_run(host, tmp_path, [rec], type=kind, path=name)
         text = (tmp_path / name).read_text(encoding="utf-8")
         assert "iVBORw0KGgo" not in text
         assert "What's in this image?" in text and "data:image/png;base64,..." in text
@@ -203,11 +190,7 @@ def test_dialogue_json_keeps_old_entries_and_resumes_exactly_once(host: PluginHo
     path = tmp_path / "d.json"
     seed_entry = {"role": "user", "content": "from the old module", "sentiment": "positive"}
     path.write_text(json.dumps([seed_entry]), encoding="utf-8")
-    first = build(host, tmp_path, type="dialogue-json", path="d.json")
-    first.open(run_info("R1"), None)
-    for rid in "abc":
-        first.write(result(rid))
-    first.close()
+    write_run(host, tmp_path, map(result, "abc"), type="dialogue-json", path="d.json")
     assert len(json.loads(path.read_text(encoding="utf-8"))) == 10
     resumed = build(host, tmp_path, type="dialogue-json", path="d.json")
     resumed.open(run_info("R1"), {"a", "b"})
@@ -280,29 +263,20 @@ def test_dialogue_json_zero_records_writes_empty_array(host: PluginHost, tmp_pat
 
 
 def test_records_jsonl_format_and_failed(host: PluginHost, tmp_path: Path) -> None:
-    sink = build(host, tmp_path, type="jsonl", path="out/records.jsonl")
-    sink.open(run_info(), None)
-    sink.write(result("a"))
-    sink.write(result("b", error="boom"))
-    sink.close()
+    write_run(host, tmp_path, [result("a"), result("b", error="boom")],
+              type="jsonl", path="out/records.jsonl")
     [row] = lines(tmp_path / "out" / "records.jsonl")
     assert row == {"_id": "a", "_run": "R1", "id": "a", "text": "review a", "reply": "Thanks, glad you like it!",
                    "meta": {"n": 1}, "tags": ["a", "b"]}
-    failed = build(host, tmp_path, type="jsonl", path="f.jsonl", include_failed=True)
-    failed.open(run_info(), None)
-    failed.write(result("b", error="TemplateError: no field 'x'"))
-    failed.close()
+    write_run(host, tmp_path, [result("b", error="TemplateError: no field 'x'")],
+              type="jsonl", path="f.jsonl", include_failed=True)
     [row] = lines(tmp_path / "f.jsonl")
     assert row["_id"] == "b" and row["_error"] == "TemplateError: no field 'x'"
 
 
 def test_records_jsonl_exactly_once_on_resume(host: PluginHost, tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
-    first = build(host, tmp_path, type="jsonl", path="r.jsonl")
-    first.open(run_info("R1"), None)
-    for rid in "abc":
-        first.write(result(rid))
-    first.close()
+    write_run(host, tmp_path, map(result, "abc"), type="jsonl", path="r.jsonl")
     with path.open("a", encoding="utf-8") as fh:
         fh.write('{"_id": "d", "_run": "R1", "te')
     resumed = build(host, tmp_path, type="jsonl", path="r.jsonl")
@@ -340,10 +314,8 @@ def test_records_csv_format(host: PluginHost, tmp_path: Path) -> None:
 
 def test_records_csv_columns_option_and_append(host: PluginHost, tmp_path: Path) -> None:
     for run in ("R1", "R2"):
-        sink = build(host, tmp_path, type="csv", path="r.csv", columns=["reply", "text"])
-        sink.open(run_info(run), None)
-        sink.write(result("a" if run == "R1" else "b"))
-        sink.close()
+        write_run(host, tmp_path, [result("a" if run == "R1" else "b")],
+                  run_id=run, type="csv", path="r.csv", columns=["reply", "text"])
     rows = read_csv(tmp_path / "r.csv")
     assert rows == [
         ["record_id", "reply", "text", "run_id"],
@@ -386,9 +358,6 @@ def test_records_jsonl_own_keys_win_over_record_fields(host: PluginHost, tmp_pat
     rec = result("a")
     rec.fields["_id"] = "spoofed"
     rec.fields["_run"] = "other"
-    sink = build(host, tmp_path, type="jsonl", path="r.jsonl")
-    sink.open(run_info("R1"), None)
-    sink.write(rec)
-    sink.close()
+    write_run(host, tmp_path, [rec], type="jsonl", path="r.jsonl")
     [row] = lines(tmp_path / "r.jsonl")
     assert (row["_id"], row["_run"]) == ("a", "R1")
