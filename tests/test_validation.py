@@ -160,3 +160,33 @@ def test_validating_a_csv_points_at_dataset_build(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as err:
         validate_file(csv)
     assert "oaipipe dataset build" in str(err.value)
+
+
+def _sft_line(i: int, system: bool = False) -> str:
+    messages = [{"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": f"answer {i}."}]
+    if system:
+        messages.insert(0, {"role": "system", "content": "Be brief."})
+    return json.dumps({"messages": messages})
+
+
+def test_an_unparseable_line_is_an_error_not_an_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join([_sft_line(i) for i in range(10)] + ["not json"]) + "\n")
+    report = validate_file(data)
+    assert report.n_examples == 10
+    assert report.errors["invalid_json"][0].startswith("line 11")
+    assert "too_few_examples" not in report.errors
+    assert report.warnings == []
+    assert main(["dataset", "validate", str(data)]) == 6
+    out = capsys.readouterr().out
+    assert "10 supervised example(s)" in out and "invalid_json: 1" in out
+    assert "no system message" not in out
+
+
+def test_system_message_warning_counts_valid_examples_only(tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    lines = [_sft_line(i, system=i < 3) for i in range(10)] + ["{broken", '"a string"']
+    data.write_text("\n".join(lines) + "\n")
+    report = validate_file(data)
+    assert report.warnings == ["7 example(s) have no system message while others do"]
+    assert report.n_examples == 11  # the string row parses (a data_type error), the broken line does not

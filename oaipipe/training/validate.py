@@ -179,7 +179,8 @@ def validate_rows(rows: list[tuple[str, Any]], *, method: str = "supervised", mo
     if method not in ("supervised", "dpo"):
         raise DatasetError(f"unknown fine-tuning method {method!r}", hint="use supervised or dpo")
     limit = token_limit or token_limit_for(model)
-    report = ValidationReport(source=source, method=method, model=model, n_examples=len(rows),
+    parsed = [(where, row) for where, row in rows if not isinstance(row, ParseError)]
+    report = ValidationReport(source=source, method=method, model=model, n_examples=len(parsed),
                               token_limit=limit, tokenizer=tokenizer_name(model), min_examples=min_examples)
     lengths: list[int] = []
     assistant: list[int] = []
@@ -217,18 +218,20 @@ def validate_rows(rows: list[tuple[str, Any]], *, method: str = "supervised", mo
         n_messages.append(len(convo))
         if n > limit:
             report.add("example_over_token_limit", f"{where} ({n:,} tokens)")
-    if len(rows) < min_examples:
-        report.add("too_few_examples", f"{len(rows)} example(s), at least {min_examples} needed")
+    if len(parsed) < min_examples:
+        report.add("too_few_examples", f"{len(parsed)} example(s), at least {min_examples} needed")
     report.tokens = _stats(lengths)
     report.assistant_tokens = _stats(assistant)
     report.messages_per_example = _stats(n_messages)
     if lengths:
         report.estimate = estimate_training(lengths, model=model, token_limit=limit, n_epochs=n_epochs, prices=prices)
-    missing_system = sum(1 for _, r in rows if isinstance(r, dict) and method == "supervised"
-                         and isinstance(r.get("messages"), list)
-                         and not any(isinstance(m, dict) and m.get("role") == "system" for m in r["messages"]))
-    if missing_system and missing_system < len(rows):
-        report.warnings.append(f"{missing_system} example(s) have no system message while others do")
+    if method == "supervised":
+        # only parsed examples with a messages list take part: an unparseable line is an error, not an example
+        with_messages = [r["messages"] for _, r in parsed if isinstance(r, dict) and isinstance(r.get("messages"), list)]
+        missing_system = sum(1 for msgs in with_messages
+                             if not any(isinstance(m, dict) and m.get("role") == "system" for m in msgs))
+        if 0 < missing_system < len(with_messages):
+            report.warnings.append(f"{missing_system} example(s) have no system message while others do")
     return report
 
 
