@@ -4,7 +4,9 @@ The table holds list prices as published by OpenAI (standard tier) at the time o
 Override any entry from a pipeline (``prices: {model: {input: 0.15, output: 0.6}}``) or with a JSON/YAML
 file named by ``OAIPIPE_PRICES``. Models are matched by exact id, then by the longest known prefix
 (``gpt-4o-mini-2024-07-18`` → ``gpt-4o-mini``; ``ft:gpt-4o-mini:org::id`` → the fine-tuned price of
-``gpt-4o-mini``). The local engine and unknown models cost 0 and are reported as unpriced.
+``gpt-4o-mini``). The local engine and unknown models cost 0 and are reported as unpriced, unless an
+override names that exact model id (``prices: {"local:gpt-4o-mini": {input: 1000, output: 4000}}``):
+an explicit override for an exact id always wins, which lets ``--max-cost`` be tried offline.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class PriceTable:
 
     def __init__(self, overrides: dict[str, dict[str, float]] | None = None) -> None:
         self.prices: dict[str, dict[str, float]] = {k: dict(v) for k, v in DEFAULT_PRICES.items()}
+        #: model ids given explicitly by the user (pipeline ``prices:`` or ``OAIPIPE_PRICES``)
+        self.overridden: set[str] = set()
         env_file = os.environ.get("OAIPIPE_PRICES")
         if env_file:
             self.update(_read_table(Path(env_file)))
@@ -73,8 +77,14 @@ class PriceTable:
     def update(self, table: dict[str, dict[str, float]]) -> None:
         for model, entry in table.items():
             self.prices.setdefault(model, {}).update({k: float(v) for k, v in entry.items()})
+            self.overridden.add(model)
 
     def lookup(self, model: str) -> Price:
+        if model and model in self.overridden:
+            # an explicit price for this exact id wins, also for local models (try --max-cost offline)
+            entry = self.prices[model]
+            return Price(model=model, input=entry.get("input", 0.0), output=entry.get("output", 0.0),
+                         cached_input=entry.get("cached_input"), training=entry.get("training"))
         if not model or model.startswith("local"):
             return Price(model=model, known=False)
         fine_tuned = model.startswith("ft:")
