@@ -162,7 +162,7 @@ class JobRegistry:
         matches = [j for j in jobs if j.id.startswith(job_id)] if job_id else []
         if len(matches) == 1:
             return matches[0]
-        known = ", ".join(j.id for j in jobs[-5:]) or "(none yet)"
+        known = ", ".join(j.id for j in reversed(jobs[-5:])) or "(none yet)"  # newest first
         raise TrainingError(f"no job '{job_id}' in the registry {self.path}",
                             hint=f"`oaipipe jobs list` shows every job; recent ids: {known}")
 

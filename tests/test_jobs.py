@@ -137,3 +137,14 @@ def test_events_tail_is_bounded_and_deduplicated() -> None:
 def test_round_trip_ignores_unknown_keys() -> None:
     data = job(1).to_dict() | {"from_the_future": 1}
     assert Job.from_dict(data).id == "ftjob-0001"
+
+
+def test_unknown_id_hint_lists_recent_ids_newest_first(tmp_path: Path) -> None:
+    reg = JobRegistry(tmp_path / "jobs.json")
+    for i in range(1, 8):
+        reg.add(job(i))
+    with pytest.raises(TrainingError) as err:
+        reg.get("nope")
+    hint = str(err.value).split("recent ids: ", 1)[1]
+    assert hint.startswith("ftjob-0007, ftjob-0006, ftjob-0005, ftjob-0004, ftjob-0003")
+    assert "ftjob-0002" not in hint

@@ -302,3 +302,17 @@ def test_a_pipeline_can_name_the_fine_tuned_model(tmp_path: Path, capsys: pytest
     assert main(["run", str(tmp_path / "p.yaml")]) == 0
     record = json.loads((tmp_path / "out" / "records.jsonl").read_text().splitlines()[0])
     assert record["reply"].startswith("You can follow your parcel from the link in your shipping confirmation")
+
+
+def test_cancelling_a_finished_job_says_so_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(QA), "--wait"]) == 0  # the local trainer: succeeded at once
+    job = JobRegistry().list()[0]
+    assert job.status == "succeeded"
+    out_of(capsys)
+    assert main(["jobs", "cancel", job.id]) == 0
+    out = out_of(capsys)[0]
+    assert f"job {job.id} already finished (status succeeded)" in out and "nothing to cancel" in out
+    assert main(["jobs", "cancel", job.id, "--json"]) == 0
+    data = json.loads(out_of(capsys)[0])
+    assert data["already_finished"] is True and data["status"] == "succeeded"
+    assert JobRegistry().get(job.id).status == "succeeded"

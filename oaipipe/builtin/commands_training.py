@@ -314,9 +314,16 @@ def register_commands(cli: click.Group) -> None:
     @_registry_option
     @_json_option
     def jobs_cancel(job_id: str, api_key_env: str | None, registry_path: str | None, as_json: bool) -> None:
-        """Cancel a job that is still running."""
+        """Cancel a job that is still running (a job that already finished: a message and exit 0)."""
         registry = _registry(registry_path)
         job = registry.get(job_id)
+        if job.finished:
+            # nothing to do is not a failure: exit 0 and say so (documented in docs/training.md)
+            if as_json:
+                _echo_json({**job.to_dict(), "already_finished": True})
+            else:
+                click.echo(f"job {job.id} already finished (status {job.status}); there is nothing to cancel")
+            return
         job = _trainer(job, api_key_env).cancel(job)
         registry.update(job)
         if as_json:
