@@ -361,3 +361,15 @@ def test_records_jsonl_own_keys_win_over_record_fields(host: PluginHost, tmp_pat
     write_run(host, tmp_path, [rec], type="jsonl", path="r.jsonl")
     [row] = lines(tmp_path / "r.jsonl")
     assert (row["_id"], row["_run"]) == ("a", "R1")
+
+
+def test_reconcile_jsonl_helper_at_its_documented_import_path(tmp_path: Path) -> None:
+    from oaipipe.builtin.sink_dialogue import reconcile_jsonl  # as docs/plugins.md shows it
+
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"_run": "R1", "_id": "a"}\n{"_run": "R1", "_id": "b"}\n{"_run": "R0", "_id": "b"}\n{"_ru',
+                    encoding="utf-8")
+    assert reconcile_jsonl(path, run_id="R1", done_ids={"a"}, run_key="_run", id_key="_id") == 2
+    assert [(r["_run"], r["_id"]) for r in lines(path)] == [("R1", "a"), ("R0", "b")]
+    assert reconcile_jsonl(path, run_id="R1", done_ids={"a"}, run_key="_run", id_key="_id") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]

@@ -30,6 +30,7 @@ from ..fsutil import write_text_atomic
 from ..hookspecs import hookimpl
 from ..types import Exchange, RecordResult, RunInfo, Sentiment
 from ._sink_files import JsonlAppendingSink, unfinished, utc_now
+from ._sink_files import reconcile_jsonl as reconcile_jsonl  # documented import path (docs/plugins.md)
 
 # --- shared helpers ------------------------------------------------------------------------------------
 
