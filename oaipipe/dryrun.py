@@ -3,7 +3,8 @@
 Every record goes through the real steps, so templates are rendered and images prepared exactly as in
 a run, but the backend is replaced by a stand-in that only *measures* each request:
 
-* prompt tokens: :func:`oaipipe.tokens.count_message_tokens` (images by OpenAI's tile rule);
+* prompt tokens: :func:`oaipipe.tokens.count_message_tokens` (images by the request model's rule:
+  :func:`oaipipe.tokens.image_tokens` with ``model=``, e.g. 2833 + 5667 per tile on gpt-4o-mini);
 * completion tokens: the request's ``max_tokens`` if set, else ``completion_tokens`` per call
   (default :data:`DEFAULT_COMPLETION_TOKENS`), an assumption the summary states;
 * cost: :class:`oaipipe.pricing.PriceTable` with the pipeline's ``prices:`` (half price for ``batch``).
@@ -41,7 +42,8 @@ class _Counter:
         self.unpriced: set[str] = set()
 
     async def call(self, request: ChatRequest) -> ChatResponse:
-        prompt = count_message_tokens(request.messages, request.model)
+        # images by the request model's own rule (gpt-4o-mini, patch-based models bill differently)
+        prompt = count_message_tokens(request.messages, request.model, image_model=request.model)
         completion = request.max_tokens or self.completion_tokens
         price = self.prices.lookup(request.model)
         cost = 0.0

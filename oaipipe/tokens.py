@@ -18,6 +18,8 @@ __all__ = [
     "count_message_tokens",
     "count_tokens",
     "encoding_name_for_model",
+    "image_patches",
+    "image_rule",
     "image_tokens",
     "tokenizer_name",
 ]
@@ -80,14 +82,58 @@ def count_tokens(text: str, model: str = "gpt-4o-mini") -> int:
     return _encoder(encoding_name_for_model(model))[1](text)
 
 
-def image_tokens(width: int, height: int, detail: str = "auto") -> int:
-    """Input tokens of one image for gpt-4o-class models (OpenAI's tile rule).
+#: tile-rule models: (base tokens, tokens per 512-px tile); ``low`` detail costs the base alone.
+#: gpt-4o-mini bills images at 2833 + 5667 per tile so that an image costs the same dollars as on gpt-4o.
+_TILE_RULES: dict[str, tuple[int, int]] = {
+    "gpt-4o-mini": (2833, 5667),
+}
+_DEFAULT_TILE_RULE = (85, 170)
 
-    ``low`` costs 85. ``high`` (and ``auto``) scales the image to fit 2048×2048, then its shortest side to
-    768, and charges 170 per 512-px tile plus 85.
+#: patch-rule models: 32-px patches, capped at 1536, times this multiplier (longest prefix wins)
+_PATCH_MULTIPLIERS: dict[str, float] = {
+    "gpt-4.1-mini": 1.62,
+    "gpt-4.1-nano": 2.46,
+    "gpt-5-mini": 1.62,
+    "gpt-5-nano": 2.46,
+    "o4-mini": 1.72,
+}
+PATCH_SIZE = 32
+PATCH_BUDGET = 1536
+
+
+def image_rule(model: str | None) -> tuple[str, tuple[float, ...]]:
+    """Which image rule prices ``model``: ``("tile", (base, per_tile))`` or ``("patch", (multiplier,))``.
+
+    ``None`` (and any model not listed, e.g. gpt-4o, gpt-4.1, gpt-5, o1/o3) gets gpt-4o's 85/170 tile rule.
     """
-    if detail == "low":
-        return 85
+    if model is None:
+        return "tile", _DEFAULT_TILE_RULE
+    name = _base_model(model)
+    patch = [k for k in _PATCH_MULTIPLIERS if name.startswith(k)]
+    tile = [k for k in _TILE_RULES if name.startswith(k)]
+    best_patch = max(patch, key=len) if patch else ""
+    best_tile = max(tile, key=len) if tile else ""
+    if best_patch and len(best_patch) >= len(best_tile):
+        return "patch", (_PATCH_MULTIPLIERS[best_patch],)
+    if best_tile:
+        return "tile", _TILE_RULES[best_tile]
+    return "tile", _DEFAULT_TILE_RULE
+
+
+def image_patches(width: int, height: int) -> int:
+    """32-px patches of an image, after scaling it down to fit :data:`PATCH_BUDGET` patches (OpenAI's rule)."""
+    w, h = max(width, 1), max(height, 1)
+    patches = math.ceil(w / PATCH_SIZE) * math.ceil(h / PATCH_SIZE)
+    if patches <= PATCH_BUDGET:
+        return patches
+    shrink = math.sqrt(PATCH_SIZE ** 2 * PATCH_BUDGET / (w * h))
+    shrink *= min(max(math.floor(w * shrink / PATCH_SIZE), 1) / (w * shrink / PATCH_SIZE),
+                  max(math.floor(h * shrink / PATCH_SIZE), 1) / (h * shrink / PATCH_SIZE))
+    rw, rh = max(int(w * shrink), 1), max(int(h * shrink), 1)
+    return min(PATCH_BUDGET, math.ceil(rw / PATCH_SIZE) * math.ceil(rh / PATCH_SIZE))
+
+
+def _tiles(width: int, height: int) -> int:
     w, h = float(max(width, 1)), float(max(height, 1))
     if max(w, h) > 2048:
         scale = 2048 / max(w, h)
@@ -95,8 +141,25 @@ def image_tokens(width: int, height: int, detail: str = "auto") -> int:
     if min(w, h) > 768:
         scale = 768 / min(w, h)
         w, h = w * scale, h * scale
-    tiles = math.ceil(w / 512) * math.ceil(h / 512)
-    return 170 * tiles + 85
+    return math.ceil(w / 512) * math.ceil(h / 512)
+
+
+def image_tokens(width: int, height: int, detail: str = "auto", model: str | None = None) -> int:
+    """Input tokens of one image for ``model`` (``None``: gpt-4o's rule, as before).
+
+    Tile rule (gpt-4o, gpt-4.1, gpt-5, o1/o3, unknown models: 85/170; gpt-4o-mini: 2833/5667): ``low``
+    costs the base; ``high``/``auto`` fit the image into 2048×2048, scale its shortest side down to 768,
+    and charge the base plus one tile price per 512-px tile.
+    Patch rule (gpt-4.1-mini/nano, gpt-5-mini/nano, o4-mini): 32-px patches, scaled down to at most 1536,
+    times the model's multiplier (rounded); ``detail`` does not change it.
+    """
+    kind, params = image_rule(model)
+    if kind == "patch":
+        return round(image_patches(width, height) * params[0])
+    base, per_tile = int(params[0]), int(params[1])
+    if detail == "low":
+        return base
+    return per_tile * _tiles(width, height) + base
 
 
 def _image_size(part: dict[str, Any]) -> tuple[int, int] | None:
@@ -119,7 +182,7 @@ def _image_size(part: dict[str, Any]) -> tuple[int, int] | None:
         return None
 
 
-def _content_tokens(content: Any, model: str) -> int:
+def _content_tokens(content: Any, model: str, image_model: str | None = None) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
@@ -137,20 +200,23 @@ def _content_tokens(content: Any, model: str) -> int:
                 inner = part.get("image_url")
                 detail = part.get("detail") or (inner.get("detail") if isinstance(inner, dict) else None)
                 size = _image_size(part)
-                total += image_tokens(*(size or (512, 512)), detail=detail or "auto")
+                total += image_tokens(*(size or (512, 512)), detail=detail or "auto", model=image_model)
         return total
     return count_tokens(str(content), model)
 
 
-def count_message_tokens(messages: list[dict[str, Any]], model: str = "gpt-4o-mini") -> int:
+def count_message_tokens(messages: list[dict[str, Any]], model: str = "gpt-4o-mini", *,
+                         image_model: str | None = None) -> int:
     """Prompt tokens of a chat request (OpenAI cookbook rule): 3 per message, the content, 1 per
-    ``name``, and 3 for the reply priming. Image parts are counted with :func:`image_tokens`."""
+    ``name``, and 3 for the reply priming. Image parts are counted with :func:`image_tokens` for
+    ``image_model`` (``None``: gpt-4o's tile rule, the default for compatibility; pass the request's
+    model to get what OpenAI bills for that model)."""
     total = 3
     for message in messages:
         total += 3
         for key, value in message.items():
             if key == "content":
-                total += _content_tokens(value, model)
+                total += _content_tokens(value, model, image_model)
             elif key == "name":
                 total += 1 + count_tokens(str(value), model)
             elif isinstance(value, str):

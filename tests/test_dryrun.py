@@ -83,3 +83,28 @@ def test_dry_run_counts_records_that_would_fail(tmp_path: Path, capsys) -> None:
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "1 records would fail" in out and "invalid JSON" in out
+
+
+def _image_pipeline(tmp_path: Path, model: str) -> Path:
+    from PIL import Image
+
+    # 512x512: sent as is (larger images are scaled down by the step before the rules apply)
+    Image.new("RGB", (512, 512), (200, 30, 30)).save(tmp_path / "red.png")
+    (tmp_path / "in.jsonl").write_text('{"image": "red.png"}\n{"image": "red.png"}\n', encoding="utf-8")
+    path = tmp_path / f"p-{model}.yaml"
+    path.write_text("name: img\nbackend: {type: local}\nsource: {type: jsonl, path: in.jsonl}\nsteps:\n"
+                    f"  - {{type: describe_image, image: '{{image}}', detail: high, model: {model}, output: d}}\n",
+                    encoding="utf-8")
+    return path
+
+
+def test_dry_run_counts_images_by_the_models_own_rule(tmp_path: Path) -> None:
+    def prompt_tokens(model: str) -> int:
+        summary = run_pipeline_file(_image_pipeline(tmp_path, model), dry_run=True)
+        assert summary["records"] == {"total": 2, "would_fail": 0}
+        return summary["estimate"]["prompt_tokens"]
+
+    gpt_4o = prompt_tokens("gpt-4o")
+    # same tokenizer (o200k_base) and text: the difference is the image rule alone, per image
+    assert prompt_tokens("gpt-4o-mini") - gpt_4o == 2 * ((2833 + 5667) - (85 + 170))
+    assert prompt_tokens("gpt-4.1-mini") - gpt_4o == 2 * (round(16 * 16 * 1.62) - (85 + 170))
