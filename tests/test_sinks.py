@@ -315,14 +315,14 @@ def test_records_csv_format(host: PluginHost, tmp_path: Path) -> None:
 def test_records_csv_columns_option_and_append(host: PluginHost, tmp_path: Path) -> None:
     for run in ("R1", "R2"):
         write_run(host, tmp_path, [result("a" if run == "R1" else "b")],
-                  run_id=run, type="csv", path="r.csv", columns=["reply", "text"])
+                  run_id=run, type="csv", path="r.csv", columns=["reply", "text"], mode="append")
     rows = read_csv(tmp_path / "r.csv")
     assert rows == [
         ["record_id", "reply", "text", "run_id"],
         ["a", "Thanks, glad you like it!", "review a", "R1"],
         ["b", "Thanks, glad you like it!", "review b", "R2"],
     ]
-    other = build(host, tmp_path, type="csv", path="r.csv", columns=["text"])
+    other = build(host, tmp_path, type="csv", path="r.csv", columns=["text"], mode="append")
     with pytest.raises(InputError, match="columns"):
         other.open(run_info("R3"), None)
 
@@ -373,3 +373,35 @@ def test_reconcile_jsonl_helper_at_its_documented_import_path(tmp_path: Path) ->
     assert [(r["_run"], r["_id"]) for r in lines(path)] == [("R1", "a"), ("R0", "b")]
     assert reconcile_jsonl(path, run_id="R1", done_ids={"a"}, run_key="_run", id_key="_id") == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]
+
+
+@pytest.mark.parametrize("kind,path", [("csv", "r.csv"), ("jsonl", "r.jsonl")])
+def test_records_sinks_start_over_on_a_new_run_by_default(host: PluginHost, tmp_path: Path, kind: str,
+                                                          path: str) -> None:
+    write_run(host, tmp_path, [result("a"), result("b")], run_id="R1", type=kind, path=path)
+    write_run(host, tmp_path, [result("a"), result("b")], run_id="R2", type=kind, path=path)
+    text = (tmp_path / path).read_text(encoding="utf-8")
+    assert "R1" not in text and text.count("R2") == 2
+
+
+def test_dialogue_log_keeps_every_run_unless_told_otherwise(host: PluginHost, tmp_path: Path) -> None:
+    for run_id in ("R1", "R2"):
+        write_run(host, tmp_path, [result("a")], run_id=run_id, type="dialogue-jsonl", path="d.jsonl")
+    runs = [json.loads(x)["run_id"] for x in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert set(runs) == {"R1", "R2"}
+    for run_id in ("R3", "R4"):
+        write_run(host, tmp_path, [result("a")], run_id=run_id, type="dialogue-json", path="d.json",
+                  mode="overwrite")
+    entries = json.loads((tmp_path / "d.json").read_text())
+    assert {e["run_id"] for e in entries} == {"R4"}
+
+
+@pytest.mark.parametrize("kind,path", [("csv", "r.csv"), ("jsonl", "r.jsonl"), ("dialogue-jsonl", "r.jsonl"),
+                                       ("dialogue-json", "r.json")])
+def test_overwrite_never_removes_a_file_oaipipe_did_not_write(host: PluginHost, tmp_path: Path, kind: str,
+                                                              path: str) -> None:
+    (tmp_path / path).write_text("my own notes\n", encoding="utf-8")
+    sink = build(host, tmp_path, type=kind, path=path, mode="overwrite")
+    with pytest.raises(InputError, match="not overwritten|move it away"):
+        sink.open(run_info(), None)
+    assert (tmp_path / path).read_text(encoding="utf-8") == "my own notes\n"

@@ -10,20 +10,56 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..base import Sink
+from ..errors import InputError
 from ..fsutil import atomic_file
 from ..types import RunInfo
 
-__all__ = ["AppendingSink", "JsonlAppendingSink", "reconcile_jsonl", "unfinished", "utc_now"]
+__all__ = ["AppendingSink", "JsonlAppendingSink", "MODE_FIELD_DOC", "first_line", "jsonl_written_by", "reconcile_jsonl", "start_over", "unfinished", "utc_now"]
 
 
 def utc_now() -> str:
     """The current time as ISO 8601 UTC with milliseconds: ``2026-11-25T06:30:00.123Z``."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+MODE_FIELD_DOC = ("overwrite: a new run (the first, or --fresh, or after a change) starts the file over; "
+                  "append: the file collects every run (each entry carries its run id). A resumed run always "
+                  "continues the file")
+
+
+def start_over(path: Path, *extra: Path, mode: str, done_ids: set[str] | None,
+               ours: Callable[[Path], bool]) -> None:
+    """For ``mode: overwrite``, remove the files a *new* run (``done_ids is None``) must start over.
+
+    Only a file that oaipipe wrote (``ours(path)``) is removed: anything else is the user's, and is refused.
+    """
+    if mode != "overwrite" or done_ids is not None:
+        return
+    if path.is_file() and path.stat().st_size and not ours(path):
+        raise InputError(f"{path} exists and was not written by this sink; it is not overwritten",
+                         hint="move it away, or point the sink's `path:` elsewhere")
+    for p in (path, *extra):
+        p.unlink(missing_ok=True)
+
+
+def first_line(path: Path) -> str:
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        return fh.readline()
+
+
+def jsonl_written_by(path: Path, *keys: str) -> bool:
+    """Whether the first line of ``path`` is a JSON object with all of ``keys`` (one of our lines)."""
+    try:
+        obj = json.loads(first_line(path))
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and all(k in obj for k in keys)
 
 
 def unfinished(run_value: Any, record_id: Any, *, run_id: str, done_ids: set[str] | None) -> bool:
@@ -116,6 +152,8 @@ class JsonlAppendingSink(AppendingSink):
     def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
         path = self.file
         path.parent.mkdir(parents=True, exist_ok=True)
+        start_over(path, mode=getattr(self.options, "mode", "append"), done_ids=done_ids,
+                   ours=lambda p: jsonl_written_by(p, self.run_key, self.id_key))
         reconcile_jsonl(path, run_id=run.run_id, done_ids=done_ids, run_key=self.run_key, id_key=self.id_key)
         self._open_for_append(path, run, newline="\n")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..fsutil import write_text_atomic
 from ..hookspecs import hookimpl
 from ..types import Exchange, RecordResult, RunInfo, Sentiment
-from ._sink_files import JsonlAppendingSink, unfinished, utc_now
+from ._sink_files import MODE_FIELD_DOC, JsonlAppendingSink, start_over, unfinished, utc_now
 from ._sink_files import reconcile_jsonl as reconcile_jsonl  # documented import path (docs/plugins.md)
 
 # --- shared helpers ------------------------------------------------------------------------------------
@@ -127,6 +127,8 @@ class _SentimentFiller:
 
 class _DialogueOptions(PluginOptions):
     path: str = Field(..., description="Output file, relative to the pipeline file (folders are created)")
+    mode: Literal["append", "overwrite"] = Field(
+        "append", description="A dialogue log keeps every run by default. " + MODE_FIELD_DOC)
     analyzer: str | dict[str, Any] | None = Field(
         "vader",
         description="Analyzer for messages no sentiment step scored (name or {type: NAME, ...}); null: none",
@@ -261,6 +263,7 @@ class DialogueJsonSink(Sink):
     def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
         path = self.file
         path.parent.mkdir(parents=True, exist_ok=True)
+        start_over(path, self.side_file, mode=self.options.mode, done_ids=done_ids, ours=_json_log_written_by_us)
         entries = self._load(path)
         had_side = self.side_file.exists()
         self._dirty = self._merge_side_file(entries) > 0
@@ -317,6 +320,14 @@ class DialogueJsonSink(Sink):
             self._side.close()
             self._side = None
             self.side_file.unlink(missing_ok=True)
+
+
+def _json_log_written_by_us(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, list) and all(isinstance(e, dict) and "role" in e for e in data[:5])
 
 
 @hookimpl

@@ -6,8 +6,10 @@
   order), then ``run_id``. Later records' extra fields are ignored and missing ones left empty; dict/list
   values are JSON-encoded. Appending to an existing CSV keeps its header.
 
-Both append and flush after each record, and on resume drop the rows this run wrote for records that did
-not finish (and a row cut short by a crash), so each record ends up exactly once.
+Both hold the records of the latest run by default (``mode: overwrite``: a new run starts the file over;
+``mode: append`` collects every run). They append and flush after each record, and on resume drop the rows
+this run wrote for records that did not finish (and a row cut short by a crash), so each record ends up
+exactly once.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -24,7 +26,7 @@ from ..errors import InputError
 from ..fsutil import atomic_file
 from ..hookspecs import hookimpl
 from ..types import RecordResult, RunInfo
-from ._sink_files import AppendingSink, JsonlAppendingSink, unfinished
+from ._sink_files import MODE_FIELD_DOC, AppendingSink, JsonlAppendingSink, first_line, start_over, unfinished
 
 ID_COLUMN = "record_id"
 RUN_COLUMN = "run_id"
@@ -39,6 +41,7 @@ class JsonlRecordsSink(JsonlAppendingSink):
 
     class Options(PluginOptions):
         path: str = Field("out/records.jsonl", description="Output .jsonl file, relative to the pipeline file")
+        mode: Literal["overwrite", "append"] = Field("overwrite", description=MODE_FIELD_DOC)
         include_failed: bool = Field(False, description="Also write failed records, with an '_error' field")
 
     options: Options
@@ -73,6 +76,7 @@ class CsvRecordsSink(AppendingSink):
 
     class Options(PluginOptions):
         path: str = Field("out/records.csv", description="Output .csv file, relative to the pipeline file")
+        mode: Literal["overwrite", "append"] = Field("overwrite", description=MODE_FIELD_DOC)
         columns: list[str] | None = Field(
             None, description="Columns to write (default: the first record's fields, in order)"
         )
@@ -152,6 +156,7 @@ class CsvRecordsSink(AppendingSink):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._header = None
         self._header_written = False
+        start_over(path, mode=self.options.mode, done_ids=done_ids, ours=_csv_written_by_us)
         if path.is_file():
             self._read_existing(path, run, done_ids)
         if self._header is None and self.options.columns is not None:
@@ -186,6 +191,11 @@ class CsvRecordsSink(AppendingSink):
             super().close()
         finally:
             self._writer = None
+
+
+def _csv_written_by_us(path: Path) -> bool:
+    header = next(csv.reader([first_line(path)]), [])
+    return ID_COLUMN in header and RUN_COLUMN in header
 
 
 @hookimpl
