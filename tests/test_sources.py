@@ -326,3 +326,18 @@ def test_shipped_jsonl_and_qa_files(host: PluginHost) -> None:
     assert recs and all(r.error is None and r.data["text"] for r in recs)
     qa = list(build(host, REPO, type="csv", path="examples/data/qa.csv").records())
     assert len(qa) >= 10 and all(r.data["prompt"] and r.data["completion"] for r in qa)
+
+
+@pytest.mark.parametrize("chunksize", [2, 1000])
+def test_csv_row_with_the_wrong_number_of_fields_fails_alone(host, tmp_path: Path, chunksize: int) -> None:
+    (tmp_path / "bad.csv").write_text('id,text\n1,ok\n2,a,b,c\n3,fine\n4,"multi\nline"\n5,x,y\n6,end\n',
+                                      encoding="utf-8")
+    src = host.build("source", {"type": "csv", "path": "bad.csv", "id_column": "id", "chunksize": chunksize},
+                     Context(base_dir=tmp_path, host=host))
+    records = list(src.records())
+    assert [r.id for r in records if r.error is None] == ["1", "3", "4", "6"]
+    failed = [r for r in records if r.error is not None]
+    assert [r.where for r in failed] == ["bad.csv row 2 (line 3)", "bad.csv row 5 (line 6)"]
+    assert "expected 2 fields, saw 4" in failed[0].error
+    assert [r.id for r in records] == ["1", "line-3", "3", "4", "line-6", "6"]  # input order kept
+    assert records[3].where == "bad.csv row 4 (line 5)"  # line numbers stay honest after a skipped line

@@ -9,6 +9,8 @@ kept compactly (8 bytes an id, see ``oaipipe.idset``).
 from __future__ import annotations
 
 import difflib
+import re
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -138,11 +140,35 @@ class CsvSource(FileSource):
         kwargs = self._read_kwargs()
         if wanted is not None:
             kwargs["usecols"] = wanted
+        bad: list[tuple[int, str]] = []  # (file line, why) of rows pandas skipped in the current chunk
+
+        def bad_row() -> Record:
+            nonlocal row, line
+            at, why = bad.pop(0)
+            row += 1
+            line = at + 1
+            where = f"{label} row {row} (line {at})"
+            rid = f"row-{row}" if id_column is None else f"line-{at}"
+            return Record(id=rid, data={}, where=where,
+                          error=f"{where}: {why}; fix that line (quote values that contain '{self.options.delimiter}')")
+
         try:
-            with pd.read_csv(path, chunksize=self.options.chunksize, **kwargs) as reader:
-                for chunk in reader:
+            with pd.read_csv(path, chunksize=self.options.chunksize, on_bad_lines="warn", **kwargs) as reader:
+                chunks = iter(reader)
+                while True:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always", pd.errors.ParserWarning)
+                        chunk = next(chunks, None)
+                    for w in caught:
+                        for m in _SKIPPED.finditer(str(w.message)):
+                            bad.append((int(m.group(1)), m.group(2)))
+                    if chunk is None:
+                        break
+                    bad.sort()
                     values = chunk[columns].itertuples(index=False, name=None)
                     for tup in values:
+                        while bad and bad[0][0] <= line:
+                            yield bad_row()
                         row += 1
                         data = {c: ("" if v is None or v != v else v) for c, v in zip(columns, tup, strict=True)}
                         where = f"{label} row {row} (line {line})"
@@ -162,6 +188,8 @@ class CsvSource(FileSource):
                                 error = (f"{where}: duplicate id '{rid}' in column '{id_column}', also at {at}; "
                                          f"ids must be unique (the resume journal keys on them)")
                         yield Record(id=rid, data=data, where=where, error=error)
+                    while bad:
+                        yield bad_row()
         except UnicodeDecodeError as exc:
             raise self._encoding_error(exc) from None
         except pd.errors.ParserError as exc:
@@ -169,6 +197,10 @@ class CsvSource(FileSource):
                 f"{label}: the CSV cannot be parsed after data row {row}: {exc}",
                 hint="check quoting and the number of fields on that line, or set `delimiter:`",
             ) from None
+
+
+#: pandas' warning for a row with the wrong number of fields (on_bad_lines="warn")
+_SKIPPED = re.compile(r"Skipping line (\d+): ([^\n]+)")
 
 
 @hookimpl
