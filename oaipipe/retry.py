@@ -81,7 +81,12 @@ def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = 
     return max(0.0, parsed.timestamp() - now)
 
 
-def _key_hint() -> str:
+def _key_hint(url: str = "") -> str:
+    if url and "api.openai.com" not in url:
+        # a custom base_url never gets OPENAI_API_KEY: pointing at that variable would not help
+        return ("this server does not get OPENAI_API_KEY; give it its own key with `api_key: ${env:MY_KEY}` in "
+                "the backend block (or --set backend.api_key='${env:MY_KEY}'; --api-key-env MY_KEY for "
+                "`oaipipe ask/models/describe`)")
     return ("set another key with `export OPENAI_API_KEY=...`, or give this backend its own key with "
             "`api_key: ${env:MY_KEY}` in the backend block")
 
@@ -103,12 +108,12 @@ def error_for_status(
     kwargs: dict[str, Any] = {"status": status, "request_id": request_id, "retry_after": retry_after}
     err: BackendError
     if status == 401:
-        err = AuthenticationError(f"the API key was refused (HTTP 401){at}{rid}{said}", hint=_key_hint(), **kwargs)
+        err = AuthenticationError(f"the API key was refused (HTTP 401){at}{rid}{said}", hint=_key_hint(url), **kwargs)
     elif status == 403:
         err = AuthenticationError(
             f"access denied (HTTP 403){at}{rid}{said}",
             hint="the key is valid but lacks permission for this model or project; check the key's project, "
-            "`organization:`/`project:` in the backend block, or " + _key_hint(),
+            "`organization:`/`project:` in the backend block, or " + _key_hint(url),
             **kwargs,
         )
     elif status == 404:

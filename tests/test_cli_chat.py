@@ -248,3 +248,18 @@ def test_models_json_says_why_it_shows_the_local_engine(capsys: pytest.CaptureFi
     assert code == 0
     assert data["backend"] == "local" and data["problem_kind"] == "no-key"
     assert "falls back" in data["note"]
+
+
+def test_api_key_env_gives_a_custom_server_its_key(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-the-openai-key-0000")  # never sent to another server
+    monkeypatch.setenv("MY_SERVER_KEY", "sk-server-key-1234")
+    with running_server(api_key="sk-server-key-1234") as srv:
+        code, out, err = run(capsys, "ask", "hello", "--base-url", srv.base_url)
+        assert code == 5
+        assert "does not get OPENAI_API_KEY" in err and "--api-key-env" in err
+        assert "sk-the-openai-key-0000" not in out + err
+        code, out, err = run(capsys, "ask", "hello", "--base-url", srv.base_url, "--api-key-env", "MY_SERVER_KEY")
+        assert code == 0 and out.strip()
+        code, out, err = run(capsys, "models", "--base-url", srv.base_url, "--api-key-env", "NOT_SET_VAR_X")
+        assert code == 2 and "NOT_SET_VAR_X" in err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,13 @@ def cli_backend(
         block["type"] = backend
     if base_url:
         block["base_url"] = base_url
+    ctx = click.get_current_context(silent=True)
+    key_env = ctx.meta.get("oaipipe.api_key_env") if ctx is not None else None
+    if key_env:
+        if not os.environ.get(key_env):
+            raise ConfigError(f"--api-key-env {key_env}: that environment variable is not set",
+                              hint=f"export {key_env}=... first")
+        block["api_key"] = os.environ[key_env]
     if quick and block.get("type") != "local":
         block.setdefault("max_retries", 1)
     host = PluginHost(base_dir=base_dir, disabled=disabled)
@@ -164,7 +172,14 @@ def _emit_note(note: str | None) -> None:
         click.echo(note, err=True)
 
 
+def _remember_key_env(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta["oaipipe.api_key_env"] = value
+
+
 def _backend_options(f: Any) -> Any:
+    f = click.option("--api-key-env", metavar="VAR", expose_value=False, callback=_remember_key_env,
+                     help="Environment variable holding the key for --base-url (OPENAI_API_KEY only goes to OpenAI)")(f)
     f = click.option("--base-url", help="Any OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1")(f)
     f = click.option("--backend", "backend_name", metavar="NAME",
                      help="Backend type: local, openai, requests, or a plugin's")(f)
