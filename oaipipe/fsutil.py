@@ -6,6 +6,7 @@ from oaipipe, so any part of the package (the embedded engine included) may use 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -52,6 +53,8 @@ def atomic_file(
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}." if prefix is None else prefix, suffix=".tmp",
                                dir=path.parent)
     binary = "b" in mode
+    with contextlib.suppress(OSError):  # mkstemp makes 0600 files; give the usual permissions (umask)
+        os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else newline) as fh:
             out = AtomicFile(fh, tmp)
@@ -87,3 +90,9 @@ def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2, fsync: b
     """Replace ``path`` with ``data`` as JSON (UTF-8, ``ensure_ascii=False``, ``default=str``) atomically."""
     text = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
     write_text_atomic(path, text + "\n" if trailing_newline else text, fsync=fsync, prefix=prefix)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
