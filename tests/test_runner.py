@@ -396,3 +396,10 @@ def test_a_server_that_is_down_stops_the_run_as_a_backend_error(tmp_path: Path, 
     assert code == 4
     err = capsys.readouterr().err
     assert "first 10 records all failed" in err and "errors.jsonl" in err
+
+
+def test_a_completely_empty_csv_is_zero_records_not_an_error(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text("")
+    summary = run_pipeline_file(make_pipeline(tmp_path))
+    assert summary["status"] == "finished"
+    assert summary["records"]["done"] == 0 and summary["calls"] == 0

@@ -116,6 +116,8 @@ class CsvSource(FileSource):
 
     def fields(self) -> list[str] | None:
         header = self.header()
+        if not header:
+            return None  # an empty file: zero records, nothing to check templates against
         wanted = self._wanted(header)
         return wanted if wanted is not None else header
 
