@@ -130,13 +130,17 @@ class LoadedConfig:
     config: PipelineConfig
     data: dict[str, Any]
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: dotted keys given with --set: they have no line in the file
+    overridden: set[str] = field(default_factory=set)
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
 
     def where(self, key: str) -> tuple[int | None, int | None]:
-        """(line, column) of a dotted key, or of its closest parent that has one."""
+        """(line, column) of a dotted key, or of its closest parent that has one (none for --set keys)."""
+        if any(key == k or key.startswith(k + ".") for k in self.overridden):
+            return (None, None)
         probe = key
         while probe:
             if probe in self.positions:
@@ -358,7 +362,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
     if missing:
         raise ConfigError("environment variables are not set: " + "; ".join(missing), file=file,
                           hint="export them, or use ${env:VAR:-default}")
-    loaded = LoadedConfig(path=path.resolve(), config=None, data=data, positions=positions)  # type: ignore[arg-type]
+    loaded = LoadedConfig(path=path.resolve(), config=None, data=data, positions=positions,  # type: ignore[arg-type]
+                          overridden={o.split("=", 1)[0].strip() for o in overrides or ()})
     try:
         loaded.config = PipelineConfig.model_validate(data)
     except ValidationError as exc:

@@ -127,7 +127,9 @@ def register_trainers(register: Callable[[str, type[Trainer]], None]) -> None:
 def register_commands(cli: click.Group) -> None:
     """Add sub-commands to the ``oaipipe`` command line: ``@cli.command() def my_command(): ...``.
 
-    Keep commands thin: parse arguments, call a library function, print the result.
+    Keep commands thin: parse arguments, call a library function, print the result. Commands come from
+    built-in and installed (entry-point) plugins only: a pipeline's ``plugins:`` list is read after the
+    command line is parsed, so a command defined there is listed by ``oaipipe plugins`` but not callable.
     """
 
 

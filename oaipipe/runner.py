@@ -280,7 +280,8 @@ class Runner:
             **self.stats.to_dict(),
             "errors_file": str(run.errors_path),
             "journal": str(run.journal_path),
-            "sinks": [str(getattr(s.options, "path", s.name)) for s in self.pipeline.sinks],
+            "sinks": [_display_path(self.pipeline.context.path(s.options.path)) if getattr(s.options, "path", None)
+                      else s.name for s in self.pipeline.sinks],
         }
         if error is not None:
             summary["error"] = str(error)
@@ -494,6 +495,14 @@ def _failed(record: Record, fields: dict[str, Any], ctx: StepContext, step: str,
     where = f" ({record.where})" if record.where and record.where not in str(exc) else ""
     return RecordResult(record, fields, ctx.exchanges, ctx.sentiments,
                         error=f"step {step}: {type(exc).__name__}: {exc}{where}")
+
+
+def _display_path(path: Path) -> str:
+    """A path as the user can use it from where they are: relative below the working folder, else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
 
 
 def _safe_name(name: str) -> str:
