@@ -233,3 +233,10 @@ def test_train_select_names_a_field_and_a_label_that_exist(tmp_path: Path, csv: 
     with pytest.raises(ConfigError, match="'postive' is not one"):
         load_pipeline(write(tmp_path, BASE + "train: {type: local, select: {s: postive}}\n"))
     assert load_pipeline(write(tmp_path, BASE + "train: {type: local, select: {s: positive}}\n")).train
+
+
+def test_a_bad_set_value_is_not_blamed_on_a_line_of_the_file(tmp_path: Path, csv: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(write(tmp_path, BASE), ["backend.concurrency=lots"])
+    assert info.value.line is None
+    assert "backend.concurrency" in str(info.value) and "'lots'" in str(info.value)
