@@ -65,6 +65,7 @@ class PlainReporter(Reporter):
         print(text, file=self.stream, flush=True)
 
     def start(self, headline: str, notes: list[str], total: int | None) -> None:
+        self._last = time.monotonic()  # the first progress line after one interval, not at record 1
         self._print(headline)
         for n in notes:
             self._print(n)
