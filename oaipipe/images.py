@@ -30,7 +30,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
-from .tokens import image_tokens
+from .tokens import image_rule, image_tokens
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -63,10 +63,19 @@ class PreparedImage:
 
     @property
     def tokens(self) -> int | None:
-        """OpenAI's input-token estimate for this image (``None`` when the size is unknown)."""
+        """OpenAI's input-token estimate for this image by gpt-4o's rule (``None`` when the size is unknown);
+        :meth:`tokens_for` counts for the model the request goes to."""
+        return self.tokens_for(None)
+
+    def tokens_for(self, model: str | None) -> int | None:
+        """Input tokens of this image for ``model`` (:func:`oaipipe.tokens.image_tokens`; ``None``: gpt-4o's
+        rule). ``None`` when the size is unknown (a remote URL), except where the size does not matter
+        (``low`` detail on a tile-rule model)."""
         if self.width is None or self.height is None:
-            return 85 if self.detail == "low" else None
-        return image_tokens(self.width, self.height, self.detail)
+            if self.detail == "low" and image_rule(model)[0] == "tile":
+                return int(image_rule(model)[1][0])
+            return None
+        return image_tokens(self.width, self.height, self.detail, model=model)
 
     def part(self) -> dict:
         """The Chat Completions content part."""

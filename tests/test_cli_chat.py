@@ -154,7 +154,8 @@ def test_describe_with_schema_through_server(capsys: pytest.CaptureFixture[str],
     assert code == 0, err
     line = json.loads(out.splitlines()[0])
     assert set(line["parsed"]) == {"caption"} and line["backend"] == backend
-    assert line["image_tokens"] == 170 + 85
+    assert line["model"].endswith("gpt-4o-mini")
+    assert line["image_tokens"] == 5667 + 2833  # gpt-4o-mini's image rule (one tile), not gpt-4o's 170 + 85
     assert "base64" not in out
 
 

@@ -127,6 +127,16 @@ def test_usage_counts_with_the_offline_tokenizer() -> None:
     assert reply.usage.completion_tokens == count_tokens(reply.text, "gpt-4o")
 
 
+def test_usage_counts_images_by_the_request_model() -> None:
+    content = [{"type": "text", "text": "What is this?"},
+               {"type": "image_url", "image_url": {"url": data_url(png((600, 300), (200, 10, 10))), "detail": "high"}}]
+    messages = [{"role": "user", "content": content}]
+    text_only = chat.complete(user("What is this?"), "gpt-4o").usage.prompt_tokens
+    assert chat.complete(messages, "gpt-4o").usage.prompt_tokens == text_only + 85 + 2 * 170
+    mini_text = chat.complete(user("What is this?"), "gpt-4o-mini").usage.prompt_tokens
+    assert chat.complete(messages, "gpt-4o-mini").usage.prompt_tokens == mini_text + 2833 + 2 * 5667
+
+
 def test_max_tokens_truncates_with_finish_reason_length() -> None:
     reply = chat.complete(user("I love it, thanks a lot for the fast delivery!"), "gpt-4o-mini", max_tokens=5)
     assert reply.finish_reason == "length"

@@ -83,6 +83,18 @@ def test_downscaled_image_is_what_is_sent(tmp_path: Path) -> None:
     assert low.original_size == (2000, 1000)
 
 
+def test_image_tokens_follow_the_model(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.new("RGB", (2000, 1000), (10, 200, 10)).save(path)
+    high = load_image(str(path), detail="high")
+    assert high.tokens_for("gpt-4o") == high.tokens == 170 * 3 * 2 + 85
+    assert high.tokens_for("gpt-4o-mini") == 5667 * 3 * 2 + 2833
+    assert high.tokens_for("gpt-4.1-mini") == round(48 * 24 * 1.62)
+    remote_low = load_image("https://example.com/cat.jpg", detail="low")
+    assert remote_low.tokens_for("gpt-4o-mini") == 2833  # low detail on the tile rule: size does not matter
+    assert remote_low.tokens_for("gpt-4.1-mini") is None  # the patch rule needs the size
+
+
 def test_size_cap(tmp_path: Path) -> None:
     path = tmp_path / "noise.png"
     Image.effect_noise((200, 200), 64).save(path)

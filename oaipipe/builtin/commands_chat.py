@@ -295,7 +295,7 @@ def register_commands(cli: click.Group) -> None:
                     else:
                         click.echo(f"{label}: error: {exc}", err=True)
                     continue
-                tokens = [p.tokens for p in prepared]
+                tokens = [p.tokens_for(request.model or resp.model) for p in prepared]
                 if as_json:
                     click.echo(json.dumps({
                         "image": label, "reply": resp.text, "parsed": resp.parsed, "model": resp.model,

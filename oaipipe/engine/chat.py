@@ -344,7 +344,7 @@ def complete(messages: list[dict[str, Any]], model: str, *, response_format: dic
         text = _truncate(text, max_tokens, model)
         finish = "length"
         parsed = None
-    prompt_tokens = count_message_tokens(messages, model)
+    prompt_tokens = count_message_tokens(messages, model, image_model=model)  # images by this model's rule
     completion_tokens = count_tokens(text, model)
     usage = Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
     return EngineReply(text=text, model=engine_model_name(model), usage=usage, parsed=parsed,
