@@ -83,7 +83,7 @@ def test_chat_round_trip_matches_local_engine(host: PluginHost, server: Any, kin
     assert remote.usage.total_tokens == remote.usage.prompt_tokens + remote.usage.completion_tokens
     assert remote.request_id and remote.request_id.startswith("req_")
     assert remote.finish_reason == "stop"
-    assert server.settled_stats()["by_status"].get("200") == 1
+    assert server.stats()["by_status"].get("200") == 1
 
 
 @pytest.mark.parametrize("kind", TRANSPORTS)
@@ -93,7 +93,7 @@ def test_responses_api(host: PluginHost, server: Any, kind: str) -> None:
     assert resp.text == local.text
     assert resp.usage.total_tokens > 0
     assert resp.request_id
-    paths = server.settled_stats()["by_path"]
+    paths = server.stats()["by_path"]
     assert any("responses" in p for p in paths), paths
 
 
@@ -130,7 +130,7 @@ def test_injected_errors_are_retried_until_every_call_completes(host: PluginHost
                        concurrency=8)
         requests = [req(f"message number {i}") for i in range(40)]
         responses = many(backend, requests)
-        stats = srv.settled_stats()
+        stats = srv.stats()
     assert len(responses) == 40 and all(r.text for r in responses)
     assert sum(stats["injected"].values()) > 0, stats
     assert stats["injected"].get("429", 0) > 0, stats
@@ -145,11 +145,11 @@ def test_refused_key_fails_after_exactly_one_request(host: PluginHost, kind: str
         backend = make(host, kind, base_url=srv.base_url, api_key=wrong, max_retries=5)
         with pytest.raises(AuthenticationError) as info:
             call(backend, req())
-        assert srv.settled_stats()["requests"] == 1
+        assert srv.stats()["requests"] == 1
         # the backend remembers the refusal: further calls fail at once, without resending the key
         with pytest.raises(AuthenticationError) as again:
             many(backend, [req(f"call {i}") for i in range(5)])
-        stats = srv.settled_stats()
+        stats = srv.stats()
     assert stats["requests"] == 1, stats
     assert "refused" in str(again.value)
     message = str(info.value)
@@ -185,7 +185,7 @@ def test_unknown_model_is_a_bad_request_without_retries(host: PluginHost, server
     assert info.value.status == 404
     assert "ft:gpt-4o-mini:acme::nosuchjob" in str(info.value)
     assert "oaipipe models" in str(info.value)
-    assert server.settled_stats()["requests"] == 1
+    assert server.stats()["requests"] == 1
 
 
 @pytest.mark.parametrize("kind", TRANSPORTS)
@@ -193,7 +193,7 @@ def test_dropped_connections_are_retried(host: PluginHost, kind: str) -> None:
     with running_server(drop_rate=0.3, seed=3) as srv:
         backend = make(host, kind, base_url=srv.base_url, max_retries=10, retry_base=0.01, retry_max_delay=0.02)
         responses = many(backend, [req(f"drop test {i}") for i in range(10)])
-        stats = srv.settled_stats()
+        stats = srv.stats()
     assert all(r.text for r in responses)
     assert stats["injected"].get("drop", 0) > 0, stats
 
@@ -204,7 +204,7 @@ def test_timeout_becomes_connection_error_after_retries(host: PluginHost, kind: 
         backend = make(host, kind, base_url=srv.base_url, timeout=0.3, max_retries=1, retry_base=0.01)
         with pytest.raises(BackendConnectionError) as info:
             call(backend, req())
-        stats = srv.settled_stats()
+        stats = srv.stats()
     assert stats["injected"].get("timeout") == 2, stats
     assert "2 attempts" in str(info.value)
     assert "timeout" in str(info.value).lower()
@@ -216,7 +216,7 @@ def test_persistent_503_gives_up_with_server_error(host: PluginHost, kind: str) 
         backend = make(host, kind, base_url=srv.base_url, max_retries=2, retry_base=0.0)
         with pytest.raises(ServerError) as info:
             call(backend, req())
-        assert srv.settled_stats()["requests"] == 3
+        assert srv.stats()["requests"] == 3
     assert info.value.status == 503
     assert "3 attempts" in str(info.value)
 

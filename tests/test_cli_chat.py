@@ -62,7 +62,7 @@ def test_ask_unknown_ft_model_is_a_clear_error(capsys: pytest.CaptureFixture[str
     code, _, err = run(capsys, "ask", "hi", "--model", "ft:gpt-4o-mini:acme::missing", "--base-url", server.base_url)
     assert code == 4
     assert "ft:gpt-4o-mini:acme::missing" in err and "404" in err
-    assert server.settled_stats()["requests"] == 1
+    assert server.stats()["requests"] == 1
 
 
 def test_models_from_the_server(capsys: pytest.CaptureFixture[str], server: Any) -> None:
@@ -98,7 +98,7 @@ def test_models_refused_key(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
             f"backend: {{type: requests, base_url: '{srv.base_url}', api_key: sk-wrong-key-987654321}}\n"
         )
         code, _, err = run(capsys, "models", str(pipeline))
-        assert srv.settled_stats()["requests"] == 1
+        assert srv.stats()["requests"] == 1
     assert code == 5
     assert "refused" in err and "sk-wrong-key-987654321" not in err
 
@@ -222,7 +222,7 @@ def test_describe_together_sends_one_request(capsys: pytest.CaptureFixture[str],
     lines = out.splitlines()
     assert len(lines) == 1
     assert json.loads(lines[0])["image"] == f"{red_png}, {blue}"
-    assert server.settled_stats()["requests"] == 1
+    assert server.stats()["requests"] == 1
 
 
 def test_ask_uses_the_pipeline_backend_and_presets(capsys: pytest.CaptureFixture[str], server: Any,
@@ -240,7 +240,7 @@ def test_ask_uses_the_pipeline_backend_and_presets(capsys: pytest.CaptureFixture
     data = json.loads(out)
     assert data["backend"] == "requests"
     assert "gpt-4.1-mini" in data["model"]
-    assert server.settled_stats()["requests"] == 1
+    assert server.stats()["requests"] == 1
 
 
 def test_models_json_says_why_it_shows_the_local_engine(capsys: pytest.CaptureFixture[str]) -> None:
