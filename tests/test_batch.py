@@ -135,3 +135,29 @@ def test_retry_failed_resubmits_error_lines(tmp_path: Path, server, home: Path) 
     again = run_pipeline_file(path, retry_failed=True)
     assert again["records"]["failed"] == 2  # the model still does not exist: submitted and answered again
     assert _posts(server, "/v1/batches") == 2
+
+
+def test_batch_lines_name_the_length_limit_like_the_chat_backends(tmp_path: Path, server, home: Path) -> None:
+    # OpenAI's o-series and gpt-5 refuse max_tokens: a batch line must use the backend's max_tokens_param
+    path = write_pipeline(tmp_path, _batch_backend(server.base_url, max_tokens_param="max_completion_tokens"), n=1)
+    request = ChatRequest(messages=[{"role": "user", "content": "hello"}], model="gpt-4o-mini", max_tokens=7,
+                          step="ask:reply")
+
+    async def ask() -> None:
+        backend = load_pipeline(path).backend
+        try:
+            await backend.chat(request)
+        finally:
+            await backend.aclose()
+
+    asyncio.run(ask())
+    (entry,) = _state(tmp_path)["batches"].values()
+    line = json.loads(_input_file(server, entry["input_file_id"]))
+    assert line["body"].get("max_completion_tokens") == 7 and "max_tokens" not in line["body"]
+
+
+def _input_file(server, file_id: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.base_url}/files/{file_id}/content") as resp:
+        return resp.read().decode().splitlines()[0]

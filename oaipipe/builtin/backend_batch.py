@@ -95,7 +95,6 @@ class BatchBackend(OpenAIBackend):
         self._wake: asyncio.Event | None = None
         self._state: dict[str, Any] | None = None
         self.submitted: list[str] = []  # batch ids submitted by this process
-        self._unanswerable: set[str] = set()  # custom_ids answered with an error line
 
     # --- state file -----------------------------------------------------------------------------
 
@@ -142,7 +141,7 @@ class BatchBackend(OpenAIBackend):
                 first = waiting[0] if isinstance(waiting, list) else waiting
                 return await asyncio.shield(first.future)
         future: asyncio.Future[ChatResponse] = loop.create_future()
-        line = json.dumps({"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": chat_body(request)},
+        line = json.dumps({"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": chat_body(request, max_tokens_param=self.max_tokens_param)},
                           ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
         pending = _Pending(request, line, future)
         if len(line) > self.options.max_bytes:
@@ -244,16 +243,18 @@ class BatchBackend(OpenAIBackend):
                     break
                 await asyncio.sleep(self.options.poll_interval)
             answered: set[str] = set()
+            unanswerable: set[str] = set()  # custom_ids answered with an error line (of this batch only)
             for file_id in (batch.output_file_id, batch.error_file_id):
                 if file_id:
                     content = await self._api("files", lambda fid=file_id: client.files.content(fid))
-                    answered |= self._deliver(content.read(), batch_id)
-            if self._unanswerable:  # error lines: forget them so that a retry submits them again
+                    seen, failed = self._deliver(content.read(), batch_id)
+                    answered |= seen
+                    unanswerable |= failed
+            if unanswerable:  # error lines: forget them so that a retry submits them again
                 entry = self._load_state()["batches"].get(batch_id)
                 if entry is not None:
-                    entry["custom_ids"] = [c for c in entry["custom_ids"] if c not in self._unanswerable]
+                    entry["custom_ids"] = [c for c in entry["custom_ids"] if c not in unanswerable]
                     self._save_state()
-                self._unanswerable.clear()
             custom_ids = self._load_state()["batches"].get(batch_id, {}).get("custom_ids", [])
             missing = [c for c in custom_ids if c not in answered and c in self._waiting]
             if batch.status != "completed" or missing:
@@ -271,8 +272,10 @@ class BatchBackend(OpenAIBackend):
                 for p in self._waiting.pop(custom_id, []):
                     _fail(p, err)
 
-    def _deliver(self, data: bytes, batch_id: str) -> set[str]:
+    def _deliver(self, data: bytes, batch_id: str) -> tuple[set[str], set[str]]:
+        """Hand the lines of an output/error file to the waiting calls: (custom_ids seen, those with an error)."""
         seen: set[str] = set()
+        failed: set[str] = set()
         for raw in data.splitlines():
             if not raw.strip():
                 continue
@@ -287,7 +290,7 @@ class BatchBackend(OpenAIBackend):
             status = int(response.get("status_code") or 0)
             body = response.get("body") or {}
             if row.get("error") or status != 200:
-                self._unanswerable.add(custom_id)
+                failed.add(custom_id)
             if not waiting:
                 continue
             for p in waiting:
@@ -305,7 +308,7 @@ class BatchBackend(OpenAIBackend):
                     _fail(p, exc)
                 else:
                     p.future.set_result(reply)
-        return seen
+        return seen, failed
 
     async def aclose(self) -> None:
         tasks = [t for t in (self._flusher, *self._followers.values()) if t is not None and not t.done()]
