@@ -196,11 +196,12 @@ class Batches:
             return json.loads(json.dumps(batch))
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
-        batch = self.get(batch_id)
-        if batch["status"] in TERMINAL or batch["status"] == "cancelling":
-            raise ApiError(400, f"Cannot cancel a batch with status '{batch['status']}'.", param="batch_id",
-                           code="invalid_state")
-        with self.lock:
+        self.get(batch_id)  # 404 for an unknown batch
+        with self.lock:  # check and change together: a batch completing in between must stay completed
+            status = self.batches[batch_id]["status"]
+            if status in TERMINAL or status == "cancelling":
+                raise ApiError(400, f"Cannot cancel a batch with status '{status}'.", param="batch_id",
+                               code="invalid_state")
             self.cancel_flags[batch_id].set()
             self.batches[batch_id].update(status="cancelling", cancelling_at=int(time.time()))
         return self.get(batch_id)

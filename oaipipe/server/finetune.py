@@ -157,14 +157,18 @@ class FineTuningJobs:
             self.jobs[job_id] = job
             self.events[job_id] = []
             self.cancel_flags[job_id] = threading.Event()
+            reply = json.loads(json.dumps(job))  # a deep copy: the job thread changes the nested dicts
         self._event(job_id, f"Created fine-tuning job: {job_id}")
         self._event(job_id, f"Validating training file: {training_file}")
         threading.Thread(target=self._run, args=(job_id,), name=f"ft-{job_id}", daemon=True).start()
-        return dict(job)
+        return reply
 
     def _fail(self, job_id: str, code: str, message: str, param: str | None) -> None:
-        self._update(job_id, status="failed", finished_at=int(time.time()),
-                     error={"code": code, "message": message, "param": param})
+        with self.lock:
+            if self.jobs[job_id]["status"] == "cancelled":  # cancelled meanwhile: that is the outcome
+                return
+            self.jobs[job_id].update(status="failed", finished_at=int(time.time()),
+                                     error={"code": code, "message": message, "param": param})
         self._event(job_id, message, level="error")
 
     def _run(self, job_id: str) -> None:
@@ -237,14 +241,16 @@ class FineTuningJobs:
             return json.loads(json.dumps(job))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        job = self.get(job_id)
-        if job["status"] in TERMINAL:
-            raise ApiError(400, f"Job {job_id} has already {job['status']}; only a running job can be cancelled.",
-                           param="fine_tuning_job_id", code="invalid_state")
-        self.cancel_flags[job_id].set()
-        job = self._update(job_id, status="cancelled", finished_at=int(time.time()), estimated_finish=None)
+        self.get(job_id)  # 404 for an unknown job
+        with self.lock:  # check and change together: a job finishing in between must not become "cancelled"
+            status = self.jobs[job_id]["status"]
+            if status in TERMINAL:
+                raise ApiError(400, f"Job {job_id} has already {status}; only a running job can be cancelled.",
+                               param="fine_tuning_job_id", code="invalid_state")
+            self.cancel_flags[job_id].set()
+            self.jobs[job_id].update(status="cancelled", finished_at=int(time.time()), estimated_finish=None)
         self._event(job_id, "Fine-tuning job cancelled")
-        return job
+        return self.get(job_id)
 
     def listing(self) -> list[dict[str, Any]]:
         with self.lock:
