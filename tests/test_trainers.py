@@ -227,3 +227,14 @@ def test_following_a_job_survives_a_short_outage(tmp_path: Path, host: PluginHos
         job.status = "running"
         with pytest.raises(AuthError):  # not retryable: raised at once
             follow_job(t, job, poll_interval=0.05)
+
+
+def test_openai_trainer_does_not_disguise_a_bug_as_a_server_error(host: PluginHost) -> None:
+    # only SDK errors are translated; a TypeError in oaipipe's own code must surface as itself
+    t = trainer(host, type="openai", base_url="http://127.0.0.1:9/v1")
+
+    def broken() -> None:
+        raise TypeError("a bug in the caller")
+
+    with pytest.raises(TypeError, match="a bug in the caller"):
+        t._call("reading job x", broken)

@@ -70,13 +70,13 @@ class OpenAITrainer(Trainer):
         return self._client
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import openai
+
         from .backend_openai import translate_sdk_error
 
         try:
             return fn(*args, **kwargs)
-        except OaipipeError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every SDK error becomes an oaipipe error
+        except openai.OpenAIError as exc:  # SDK errors only: a bug elsewhere must not pass for a server error
             err = translate_sdk_error(exc, url=self.url, timeout=self.options.request_timeout)
             err.message = f"{what}: {err.message}"
             raise err from None
