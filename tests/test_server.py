@@ -337,6 +337,7 @@ def test_api_key_required_and_never_echoed() -> None:
         assert [m.id for m in client(srv, api_key="right-key-123").models.list()]
         stats = urllib.request.urlopen(srv.url + "/_oaipipe/stats", timeout=5)  # no key on control paths
         assert json.loads(stats.read())["by_status"]["401"] == 1
+        assert "right-key-123" not in repr(srv.config)  # a config printed in a log or traceback
 
 
 def test_injected_429_carries_retry_after_headers() -> None:

@@ -73,7 +73,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a repr (logs, tracebacks)
     seed: int | None = None
     ft_seconds: float = 1.0
     ft_min_examples: int = 10
