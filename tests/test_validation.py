@@ -190,3 +190,18 @@ def test_system_message_warning_counts_valid_examples_only(tmp_path: Path) -> No
     report = validate_file(data)
     assert report.warnings == ["7 example(s) have no system message while others do"]
     assert report.n_examples == 11  # the string row parses (a data_type error), the broken line does not
+
+
+def test_image_examples_are_counted_by_the_base_models_image_rule() -> None:
+    # an image of unknown size counts as one 512-px tile: gpt-4o 85 + 170, gpt-4o-mini 2833 + 5667
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "high"}}
+    row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]},
+                        {"role": "assistant", "content": "A mug."}]}
+    text = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is it?"}]},
+                         {"role": "assistant", "content": "A mug."}]}
+
+    def tokens(r: dict, model: str) -> float:
+        return validate_rows([("line 1", r)], model=model, min_examples=1).tokens["total"]
+
+    assert tokens(row, "gpt-4o") - tokens(text, "gpt-4o") == 85 + 170
+    assert tokens(row, "gpt-4o-mini") - tokens(text, "gpt-4o-mini") == 2833 + 5667

@@ -83,9 +83,9 @@ def validate_training_rows(data: bytes, method: str, file_id: str, *, min_exampl
 
 def _row_tokens(row: dict[str, Any], model: str) -> int:
     if "messages" in row:
-        return count_message_tokens(row["messages"], model)
+        return count_message_tokens(row["messages"], model, image_model=model)
     msgs = list((row.get("input") or {}).get("messages", [])) + list(row.get("preferred_output") or [])
-    return count_message_tokens(msgs, model)
+    return count_message_tokens(msgs, model, image_model=model)
 
 
 class FineTuningJobs:

@@ -209,8 +209,9 @@ def validate_rows(rows: list[tuple[str, Any]], *, method: str = "supervised", mo
             convo = list(messages)
             replies = [m for m in messages if m.get("role") == "assistant"]
         try:
-            n = count_message_tokens(convo, model)
-            a = sum(count_message_tokens([m], model) - REPLY_PRIMING - PER_MESSAGE_OVERHEAD for m in replies)
+            n = count_message_tokens(convo, model, image_model=model)
+            a = sum(count_message_tokens([m], model, image_model=model) - REPLY_PRIMING - PER_MESSAGE_OVERHEAD
+                    for m in replies)
         except Exception:  # noqa: BLE001 - malformed content already reported above
             continue
         lengths.append(n)
