@@ -183,6 +183,9 @@ def test_jobs_cancel_and_unknown_ids(capsys: pytest.CaptureFixture[str]) -> None
         assert main(["train", str(QA), "--trainer", "openai", "--base-url", srv.base_url]) == 0
         job_id = JobRegistry().list()[0].id
         out_of(capsys)
+        # a key variable that is not set is a usage error, as for `train`, not a silent fall-back
+        assert main(["jobs", "cancel", job_id, "--api-key-env", "NO_SUCH_VAR_XYZ"]) == 2
+        assert "NO_SUCH_VAR_XYZ" in out_of(capsys)[1]
         assert main(["jobs", "cancel", job_id, "--json"]) == 0
         assert json.loads(out_of(capsys)[0])["status"] == "cancelled"
         assert JobRegistry().get(job_id).status == "cancelled"

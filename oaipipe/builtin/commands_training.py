@@ -40,6 +40,17 @@ def _registry(path: str | None) -> Any:
     return JobRegistry(path)
 
 
+def _key_from_env(var: str | None) -> str | None:
+    """The key in ``--api-key-env VAR`` (``None`` without the flag); an unset VAR is a usage error."""
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise ConfigError(f"--api-key-env {var}: that environment variable is not set",
+                          hint=f"export {var}=... first")
+    return value
+
+
 def _hyperparameters(n_epochs: int | None, batch_size: int | None, lr: float | None, beta: float | None) -> dict:
     hp = {"n_epochs": n_epochs, "batch_size": batch_size, "learning_rate_multiplier": lr, "beta": beta}
     return {k: v for k, v in hp.items() if v is not None}
@@ -203,12 +214,7 @@ def register_commands(cli: click.Group) -> None:
                 raise ConfigError(f"trainer '{trainer}' does not take --base-url",
                                   hint="--base-url is for --trainer openai (an OpenAI-compatible server)")
             block["base_url"] = base_url
-        if api_key_env:
-            value = os.environ.get(api_key_env)
-            if not value:
-                raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is not set",
-                                  hint=f"export {api_key_env}=... first")
-            block["api_key"] = value
+        block["api_key"] = _key_from_env(api_key_env)
         block = {k: v for k, v in block.items() if v is not None and k in fields}
         trainer_obj = host.build("trainer", block, Context(host=host), key="--trainer")
 
@@ -280,10 +286,7 @@ def register_commands(cli: click.Group) -> None:
         from ..plugins import PluginHost
         from ..training import trainer_for_job
 
-        overrides: dict[str, Any] = {}
-        if api_key_env:
-            overrides["api_key"] = os.environ.get(api_key_env) or None
-        return trainer_for_job(job, PluginHost(), overrides=overrides)
+        return trainer_for_job(job, PluginHost(), overrides={"api_key": _key_from_env(api_key_env)})
 
     @jobs.command("wait")
     @click.argument("job_id")
