@@ -217,8 +217,9 @@ class Runner:
         opened: list[Any] = []
         journal = errors = None
         try:
-            # sinks honour done_ids on resume: drop partial output of records that were not journaled
-            done_for_sinks = None if mode == "new" else set(run.status_by_id())
+            # sinks keep what they wrote for the records this run skips, and drop the rest (partial output of
+            # records not journaled; on --retry-failed also the failed records' lines, as they are redone)
+            done_for_sinks = None if mode == "new" else (skip_ids or set())
             for sink in pipeline.sinks:
                 sink.open(info, done_for_sinks)
                 opened.append(sink)

@@ -177,3 +177,19 @@ def test_blocking_plugins_run_off_the_event_loop_side_by_side(tmp_path: Path) ->
     # the analyzer saw several calls at once: a blocking plugin does not serialise the run
     scores = [r["s_score"] for r in read_jsonl(tmp_path / "out/records.jsonl")]
     assert max(scores) > 0.1
+
+
+def test_retry_failed_leaves_each_record_once_in_a_sink_that_includes_failed_records(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text("id,text,sleep\n1,a,0\n2,b,0.5\n3,c,0\n", encoding="utf-8")
+    sinks = "- {type: jsonl, path: out/records.jsonl, include_failed: true}\n"
+    steps = "- {type: sleep, output: slept}\n"
+    path = write_pipeline(tmp_path, "{type: priced, record_timeout: 0.2}", plugin=True, steps=steps, sinks=sinks)
+    first = run_pipeline_file(path)
+    assert first["records"]["failed"] == 1
+    path.write_text(path.read_text(encoding="utf-8").replace("record_timeout: 0.2", "record_timeout: 5"),
+                    encoding="utf-8")
+    second = run_pipeline_file(path, retry_failed=True)
+    assert second["records"]["done"] == 1
+    rows = read_jsonl(tmp_path / "out/records.jsonl")
+    assert sorted(r["_id"] for r in rows) == ["1", "2", "3"]  # record 2's failed line gave way to its retry
+    assert all("_error" not in r for r in rows)
