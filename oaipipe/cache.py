@@ -135,15 +135,23 @@ def cache_wrapper(cache: ResponseCache) -> Callable[[Call], Call]:
             if hit is not None:
                 return hit
             key = cache.key_for(request)
-            waiting = in_flight.get(key)
-            if waiting is not None:
-                response = await asyncio.shield(waiting)
+            while (waiting := in_flight.get(key)) is not None:
+                try:
+                    response = await asyncio.shield(waiting)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if not waiting.cancelled() or (task is not None and task.cancelling()):
+                        raise  # this call itself was cancelled
+                    continue  # the call it waited for was cancelled (its record timed out): call anew
                 cache.stats.bump("hits")
                 return replace(response, cached=True, latency=0.0)
             future: asyncio.Future[ChatResponse] = asyncio.get_running_loop().create_future()
             in_flight[key] = future
             try:
                 response = await call(request)
+            except asyncio.CancelledError:
+                future.cancel()  # the waiters make the call themselves
+                raise
             except BaseException as exc:
                 future.set_exception(exc)
                 future.exception()  # mark retrieved: no "never retrieved" warning when nobody waits

@@ -218,3 +218,50 @@ def test_switching_servers_does_not_reuse_answers(tmp_path: Path, server) -> Non
         second = run_pipeline_file(path, ["backend.base_url=" + other.base_url], fresh=True)
         assert second["cached"] == 0
         assert chat_requests(other) == 3
+
+
+def test_a_cancelled_call_does_not_cancel_the_identical_calls_waiting_for_it(tmp_path: Path) -> None:
+    # the first record's call times out (record_timeout cancels it); a second record waiting for the same
+    # answer must make the call itself, not be cancelled too (which would stop the whole run)
+    cache = ResponseCache(tmp_path / "c")
+    calls = []
+
+    async def slow(request: ChatRequest) -> ChatResponse:
+        calls.append(request)
+        await asyncio.sleep(0.05)
+        return _resp()
+
+    async def main_() -> ChatResponse:
+        wrapped = cache_wrapper(cache)(slow)
+        leader = asyncio.create_task(wrapped(_req()))
+        await asyncio.sleep(0.01)
+        follower = asyncio.create_task(wrapped(_req()))
+        await asyncio.sleep(0.01)
+        leader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        return await follower
+
+    answer = asyncio.run(main_())
+    assert answer.text == "hello" and len(calls) == 2
+
+
+def test_a_waiting_call_that_is_cancelled_itself_is_cancelled(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path / "c")
+
+    async def slow(request: ChatRequest) -> ChatResponse:
+        await asyncio.sleep(0.05)
+        return _resp()
+
+    async def main_() -> ChatResponse:
+        wrapped = cache_wrapper(cache)(slow)
+        leader = asyncio.create_task(wrapped(_req()))
+        await asyncio.sleep(0.01)
+        follower = asyncio.create_task(wrapped(_req()))
+        await asyncio.sleep(0.01)
+        follower.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await follower
+        return await leader
+
+    assert asyncio.run(main_()).text == "hello"
