@@ -10,13 +10,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from ..base import BackendOptions, PluginOptions
-from ..errors import AuthenticationError, BackendError
+from ..errors import AuthenticationError, BackendError, ServerError
 from ..keys import is_openai_host, resolve_api_key
 from ..openai_wire import chat_body, error_detail, parse_chat_reply, parse_responses_reply, responses_body
 from ..retry import RetryPolicy, error_for_status, parse_retry_after
 from ..types import ChatRequest, ChatResponse
 
-__all__ = ["OPENAI_BASE_URL", "HTTPBackendOptions", "HTTPBackendMixin", "http_error"]
+__all__ = ["OPENAI_BASE_URL", "HTTPBackendMixin", "HTTPBackendOptions", "http_error", "not_the_api"]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -52,6 +52,18 @@ def http_error(status: int, body: Any, fallback: str, *, url: str, request_id: s
         url=url,
         model=model,
     )
+
+
+def not_the_api(url: str, status: int | None, text: str, *, request_id: str | None = None) -> BackendError:
+    """A successful answer that is not the API's JSON (an HTML page, a proxy's banner): not retried, since
+    the same address gives the same page again."""
+    err = ServerError(
+        f"HTTP {status or '?'} from {url} is not JSON: {text[:200]!r}",
+        status=status, request_id=request_id,
+        hint="base_url must point at an OpenAI-compatible API (it usually ends in /v1)",
+    )
+    err.retryable = False  # type: ignore[misc]
+    return err
 
 
 class HTTPBackendMixin:

@@ -26,7 +26,7 @@ from ..openai_wire import (
 )
 from ..retry import connection_error
 from ..types import ChatRequest, ChatResponse, ModelInfo
-from ._http_backend import HTTPBackendMixin, http_error
+from ._http_backend import HTTPBackendMixin, http_error, not_the_api
 
 __all__ = ["OpenAIBackend", "translate_sdk_error"]
 
@@ -115,12 +115,16 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
         async def attempt() -> Any:
             try:
                 if responses:
-                    return await client.responses.create(**kwargs)
-                return await client.chat.completions.create(**kwargs)
+                    result = await client.responses.create(**kwargs)
+                else:
+                    result = await client.chat.completions.create(**kwargs)
             except openai.OpenAIError as exc:
                 error = translate_sdk_error(exc, url=url, timeout=self.options.timeout, model=request.model)
                 self._remember_refusal(error)
                 raise error from exc
+            if isinstance(result, str):  # the SDK hands back the text of a non-JSON answer (an HTML page)
+                raise not_the_api(url, None, result)
+            return result
 
         start = time.perf_counter()
         result = await self.policy.arun(attempt)
@@ -136,12 +140,14 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
 
         def attempt() -> Any:
             try:
-                page = self.client.models.list()
-                return {"data": [m.model_dump(mode="json") for m in page.data]}
+                raw = self.client.models.with_raw_response.list()
             except openai.OpenAIError as exc:
                 error = translate_sdk_error(exc, url=url, timeout=self.options.timeout)
                 self._remember_refusal(error)
                 raise error from exc
+            if "json" not in (raw.headers.get("content-type") or ""):  # the SDK cannot parse an HTML page
+                raise not_the_api(url, raw.status_code, raw.http_response.text, request_id=raw.request_id)
+            return {"data": [m.model_dump(mode="json") for m in raw.parse().data]}
 
         return parse_models(self.policy.run(attempt))
 

@@ -20,13 +20,12 @@ from requests.adapters import HTTPAdapter
 
 from .. import hookimpl
 from ..base import SyncBackend
-from ..errors import ServerError
 from ..openai_wire import (
     parse_models,
 )
 from ..retry import connection_error
 from ..types import ChatRequest, ChatResponse, ModelInfo
-from ._http_backend import HTTPBackendMixin, http_error
+from ._http_backend import HTTPBackendMixin, http_error, not_the_api
 
 __all__ = ["RequestsBackend"]
 
@@ -77,12 +76,7 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
         try:
             data = resp.json()
         except (ValueError, json.JSONDecodeError):
-            err = ServerError(
-                f"HTTP {resp.status_code} from {url} is not JSON: {resp.text[:200]!r}",
-                status=resp.status_code, request_id=request_id,
-                hint="base_url must point at an OpenAI-compatible API (it usually ends in /v1)",
-            )
-            raise err from None
+            raise not_the_api(url, resp.status_code, resp.text, request_id=request_id) from None
         return data, request_id
 
     # --- the contract ---------------------------------------------------------------------------
