@@ -72,14 +72,20 @@ class OpenAITrainer(Trainer):
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         import openai
 
+        from ._http_backend import not_the_api
         from .backend_openai import translate_sdk_error
 
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except openai.OpenAIError as exc:  # SDK errors only: a bug elsewhere must not pass for a server error
             err = translate_sdk_error(exc, url=self.url, timeout=self.options.request_timeout)
             err.message = f"{what}: {err.message}"
             raise err from None
+        if isinstance(result, str):  # the SDK hands back the text of a non-JSON answer (an HTML page)
+            err = not_the_api(self.url, None, result)
+            err.message = f"{what}: {err.message}"
+            raise err
+        return result
 
     # --- the Trainer contract -------------------------------------------------------------------
 
