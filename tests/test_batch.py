@@ -161,3 +161,42 @@ def _input_file(server, file_id: str) -> str:
 
     with urllib.request.urlopen(f"{server.base_url}/files/{file_id}/content") as resp:
         return resp.read().decode().splitlines()[0]
+
+
+def test_a_page_that_is_not_the_api_fails_the_waiting_calls_clearly(tmp_path: Path, home: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from oaipipe.errors import BackendError
+
+    class Page(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            return
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"<html>Welcome</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    site = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=site.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    path = write_pipeline(tmp_path, _batch_backend(f"http://127.0.0.1:{site.server_address[1]}"), n=1)
+
+    async def ask() -> None:
+        backend = load_pipeline(path).backend
+        try:
+            await backend.chat(ChatRequest(messages=[{"role": "user", "content": "hi"}], model="gpt-4o-mini"))
+        finally:
+            await backend.aclose()
+
+    try:
+        with pytest.raises(BackendError, match="not JSON") as err:
+            asyncio.run(ask())
+        assert "/v1" in str(err.value)
+    finally:
+        site.shutdown()
+        site.server_close()

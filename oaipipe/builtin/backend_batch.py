@@ -43,7 +43,7 @@ from ..fsutil import write_text_atomic
 from ..home import home_dir
 from ..openai_wire import chat_body, parse_chat_reply
 from ..types import ChatRequest, ChatResponse
-from ._http_backend import HTTPBackendOptions, http_error
+from ._http_backend import HTTPBackendOptions, http_error, not_the_api
 from .backend_openai import OpenAIBackend, translate_sdk_error
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "BatchBackend", "BatchOptions"]
@@ -199,9 +199,12 @@ class BatchBackend(OpenAIBackend):
 
         async def attempt() -> Any:
             try:
-                return await fn()
+                result = await fn()
             except openai.OpenAIError as exc:
                 raise translate_sdk_error(exc, url=url, timeout=self.options.timeout) from exc
+            if isinstance(result, str):  # the SDK hands back the text of a non-JSON answer (an HTML page)
+                raise not_the_api(url, None, result)
+            return result
 
         return await self.policy.arun(attempt)
 
