@@ -277,6 +277,23 @@ def test_ft_model_answers_with_the_trained_reply() -> None:
     assert model_id in [m.id for m in list_models()]
 
 
+def test_a_trained_model_is_read_once_and_again_when_its_file_changes() -> None:
+    from oaipipe.engine.tuning import load_local_model, model_store
+
+    rows = [{"messages": [{"role": "user", "content": "Opening hours?"},
+                          {"role": "assistant", "content": "Nine to five."}]}]
+    model_id = train_local_model(rows, base_model="gpt-4o-mini", suffix="hours")
+    first = load_local_model(model_id)
+    assert first is not None and load_local_model(model_id) is first  # no second read per chat call
+    path = next(model_store().glob("*hours*.json"))
+    data = json.loads(path.read_text())
+    data["examples"][0]["reply"] = "Ten to six, every day."
+    path.write_text(json.dumps(data))
+    assert load_local_model(model_id).examples[0]["reply"] == "Ten to six, every day."
+    path.unlink()
+    assert load_local_model(model_id) is None
+
+
 def test_unknown_ft_model_is_model_not_found() -> None:
     with pytest.raises(ModelNotFound, match="does not exist"):
         chat.complete(user("hi"), "ft:gpt-4o-mini:local:nope:00000000")

@@ -127,13 +127,27 @@ def _file_name(model_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", model_id) + ".json"
 
 
+#: models already read, by file: (mtime_ns, size) of the file when read, and the model
+_LOADED: dict[Path, tuple[tuple[int, int], LocalModel]] = {}
+
+
 def load_local_model(model_id: str, store: Path | None = None) -> LocalModel | None:
+    """The trained model ``model_id`` (``None`` if it was never trained here). The file is read once and
+    again only when it changes: every chat call to an ``ft:`` model asks for it."""
     path = model_store(store) / _file_name(model_id)
-    if not path.exists():
+    try:
+        st = path.stat()
+    except FileNotFoundError:
         return None
+    stamp = (st.st_mtime_ns, st.st_size)
+    known = _LOADED.get(path)
+    if known is not None and known[0] == stamp:
+        return known[1]
     data = json.loads(path.read_text(encoding="utf-8"))
-    return LocalModel(id=data["id"], base_model=data["base_model"], examples=data["examples"],
-                      created=data["created"], method=data.get("method", "supervised"))
+    model = LocalModel(id=data["id"], base_model=data["base_model"], examples=data["examples"],
+                       created=data["created"], method=data.get("method", "supervised"))
+    _LOADED[path] = (stamp, model)
+    return model
 
 
 def list_local_models(store: Path | None = None) -> list[LocalModel]:
