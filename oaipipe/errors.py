@@ -211,6 +211,8 @@ class RunAborted(OaipipeError):
 _KEY_PATTERNS = [
     re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.]{8,}"),
+    # the password of a URL's user info (a proxy's https://user:password@host/v1)
+    re.compile(r"(?i)([a-z][a-z0-9+.\-]*://[^/\s:@]+:)[^/\s@]+(?=@)"),
 ]
 _registered_secrets: set[str] = set()
 
@@ -222,7 +224,7 @@ def register_secret(value: str | None) -> None:
 
 
 def redact(text: str) -> str:
-    """Mask API keys in ``text``: registered secrets, ``OPENAI_API_KEY``, ``sk-...`` and bearer tokens."""
+    """Mask API keys in ``text``: registered secrets, ``OPENAI_API_KEY``, ``sk-...``, bearer tokens and URL passwords."""
     if not text:
         return text
     secrets = set(_registered_secrets)

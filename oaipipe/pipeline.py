@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .base import Backend, BackendOptions, Context, Sink, Source, Step
 from .config import LoadedConfig, load_config
-from .errors import ConfigError, OaipipeError
+from .errors import ConfigError, OaipipeError, redact
 from .plugins import PluginHost
 
 __all__ = ["Pipeline", "build_backend", "endpoint", "fingerprint", "fingerprint_parts", "load_pipeline"]
@@ -60,7 +61,7 @@ class Pipeline:
         if self.backend.name == "local":
             text += " (embedded offline engine: deterministic replies, not GPT)"
         elif where:
-            text += f" at {where}"
+            text += f" at {redact(str(where))}"
         return text
 
 
@@ -263,12 +264,18 @@ def check_templates(pipeline: Pipeline) -> None:
 
 
 def _public(data: Any) -> Any:
-    """A copy of the config data without secrets (api keys)."""
+    """A copy of the config data without secrets: values of keys named like one (``api_key``, ``token``,
+    ``password``...) become ``***``, and any string is :func:`~oaipipe.errors.redact`-ed (keys, URL passwords)."""
     if isinstance(data, dict):
-        return {k: ("***" if "key" in str(k).lower() and v else _public(v)) for k, v in data.items()}
+        return {k: ("***" if v and _SECRET_NAME.search(str(k)) else _public(v)) for k, v in data.items()}
     if isinstance(data, list):
         return [_public(v) for v in data]
+    if isinstance(data, str):
+        return redact(data)
     return data
+
+
+_SECRET_NAME = re.compile(r"(?i)key|secret|passw|(^|_)token$|(^|_)auth$|authorization|credential")
 
 
 #: backend keys that change how calls are made, not what they answer (a resumed run may change them)
@@ -306,7 +313,7 @@ def endpoint(pipeline: Pipeline) -> str:
     """
     base_url = getattr(pipeline.backend.options, "base_url", None)
     if base_url:
-        return str(base_url).rstrip("/")
+        return redact(str(base_url).rstrip("/"))  # kept in pipeline.json: no password of the URL
     return "https://api.openai.com/v1" if pipeline.backend.needs_api_key else f"backend:{pipeline.backend.name}"
 
 

@@ -403,3 +403,24 @@ def test_a_completely_empty_csv_is_zero_records_not_an_error(tmp_path: Path) -> 
     summary = run_pipeline_file(make_pipeline(tmp_path))
     assert summary["status"] == "finished"
     assert summary["records"]["done"] == 0 and summary["calls"] == 0
+
+
+def test_no_secret_reaches_the_run_directory_or_the_headline(tmp_path: Path, monkeypatch, capsys) -> None:
+    # a proxy password in base_url, a key in api_key, and the OpenAI key pasted into a plugin-ish option
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-proj-verysecretkeyvalue1")
+    monkeypatch.setenv("PROXY_KEY", "pr0xy-tok3n-value")
+    make_csv(tmp_path / "r.csv")
+    (tmp_path / "p.yaml").write_text(textwrap.dedent("""\
+        name: t
+        backend: {type: local, base_url: "http://alice:hunter2pw@127.0.0.1:9/v1", api_key: "${env:PROXY_KEY}"}
+        source: {type: csv, path: r.csv, id_column: id}
+        steps:
+          - {type: ask, system: "never say ${env:OPENAI_API_KEY}", prompt: "Reply to: {text}", output: reply}
+        sinks: []
+        """), encoding="utf-8")
+    assert main(["run", str(tmp_path / "p.yaml")]) == 0
+    out = capsys.readouterr()
+    written = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "runs").glob("*/*/pipeline.json"))
+    for secret in ("hunter2pw", "pr0xy-tok3n-value", "verysecretkeyvalue1"):
+        assert secret not in written and secret not in out.out + out.err, secret
+    assert "alice:***@127.0.0.1:9" in written
