@@ -91,8 +91,13 @@ class RunDir:
                     yield entry
 
     def status_by_id(self) -> dict[str, str]:
-        """Latest status of each journaled record id (a retried record's later line wins)."""
-        return {entry["id"]: entry.get("status", "done") for entry in self.journal()}
+        """Status of each journaled record id: ``done`` once any of its lines is done (a retried record's
+        later ``done`` wins; a later ``failed`` line of that id is a duplicate-id row, not a redo)."""
+        statuses: dict[str, str] = {}
+        for entry in self.journal():
+            if statuses.get(entry["id"]) != "done":
+                statuses[entry["id"]] = entry.get("status", "done")
+        return statuses
 
     def repair_journal(self) -> None:
         """Cut a torn last line so that appends start on a fresh line."""

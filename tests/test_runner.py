@@ -424,3 +424,14 @@ def test_no_secret_reaches_the_run_directory_or_the_headline(tmp_path: Path, mon
     for secret in ("hunter2pw", "pr0xy-tok3n-value", "verysecretkeyvalue1"):
         assert secret not in written and secret not in out.out + out.err, secret
     assert "alice:***@127.0.0.1:9" in written
+
+
+def test_retry_failed_does_not_redo_a_record_whose_duplicate_id_failed(tmp_path: Path) -> None:
+    make_csv(tmp_path / "r.csv", [("1", "a"), ("2", "b"), ("2", "again"), ("3", "c")])
+    path = make_pipeline(tmp_path, "run: {max_failures: 10}\n")
+    first = run_pipeline_file(path)
+    assert first["records"]["done"] == 3 and first["records"]["failed"] == 1
+    second = run_pipeline_file(path, retry_failed=True)
+    # record 2 was done; only a duplicate of its id failed: record 2 is not called (and paid) again
+    assert second["calls"] == 0 and second["records"]["done"] == 0
+    assert sorted(r["_id"] for r in read_jsonl(tmp_path / "out/records.jsonl")) == ["1", "2", "3"]
