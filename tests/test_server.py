@@ -105,6 +105,22 @@ def test_chat_with_image_data_url(server: Any) -> None:
     assert "cannot fetch" in err.value.message
 
 
+@pytest.mark.parametrize("url", ["{path}", "file://{path}", "/dev/zero"])
+def test_the_server_never_reads_a_local_file_named_by_a_client(server: Any, tmp_path: Path, url: str) -> None:
+    # OpenAI takes data URLs and http(s) URLs only; a path would let any client read the server's files
+    picture = tmp_path / "secret.png"
+    Image.new("RGB", (30, 20), (0, 200, 0)).save(picture)
+    for endpoint in ("chat", "responses"):
+        with pytest.raises(openai.BadRequestError) as err:
+            if endpoint == "chat":
+                client(server).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": url.format(path=picture)}}]}])
+            else:
+                client(server).responses.create(model="gpt-4o-mini", input=[{"role": "user", "content": [
+                    {"type": "input_image", "image_url": url.format(path=picture)}]}])
+        assert err.value.code == "invalid_image_url" and "data:image/png;base64" in err.value.message
+
+
 def test_chat_json_schema_and_sdk_parse(server: Any) -> None:
     from pydantic import BaseModel
 

@@ -35,9 +35,27 @@ def _int_param(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
+def _refuse_local_paths(messages: Any) -> None:
+    """Images must come as data URLs (or http(s) URLs, which the engine refuses for want of network), as
+    on OpenAI. The engine also reads file paths for the in-process ``local`` backend; over HTTP that
+    would let any client read the server's files (or hang it on ``/dev/zero``)."""
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if not isinstance(part, dict) or part.get("type") not in ("image_url", "input_image"):
+                continue
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if isinstance(url, str) and url and not url.startswith(("data:", "http://", "https://")):
+                raise ApiError(400, "Invalid image URL: the server takes images as data URLs "
+                               "(data:image/png;base64,...), not file paths; encode the image and send it inline.",
+                               param="messages", code="invalid_image_url")
+
+
 def engine_call(messages: Any, model: str, *, response_format: Any, temperature: Any,
                 max_tokens: int | None) -> engine_chat.EngineReply:
     """Call the engine and map its errors onto API errors."""
+    _refuse_local_paths(messages)
     if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, int | float)
                                     or not 0 <= temperature <= 2):
         raise ApiError(400, f"Invalid 'temperature': expected a number between 0 and 2, got {temperature!r}.",
