@@ -6,8 +6,8 @@ file. Each job records its id, a description, creation time, trainer, base model
 file and its sha256, status, the fine-tuned model, the error, the server's base URL (never a key) and
 the last events.
 
-A rerun with the same dataset hash, trainer, base model, method and base URL finds the first job
-(:meth:`JobRegistry.find_same`) instead of launching another, unless that job failed or was cancelled.
+A rerun with the same dataset hash, trainer, base model, method and base URL finds the newest such job
+(:meth:`JobRegistry.find_same`) instead of launching another; failed and cancelled jobs do not count.
 """
 
 from __future__ import annotations
