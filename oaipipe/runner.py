@@ -370,6 +370,7 @@ class Runner:
     async def _process(self, record: Record) -> RecordResult:
         fields = dict(record.data)
         if record.error:
+            self._failure_kinds[RecordError] += 1  # the source could not read it
             return RecordResult(record, fields, error=record.error)
         ctx = StepContext(record=record, backend=self.pipeline.backend, host=self.pipeline.host, call=self._call)
         timeout = getattr(self.pipeline.backend.options, "record_timeout", None)
@@ -395,9 +396,11 @@ class Runner:
             self._failure_kinds[type(exc)] += 1
             return _failed(record, fields, ctx, step_label, exc)
         except TimeoutError:
+            self._failure_kinds[RecordError] += 1
             exc2 = RecordError(f"record took longer than backend.record_timeout={timeout}s")
             return _failed(record, fields, ctx, step_label, exc2)
         except Exception as exc:  # noqa: BLE001 - a plugin bug fails this record, not the run
+            self._failure_kinds[RecordError] += 1
             tb = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             at = f" at {Path(tb.filename).name}:{tb.lineno}" if tb else ""
             return _failed(record, fields, ctx, step_label,
@@ -443,7 +446,7 @@ class Runner:
         elif self.max_failures is None and self.stats.done == 0 and self.stats.failed >= EARLY_ABORT_FAILURES:
             message = f"the first {self.stats.failed} records all failed; last: {result.error}"
             hint = f"{where}; fix the cause and rerun (finished records are kept), or pass --max-failures N to go on"
-            kinds = list(self._failure_kinds)
+            kinds = list(self._failure_kinds)  # the kind of every failure so far
             if len(kinds) == 1 and issubclass(kinds[0], BackendError):
                 # every record failed the same way at the backend (a server that is down, say): exit as that error
                 self._abort = kinds[0](message, hint=hint)

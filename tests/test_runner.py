@@ -435,3 +435,18 @@ def test_retry_failed_does_not_redo_a_record_whose_duplicate_id_failed(tmp_path:
     # record 2 was done; only a duplicate of its id failed: record 2 is not called (and paid) again
     assert second["calls"] == 0 and second["records"]["done"] == 0
     assert sorted(r["_id"] for r in read_jsonl(tmp_path / "out/records.jsonl")) == ["1", "2", "3"]
+
+
+def test_early_abort_blames_the_server_only_when_every_failure_was_the_servers(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # half the lines are broken JSON (input errors), half reach the dead server (connection errors)
+    lines = "".join('{"id": "%d", "text": "t"}\n' % i if i % 2 else "{broken\n" for i in range(12))
+    (tmp_path / "in.jsonl").write_text(lines)
+    path = make_pipeline(tmp_path, source="{type: jsonl, path: in.jsonl, id_field: id}")
+    with pytest.raises(RunAborted, match="first 10 records all failed"):
+        run_pipeline_file(path, ["backend.type=openai", f"backend.base_url=http://127.0.0.1:{port}/v1",
+                                 "backend.max_retries=0"], use_cache=False)
