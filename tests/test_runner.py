@@ -444,7 +444,7 @@ def test_early_abort_blames_the_server_only_when_every_failure_was_the_servers(t
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # half the lines are broken JSON (input errors), half reach the dead server (connection errors)
-    lines = "".join('{"id": "%d", "text": "t"}\n' % i if i % 2 else "{broken\n" for i in range(12))
+    lines = "".join(f'{{"id": "{i}", "text": "t"}}\n' if i % 2 else "{broken\n" for i in range(12))
     (tmp_path / "in.jsonl").write_text(lines)
     path = make_pipeline(tmp_path, source="{type: jsonl, path: in.jsonl, id_field: id}")
     with pytest.raises(RunAborted, match="first 10 records all failed"):
