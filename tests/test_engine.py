@@ -290,6 +290,10 @@ def test_a_trained_model_is_read_once_and_again_when_its_file_changes() -> None:
     data["examples"][0]["reply"] = "Ten to six, every day."
     path.write_text(json.dumps(data))
     assert load_local_model(model_id).examples[0]["reply"] == "Ten to six, every day."
+    path.write_text("{not json")
+    with pytest.raises(ModelNotFound, match="damaged.*train it again"):
+        chat.complete(user("Opening hours?"), model_id)
+    assert find_model(model_id) is None
     path.unlink()
     assert load_local_model(model_id) is None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import ModelNotFound
 from .tuning import list_local_models, load_local_model
 
 __all__ = ["BASE_MODELS", "EngineModel", "find_model", "list_models"]
@@ -43,7 +44,10 @@ def find_model(model_id: str) -> EngineModel | None:
     if model_id in BASE_MODELS:
         return EngineModel(model_id, _CREATED, "oaipipe-local")
     if model_id.startswith("ft:"):
-        model = load_local_model(model_id)
+        try:
+            model = load_local_model(model_id)
+        except ModelNotFound:  # a damaged file: not listed either (chat calls say why)
+            return None
         if model is not None:
             return EngineModel(model.id, model.created, "oaipipe-local-user")
     return None

@@ -143,9 +143,16 @@ def load_local_model(model_id: str, store: Path | None = None) -> LocalModel | N
     known = _LOADED.get(path)
     if known is not None and known[0] == stamp:
         return known[1]
-    data = json.loads(path.read_text(encoding="utf-8"))
-    model = LocalModel(id=data["id"], base_model=data["base_model"], examples=data["examples"],
-                       created=data["created"], method=data.get("method", "supervised"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        model = LocalModel(id=data["id"], base_model=data["base_model"], examples=data["examples"],
+                           created=data["created"], method=data.get("method", "supervised"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        from .errors import ModelNotFound
+
+        raise ModelNotFound(f"The model '{model_id}' cannot be loaded: its file {path} is damaged "
+                            f"({type(exc).__name__}: {exc}); train it again (oaipipe train) or delete the "
+                            "file.") from None
     _LOADED[path] = (stamp, model)
     return model
 
