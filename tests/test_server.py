@@ -420,6 +420,11 @@ def test_stats_and_faults_over_http(server: Any) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(bad, timeout=5)
     assert "drop_rat" in json.loads(err.value.read())["error"]["message"]
+    wrapped = urllib.request.Request(server.url + "/_oaipipe/faults", data=b'{"faults": {"drop_rate": 1}}',
+                                     method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(wrapped, timeout=5)
+    assert err.value.code == 400 and "not wrapped" in json.loads(err.value.read())["error"]["message"]
     server.reset_stats()
     assert server.stats()["requests"] == 0
 

@@ -192,6 +192,9 @@ class OaipipeServer(ThreadingHTTPServer):
         body = req.json()
         if not isinstance(body, dict):
             raise ApiError(400, "Send a JSON object of fault settings, e.g. {\"error_rates\": {\"429\": 0.2}}.")
+        if "faults" in body:
+            raise ApiError(400, "Send the fault settings themselves, not wrapped in \"faults\": e.g. "
+                           "{\"drop_rate\": 0.1, \"error_rates\": {\"429\": 0.2}}.", code="invalid_value")
         try:
             self.set_faults(**body)
         except (TypeError, ValueError) as exc:
