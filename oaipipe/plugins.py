@@ -120,7 +120,17 @@ class PluginHost:
             self.pm.set_blocked(name)
             self.info[name] = PluginInfo(name, origin + " (disabled)")
             return
-        if self.pm.has_plugin(name) or self.pm.get_plugin(name) is not None:
+        if self.pm.is_registered(module):
+            return  # already loaded (a built-in listed again under `plugins:`, say)
+        taken = self.pm.get_plugin(name)
+        if taken is not None:
+            if origin.startswith("file") and self.info.get(name, PluginInfo(name, "")).origin != origin:
+                other = self.info[name].origin if name in self.info else "another plugin"
+                raise PluginLoadError(
+                    f"plugin file {origin[5:]} is named '{name}', like a plugin already loaded ({other}); "
+                    f"it would be ignored",
+                    hint=f"rename the file (e.g. my_{name}.py) and its entry under `plugins:`",
+                )
             return
         try:
             self.pm.register(module, name=name)

@@ -240,3 +240,17 @@ def test_a_bad_set_value_is_not_blamed_on_a_line_of_the_file(tmp_path: Path, csv
         load_pipeline(write(tmp_path, BASE), ["backend.concurrency=lots"])
     assert info.value.line is None
     assert "backend.concurrency" in str(info.value) and "'lots'" in str(info.value)
+
+
+def test_a_plugin_file_named_like_a_builtin_plugin_is_refused_not_ignored(tmp_path: Path, csv: Path) -> None:
+    (tmp_path / "source_csv.py").write_text(
+        "from oaipipe import hookimpl\n\n@hookimpl\ndef register_sources(register):\n    pass\n", encoding="utf-8"
+    )
+    path = write(tmp_path, "plugins: [source_csv.py]\n" + BASE)
+    err = load_error(load_pipeline, path)
+    assert "source_csv" in str(err) and "rename" in str(err) and err.line == 1
+
+
+def test_listing_a_builtin_plugin_module_under_plugins_is_harmless(tmp_path: Path, csv: Path) -> None:
+    path = write(tmp_path, "plugins: [oaipipe.builtin.sink_records]\n" + BASE)
+    assert [s.name for s in load_pipeline(path).sinks] == ["jsonl"]
