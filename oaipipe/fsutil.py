@@ -7,6 +7,7 @@ from oaipipe, so any part of the package (the embedded engine included) may use 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -92,7 +93,14 @@ def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2, fsync: b
     write_text_atomic(path, text + "\n" if trailing_newline else text, fsync=fsync, prefix=prefix)
 
 
+@functools.cache
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read once. ``os.umask`` can only be read by setting it, which is process-wide: a
+    file another thread creates in that instant would get mode 0666, so Linux's /proc is preferred."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text(encoding="ascii", errors="replace").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask

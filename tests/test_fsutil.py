@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from oaipipe import fsutil
 from oaipipe.fsutil import atomic_file, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 
@@ -30,3 +31,20 @@ def test_discard_and_error_keep_the_old_content(tmp_path):
         raise RuntimeError("boom")
     assert target.read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_atomic_writes_never_change_the_process_umask(tmp_path, monkeypatch):
+    # os.umask is process-wide: setting it to 0 even for an instant lets a file another thread creates
+    # meanwhile come out world-writable. The mode of a written file must not depend on it.
+    import os
+    import stat
+
+    expected = 0o666 & ~fsutil._umask()
+
+    def no_umask(mask):
+        raise AssertionError("os.umask called during an atomic write")
+
+    monkeypatch.setattr(os, "umask", no_umask)
+    for i in range(3):
+        fsutil.write_text_atomic(tmp_path / f"f{i}.txt", "x")
+        assert stat.S_IMODE((tmp_path / f"f{i}.txt").stat().st_mode) == expected
