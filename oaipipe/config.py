@@ -252,6 +252,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     raise ConfigError(f"--set {path}: '{part}' is not an index of the list at "
                                       f"{'.'.join(parts[:i]) or 'top level'}") from None
                 continue
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {path}: '{'.'.join(parts[:i])}' is not a mapping",
+                                  hint="set the key itself, or a key of a mapping below it")
             if part not in target or target[part] is None:
                 target[part] = [] if nxt.isdigit() else {}
             target = target[part]

@@ -254,3 +254,9 @@ def test_a_plugin_file_named_like_a_builtin_plugin_is_refused_not_ignored(tmp_pa
 def test_listing_a_builtin_plugin_module_under_plugins_is_harmless(tmp_path: Path, csv: Path) -> None:
     path = write(tmp_path, "plugins: [oaipipe.builtin.sink_records]\n" + BASE)
     assert [s.name for s in load_pipeline(path).sinks] == ["jsonl"]
+
+
+def test_set_below_a_plain_value_says_it_is_not_a_mapping() -> None:
+    for override in ("name.x.y=1", "name.x=1"):
+        with pytest.raises(ConfigError, match="'name' is not a mapping"):
+            apply_overrides({"name": "t"}, [override])
