@@ -69,11 +69,12 @@ class ResponseCache:
     def path_for(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
 
-    def get(self, request: ChatRequest) -> ChatResponse | None:
-        """The cached answer to ``request`` (marked ``cached=True``), or ``None``."""
+    def get(self, request: ChatRequest, key: str | None = None) -> ChatResponse | None:
+        """The cached answer to ``request`` (marked ``cached=True``), or ``None``. ``key``: its
+        :meth:`key_for`, when the caller has it already."""
         if not self.read:
             return None
-        key = self.key_for(request)
+        key = key or self.key_for(request)
         try:
             data = json.loads(self.path_for(key).read_text(encoding="utf-8"))
             if data.get("format") != _FORMAT or data.get("key") != key:
@@ -89,11 +90,11 @@ class ResponseCache:
         self.stats.bump("hits")
         return replace(response, cached=True, latency=0.0)
 
-    def put(self, request: ChatRequest, response: ChatResponse) -> None:
+    def put(self, request: ChatRequest, response: ChatResponse, key: str | None = None) -> None:
         """Store a successful answer atomically (temp file + ``os.replace``)."""
         if not self.write or response.cached:
             return
-        key = self.key_for(request)
+        key = key or self.key_for(request)
         path = self.path_for(key)
         entry: dict[str, Any] = {"format": _FORMAT, "key": key, "model": request.model, "step": request.step,
                                  "response": replace(response, cached=False).to_dict()}
@@ -131,10 +132,10 @@ def cache_wrapper(cache: ResponseCache) -> Callable[[Call], Call]:
         in_flight: dict[str, asyncio.Future[ChatResponse]] = {}
 
         async def cached_call(request: ChatRequest) -> ChatResponse:
-            hit = cache.get(request)
+            key = cache.key_for(request)  # hashes every message (images too): once per call
+            hit = cache.get(request, key)
             if hit is not None:
                 return hit
-            key = cache.key_for(request)
             while (waiting := in_flight.get(key)) is not None:
                 try:
                     response = await asyncio.shield(waiting)
@@ -159,7 +160,7 @@ def cache_wrapper(cache: ResponseCache) -> Callable[[Call], Call]:
             finally:
                 in_flight.pop(key, None)
             future.set_result(response)
-            cache.put(request, response)
+            cache.put(request, response, key)
             return response
 
         return cached_call

@@ -265,3 +265,20 @@ def test_a_waiting_call_that_is_cancelled_itself_is_cancelled(tmp_path: Path) ->
         return await leader
 
     assert asyncio.run(main_()).text == "hello"
+
+
+def test_a_call_hashes_its_request_once(tmp_path: Path, monkeypatch) -> None:
+    # the key covers every message (base64 images included): hashing it once per call, not three times
+    cache = ResponseCache(tmp_path / "c")
+    hashed = []
+    real = ChatRequest.cache_key
+    monkeypatch.setattr(ChatRequest, "cache_key", lambda self: hashed.append(1) or real(self))
+
+    async def backend(request: ChatRequest) -> ChatResponse:
+        return _resp()
+
+    call = cache_wrapper(cache)(backend)
+    asyncio.run(call(_req()))  # a miss, then stored
+    assert len(hashed) == 1
+    asyncio.run(call(_req()))  # a hit
+    assert len(hashed) == 2
