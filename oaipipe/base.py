@@ -261,6 +261,9 @@ class Sink(Component):
     that every record ends up exactly once.
     """
 
+    def prepare(self) -> None:
+        """Called once when the pipeline is built: resolve names (analyzers) so errors come before the run."""
+
     def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
         """Prepare the output. ``done_ids`` is ``None`` for a new run."""
 

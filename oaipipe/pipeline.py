@@ -173,6 +173,11 @@ def load_pipeline(
             raise ConfigError("each sink must be a mapping with `type:`", file=file, line=line, column=col, key=key)
         sink = host.build("sink", block, context, key=key, file=file, lines=loaded.where)
         assert isinstance(sink, Sink)
+        try:
+            sink.prepare()
+        except OaipipeError as exc:
+            line, col = loaded.where(key)
+            raise ConfigError(exc.message, file=file, line=line, column=col, key=key, hint=exc.hint) from exc
         sinks.append(sink)
     if cfg.train is not None:
         from .training import build_train_block  # validates every key of `train:`; no network

@@ -260,3 +260,11 @@ def test_set_below_a_plain_value_says_it_is_not_a_mapping() -> None:
     for override in ("name.x.y=1", "name.x=1"):
         with pytest.raises(ConfigError, match="'name' is not a mapping"):
             apply_overrides({"name": "t"}, [override])
+
+
+@pytest.mark.parametrize("sink", ["dialogue-jsonl", "dialogue-json"])
+def test_a_dialogue_sinks_unknown_analyzer_fails_at_load_with_its_line(tmp_path: Path, csv: Path, sink: str) -> None:
+    path = write(tmp_path, BASE.replace("sinks:\n", f"sinks:\n  - {{type: {sink}, path: d.out, analyzer: vadr}}\n"))
+    err = load_error(load_pipeline, path)
+    assert "unknown analyzer 'vadr'" in str(err) and "did you mean 'vader'" in str(err)
+    assert err.key == "sinks.0" and err.line is not None

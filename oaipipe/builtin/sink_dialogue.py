@@ -154,6 +154,9 @@ class DialogueJsonlSink(JsonlAppendingSink):
         super().__init__(options, context)
         self._fill = _SentimentFiller(self, self.options.analyzer)
 
+    def prepare(self) -> None:
+        self._fill.analyzer()  # an unknown analyzer name fails when the pipeline is built, not mid-run
+
     def write(self, result: RecordResult) -> None:
         run = self._open_run()
         if result.error is not None or not result.exchanges:
@@ -204,6 +207,9 @@ class DialogueJsonSink(Sink):
         self._open = False
         self._side: Any = None
         self._fill = _SentimentFiller(self, self.options.analyzer)
+
+    def prepare(self) -> None:
+        self._fill.analyzer()  # an unknown analyzer name fails when the pipeline is built, not mid-run
 
     @property
     def file(self) -> Path:
