@@ -28,8 +28,17 @@ from .fsutil import write_json_atomic
 __all__ = ["RunDir", "find_runs", "new_run_id"]
 
 
+_last_us = 0
+
+
 def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+    """``20261125-063000.123456-ab12``: UTC time to the microsecond, so that ids sort in creation order
+    (the latest run is the one a rerun resumes), then a random suffix."""
+    global _last_us
+    now_us = max(time.time_ns() // 1000, _last_us + 1)  # strictly increasing within the process
+    _last_us = now_us
+    seconds, micro = divmod(now_us, 1_000_000)
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(seconds))}.{micro:06d}-{secrets.token_hex(2)}"
 
 
 @dataclass

@@ -450,3 +450,14 @@ def test_early_abort_blames_the_server_only_when_every_failure_was_the_servers(t
     with pytest.raises(RunAborted, match="first 10 records all failed"):
         run_pipeline_file(path, ["backend.type=openai", f"backend.base_url=http://127.0.0.1:{port}/v1",
                                  "backend.max_retries=0"], use_cache=False)
+
+
+def test_run_ids_sort_in_creation_order_even_within_one_second(tmp_path: Path) -> None:
+    from oaipipe.rundir import find_runs, new_run_id
+
+    ids = [new_run_id() for _ in range(30)]
+    assert sorted(ids) == ids and len(set(ids)) == 30
+    for run_id in ids:  # the latest run is the last one found: resume picks it, not a random other
+        (tmp_path / run_id).mkdir()
+        (tmp_path / run_id / "pipeline.json").write_text("{}")
+    assert find_runs(tmp_path)[-1].run_id == ids[-1]
