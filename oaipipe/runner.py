@@ -410,7 +410,16 @@ class Runner:
     def _emit(self, result: RecordResult, journal: Any, errors: Any, info: RunInfo) -> None:
         ok = result.error is None
         for sink in self.pipeline.sinks:
-            sink.write(result)
+            try:
+                sink.write(result)
+            except OaipipeError:
+                raise
+            except Exception as exc:  # a full disk, a plugin bug: stop, naming the sink (the record is redone)
+                raise PluginError(
+                    f"sink {sink.name} failed to write record {result.record.id}: {type(exc).__name__}: {exc}",
+                    hint="fix the cause (disk space, permissions, the sink's plugin) and rerun the same command: "
+                         "finished records are kept, this one is written again",
+                ) from exc
         entry = {
             "id": result.record.id,
             "status": "done" if ok else "failed",

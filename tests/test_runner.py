@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from oaipipe.cli import main
-from oaipipe.errors import InputError, RunAborted
+from oaipipe.errors import InputError, PluginError, RunAborted
 from oaipipe.runner import RunOptions, run_pipeline_file
 
 REVIEWS = [
@@ -461,3 +461,26 @@ def test_run_ids_sort_in_creation_order_even_within_one_second(tmp_path: Path) -
         (tmp_path / run_id).mkdir()
         (tmp_path / run_id / "pipeline.json").write_text("{}")
     assert find_runs(tmp_path)[-1].run_id == ids[-1]
+
+
+def test_a_sink_that_fails_to_write_stops_the_run_naming_the_sink(tmp_path: Path) -> None:
+    (tmp_path / "brokensink.py").write_text(textwrap.dedent("""\
+        from oaipipe import hookimpl
+        from oaipipe.base import Sink
+
+        class Broken(Sink):
+            def write(self, result):
+                if result.record.id == "3":
+                    raise OSError(28, "No space left on device")
+
+        @hookimpl
+        def register_sinks(register):
+            register("broken", Broken)
+        """), encoding="utf-8")
+    path = make_pipeline(tmp_path)
+    path.write_text("plugins: [brokensink.py]\n" + path.read_text().replace("sinks:\n", "sinks:\n  - {type: broken}\n"))
+    with pytest.raises(PluginError, match="sink broken failed to write record 3: OSError.*No space left") as info:
+        run_pipeline_file(path)
+    assert "rerun" in str(info.value)
+    summary = json.loads(next((tmp_path / "runs").glob("*/*/summary.json")).read_text())
+    assert summary["status"] == "aborted" and summary["records"]["done"] == 2  # the next run resumes at record 3
