@@ -70,7 +70,7 @@ class PriceTable:
         self.overridden: set[str] = set()
         env_file = os.environ.get("OAIPIPE_PRICES")
         if env_file:
-            self.update(_read_table(Path(env_file)))
+            self.update(_env_table(Path(env_file)))
         if overrides:
             self.update(overrides)
 
@@ -103,6 +103,23 @@ class PriceTable:
                          training=entry.get("training"))
         return Price(model=model, input=entry.get("input", 0.0), output=entry.get("output", 0.0),
                      cached_input=entry.get("cached_input"), training=entry.get("training"))
+
+
+def _env_table(path: Path) -> dict[str, Any]:
+    """The price table of the ``OAIPIPE_PRICES`` file; a :class:`ConfigError` saying what to fix."""
+    import yaml
+
+    from .errors import ConfigError
+
+    try:
+        table = _read_table(path)
+        if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+            raise ValueError("expected a mapping of model id to {input: USD_PER_1M, output: USD_PER_1M}")
+        return {model: {k: float(v) for k, v in entry.items()} for model, entry in table.items()}
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"OAIPIPE_PRICES points at {path}, which cannot be used: {exc}",
+                          hint="fix the file (JSON or YAML: {MODEL: {input: USD_PER_1M, output: USD_PER_1M}}) "
+                               "or unset OAIPIPE_PRICES") from None
 
 
 def _read_table(path: Path) -> dict[str, Any]:

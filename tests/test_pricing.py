@@ -47,3 +47,16 @@ def test_max_cost_can_be_tried_offline_on_the_local_backend(tmp_path: Path) -> N
     summary = run_pipeline_file(path, max_cost=0.5)
     assert summary["status"] == "budget-reached"
     assert 0 < summary["records"]["done"] < 40
+
+
+@pytest.mark.parametrize("content", [None, "{not json", "[1, 2]", "{\"m\": {\"input\": \"cheap\"}}"])
+def test_an_unreadable_oaipipe_prices_file_says_what_to_fix(tmp_path: Path, monkeypatch, content) -> None:
+    from oaipipe.errors import ConfigError
+
+    prices = tmp_path / "prices.json"
+    if content is not None:
+        prices.write_text(content, encoding="utf-8")
+    monkeypatch.setenv("OAIPIPE_PRICES", str(prices))
+    with pytest.raises(ConfigError, match="OAIPIPE_PRICES") as info:
+        PriceTable()
+    assert str(prices) in str(info.value) and "unset" in str(info.value)
