@@ -173,11 +173,29 @@ class SyncBackend(Backend):
     def list_models_sync(self) -> list[ModelInfo]:
         return []
 
+    _executor: Any = None
+
+    def _pool(self) -> Any:
+        """Threads of its own, as many as ``concurrency``: asyncio's shared default pool has only
+        min(32, cores + 4) threads (6 on 2 cores), shared with analyzers and the source reader."""
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            workers = int(getattr(self.options, "concurrency", 8) or 8)
+            self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"oaipipe-{self.name}")
+        return self._executor
+
     async def chat(self, request: ChatRequest) -> ChatResponse:
-        return await asyncio.to_thread(self.chat_sync, request)
+        return await asyncio.get_running_loop().run_in_executor(self._pool(), self.chat_sync, request)
 
     async def list_models(self) -> list[ModelInfo]:
         return await asyncio.to_thread(self.list_models_sync)
+
+    async def aclose(self) -> None:
+        """Release the worker threads (a subclass that overrides this calls ``await super().aclose()``)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
 
 
 # --- steps --------------------------------------------------------------------------------------

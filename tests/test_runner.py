@@ -484,3 +484,32 @@ def test_a_sink_that_fails_to_write_stops_the_run_naming_the_sink(tmp_path: Path
     assert "rerun" in str(info.value)
     summary = json.loads(next((tmp_path / "runs").glob("*/*/summary.json")).read_text())
     assert summary["status"] == "aborted" and summary["records"]["done"] == 2  # the next run resumes at record 3
+
+
+def test_a_sync_backend_runs_as_many_calls_at_once_as_its_concurrency(tmp_path: Path) -> None:
+    # 10 blocking calls must be in flight together (a barrier of 10): the shared default thread pool
+    # (6 threads on 2 cores) would hold the rest back and break the barrier
+    (tmp_path / "blocking.py").write_text(textwrap.dedent("""\
+        import threading
+        from oaipipe import hookimpl
+        from oaipipe.base import SyncBackend
+        from oaipipe.types import ChatResponse, Usage
+
+        BARRIER = threading.Barrier(10, timeout=10)
+
+        class Blocking(SyncBackend):
+            def chat_sync(self, request):
+                BARRIER.wait()
+                return ChatResponse(text="ok", model="m", backend="blocking", usage=Usage(1, 1, 2))
+
+        @hookimpl
+        def register_backends(register):
+            register("blocking", Blocking)
+        """), encoding="utf-8")
+    make_csv(tmp_path / "r.csv", [(str(i), f"t{i}") for i in range(10)])
+    path = make_pipeline(tmp_path, steps='- {type: ask, prompt: "{text}", output: reply}\n')
+    text = path.read_text().replace("backend: {type: local, concurrency: 4}", "backend: {type: blocking, concurrency: 10}")
+    path.write_text("plugins: [blocking.py]\n" + text)
+    assert "type: blocking" in path.read_text()
+    summary = run_pipeline_file(path, use_cache=False)
+    assert summary["records"]["done"] == 10, summary
