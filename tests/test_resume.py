@@ -54,8 +54,10 @@ def _assert_exactly_once(tmp_path: Path) -> None:
 def test_killed_run_resumes_exactly_once_without_repeating_calls(tmp_path: Path, sig: int, capsys) -> None:
     with running_server(latency=0.05) as srv:
         path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{srv.base_url}', concurrency: 3}}", n=N)
+        # a shell's background job inherits SIGINT ignored, and Python keeps it so: restore it in the child
         proc = subprocess.Popen([OAIPIPE, "run", str(path), "-q"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 30
         while _journal_lines(tmp_path) < 4 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
