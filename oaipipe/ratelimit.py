@@ -102,7 +102,7 @@ class RateLimiter:
         """Tokens a request will count against the TPM limit: prompt + (max_tokens or the default)."""
         from .tokens import count_message_tokens
 
-        prompt = count_message_tokens(request.messages, request.model)
+        prompt = count_message_tokens(request.messages, request.model, image_model=request.model)
         return prompt + (request.max_tokens or self.completion_estimate)
 
     def cool_down(self, seconds: float) -> None:

@@ -112,7 +112,7 @@ def test_same_results_on_every_transport(project: Path) -> None:
     # structured image description arrived as fields in the record, through both transports
     for record in results["requests"][2]:
         assert record["photo_caption"] and record["photo_main_color"]
-        assert record["photo_image_tokens"] == 85
+        assert record["photo_image_tokens"] == 2833  # gpt-4o-mini bills a low-detail image as 2833 tokens
     labels = {r["id"]: r["reply_sentiment"] for r in local_records}
     assert labels  # sentiments are part of the compared records
 

@@ -157,10 +157,11 @@ def images(tmp_path: Path) -> Path:
 
 
 def test_describe_image_local_path(host: PluginHost, images: Path) -> None:
-    step = build(host, images, {"type": "describe_image", "image": "{image}", "output": "desc", "detail": "low"})
+    step = build(host, images, {"type": "describe_image", "image": "{image}", "output": "desc", "detail": "low",
+                                "model": "gpt-4o"})
     out, ctx = run_step(host, step, {"image": "img/red.png"})
     assert "red" in out["desc"].lower()
-    assert out["desc_image_tokens"] == 85
+    assert out["desc_image_tokens"] == 85  # gpt-4o: 85 for a low-detail image
     [ex] = ctx.exchanges
     user = ex.messages[0]["content"]
     assert user == "What's in this image? [image: img/red.png]"
@@ -169,7 +170,8 @@ def test_describe_image_local_path(host: PluginHost, images: Path) -> None:
 
 def test_describe_several_images_and_schema(host: PluginHost, images: Path) -> None:
     step = build(host, images, {"type": "describe_image", "image": ["{a}", "{b}"], "output": "desc",
-                                "json_schema": SCHEMA, "flatten": True, "prompt": "Compare {name}"})
+                                "json_schema": SCHEMA, "flatten": True, "prompt": "Compare {name}",
+                                "model": "gpt-4o"})
     out, ctx = run_step(host, step, {"a": "img/red.png", "b": "img/blue.jpg", "name": "these"})
     assert isinstance(out["desc"], dict) and "desc_caption" in out and "desc_main_color" in out
     assert out["desc_image_tokens"] == 2 * (170 + 85)
@@ -253,3 +255,10 @@ def test_a_bad_image_fails_its_record_and_the_run_goes_on(images: Path) -> None:
     assert "broken.png" in errors and "missing.png" in errors
     done = [json.loads(line) for line in (images / "out.jsonl").read_text().splitlines()]
     assert {r["id"] for r in done if r.get("desc")} == {"a", "d"}
+
+
+def test_image_tokens_follow_the_models_own_rule(host: PluginHost, images: Path) -> None:
+    step = build(host, images, {"type": "describe_image", "image": "{image}", "output": "desc", "detail": "low",
+                                "model": "gpt-4o-mini"})
+    out, _ = run_step(host, step, {"image": "img/red.png"})
+    assert out["desc_image_tokens"] == 2833  # gpt-4o-mini bills images at 33x gpt-4o's token count

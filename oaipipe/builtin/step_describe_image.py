@@ -84,7 +84,8 @@ class DescribeImageStep(ChatStepMixin, Step):
         parts: list[dict[str, Any]] = [{"type": "text", "text": prompt}] + [img.part() for img in images]
         user_text = prompt + "".join(f" [image: {img.source_label}]" for img in images)
         outputs = await self._call(ctx, system, parts, user_text)
-        tokens = [img.tokens for img in images]
+        model = self._params(ctx)["model"]
+        tokens = [img.tokens_for(model) for img in images]  # the model's own image rule
         outputs[f"{self.options.output}_image_tokens"] = None if None in tokens else sum(t or 0 for t in tokens)
         return outputs
 
