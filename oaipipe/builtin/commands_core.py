@@ -24,6 +24,18 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _shown(path: str | None) -> str:
+    """A path relative to the working folder when it lies below it (what a user can paste)."""
+    if not path:
+        return ""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     rec = summary.get("records", {})
     status = summary.get("status")
@@ -59,11 +71,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if unpriced:
         click.echo(f"  note: no price known for {', '.join(unpriced)}, counted as $0 "
                    f"(add `prices: {{MODEL: {{input: USD_PER_1M, output: USD_PER_1M}}}}` to the pipeline)")
-    click.echo(f"  run directory: {summary.get('run_dir')}")
+    click.echo(f"  run directory: {_shown(summary.get('run_dir'))}")
     for sink in summary.get("sinks", []):
         click.echo(f"  output: {sink}")
     if rec.get("failed"):
-        click.echo(f"  errors: {summary.get('errors_file')}")
+        click.echo(f"  errors: {_shown(summary.get('errors_file'))}")
     if status == "budget-reached":
         click.echo("  the cost budget was reached: run the same command again to continue "
                    "(--max-cost applies to each invocation)")
