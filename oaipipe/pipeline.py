@@ -150,35 +150,12 @@ def load_pipeline(
                                   file=file, lines=loaded.where, offline_fallback=cfg.run.offline_fallback)
     source = host.build("source", loaded.data["source"], context, key="source", file=file, lines=loaded.where)
     assert isinstance(source, Source)
-    steps: list[Step] = []
-    for i, block in enumerate(loaded.data.get("steps") or []):
-        key = f"steps.{i}"
-        if not isinstance(block, dict):
-            line, col = loaded.where(key)
-            raise ConfigError("each step must be a mapping with `type:` and `output:`", file=file, line=line,
-                              column=col, key=key)
-        step = host.build("step", block, context, key=key, file=file, lines=loaded.where)
-        assert isinstance(step, Step)
-        try:
-            step.prepare()
-        except OaipipeError as exc:
-            line, col = loaded.where(key)
-            raise ConfigError(exc.message, file=file, line=line, column=col, key=key, hint=exc.hint) from exc
-        steps.append(step)
-    sinks: list[Sink] = []
-    for i, block in enumerate(loaded.data.get("sinks") or []):
-        key = f"sinks.{i}"
-        if not isinstance(block, dict):
-            line, col = loaded.where(key)
-            raise ConfigError("each sink must be a mapping with `type:`", file=file, line=line, column=col, key=key)
-        sink = host.build("sink", block, context, key=key, file=file, lines=loaded.where)
-        assert isinstance(sink, Sink)
-        try:
-            sink.prepare()
-        except OaipipeError as exc:
-            line, col = loaded.where(key)
-            raise ConfigError(exc.message, file=file, line=line, column=col, key=key, hint=exc.hint) from exc
-        sinks.append(sink)
+    steps = [_built(Step, "step", block, i, "each step must be a mapping with `type:` and `output:`",
+                    host=host, context=context, loaded=loaded, file=file)
+             for i, block in enumerate(loaded.data.get("steps") or [])]
+    sinks = [_built(Sink, "sink", block, i, "each sink must be a mapping with `type:`",
+                    host=host, context=context, loaded=loaded, file=file)
+             for i, block in enumerate(loaded.data.get("sinks") or [])]
     if cfg.train is not None:
         from .training import build_train_block  # validates every key of `train:`; no network
 
@@ -240,6 +217,22 @@ def check_train_select(pipeline: Pipeline) -> None:
                         f"'{key}' holds a sentiment label, and {v!r} is not one", file=pipeline.file, line=line,
                         column=col, key=f"train.select.{key}", hint="use positive, negative or neutral",
                     )
+
+
+def _built(cls: type[Any], kind: str, block: Any, index: int, shape_error: str, *, host: PluginHost,
+           context: Context, loaded: LoadedConfig, file: str) -> Any:
+    """Build item ``index`` of the ``steps``/``sinks`` list and call its ``prepare()`` (errors carry its line)."""
+    key = f"{kind}s.{index}"
+    line, col = loaded.where(key)
+    if not isinstance(block, dict):
+        raise ConfigError(shape_error, file=file, line=line, column=col, key=key)
+    component = host.build(kind, block, context, key=key, file=file, lines=loaded.where)
+    assert isinstance(component, cls)
+    try:
+        component.prepare()
+    except OaipipeError as exc:
+        raise ConfigError(exc.message, file=file, line=line, column=col, key=key, hint=exc.hint) from exc
+    return component
 
 
 def check_templates(pipeline: Pipeline) -> None:
