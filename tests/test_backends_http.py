@@ -345,39 +345,6 @@ def test_length_limit_parameter_defaults(host: PluginHost) -> None:
     assert body["max_completion_tokens"] == 7 and "max_tokens" not in body
 
 
-@pytest.fixture
-def html_site() -> Any:
-    """A web server answering every request with an HTML page (a base_url missing its /v1 API)."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    hits: list[str] = []
-
-    class Page(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            return
-
-        def do_GET(self) -> None:  # noqa: N802
-            self.do_POST()
-
-        def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            hits.append(self.path)
-            body = b"<html><body>Welcome</body></html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    site = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    thread = threading.Thread(target=site.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{site.server_address[1]}", hits
-    site.shutdown()
-    site.server_close()
-
-
 @pytest.mark.parametrize("kind", TRANSPORTS)
 def test_a_page_that_is_not_the_api_fails_at_once(host: PluginHost, html_site: Any, kind: str) -> None:
     url, hits = html_site

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _scale_util import read_jsonl, write_pipeline
@@ -163,28 +164,12 @@ def _input_file(server, file_id: str) -> str:
         return resp.read().decode().splitlines()[0]
 
 
-def test_a_page_that_is_not_the_api_fails_the_waiting_calls_clearly(tmp_path: Path, home: Path) -> None:
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+def test_a_page_that_is_not_the_api_fails_the_waiting_calls_clearly(tmp_path: Path, home: Path,
+                                                                     html_site: Any) -> None:
     from oaipipe.errors import BackendError
 
-    class Page(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            return
-
-        def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = b"<html>Welcome</html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    site = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=site.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    path = write_pipeline(tmp_path, _batch_backend(f"http://127.0.0.1:{site.server_address[1]}"), n=1)
+    url, _ = html_site
+    path = write_pipeline(tmp_path, _batch_backend(url), n=1)
 
     async def ask() -> None:
         backend = load_pipeline(path).backend
@@ -193,10 +178,6 @@ def test_a_page_that_is_not_the_api_fails_the_waiting_calls_clearly(tmp_path: Pa
         finally:
             await backend.aclose()
 
-    try:
-        with pytest.raises(BackendError, match="not JSON") as err:
-            asyncio.run(ask())
-        assert "/v1" in str(err.value)
-    finally:
-        site.shutdown()
-        site.server_close()
+    with pytest.raises(BackendError, match="not JSON") as err:
+        asyncio.run(ask())
+    assert "/v1" in str(err.value)

@@ -240,34 +240,12 @@ def test_openai_trainer_does_not_disguise_a_bug_as_a_server_error(host: PluginHo
         t._call("reading job x", broken)
 
 
-def test_openai_trainer_pointed_at_a_web_page(tmp_path: Path, host: PluginHost) -> None:
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+def test_openai_trainer_pointed_at_a_web_page(tmp_path: Path, host: PluginHost, html_site: Any) -> None:
     from oaipipe.errors import BackendError
 
-    class Page(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            return
-
-        def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = b"<html>Welcome</html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    site = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=site.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{site.server_address[1]}"
-        t = trainer(host, type="openai", base_url=url, max_retries=0)
-        with pytest.raises(BackendError) as err:
-            launch_job(t, dataset(tmp_path), base_model="gpt-4o-mini", base_url=url)
-        assert "uploading train.jsonl" in str(err.value) and "not JSON" in str(err.value)
-        assert "/v1" in str(err.value)  # the hint: base_url usually ends in /v1
-    finally:
-        site.shutdown()
-        site.server_close()
+    url, _ = html_site
+    t = trainer(host, type="openai", base_url=url, max_retries=0)
+    with pytest.raises(BackendError) as err:
+        launch_job(t, dataset(tmp_path), base_model="gpt-4o-mini", base_url=url)
+    assert "uploading train.jsonl" in str(err.value) and "not JSON" in str(err.value)
+    assert "/v1" in str(err.value)  # the hint: base_url usually ends in /v1
