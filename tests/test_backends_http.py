@@ -235,7 +235,7 @@ def test_persistent_429_gives_up_with_rate_limit_error(host: PluginHost, kind: s
 
 @pytest.mark.parametrize("kind", TRANSPORTS)
 def test_no_key_for_api_openai_com_fails_before_any_request(host: PluginHost, kind: str) -> None:
-    backend = make(host, kind)  # base_url None = api.openai.com; conftest removed OPENAI_API_KEY
+    backend = make(host, kind)  # base_url None = OpenAI's own API; conftest removed OPENAI_API_KEY
     with pytest.raises(AuthenticationError) as info:
         call(backend, req())
     assert "OPENAI_API_KEY" in str(info.value)
@@ -297,6 +297,7 @@ def test_options_reject_unknown_api(host: PluginHost) -> None:
 
 
 def test_resolve_api_key_rules(host: PluginHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    from oaipipe.builtin._http_backend import OPENAI_BASE_URL
     from oaipipe.errors import redact
     from oaipipe.keys import resolve_api_key
 
@@ -306,7 +307,7 @@ def test_resolve_api_key_rules(host: PluginHost, monkeypatch: pytest.MonkeyPatch
     assert resolve_api_key(opts()) is None
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-0123456789")
     assert resolve_api_key(opts()) == "sk-from-env-0123456789"
-    assert resolve_api_key(opts(base_url="https://api.openai.com/v1")) == "sk-from-env-0123456789"
+    assert resolve_api_key(opts(base_url=OPENAI_BASE_URL)) == "sk-from-env-0123456789"  # never called
     assert resolve_api_key(opts(base_url="http://127.0.0.1:9/v1")) is None  # never leaks to another server
     assert resolve_api_key(opts(base_url="http://127.0.0.1:9/v1", api_key="vllm-token-abc")) == "vllm-token-abc"
     assert resolve_api_key(opts(api_key="yaml-key-xyz-123")) == "yaml-key-xyz-123"  # the YAML wins
@@ -339,7 +340,7 @@ def test_length_limit_reaches_the_server(host: PluginHost, server: Any, kind: st
 def test_length_limit_parameter_defaults(host: PluginHost) -> None:
     from oaipipe.openai_wire import chat_body
 
-    assert make(host, "requests").max_tokens_param == "max_completion_tokens"  # api.openai.com
+    assert make(host, "requests").max_tokens_param == "max_completion_tokens"  # OpenAI's own API
     assert make(host, "openai", base_url="http://127.0.0.1:9/v1").max_tokens_param == "max_tokens"
     body = chat_body(req(max_tokens=7), max_tokens_param="max_completion_tokens")
     assert body["max_completion_tokens"] == 7 and "max_tokens" not in body

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from _scale_util import chat_requests, write_pipeline
 
+from oaipipe.builtin._http_backend import OPENAI_BASE_URL
 from oaipipe.cache import ResponseCache, cache_wrapper
 from oaipipe.cli import main
 from oaipipe.errors import ServerError
@@ -184,7 +185,7 @@ def test_local_backend_is_not_cached(tmp_path: Path) -> None:
 
 def test_answers_of_one_server_never_serve_another(tmp_path: Path) -> None:
     serve = ResponseCache(tmp_path / "c", namespace="http://127.0.0.1:8080/v1")
-    openai = ResponseCache(tmp_path / "c", namespace="https://api.openai.com/v1")
+    openai = ResponseCache(tmp_path / "c", namespace=OPENAI_BASE_URL)  # only a label: nothing is called
     serve.put(_req(), _resp("from the local server"))
     assert serve.get(_req()) is not None
     assert openai.get(_req()) is None
