@@ -46,6 +46,10 @@ class _Counter:
         prompt = count_message_tokens(request.messages, request.model, image_model=request.model)
         completion = request.max_tokens or self.completion_tokens
         price = self.prices.lookup(request.model)
+        # the local engine answers as `local:<model>`: free, unless a `prices:` entry names that label
+        local_price = self.prices.lookup(request.model if request.model.startswith(("local:", "ft:"))
+                                         else f"local:{request.model}")
+        local_cost = local_price.cost(prompt, completion) if self.free and local_price.known else 0.0
         cost = 0.0
         if price.known:
             cost = price.cost(prompt, completion, batch=self.batch)
@@ -53,7 +57,8 @@ class _Counter:
             self.unpriced.add(request.model)
         row = self.by_step.setdefault((request.step, request.model), {
             "step": request.step, "model": request.model, "calls": 0, "prompt_tokens": 0,
-            "completion_tokens": 0, "cost_usd": 0.0})
+            "completion_tokens": 0, "cost_usd": 0.0, "local_cost": 0.0})
+        row["local_cost"] += local_cost
         row["calls"] += 1
         row["prompt_tokens"] += prompt
         row["completion_tokens"] += completion
@@ -97,10 +102,13 @@ async def _estimate(pipeline: Pipeline, limit: int | None, completion_tokens: in
             failed += 1
             if len(errors) < 5:
                 errors.append(f"{record.where or record.id}: {type(exc).__name__}: {exc}")
-    raw = list(counter.by_step.values())
+    raw = [dict(r) for r in counter.by_step.values()]
+    local_costs = [r.pop("local_cost") for r in raw]
     cost = sum(r["cost_usd"] for r in raw)
+    local_total = sum(local_costs)
     if counter.free:
-        rows = [dict(r, cost_usd=0.0, cost_usd_on_openai=round(r["cost_usd"], 6)) for r in raw]
+        rows = [dict(r, cost_usd=round(lc, 6), cost_usd_on_openai=round(r["cost_usd"], 6))
+                for r, lc in zip(raw, local_costs, strict=True)]
     else:
         rows = [dict(r, cost_usd=round(r["cost_usd"], 6)) for r in raw]
     prompt = sum(r["prompt_tokens"] for r in rows)
@@ -109,7 +117,7 @@ async def _estimate(pipeline: Pipeline, limit: int | None, completion_tokens: in
         "calls": sum(r["calls"] for r in rows),
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "cost_usd": 0.0 if counter.free else round(cost, 6),  # free: see cost_usd_on_openai
+        "cost_usd": round(local_total, 6) if counter.free else round(cost, 6),  # free: see cost_usd_on_openai
         "completion_tokens_per_call": completion_tokens,
         "tokenizer": tokenizer_name(str(getattr(backend.options, "model", "gpt-4o-mini"))),
         "by_step": rows,

@@ -95,7 +95,8 @@ def target_size(width: int, height: int, detail: str) -> tuple[int, int]:
 
 
 def _fix_hint() -> str:
-    return "check the path/field value; paths are relative to the pipeline file"
+    return ("check the path/field value; in a pipeline, paths are relative to the pipeline file "
+            "(for `oaipipe describe`, to the current folder)")
 
 
 def _read_source(source: str, base_dir: Path | None, max_bytes: int) -> tuple[bytes, str]:

@@ -192,3 +192,23 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path: Path) -> None:
     assert main(["run", str(path), "-q"]) == 0
     ids = [json.loads(x)["_id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert sorted(ids, key=int) == [str(i) for i in range(40)]
+
+
+def test_reaching_max_cost_exits_8_and_a_rerun_goes_on(pipeline: Path, capsys: pytest.CaptureFixture) -> None:
+    rows = "".join(f"{i},text {i}\n" for i in range(3, 12))
+    pipeline.parent.joinpath("r.csv").write_text("id,text\n1,I love it\n2,I hate it\n" + rows, encoding="utf-8")
+    pipeline.write_text(pipeline.read_text().replace("backend: {type: local}", "backend: {type: local, concurrency: 1}")
+                        + 'prices: {"local:gpt-4o-mini": {input: 1000, output: 4000}}\n')
+    assert main(["run", str(pipeline), "-q", "--max-cost", "0.05"]) == 8
+    out = capsys.readouterr().out
+    assert out.startswith("budget-reached")
+    assert main(["run", str(pipeline), "-q"]) == 0  # no budget this time: the run is finished
+    assert "finished" in capsys.readouterr().out
+
+
+def test_a_failed_fine_tuning_after_the_run_exits_7(pipeline: Path, capsys: pytest.CaptureFixture) -> None:
+    rows = "".join(f"{i},I love this product number {i}\n" for i in range(3, 15))
+    pipeline.parent.joinpath("r.csv").write_text("id,text\n1,I love it\n2,I hate it\n" + rows, encoding="utf-8")
+    pipeline.write_text(pipeline.read_text() + "train: {type: openai}\n")  # no key, no base_url: cannot launch
+    assert main(["run", str(pipeline), "-q"]) == 7
+    assert "train:" in capsys.readouterr().out

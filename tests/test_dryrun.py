@@ -108,3 +108,12 @@ def test_dry_run_counts_images_by_the_models_own_rule(tmp_path: Path) -> None:
     # same tokenizer (o200k_base) and text: the difference is the image rule alone, per image
     assert prompt_tokens("gpt-4o-mini") - gpt_4o == 2 * ((2833 + 5667) - (85 + 170))
     assert prompt_tokens("gpt-4.1-mini") - gpt_4o == 2 * (round(16 * 16 * 1.62) - (85 + 170))
+
+
+def test_dry_run_prices_the_local_engine_like_the_real_run(tmp_path: Path) -> None:
+    path = write_pipeline(tmp_path, "{type: local}", n=3)
+    path.write_text(path.read_text() + 'prices: {"local:gpt-4o-mini": {input: 1000, output: 4000}}\n')
+    est = run_pipeline_file(path, dry_run=True)["estimate"]
+    assert est["cost_usd"] > 0  # the override for the engine's own label applies, as in a real run
+    real = run_pipeline_file(path)
+    assert real["cost_usd"] > 0

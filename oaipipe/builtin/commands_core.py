@@ -129,6 +129,13 @@ def register_commands(cli: click.Group) -> None:
             _print_summary(summary)
         if summary.get("records", {}).get("failed") and summary.get("status") != "nothing-to-do":
             set_exit_code(1)
+        train_status = (summary.get("train") or {}).get("status")
+        if train_status == "invalid":
+            set_exit_code(6)  # the run is done, the dataset it gave fails validation
+        elif train_status in ("failed", "error", "cancelled"):
+            set_exit_code(7)  # the run is done, its fine-tuning job is not
+        if summary.get("status") == "budget-reached":
+            set_exit_code(8)  # stopped on purpose by --max-cost; rerun (with a higher budget) to go on
 
     @cli.command()
     @click.argument("pipeline", default="pipeline.yaml", type=click.Path(dir_okay=True))
