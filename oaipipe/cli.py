@@ -6,14 +6,15 @@ Exit codes:
 ====  =====================================================================================
 0     success (every record done)
 1     the run finished but some records failed (see errors.jsonl in the run directory)
-2     usage or configuration error: bad flags, pipeline.yaml, plugin options, plugin import
+2     usage or configuration error: bad flags, pipeline.yaml, plugin options, plugin import or a
+      plugin that failed in a hook
 3     the input cannot be read (missing file, missing column)
 4     a backend error that stopped the command
 5     authentication: the key is missing or was refused
-6     a fine-tuning dataset is invalid
-7     a fine-tuning job failed or is unknown
-8     the run was aborted on purpose (--max-failures, --max-cost, a changed pipeline)
-130   interrupted (Ctrl-C); rerun the same command to resume
+6     a fine-tuning dataset is invalid (also the dataset of a run's ``train:`` step)
+7     a fine-tuning job failed or is unknown (also the job of a run's ``train:`` step)
+8     the run was stopped on purpose (--max-failures, --max-cost reached, a changed pipeline)
+130   interrupted (Ctrl-C, SIGTERM); rerun the same command to resume
 ====  =====================================================================================
 """
 
