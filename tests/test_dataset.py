@@ -101,6 +101,43 @@ def test_dialogue_json_with_record_ids(tmp_path: Path) -> None:
     assert len(build_dataset(path).train) == 2  # the orphan user line never joins another record
 
 
+def test_dialogue_json_applies_step_rules_like_dialogue_jsonl(tmp_path: Path) -> None:
+    entries: list[dict[str, Any]] = []
+    for i in range(2):
+        for step, msgs in (
+            ("describe_image:caption", [("user", "Describe this image: [image]", "neutral"),
+                                        ("assistant", f"A lovely photo {i}.", "positive")]),
+            ("ask:reply", [("system", SYS, None), ("user", f"Q{i}?", "neutral"),
+                           ("assistant", f"Great answer {i}!", "positive")]),
+        ):
+            for role, content, label in msgs:
+                entries.append({"role": role, "content": content, "sentiment": _sent(label), "record_id": f"r{i}",
+                                "run_id": "run1", "step": step, "time": "t"})
+    path = tmp_path / "dialogue.json"
+    path.write_text(json.dumps(entries), encoding="utf-8")
+    rows = build_dataset(path, select={"sentiment": "positive"}).train
+    assert [r["messages"][-1]["content"] for r in rows] == ["Great answer 0!", "Great answer 1!"]
+    assert [m["role"] for m in rows[0]["messages"]] == ["system", "user", "assistant"]
+    assert len(build_dataset(path, step="reply").train) == 2
+    captions = build_dataset(path, step="describe_image").train
+    assert [r["messages"][-1]["content"] for r in captions] == ["A lovely photo 0.", "A lovely photo 1."]
+
+
+def test_dialogue_json_never_mixes_steps(tmp_path: Path) -> None:
+    entries = [{"role": "user", "content": "unanswered", "sentiment": None, "record_id": "r1", "run_id": "run1",
+                "step": "describe_image:caption"},
+               {"role": "system", "content": SYS, "sentiment": None, "record_id": "r1", "run_id": "run1",
+                "step": "ask:reply"},
+               {"role": "user", "content": "Q?", "sentiment": None, "record_id": "r1", "run_id": "run1",
+                "step": "ask:reply"},
+               {"role": "assistant", "content": "A!", "sentiment": None, "record_id": "r1", "run_id": "run1",
+                "step": "ask:reply"}]
+    path = tmp_path / "dialogue.json"
+    path.write_text(json.dumps(entries), encoding="utf-8")
+    rows = build_dataset(path, step="reply").train
+    assert [[m["content"] for m in r["messages"]] for r in rows] == [[SYS, "Q?", "A!"]]
+
+
 def test_seed_format_dialogue_json_without_record_ids(tmp_path: Path) -> None:
     entries = [{"role": "system", "content": SYS, "sentiment": "neutral"},
                {"role": "user", "content": "One?", "sentiment": "neutral"},

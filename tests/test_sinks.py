@@ -180,10 +180,16 @@ def test_dialogue_json_format_and_atomic_rewrite(host: PluginHost, tmp_path: Pat
     entries = json.loads(path.read_text(encoding="utf-8"))
     assert len(entries) == 9
     first = entries[0]
-    assert set(first) == {"role", "content", "sentiment", "record_id", "run_id", "time"}
-    assert (first["role"], first["record_id"], first["run_id"]) == ("system", "a", "R1")
+    assert set(first) == {"role", "content", "sentiment", "record_id", "run_id", "step", "time"}
+    assert (first["role"], first["record_id"], first["run_id"], first["step"]) == ("system", "a", "R1", "ask:reply")
     assert first["sentiment"]["analyzer"] == "vader"
     assert not list(path.parent.glob(".dialogue.json.*"))
+
+
+def test_dialogue_json_entries_name_their_step(host: PluginHost, tmp_path: Path) -> None:
+    write_run(host, tmp_path, [result("a", exchanges=2)], type="dialogue-json", path="d.json")
+    entries = json.loads((tmp_path / "d.json").read_text(encoding="utf-8"))
+    assert [e["step"] for e in entries] == ["ask:reply"] * 3 + ["ask:reply1"] * 3
 
 
 def test_dialogue_json_keeps_old_entries_and_resumes_exactly_once(host: PluginHost, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ The sentiment comes from a ``sentiment`` step that scored exactly that text, els
 * ``dialogue-jsonl``: one JSON line per exchange, appended and flushed after each record. Safe at any
   size; the format to prefer.
 * ``dialogue-json``: the original single-document format, a JSON array of ``{role, content, sentiment}``
-  entries (plus ``record_id``, ``run_id`` and ``time``), rewritten atomically every ``flush_every``
+  entries (plus ``record_id``, ``run_id``, ``step`` and ``time``), rewritten atomically every ``flush_every``
   records and at the end. The file is a log across runs: existing entries are kept. It holds every entry
   in memory, so prefer ``dialogue-jsonl`` for big runs.
 
@@ -298,7 +298,7 @@ class DialogueJsonSink(Sink):
         new: list[dict[str, Any]] = []
         for ex in result.exchanges:
             for message in self._fill.messages(ex, result.sentiments):
-                message.update(record_id=result.record.id, run_id=self._run.run_id, time=now)
+                message.update(record_id=result.record.id, run_id=self._run.run_id, step=ex.step, time=now)
                 new.append(message)
         side = {"run_id": self._run.run_id, "record_id": result.record.id, "entries": new}
         self._side.write(json.dumps(side, ensure_ascii=False, default=str) + "\n")

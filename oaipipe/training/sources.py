@@ -272,14 +272,15 @@ def _read_json(path: Path, system: str | None) -> Iterator[Example]:
 def _dialogue_entries(entries: list[dict[str, Any]], path: Path) -> Iterator[Example]:
     """Group a flat dialogue-json list into exchanges: an exchange ends at an assistant message.
 
-    Entries with a ``record_id`` never mix across records; older files without one are grouped by the
-    system → user → assistant order alone.
+    Entries with a ``record_id`` (and ``step``) never mix across records (or steps); older files without
+    them are grouped by the system → user → assistant order alone. The ``step`` lands in the example's
+    fields, so the same step rules apply as for dialogue-jsonl.
     """
     current: list[dict[str, Any]] = []
     current_key: Any = None
     start = 0
     for i, entry in enumerate(entries):
-        key = (entry.get("run_id"), entry.get("record_id"))
+        key = (entry.get("run_id"), entry.get("record_id"), entry.get("step"))
         if current and key != current_key:
             current = []  # an unfinished exchange of another record: drop it
         if not current:
