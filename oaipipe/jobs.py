@@ -162,6 +162,12 @@ class JobRegistry:
         matches = [j for j in jobs if j.id.startswith(job_id)] if job_id else []
         if len(matches) == 1:
             return matches[0]
+        if len(matches) > 1:
+            listed = ", ".join(j.id for j in reversed(matches[-10:]))  # newest first
+            more = f" (and {len(matches) - 10} more)" if len(matches) > 10 else ""
+            raise TrainingError(f"job id '{job_id}' is ambiguous: it starts {len(matches)} jobs in the registry "
+                                f"{self.path}: {listed}{more}",
+                                hint="give more of the id (or the whole id); `oaipipe jobs list` shows every job")
         known = ", ".join(j.id for j in reversed(jobs[-5:])) or "(none yet)"  # newest first
         raise TrainingError(f"no job '{job_id}' in the registry {self.path}",
                             hint=f"`oaipipe jobs list` shows every job; recent ids: {known}")

@@ -57,8 +57,11 @@ def test_unique_prefix_finds_a_job(tmp_path: Path) -> None:
     reg.add(job(1, id="ftjob-local-abc123"))
     reg.add(job(2, id="ftjob-local-abd999"))
     assert reg.get("ftjob-local-abc").id == "ftjob-local-abc123"
-    with pytest.raises(TrainingError):
+    with pytest.raises(TrainingError) as err:
         reg.get("ftjob-local-ab")  # ambiguous
+    message = str(err.value)
+    assert "ambiguous" in message and "no job" not in message
+    assert "ftjob-local-abc123" in message and "ftjob-local-abd999" in message
 
 
 def test_find_same_ignores_failed_and_cancelled_and_other_keys(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +320,46 @@ def test_cancelling_a_finished_job_says_so_and_exits_0(capsys: pytest.CaptureFix
     data = json.loads(out_of(capsys)[0])
     assert data["already_finished"] is True and data["status"] == "succeeded"
     assert JobRegistry().get(job.id).status == "succeeded"
+
+
+def test_cancelling_a_job_that_finished_on_the_server_updates_the_registry(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with running_server() as srv:
+        assert main(["train", str(QA), "--trainer", "openai", "--base-url", srv.base_url]) == 0
+        job_id = JobRegistry().list()[0].id
+        assert JobRegistry().get(job_id).status not in ("succeeded", "failed", "cancelled")
+        client = OpenAI(base_url=srv.base_url, api_key="sk-test")
+        for _ in range(500):  # let the server finish the job behind the registry's back
+            if client.fine_tuning.jobs.retrieve(job_id).status == "succeeded":
+                break
+            time.sleep(0.02)
+        out_of(capsys)
+        assert main(["jobs", "cancel", job_id]) == 0
+        out = out_of(capsys)[0]
+        assert f"job {job_id} already finished (status succeeded)" in out
+        assert JobRegistry().get(job_id).status == "succeeded"
+        assert JobRegistry().get(job_id).fine_tuned_model
+
+
+def test_jobs_wait_timeout_while_running_exits_1_and_says_how_to_go_on(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with running_server(ft_seconds=30) as srv:
+        assert main(["train", str(QA), "--trainer", "openai", "--base-url", srv.base_url]) == 0
+        job_id = JobRegistry().list()[0].id
+        out_of(capsys)
+        assert main(["jobs", "wait", job_id, "--timeout", "0", "--poll-interval", "0.01"]) == 1
+        err = out_of(capsys)[1]
+        assert "still running after 0 s" in err and f"oaipipe jobs wait {job_id}" in err
+        assert main(["jobs", "cancel", job_id]) == 0
+
+
+def test_jobs_show_ambiguous_prefix_lists_the_matches(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(QA)]) == 0
+    assert main(["train", str(QA), "--force"]) == 0
+    ids = [j.id for j in JobRegistry().list()]
+    assert len(ids) == 2
+    prefix = "ftjob-"
+    out_of(capsys)
+    assert main(["jobs", "show", prefix]) == 7
+    err = out_of(capsys)[1]
+    assert "ambiguous" in err and all(i in err for i in ids)

@@ -297,7 +297,7 @@ def register_commands(cli: click.Group) -> None:
     @_json_option
     def jobs_wait(job_id: str, poll_interval: float, timeout: float | None, api_key_env: str | None,
                   registry_path: str | None, as_json: bool) -> None:
-        """Follow a job until it finishes; exit 7 if it failed or was cancelled."""
+        """Follow a job until it finishes; exit 7 if it failed or was cancelled, 1 if --timeout ran out first."""
         from ..training import follow_job, raise_if_failed
 
         registry = _registry(registry_path)
@@ -320,6 +320,11 @@ def register_commands(cli: click.Group) -> None:
         """Cancel a job that is still running (a job that already finished: a message and exit 0)."""
         registry = _registry(registry_path)
         job = registry.get(job_id)
+        trainer = None
+        if not job.finished:  # the job may have finished on the server since the registry last looked
+            trainer = _trainer(job, api_key_env)
+            job = trainer.refresh(job)
+            registry.update(job)
         if job.finished:
             # nothing to do is not a failure: exit 0 and say so (documented in docs/training.md)
             if as_json:
@@ -327,7 +332,7 @@ def register_commands(cli: click.Group) -> None:
             else:
                 click.echo(f"job {job.id} already finished (status {job.status}); there is nothing to cancel")
             return
-        job = _trainer(job, api_key_env).cancel(job)
+        job = (trainer or _trainer(job, api_key_env)).cancel(job)
         registry.update(job)
         if as_json:
             _echo_json(job.to_dict())

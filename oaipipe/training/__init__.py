@@ -13,6 +13,7 @@ from __future__ import annotations
 from .build import BuildResult, DatasetFiles, build_rows, write_dataset
 from .estimate import default_epochs, estimate_training, token_limit_for
 from .launch import (
+    JobStillRunning,
     LaunchResult,
     build_dataset,
     default_dataset_path,
@@ -33,6 +34,7 @@ __all__ = [
     "BuildResult",
     "DatasetFiles",
     "Example",
+    "JobStillRunning",
     "LaunchResult",
     "ValidationReport",
     "build_dataset",

@@ -38,6 +38,12 @@ Progress = Callable[[str], None]
 #: consecutive retryable errors (429/5xx/connection) tolerated while following a job
 MAX_POLL_ERRORS = 10
 
+class JobStillRunning(TrainingError):
+    """``--timeout`` ran out while the job was still running: not a failure of the job (exit code 1)."""
+
+    exit_code = 1
+
+
 #: exchanges of these steps are left out unless ``step:`` names them
 _VISION_STEPS = ("describe_image",)
 
@@ -158,8 +164,9 @@ def follow_job(trainer: Trainer, job: Job, *, registry: JobRegistry | None = Non
         if job.finished:
             return job
         if timeout is not None and time.monotonic() - started > timeout:
-            raise TrainingError(f"job {job.id} is still {job.status} after {timeout:.0f} s",
-                                hint=f"it keeps running; follow it later with `oaipipe jobs wait {job.id}`")
+            raise JobStillRunning(f"job {job.id} is still running after {timeout:.0f} s (status {job.status}); "
+                                  f"run `oaipipe jobs wait {job.id}` again",
+                                  hint="the job keeps running on the server; --timeout only stops the waiting")
         time.sleep(poll_interval)
 
 
