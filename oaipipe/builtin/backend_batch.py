@@ -19,9 +19,18 @@ Since a run only has ``backend.concurrency`` records in flight, a batch holds at
 
 **Resumable**: submitted batches are written to a state file (``state_file``, default
 ``$OAIPIPE_HOME/batches/<pipeline>-<hash of the pipeline path>.json``) with their ``custom_id`` list
-*before* any result is awaited. A rerun (after Ctrl-C or a crash) finds each request's ``custom_id`` there
-and follows the batch already submitted instead of submitting it again. Identical requests share one line.
-Batches that failed, expired or were cancelled are forgotten so that their requests are submitted anew.
+*before* any result is awaited, **keyed by server** (``base_url``, OpenAI's URL when unset): another
+server never sees them. A rerun (after Ctrl-C or a crash) finds each request's ``custom_id`` there and
+follows the batch already submitted instead of submitting it again. Identical requests share one line.
+
+The state holds only what a rerun may still need (**forget rule**): when the backend is closed (the
+run ended, however), every ``custom_id`` whose result was handed to a waiting call is removed, and a
+batch left without ids is dropped; collected answers are the response cache's job, so a later run
+(``--no-cache`` included) submits its requests anew. Ids of a completed batch that no call of this run
+asked for stay (a later run collects them). Batches that failed, expired or were cancelled, and those the
+server answers 404 for (e.g. it was restarted), are forgotten so that their requests are submitted anew
+(an unknown batch from an earlier run: at once, in this run). State files of older versions (not keyed by
+server) are ignored.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ MAX_BATCH_REQUESTS = 50_000
 MAX_BATCH_BYTES = 200 * 1024 * 1024
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
+_RAISE = object()  # _api(not_found=...) default: a 404 is an error
 
 
 class BatchOptions(HTTPBackendOptions):
@@ -94,6 +104,7 @@ class BatchBackend(OpenAIBackend):
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._wake: asyncio.Event | None = None
         self._state: dict[str, Any] | None = None
+        self._handed: dict[str, set[str]] = {}  # batch id -> custom_ids whose result a waiting call got
         self.submitted: list[str] = []  # batch ids submitted by this process
 
     # --- state file -----------------------------------------------------------------------------
@@ -114,20 +125,43 @@ class BatchBackend(OpenAIBackend):
                 self._state = json.loads(self.state_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 self._state = {}
-            self._state.setdefault("batches", {})
+            if not isinstance(self._state, dict) or not isinstance(self._state.get("servers"), dict):
+                self._state = {"servers": {}}  # missing, damaged or of an older version (not keyed by server)
         return self._state
 
+    def _batches(self) -> dict[str, Any]:
+        """This server's saved batches: batch id -> {custom_ids, input_file_id, submitted_at, requests}."""
+        servers = self._load_state()["servers"]
+        return servers.setdefault(self.base_url, {}).setdefault("batches", {})
+
     def _save_state(self) -> None:
-        write_text_atomic(self.state_path, json.dumps(self._load_state()), newline=None)
+        state = self._load_state()
+        state["servers"] = {url: s for url, s in state["servers"].items() if s.get("batches")}
+        write_text_atomic(self.state_path, json.dumps(state), newline=None)
 
     def _known_batch(self, custom_id: str) -> str | None:
-        for batch_id, entry in self._load_state()["batches"].items():
+        for batch_id, entry in self._batches().items():
             if custom_id in entry.get("custom_ids", ()):
                 return batch_id
         return None
 
     def _forget(self, batch_id: str) -> None:
-        self._load_state()["batches"].pop(batch_id, None)
+        self._batches().pop(batch_id, None)
+        self._save_state()
+
+    def _forget_collected(self) -> None:
+        """The forget rule: ids handed to waiting calls leave the state; batches left empty are dropped."""
+        if not self._handed:
+            return
+        batches = self._batches()
+        for batch_id, handed in self._handed.items():
+            entry = batches.get(batch_id)
+            if entry is None:
+                continue
+            entry["custom_ids"] = [c for c in entry.get("custom_ids", ()) if c not in handed]
+            if not entry["custom_ids"]:
+                del batches[batch_id]
+        self._handed.clear()
         self._save_state()
 
     # --- the contract ---------------------------------------------------------------------------
@@ -194,12 +228,17 @@ class BatchBackend(OpenAIBackend):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), due - now)
 
-    async def _api(self, what: str, fn: Any) -> Any:
+    async def _api(self, what: str, fn: Any, *, not_found: Any = _RAISE) -> Any:
+        """One API call through the retry policy; ``not_found`` (when given) is returned for a 404."""
         url = f"{self.base_url}/{what}"
 
         async def attempt() -> Any:
             try:
                 result = await fn()
+            except openai.NotFoundError as exc:
+                if not_found is _RAISE:
+                    raise translate_sdk_error(exc, url=url, timeout=self.options.timeout) from exc
+                return not_found
             except openai.OpenAIError as exc:
                 raise translate_sdk_error(exc, url=url, timeout=self.options.timeout) from exc
             if isinstance(result, str):  # the SDK hands back the text of a non-JSON answer (an HTML page)
@@ -223,9 +262,8 @@ class BatchBackend(OpenAIBackend):
             for p in queue.values():
                 _fail(p, exc if isinstance(exc, BackendError) else ServerError(f"batch submission failed: {exc}"))
             return
-        state = self._load_state()
-        state["batches"][batch.id] = {"custom_ids": list(queue), "input_file_id": uploaded.id,
-                                      "submitted_at": int(time.time()), "requests": len(queue)}
+        self._batches()[batch.id] = {"custom_ids": list(queue), "input_file_id": uploaded.id,
+                                     "submitted_at": int(time.time()), "requests": len(queue)}
         self._save_state()
         self.submitted.append(batch.id)
         for custom_id, p in queue.items():
@@ -241,7 +279,10 @@ class BatchBackend(OpenAIBackend):
         client = self.aclient
         try:
             while True:
-                batch = await self._api("batches", lambda: client.batches.retrieve(batch_id))
+                batch = await self._api("batches", lambda: client.batches.retrieve(batch_id), not_found=None)
+                if batch is None:  # the server does not know it (restarted, or another server's id)
+                    self._unknown_batch(batch_id)
+                    return
                 if batch.status in TERMINAL:
                     break
                 await asyncio.sleep(self.options.poll_interval)
@@ -254,14 +295,15 @@ class BatchBackend(OpenAIBackend):
                     answered |= seen
                     unanswerable |= failed
             if unanswerable:  # error lines: forget them so that a retry submits them again
-                entry = self._load_state()["batches"].get(batch_id)
+                entry = self._batches().get(batch_id)
                 if entry is not None:
                     entry["custom_ids"] = [c for c in entry["custom_ids"] if c not in unanswerable]
                     self._save_state()
-            custom_ids = self._load_state()["batches"].get(batch_id, {}).get("custom_ids", [])
+            custom_ids = self._batches().get(batch_id, {}).get("custom_ids", [])
             missing = [c for c in custom_ids if c not in answered and c in self._waiting]
             if batch.status != "completed" or missing:
                 reason = _batch_error(batch)
+                self._handed.setdefault(batch_id, set()).update(missing)
                 for custom_id in missing:
                     for p in self._waiting.pop(custom_id, []):
                         _fail(p, ServerError(
@@ -271,9 +313,28 @@ class BatchBackend(OpenAIBackend):
                 self._forget(batch_id)
         except Exception as exc:  # noqa: BLE001 - the calls waiting on this batch fail with the reason
             err = exc if isinstance(exc, BackendError) else ServerError(f"following batch {batch_id}: {exc}")
-            for custom_id in self._load_state()["batches"].get(batch_id, {}).get("custom_ids", []):
+            for custom_id in self._batches().get(batch_id, {}).get("custom_ids", []):
                 for p in self._waiting.pop(custom_id, []):
                     _fail(p, err)
+
+    def _unknown_batch(self, batch_id: str) -> None:
+        """A saved batch the server answers 404 for: forget it; an earlier run's requests are submitted
+        anew, those of a batch this process submitted fail (no resubmission loop on a forgetful server)."""
+        custom_ids = self._batches().get(batch_id, {}).get("custom_ids", [])
+        self._forget(batch_id)
+        for custom_id in custom_ids:
+            waiting = self._waiting.pop(custom_id, None)
+            if not waiting:
+                continue
+            if batch_id in self.submitted:
+                for p in waiting:
+                    _fail(p, ServerError(f"the server no longer knows batch {batch_id} (was it restarted?)",
+                                         hint="rerun with --retry-failed to submit the failed records again"))
+                continue
+            first, *others = waiting
+            for p in others:
+                first.future.add_done_callback(lambda f, p=p: _copy_outcome(f, p))
+            self._enqueue(custom_id, first)
 
     def _deliver(self, data: bytes, batch_id: str) -> tuple[set[str], set[str]]:
         """Hand the lines of an output/error file to the waiting calls: (custom_ids seen, those with an error)."""
@@ -289,6 +350,8 @@ class BatchBackend(OpenAIBackend):
             custom_id = row.get("custom_id")
             waiting = self._waiting.pop(custom_id, None)
             seen.add(custom_id)
+            if waiting:
+                self._handed.setdefault(batch_id, set()).add(custom_id)
             response = row.get("response") or {}
             status = int(response.get("status_code") or 0)
             body = response.get("body") or {}
@@ -321,7 +384,21 @@ class BatchBackend(OpenAIBackend):
             await asyncio.gather(*tasks, return_exceptions=True)
         self._followers.clear()
         self._flusher = None
-        await super().aclose()
+        try:
+            self._forget_collected()
+        finally:
+            await super().aclose()
+
+
+def _copy_outcome(source: asyncio.Future[ChatResponse], pending: _Pending) -> None:
+    if pending.future.done():
+        return
+    if source.cancelled():
+        pending.future.cancel()
+    elif source.exception() is not None:
+        pending.future.set_exception(source.exception())  # type: ignore[arg-type]
+    else:
+        pending.future.set_result(source.result())
 
 
 def _fail(pending: _Pending, exc: BaseException) -> None:
