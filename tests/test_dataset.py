@@ -260,3 +260,14 @@ def test_parse_select() -> None:
 def test_unknown_method() -> None:
     with pytest.raises(DatasetError, match="supervised or"):
         build_dataset(REPO / "examples" / "data" / "qa.csv", method="rl")
+
+
+def test_a_utf8_bom_does_not_break_line_1(tmp_path: Path) -> None:
+    rows = [dialogue_line(i, f"Q{i}?", f"A{i}!", "positive") for i in range(2)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8-sig")
+    assert len(build_dataset(path).train) == 2
+    entries = [{"role": "user", "content": "Q?", "sentiment": None}, {"role": "assistant", "content": "A!"}]
+    jpath = tmp_path / "d.json"
+    jpath.write_text(json.dumps(entries), encoding="utf-8-sig")
+    assert len(build_dataset(jpath).train) == 1

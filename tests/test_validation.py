@@ -42,7 +42,8 @@ def test_each_category_is_reported_at_its_line(name: str, category: str, method:
 
 
 def test_every_category_has_a_broken_example_file() -> None:
-    covered = {c for _, c, _ in BROKEN} | {"too_few_examples", "example_over_token_limit"}
+    # invalid_weight: test_message_weight_must_be_0_or_1 writes its own file
+    covered = {c for _, c, _ in BROKEN} | {"too_few_examples", "example_over_token_limit", "invalid_weight"}
     assert covered == set(CATEGORIES)
     assert (DATA / "too_few_examples.jsonl").exists() and (DATA / "example_over_token_limit.jsonl").exists()
 
@@ -205,3 +206,41 @@ def test_image_examples_are_counted_by_the_base_models_image_rule() -> None:
 
     assert tokens(row, "gpt-4o") - tokens(text, "gpt-4o") == 85 + 170
     assert tokens(row, "gpt-4o-mini") - tokens(text, "gpt-4o-mini") == 2833 + 5667
+
+
+def test_a_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(_sft_line(i) for i in range(10)) + "\n", encoding="utf-8-sig")
+    assert data.read_bytes().startswith(b"\xef\xbb\xbf")
+    report = validate_file(data)
+    assert report.ok, report.errors
+    assert report.n_examples == 10
+
+
+def test_message_weight_must_be_0_or_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [json.loads(_sft_line(i)) for i in range(12)]
+    rows[3]["messages"][1]["weight"] = 2
+    rows[5]["messages"][1]["weight"] = "1"
+    rows[6]["messages"][1]["weight"] = True
+    rows[7]["messages"][1]["weight"] = 0
+    rows[8]["messages"][1]["weight"] = 1
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = validate_file(data)
+    assert report.errors == {"invalid_weight": ["line 4", "line 6", "line 7"]}
+    assert main(["dataset", "validate", str(data)]) == 6
+    out = capsys.readouterr().out
+    assert "invalid_weight: 3" in out and CATEGORIES["invalid_weight"] in out
+
+
+def test_a_line_is_listed_once_per_category(tmp_path: Path) -> None:
+    rows = [json.loads(_sft_line(i)) for i in range(10)]
+    rows[2]["messages"] = ["just text", 42, {"role": "assistant", "content": "ok"}]
+    rows[4]["messages"] = [{"role": "user"}, {"role": "user"}, {"role": "assistant", "content": "ok"}]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = validate_file(data)
+    assert report.errors["data_type"] == ["line 3 (a message is not an object)"]
+    assert report.errors["message_missing_key"] == ["line 5"]
+    assert report.errors["missing_content"] == ["line 5"]
+    assert report.to_dict()["errors"]["data_type"]["count"] == 1

@@ -183,7 +183,7 @@ def _read_csv(path: Path, system: str | None) -> Iterator[Example]:
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """(line number, parsed value or None, parse error) for each non-blank line."""
     try:
-        fh = path.open(encoding="utf-8")
+        fh = path.open(encoding="utf-8-sig")
     except OSError as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from None
     with fh:
@@ -241,7 +241,7 @@ def _read_jsonl(path: Path, system: str | None) -> Iterator[Example]:
 
 def _read_json(path: Path, system: str | None) -> Iterator[Example]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from None
     except json.JSONDecodeError as exc:

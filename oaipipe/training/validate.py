@@ -2,7 +2,8 @@
 
 Format categories (the cookbook's names): ``data_type``, ``missing_messages_list``,
 ``message_missing_key``, ``message_unrecognized_key``, ``unrecognized_role``, ``missing_content``,
-``example_missing_assistant_message``; plus ``invalid_json`` (a line that is not JSON),
+``example_missing_assistant_message``; plus ``invalid_json`` (a line that is not JSON), ``invalid_weight``
+(a message ``weight`` other than 0 or 1),
 ``missing_preferred_output`` / ``missing_non_preferred_output`` (DPO rows), ``too_few_examples``
 (OpenAI refuses fewer than 10) and ``example_over_token_limit``.
 
@@ -44,6 +45,7 @@ CATEGORIES: dict[str, str] = {
                                 "tool_calls, tool_call_id; remove the others",
     "unrecognized_role": "role must be system, developer, user, assistant, tool or function",
     "missing_content": "content must be a non-empty string",
+    "invalid_weight": "a message's \"weight\" must be 0 (do not learn from this reply) or 1 (learn from it)",
     "example_missing_assistant_message": "each example needs at least one assistant message to learn from",
     "missing_preferred_output": "DPO rows need \"preferred_output\": [{\"role\": \"assistant\", \"content\": ...}]",
     "missing_non_preferred_output": "DPO rows need \"non_preferred_output\": [{\"role\": \"assistant\", "
@@ -78,7 +80,10 @@ class ValidationReport:
         return not self.errors
 
     def add(self, category: str, where: str) -> None:
-        self.errors.setdefault(category, []).append(where)
+        """Blame ``where`` for ``category`` (once: a row with several bad messages is one bad example)."""
+        listed = self.errors.setdefault(category, [])
+        if where not in listed[-8:]:  # rows are checked in order: a repeat is among the last few
+            listed.append(where)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,9 +163,15 @@ def _check_messages(report: ValidationReport, messages: Any, where: str, *, need
         has_calls = bool(message.get("function_call") or message.get("tool_calls"))
         if not has_calls and (not content or not isinstance(content, str | list)):
             report.add("missing_content", where)
+        if "weight" in message and not _valid_weight(message["weight"]):
+            report.add("invalid_weight", where)
     if need_assistant and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         report.add("example_missing_assistant_message", where)
     return usable
+
+
+def _valid_weight(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value in (0, 1)
 
 
 def _check_output(report: ValidationReport, row: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
@@ -251,7 +262,7 @@ def read_rows(path: str | Path) -> list[tuple[str, Any]]:
                                 "(or let `oaipipe train` do both)")
     rows: list[tuple[str, Any]] = []
     try:
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig") as fh:  # a BOM (Windows editors) is not part of line 1
             for n, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
