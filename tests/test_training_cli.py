@@ -238,6 +238,14 @@ def test_dataset_build_from_a_dialogue_log(tmp_path: Path, capsys: pytest.Captur
     assert main(["dataset", "build", str(log), "-o", str(tmp_path / "dpo.jsonl"), "--format", "dpo"]) == 6
     text = out_of(capsys)[0]
     assert "without a pair" in text and "too_few_examples" in text
+    # a dataset that is not ready is not written: no empty file to train on by mistake
+    assert not (tmp_path / "dpo.jsonl").exists() and not (tmp_path / "dpo.validation.jsonl").exists()
+    assert "nothing written" in text and "wrote" not in text
+    assert main(["dataset", "build", str(log), "-o", str(tmp_path / "dpo.jsonl"), "--format", "dpo",
+                 "--validation-fraction", "0.2", "--json"]) == 6
+    data = json.loads(out_of(capsys)[0])
+    assert data["dataset"]["written"] is False and data["report"]["ok"] is False
+    assert not list(tmp_path.glob("dpo*"))
 
 
 def test_train_after_run_skips_too_few_examples(tmp_path: Path) -> None:

@@ -115,20 +115,28 @@ def register_commands(cli: click.Group) -> None:
         method = "dpo" if fmt == "dpo" else "supervised"
         result = build_dataset(data, method=method, select=parse_select(select), system=system,
                                validation_fraction=validation_fraction, seed=seed, step=step)
-        files = write_dataset(result, output)
-        report = report_for(result, model=model, source=str(files.train_path))
+        report = report_for(result, model=model, source=output)
+        # a dataset that is not ready is not written (no empty or half-usable file to train on by mistake)
+        files = write_dataset(result, output) if report.ok else None
         if as_json:
-            _echo_json({"dataset": files.to_dict(), "build": result.stats, "report": report.to_dict()})
+            dataset_info = ({**files.to_dict(), "written": True} if files is not None else
+                            {"train_path": output, "written": False, "n_train": len(result.train),
+                             "n_validation": len(result.validation)})
+            _echo_json({"dataset": dataset_info, "build": result.stats, "report": report.to_dict()})
         else:
             s = result.stats
-            click.echo(f"read {s.get('read', 0)} example(s); kept {files.n_train} for training"
-                       + (f", {files.n_validation} for validation" if files.n_validation else "")
+            click.echo(f"read {s.get('read', 0)} example(s); kept {len(result.train)} for training"
+                       + (f", {len(result.validation)} for validation" if result.validation else "")
                        + f" ({s.get('duplicates', 0)} duplicate(s), {s.get('not_selected', 0)} not selected"
                        + (f", {s['not_pairable']} without a pair" if s.get("not_pairable") else "")
                        + (f", {s['skipped_non_text']} with images skipped" if s.get("skipped_non_text") else "")
                        + ")")
-            click.echo(f"wrote {files.train_path}" + (f" and {files.validation_path}" if files.validation_path else ""))
+            if files is not None:
+                click.echo(f"wrote {files.train_path}"
+                           + (f" and {files.validation_path}" if files.validation_path else ""))
             click.echo(report.to_text())
+            if files is None:
+                click.echo(f"nothing written to {output}: the dataset is not ready (see the errors above)")
         if not report.ok:
             _exit(DatasetError.exit_code)
 
