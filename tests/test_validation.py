@@ -25,6 +25,7 @@ BROKEN = [
     ("example_missing_assistant_message.jsonl", "example_missing_assistant_message", "supervised"),
     ("missing_preferred_output.jsonl", "missing_preferred_output", "dpo"),
     ("missing_non_preferred_output.jsonl", "missing_non_preferred_output", "dpo"),
+    ("invalid_weight.jsonl", "invalid_weight", "supervised"),
 ]
 
 
@@ -42,8 +43,7 @@ def test_each_category_is_reported_at_its_line(name: str, category: str, method:
 
 
 def test_every_category_has_a_broken_example_file() -> None:
-    # invalid_weight: test_message_weight_must_be_0_or_1 writes its own file
-    covered = {c for _, c, _ in BROKEN} | {"too_few_examples", "example_over_token_limit", "invalid_weight"}
+    covered = {c for _, c, _ in BROKEN} | {"too_few_examples", "example_over_token_limit"}
     assert covered == set(CATEGORIES)
     assert (DATA / "too_few_examples.jsonl").exists() and (DATA / "example_over_token_limit.jsonl").exists()
 
