@@ -5,7 +5,8 @@ Exit codes:
 
 ====  =====================================================================================
 0     success (every record done)
-1     the run finished but some records failed (see errors.jsonl in the run directory)
+1     the run finished but some records failed (see errors.jsonl in the run directory), or a
+      ``jobs wait`` / ``train --wait`` timed out while the job still runs
 2     usage or configuration error: bad flags, pipeline.yaml, plugin options, plugin import or a
       plugin that failed in a hook
 3     the input cannot be read (missing file, missing column)
