@@ -162,6 +162,9 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[str, tuple[int, int]]]:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         context = getattr(exc, "context", None)
+        context_mark = getattr(exc, "context_mark", None)
+        if context and context_mark is not None and mark is not None and context_mark.line != mark.line:
+            context += f" that starts at line {context_mark.line + 1}"  # where to look for the missing part
         msg = f"malformed YAML: {problem}" + (f" ({context})" if context else "")
         raise ConfigError(
             msg,

@@ -268,3 +268,10 @@ def test_a_dialogue_sinks_unknown_analyzer_fails_at_load_with_its_line(tmp_path:
     err = load_error(load_pipeline, path)
     assert "unknown analyzer 'vadr'" in str(err) and "did you mean 'vader'" in str(err)
     assert err.key == "sinks.0" and err.line is not None
+
+
+def test_an_unclosed_mapping_says_where_it_started(tmp_path: Path) -> None:
+    path = write(tmp_path, 'name: x\nsource: {type: csv, path: r.csv}\nsteps:\n - {type: sentiment, output: s\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "starts at line 4" in str(info.value)
