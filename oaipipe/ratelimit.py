@@ -28,7 +28,7 @@ from .types import ChatRequest, ChatResponse
 
 __all__ = ["DEFAULT_COMPLETION_ESTIMATE", "RateLimiter", "TokenBucket", "install_cooldown", "rate_limit_wrapper"]
 
-#: completion tokens assumed for a request without ``max_tokens`` (corrected after the answer)
+#: completion tokens assumed for a request without ``max_tokens`` until replies show their real length
 DEFAULT_COMPLETION_ESTIMATE = 256
 
 
@@ -78,6 +78,8 @@ class RateLimiter:
         self.clock = clock
         self.sleep = sleep
         self.completion_estimate = completion_estimate
+        self._seen_completions = 0
+        self._completion_tokens = 0
         self.requests = TokenBucket(rpm, burst_seconds=burst_seconds, clock=clock) if rpm else None
         self.tokens = (TokenBucket(tpm, burst_seconds=burst_seconds, minimum_capacity=0, clock=clock)
                        if tpm else None)
@@ -103,7 +105,15 @@ class RateLimiter:
         from .tokens import count_message_tokens
 
         prompt = count_message_tokens(request.messages, request.model, image_model=request.model)
-        return prompt + (request.max_tokens or self.completion_estimate)
+        return prompt + (request.max_tokens or self.expected_completion())
+
+    def expected_completion(self) -> int:
+        """Completion tokens to reserve for a call without ``max_tokens``: the default until a few answers
+        came back, then their mean plus a quarter (so short replies do not hold the TPM budget hostage)."""
+        if self._seen_completions < 5:
+            return self.completion_estimate
+        mean = self._completion_tokens / self._seen_completions
+        return max(16, min(self.completion_estimate, int(mean * 1.25) + 1))
 
     def cool_down(self, seconds: float) -> None:
         """Pause every call that has not started yet for ``seconds`` (the server said so)."""
@@ -136,10 +146,13 @@ class RateLimiter:
                 self.tokens.take(need)
         return need
 
-    def settle(self, estimated: int, response: ChatResponse | None) -> None:
-        """Correct the TPM bucket with the real usage of an answered call."""
+    def settle(self, estimated: int, response: ChatResponse | None, request: ChatRequest | None = None) -> None:
+        """Correct the TPM bucket with the real usage of an answered call (and learn reply lengths)."""
         if self.tokens is None or response is None or response.cached:
             return
+        if request is not None and request.max_tokens is None:
+            self._seen_completions += 1
+            self._completion_tokens += response.usage.completion_tokens
         actual = response.usage.total_tokens or (response.usage.prompt_tokens + response.usage.completion_tokens)
         self.tokens.give(estimated - actual)
 
@@ -154,7 +167,7 @@ def rate_limit_wrapper(limiter: RateLimiter) -> Callable[[Call], Call]:
         async def limited(request: ChatRequest) -> ChatResponse:
             estimated = await limiter.acquire(request)
             response = await call(request)
-            limiter.settle(estimated, response)
+            limiter.settle(estimated, response, request)
             return response
 
         return limited

@@ -189,3 +189,22 @@ def test_bad_limits_are_rejected_with_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_pipeline(path)
     assert "rpm" in str(info.value)
+
+
+def test_reservation_for_replies_learns_their_real_length() -> None:
+    clock = FakeClock()
+    limiter = _limiter(clock, tpm=60000)
+
+    async def backend(request: ChatRequest) -> ChatResponse:
+        return ChatResponse(text="x", model="m", backend="b", usage=Usage(10, 20, 30))
+
+    async def go() -> None:
+        call = rate_limit_wrapper(limiter)(backend)
+        for _ in range(6):
+            await call(_req())
+
+    prompt = count_message_tokens(_req().messages, "gpt-4o-mini")
+    assert limiter.estimate(_req()) == prompt + limiter.completion_estimate  # nothing learnt yet
+    asyncio.run(go())
+    assert limiter.estimate(_req()) == prompt + 26  # mean 20 replies plus a quarter
+    assert limiter.estimate(_req(max_tokens=500)) == prompt + 500  # an explicit limit is always reserved
