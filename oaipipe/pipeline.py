@@ -293,7 +293,9 @@ def fingerprint_parts(pipeline: Pipeline) -> dict[str, str]:
     for volatile in _VOLATILE_BACKEND_KEYS:
         backend.pop(volatile, None)
     backend["engine"] = "local" if pipeline.backend.name == "local" else "remote"
-    parts = {"source": data.get("source"), "steps": data.get("steps"), "backend": backend}
+    source = dict(data.get("source") or {})
+    source.pop("chunksize", None)  # how the input is read, not what it holds
+    parts = {"source": source, "steps": data.get("steps"), "backend": backend}
     return {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()[:12]
             for k, v in parts.items()}
 

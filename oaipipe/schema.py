@@ -40,6 +40,22 @@ def _component_schemas(host: PluginHost, kind: str, defs: dict[str, Any]) -> lis
     return out
 
 
+_ENV_REF = {"type": "string", "pattern": r"^\$\{env:[A-Za-z_][A-Za-z0-9_]*(:-.*)?\}$",
+            "description": "${env:VAR} (or ${env:VAR:-default}), read when the pipeline is loaded"}
+
+
+def _allow_env_refs(node: Any) -> Any:
+    """Let every number/boolean field also hold ``${env:VAR}``, as ``oaipipe validate`` accepts."""
+    if isinstance(node, list):
+        return [_allow_env_refs(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _allow_env_refs(v) for k, v in node.items()}
+    if out.get("type") in ("integer", "number", "boolean"):
+        return {"anyOf": [out, _ENV_REF]}
+    return out
+
+
 def pipeline_schema(pipeline: str | None = None) -> dict[str, Any]:
     """The whole file's schema: the top level from :class:`PipelineConfig`, plugin blocks as ``oneOf``."""
     host = plugin_host_for(pipeline)
@@ -61,6 +77,7 @@ def pipeline_schema(pipeline: str | None = None) -> dict[str, Any]:
             step["properties"]["analyzer"] = analyzer_ref
     props["steps"] = {"type": "array", "items": {"oneOf": steps}}
     props["sinks"] = {"type": "array", "items": {"oneOf": _component_schemas(host, "sink", defs)}}
+    schema = _allow_env_refs(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "oaipipe pipeline"
     return schema

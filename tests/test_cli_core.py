@@ -212,3 +212,23 @@ def test_a_failed_fine_tuning_after_the_run_exits_7(pipeline: Path, capsys: pyte
     pipeline.write_text(pipeline.read_text() + "train: {type: openai}\n")  # no key, no base_url: cannot launch
     assert main(["run", str(pipeline), "-q"]) == 7
     assert "train:" in capsys.readouterr().out
+
+
+def test_the_schema_accepts_the_shipped_pipeline_and_rejects_mistakes() -> None:
+    import jsonschema
+    import yaml
+
+    from oaipipe.schema import pipeline_schema
+
+    schema = pipeline_schema(str(REPO / "pipeline.yaml"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    doc = yaml.safe_load((REPO / "pipeline.yaml").read_text(encoding="utf-8"))
+    assert not list(validator.iter_errors(doc))
+    doc["backend"]["concurrency"] = "${env:CONCURRENCY}"  # env references are allowed anywhere
+    assert not list(validator.iter_errors(doc))
+    doc["backend"]["concurrency"] = "lots"
+    assert list(validator.iter_errors(doc))
+    doc["backend"]["concurrency"] = 8
+    doc["sinks"][0]["pth"] = "x"
+    assert list(validator.iter_errors(doc))
