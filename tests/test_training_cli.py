@@ -371,3 +371,22 @@ def test_jobs_show_ambiguous_prefix_lists_the_matches(capsys: pytest.CaptureFixt
     assert main(["jobs", "show", prefix]) == 7
     err = out_of(capsys)[1]
     assert "ambiguous" in err and all(i in err for i in ids)
+
+
+def test_jobs_list_and_show_refresh_asks_the_server(capsys: pytest.CaptureFixture[str]) -> None:
+    with running_server() as srv:
+        assert main(["train", str(QA), "--trainer", "openai", "--base-url", srv.base_url]) == 0
+        job_id = JobRegistry().list()[0].id
+        client = OpenAI(base_url=srv.base_url, api_key="sk-test")
+        for _ in range(500):  # the server finishes the job behind the registry's back
+            if client.fine_tuning.jobs.retrieve(job_id).status == "succeeded":
+                break
+            time.sleep(0.02)
+        out_of(capsys)
+        assert main(["jobs", "list"]) == 0
+        assert "succeeded" not in out_of(capsys)[0]  # the stored status, no network
+        assert main(["jobs", "list", "--refresh"]) == 0
+        assert "succeeded" in out_of(capsys)[0]
+        assert JobRegistry().get(job_id).status == "succeeded"
+        assert main(["jobs", "show", job_id, "--refresh", "--json"]) == 0
+        assert json.loads(out_of(capsys)[0])["fine_tuned_model"]

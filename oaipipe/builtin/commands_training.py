@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, OaipipeError
 from ..hookspecs import hookimpl
 
 _registry_option = click.option("--registry", "registry_path", type=click.Path(dir_okay=False), default=None,
@@ -263,12 +263,34 @@ def register_commands(cli: click.Group) -> None:
     def jobs() -> None:
         """The job registry: every fine-tuning job oaipipe launched."""
 
+    def _refreshed(job: Any, registry: Any, api_key_env: str | None) -> Any:
+        """The job as its provider sees it now (the stored one, with a note, if the provider cannot be asked)."""
+        if job.finished:
+            return job
+        try:
+            job = _trainer(job, api_key_env).refresh(job)
+        except OaipipeError as exc:
+            click.echo(f"note: could not refresh {job.id}: {exc}", err=True)
+            return job
+        registry.update(job)
+        return job
+
+    _refresh_option = click.option("--refresh", is_flag=True,
+                                   help="Ask the provider for the current status of unfinished jobs first")
+    _key_env_option = click.option("--api-key-env", default=None, metavar="VAR",
+                                   help="Environment variable holding the key (with --refresh)")
+
     @jobs.command("list")
+    @_refresh_option
+    @_key_env_option
     @_registry_option
     @_json_option
-    def jobs_list(registry_path: str | None, as_json: bool) -> None:
-        """List every job, oldest first."""
-        items = _registry(registry_path).list()
+    def jobs_list(refresh: bool, api_key_env: str | None, registry_path: str | None, as_json: bool) -> None:
+        """List every job, oldest first (the stored status; --refresh asks the provider)."""
+        registry = _registry(registry_path)
+        items = registry.list()
+        if refresh:
+            items = [_refreshed(job, registry, api_key_env) for job in items]
         if as_json:
             _echo_json([j.to_dict() for j in items])
             return
@@ -280,11 +302,17 @@ def register_commands(cli: click.Group) -> None:
 
     @jobs.command("show")
     @click.argument("job_id")
+    @_refresh_option
+    @_key_env_option
     @_registry_option
     @_json_option
-    def jobs_show(job_id: str, registry_path: str | None, as_json: bool) -> None:
-        """Everything the registry knows about one job."""
-        job = _registry(registry_path).get(job_id)
+    def jobs_show(job_id: str, refresh: bool, api_key_env: str | None, registry_path: str | None,
+                  as_json: bool) -> None:
+        """Everything the registry knows about one job (--refresh: ask the provider first)."""
+        registry = _registry(registry_path)
+        job = registry.get(job_id)
+        if refresh:
+            job = _refreshed(job, registry, api_key_env)
         if as_json:
             _echo_json(job.to_dict())
         else:
