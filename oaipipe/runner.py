@@ -392,7 +392,7 @@ class Runner:
             if self._abort is None:
                 self._abort = exc
             return RecordResult(record, fields, ctx.exchanges, ctx.sentiments, error=f"{type(exc).__name__}: {exc}")
-        except (RecordError, BackendError, OaipipeError) as exc:
+        except OaipipeError as exc:  # RecordError, BackendError, PluginError, ...: this record only
             self._failure_kinds[type(exc)] += 1
             return _failed(record, fields, ctx, step_label, exc)
         except TimeoutError:
