@@ -245,7 +245,7 @@ class BatchBackend(OpenAIBackend):
                 raise not_the_api(url, None, result)
             return result
 
-        return await self.policy.arun(attempt)
+        return await self.policy.arun(lambda: self._agated(attempt))
 
     async def _submit(self, queue: dict[str, _Pending]) -> None:
         if not queue:
