@@ -11,6 +11,7 @@ import asyncio
 import http.client
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -140,8 +141,10 @@ def test_the_trainer_never_follows_openai_base_url(host: PluginHost, monkeypatch
 class Recorder:
     """A recording HTTP server that forwards everything from ``/v1`` on to ``oaipipe serve``."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, missing: tuple[str, ...] = ()) -> None:
         self.headers: list[tuple[str, str, str]] = []  # (method, path, raw header block)
+        #: path prefixes answered 404 the way vLLM does (an API this server does not offer)
+        self.missing = missing
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -155,6 +158,14 @@ class Recorder:
                 recorder.headers.append((self.command, self.path, str(self.headers)))
                 path = self.path.split("?", 1)[0].split("#", 1)[0]
                 at = path.find("/v1/") if "/v1/" in path else path.find("/v1")
+                if any(path[max(at, 0):].startswith(prefix) for prefix in recorder.missing):
+                    data = b'{"detail":"Not Found"}'
+                    self.send_response(404)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=10)
                 try:
                     conn.request(self.command, path[at:] if at >= 0 else path, body=body or None,
@@ -301,3 +312,171 @@ def test_a_named_key_does_reach_its_server(host: PluginHost, recorder: Recorder)
     _ask(make(host, "requests", base_url=url, api_key="sk-named-for-this-server-123"))
     assert all("Bearer sk-named-for-this-server-123" in raw for _, _, raw in recorder.headers)
     recorder.assert_no_env_key()
+
+
+# --- messages that used to mislead (issue 9, item 12) ----------------------------------------------
+
+
+def _project(tmp_path: Path, backend: str, rows: int = 3) -> Path:
+    (tmp_path / "r.csv").write_text("id,text\n" + "".join(f"{i},text {i}\n" for i in range(rows)),
+                                    encoding="utf-8")
+    path = tmp_path / "p.yaml"
+    path.write_text("name: k\n"
+                    f"backend: {backend}\n"
+                    "source: {type: csv, path: r.csv, id_column: id}\n"
+                    "steps:\n  - {type: ask, prompt: 'Reply to: {text}', output: reply}\n"
+                    "run: {cache: false}\n", encoding="utf-8")
+    return path
+
+
+def test_an_unset_key_variable_is_named_at_validate_run_start_and_in_the_401_hint(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MY_SERVER_KEY", raising=False)
+    with running_server(api_key="sk-right-key-0123456789") as srv:
+        path = _project(tmp_path, f"{{type: requests, base_url: '{srv.base_url}', api_key: '${{env:MY_SERVER_KEY}}'}}")
+        assert main(["validate", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert f"warning: {path}:2: backend.api_key is ${{env:MY_SERVER_KEY}}, and MY_SERVER_KEY is not set" in out
+        assert "export MY_SERVER_KEY=... or remove the line" in out
+        assert main(["run", str(path)]) == 5
+        err = capsys.readouterr().err
+    start, _, rest = err.partition("error:")
+    assert "MY_SERVER_KEY is not set" in start  # said before anything ran
+    assert "401" in rest and "MY_SERVER_KEY is not set" in rest and "export MY_SERVER_KEY" in rest
+    assert "give it its own key with `api_key:" not in rest  # the line is there already
+
+
+@pytest.mark.parametrize("missing, api", [(("/v1/files", "/v1/batches"), "Files"), (("/v1/batches",), "Batch")])
+def test_batch_against_a_server_without_the_api_says_so(host: PluginHost, tmp_path: Path, missing: tuple[str, ...],
+                                                       api: str) -> None:
+    from oaipipe.errors import BadRequestError
+
+    with running_server() as srv:
+        rec = Recorder(srv.port, missing=missing)
+        try:
+            backend = make(host, "batch", base_url=f"http://127.0.0.1:{rec.port}/v1", max_retries=0,
+                           flush_after=0.05, state_file=str(tmp_path / "b.json"))
+
+            async def go() -> Any:
+                try:
+                    return await backend.chat(ChatRequest(messages=[{"role": "user", "content": "hi"}],
+                                                          model="gpt-4o-mini"))
+                finally:
+                    await backend.aclose()
+
+            with pytest.raises(BadRequestError) as err:
+                asyncio.run(go())
+        finally:
+            rec.close()
+    text = str(err.value)
+    assert f"does not offer the {api} API" in text and "model name" not in text
+
+
+@pytest.mark.parametrize("missing, api", [(("/v1/files",), "Files"), (("/v1/fine_tuning",), "fine-tuning")])
+def test_fine_tuning_against_a_server_without_the_api_says_so(host: PluginHost, tmp_path: Path,
+                                                             missing: tuple[str, ...], api: str) -> None:
+    from oaipipe.errors import BadRequestError
+    from oaipipe.training import build_dataset, launch_job, write_dataset
+
+    qa = Path(__file__).resolve().parent.parent / "examples" / "data" / "qa.csv"
+    files = write_dataset(build_dataset(qa, method="supervised", system="Be kind."), tmp_path / "train.jsonl")
+    with running_server() as srv:
+        rec = Recorder(srv.port, missing=missing)
+        url = f"http://127.0.0.1:{rec.port}/v1"
+        try:
+            trainer = host.build("trainer", {"type": "openai", "base_url": url, "max_retries": 0},
+                                 Context(host=host), key="train")
+            with pytest.raises(BadRequestError) as err:
+                launch_job(trainer, files, base_model="gpt-4o-mini", base_url=url)
+        finally:
+            rec.close()
+    text = str(err.value)
+    assert f"does not offer the {api} API" in text and "model name" not in text
+
+
+@pytest.mark.parametrize("kind", ["openai", "requests"])
+def test_the_first_401_closes_the_gate_for_every_worker(tmp_path: Path, kind: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Concurrency 8 against a server that answers 401 slowly: one request, not one per worker."""
+    with running_server(error_rates={401: 1.0}, latency=0.3) as srv:
+        path = _project(tmp_path, f"{{type: {kind}, base_url: '{srv.base_url}', api_key: sk-wrong-0123456789, "
+                                  "concurrency: 8}", rows=20)
+        assert main(["run", str(path)]) == 5
+        stats = srv.stats()
+    assert stats["requests"] == 1, stats
+    assert "refused" in capsys.readouterr().err
+
+
+def test_key_gate_probe_then_open_then_closed() -> None:
+    """The gate's rules, without a server: one probe at a time until an answer, all at once after it,
+    nothing after a 401, and a failed connection lets the next caller probe."""
+    from oaipipe.errors import AuthenticationError, BackendConnectionError, ServerError
+    from oaipipe.keys import KeyGate
+
+    async def scenario() -> tuple[list[str], int]:
+        gate = KeyGate()
+        log: list[str] = []
+        running = 0
+        peak = 0
+
+        def attempt(name: str, outcome: BaseException | None, delay: float = 0.01) -> Any:
+            async def go() -> str:
+                nonlocal running, peak
+                running += 1
+                peak = max(peak, running)
+                log.append(name)
+                await asyncio.sleep(delay)
+                running -= 1
+                if outcome is not None:
+                    raise outcome
+                return name
+            return go
+
+        # no answer: the next caller probes; a 500 is an answer, so the gate opens
+        first = [gate.acall(attempt("refused-connection", BackendConnectionError("down"))),
+                 gate.acall(attempt("five-hundred", ServerError("x", status=500)))]
+        await asyncio.gather(*first, return_exceptions=True)
+        assert log == ["refused-connection", "five-hundred"] and peak == 1
+        await asyncio.gather(*(gate.acall(attempt(f"open-{i}", None)) for i in range(4)))
+        assert peak > 1  # open: they ran together
+        await asyncio.gather(gate.acall(attempt("401", AuthenticationError("no", status=401))),
+                             return_exceptions=True)
+        sent = len(log)
+        results = await asyncio.gather(*(gate.acall(attempt(f"after-{i}", None)) for i in range(4)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, AuthenticationError) for r in results)
+        return log, sent
+
+    log, sent = asyncio.run(scenario())
+    assert len(log) == sent  # nothing was attempted after the 401
+
+
+def test_key_gate_one_probe_across_threads() -> None:
+    """Blocking callers (the requests transport's worker threads): a slow 401 probe, then nobody."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from oaipipe.errors import AuthenticationError
+    from oaipipe.keys import KeyGate
+
+    gate = KeyGate()
+    started: list[int] = []
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def attempt(i: int) -> Any:
+        def go() -> None:
+            with lock:
+                started.append(i)
+            release.wait(5)
+            raise AuthenticationError("no", status=401)
+        return go
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(gate.call, attempt(i)) for i in range(8)]
+        deadline = time.monotonic() + 5
+        while not started and time.monotonic() < deadline:  # wait for the probe to be on its way
+            time.sleep(0.005)
+        release.set()
+        errors = [f.exception() for f in futures]
+    assert len(started) == 1
+    assert all(isinstance(e, AuthenticationError) for e in errors)
