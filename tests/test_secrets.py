@@ -186,3 +186,41 @@ def test_masking_is_by_value_in_every_encoding() -> None:
 def test_key_patterns_leave_ordinary_words_alone() -> None:
     assert redact("task-management and desk-organisers") == "task-management and desk-organisers"
     assert redact("key sk-abcdefgh12345678 leaked") == "key *** leaked"
+
+
+def test_a_token_in_the_url_path_stays_out_of_the_batch_state(tmp_path: Path, server, secrets_env,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A gateway that wants its token in the path (http://host/TOKEN/v1), through the batch backend:
+    its state file in OAIPIPE_HOME is keyed by the server's URL, and must not hold the token."""
+    import asyncio
+
+    from test_keys import Recorder
+
+    from oaipipe.pipeline import load_pipeline
+    from oaipipe.types import ChatRequest
+
+    rec = Recorder(server.port)
+    path = write_project(tmp_path, f"http://127.0.0.1:{rec.port}/${{env:T_TOKEN}}/v1")
+    text = path.read_text().replace("type: requests", "type: batch\n  poll_interval: 30")
+    path.write_text(text.replace('    X-Odd: "${env:Q_ODD}"\n', ""), encoding="utf-8")  # httpx: ASCII headers
+
+    async def submit_and_look() -> dict[str, str]:
+        backend = load_pipeline(path).backend
+        task = asyncio.ensure_future(backend.chat(ChatRequest(messages=[{"role": "user", "content": "hi"}],
+                                                              model="gpt-4o-mini")))
+        try:
+            while not backend.submitted and not task.done():  # type: ignore[attr-defined]
+                await asyncio.sleep(0.01)
+            return {str(backend.state_path): backend.state_path.read_text(encoding="utf-8")}  # type: ignore[attr-defined]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await backend.aclose()
+
+    try:
+        state = asyncio.run(submit_and_look())
+    finally:
+        rec.close()
+    assert any(SECRETS["T_TOKEN"] in p for _, p, _ in rec.headers)  # the token was really in the URL
+    assert all("/***/v1" in text for text in state.values()), state
+    assert_nowhere(state)
