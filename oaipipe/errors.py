@@ -257,11 +257,6 @@ def _forms(value: str) -> tuple[str, ...]:
     return tuple(f for f in forms if len(f) >= _MIN_LENGTH)
 
 
-@functools.lru_cache(maxsize=16)
-def _env_forms(value: str) -> tuple[str, ...]:
-    return _forms(value)
-
-
 def register_secret(value: str | None) -> None:
     """Remember a secret so that :func:`redact`, :func:`mask_secrets` and :func:`redact_data` mask it.
 
@@ -279,12 +274,17 @@ def register_secret(value: str | None) -> None:
 
 
 def _all_forms() -> tuple[str, ...]:
-    forms = _registered_forms
-    for name in _SECRET_ENV_VARS:
-        env = os.environ.get(name)
-        if env and len(env) >= _MIN_LENGTH and env not in _registered_secrets:
-            forms = tuple(sorted((*forms, *_env_forms(env)), key=len, reverse=True))
-    return forms
+    """Every form of every secret (registered, and the variables that always are), longest first."""
+    return _merged_forms(_registered_forms, tuple(os.environ.get(name) for name in _SECRET_ENV_VARS))
+
+
+@functools.lru_cache(maxsize=8)
+def _merged_forms(registered: tuple[str, ...], env_values: tuple[str | None, ...]) -> tuple[str, ...]:
+    forms = set(registered)
+    for env in env_values:
+        if env and len(env) >= _MIN_LENGTH:
+            forms.update(_forms(env))
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def _mask(text: str, forms: tuple[str, ...]) -> str:
@@ -346,17 +346,28 @@ def _walk(obj: Any, forms: tuple[str, ...], keep: frozenset[str]) -> Any:
         if isinstance(obj, list):
             return items
         return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)  # a namedtuple, or a tuple
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    if obj is None or isinstance(obj, int | float):
+        return obj
+    names = _dataclass_fields(type(obj))
+    if names:
         changes = {}
-        for f in dataclasses.fields(obj):
-            if f.name in keep or not f.init:
+        for name in names:
+            if name in keep:
                 continue
-            value = getattr(obj, f.name)
+            value = getattr(obj, name)
             new = _walk(value, forms, keep)
             if new is not value:
-                changes[f.name] = new
+                changes[name] = new
         return dataclasses.replace(obj, **changes) if changes else obj
     return obj
+
+
+@functools.lru_cache(maxsize=256)
+def _dataclass_fields(cls: type) -> tuple[str, ...]:
+    """The init fields of a dataclass type (none for any other type)."""
+    if not dataclasses.is_dataclass(cls):
+        return ()
+    return tuple(f.name for f in dataclasses.fields(cls) if f.init)
 
 
 class RedactingStream:

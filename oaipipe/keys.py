@@ -32,6 +32,7 @@ every message, log and file oaipipe writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import threading
@@ -227,7 +228,7 @@ class KeyGate:
             self._cond.notify_all()
             waiters, self._async_waiters = self._async_waiters, []
         for loop, future in waiters:
-            if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # that loop closed meanwhile: nobody waits there
                 loop.call_soon_threadsafe(_wake, future)
 
     # --- entry points ---

@@ -52,6 +52,7 @@ def cli_backend(
     base_dir = Path.cwd()
     extra_plugins: list[str] = []
     disabled: list[str] = []
+    warnings: list[str] = []
     if pipeline:
         from ..config import load_config
 
@@ -63,6 +64,7 @@ def cli_backend(
         if cfg.assistants:
             settings["assistants"] = str(base_dir / cfg.assistants)
         settings["unset_env"] = dict(loaded.unset_env)
+        warnings = [f"warning: {w}" for w in loaded.warnings]  # unset ${env:VAR}, values too short to mask
         offline_fallback = cfg.run.offline_fallback
     else:
         block = {"type": "openai"}
@@ -91,6 +93,8 @@ def cli_backend(
         host.load(item)
     context = Context(base_dir=base_dir, host=host, settings=settings)
     built, note = build_backend(block, host=host, context=context, offline_fallback=offline_fallback)
+    if warnings:
+        note = "\n".join([*warnings, *([note] if note else [])])
     return built, note, context
 
 
