@@ -25,7 +25,7 @@ import sys
 
 import click
 
-from .errors import OaipipeError, redact
+from .errors import OaipipeError, RedactingStream, redact
 
 __all__ = ["cli", "main"]
 
@@ -64,7 +64,23 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script: run the CLI and map errors onto exit codes."""
+    """Entry point of the console script: run the CLI and map errors onto exit codes.
+
+    While it runs, stdout and stderr mask every registered secret (:class:`~oaipipe.errors.RedactingStream`):
+    whatever a command, a plugin, a progress bar or a log handler prints.
+    """
+    out, err = sys.stdout, sys.stderr
+    if out is not None and not isinstance(out, RedactingStream):
+        sys.stdout = RedactingStream(out)  # type: ignore[assignment]
+    if err is not None and not isinstance(err, RedactingStream):
+        sys.stderr = RedactingStream(err)  # type: ignore[assignment]
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: list[str] | None) -> int:
     cli._exit_code = 0  # type: ignore[attr-defined]
     try:
         cli.main(args=argv, prog_name="oaipipe", standalone_mode=False)

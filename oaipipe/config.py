@@ -17,15 +17,19 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ConfigError
+from .errors import ConfigError, register_secret
 
 __all__ = [
+    "MIN_SECRET_LENGTH",
+    "EnvUse",
     "LoadedConfig",
     "PipelineConfig",
     "RunSettings",
     "apply_overrides",
     "interpolate_env",
+    "is_setting_value",
     "load_config",
+    "register_env_secrets",
     "validation_error",
 ]
 
@@ -132,6 +136,10 @@ class LoadedConfig:
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: dotted keys given with --set: they have no line in the file
     overridden: set[str] = field(default_factory=set)
+    #: dotted key -> VAR for each whole value ``${env:VAR}`` whose variable is not set (the key became None)
+    unset_env: dict[str, str] = field(default_factory=dict)
+    #: what the user should know before anything runs (unset variables, secrets too short to mask)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def base_dir(self) -> Path:
@@ -183,20 +191,39 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[str, tuple[int, int]]]:
 
 _ENV_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
+#: values from the environment shorter than this are not masked (masking "ab" would wreck every text)
+MIN_SECRET_LENGTH = 4
+# settings, not secrets: a number or a yes/no word read from the environment is never masked
+_SETTING_RE = re.compile(r"(?i)[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?|true|false|yes|no|on|off|null|none|~")
+
+
+@dataclass
+class EnvUse:
+    """One ``${env:VAR}`` that was replaced: where (dotted key), which variable, and what it gave."""
+
+    key: str
+    var: str
+    value: str
+
 
 def interpolate_env(value: Any, *, key: str = "", environ: dict[str, str] | None = None,
-                    missing: list[str] | None = None) -> Any:
+                    missing: list[str] | None = None, unset: dict[str, str] | None = None,
+                    used: list[EnvUse] | None = None) -> Any:
     """Replace ``${env:VAR}`` (and ``${env:VAR:-default}``) in every string of ``value``.
 
     A variable that is not set becomes ``None`` when it is the whole value (so an unset
-    ``OPENAI_API_KEY`` means "no key"), and is reported in ``missing`` when it is part of a longer string.
+    ``OPENAI_API_KEY`` means "no key"; the key and variable are recorded in ``unset``), and is reported
+    in ``missing`` when it is part of a longer string. Every value taken from the environment (not a
+    default written in the file) is appended to ``used``: :func:`load_config` masks them all as secrets.
     """
     env = os.environ if environ is None else environ
     if isinstance(value, dict):
-        return {k: interpolate_env(v, key=f"{key}.{k}" if key else str(k), environ=env, missing=missing)
+        return {k: interpolate_env(v, key=f"{key}.{k}" if key else str(k), environ=env, missing=missing,
+                                   unset=unset, used=used)
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate_env(v, key=f"{key}.{i}", environ=env, missing=missing) for i, v in enumerate(value)]
+        return [interpolate_env(v, key=f"{key}.{i}", environ=env, missing=missing, unset=unset, used=used)
+                for i, v in enumerate(value)]
     if not isinstance(value, str) or "${env:" not in value:
         return value
     whole = _ENV_RE.fullmatch(value.strip())
@@ -204,12 +231,18 @@ def interpolate_env(value: Any, *, key: str = "", environ: dict[str, str] | None
         name, default = whole.group(1), whole.group(2)
         got = env.get(name)
         if got:
+            if used is not None:
+                used.append(EnvUse(key, name, got))
             return got
+        if default is None and unset is not None:
+            unset[key] = name
         return default if default is not None else None
 
     def sub(m: re.Match[str]) -> str:
         got = env.get(m.group(1))
         if got:
+            if used is not None:
+                used.append(EnvUse(key, m.group(1), got))
             return got
         if m.group(2) is not None:
             return m.group(2)
@@ -218,6 +251,49 @@ def interpolate_env(value: Any, *, key: str = "", environ: dict[str, str] | None
         return ""
 
     return _ENV_RE.sub(sub, value)
+
+
+def is_setting_value(value: str) -> bool:
+    """A number or a yes/no word: a value read from the environment that configures, not a secret."""
+    return bool(_SETTING_RE.fullmatch(value.strip()))
+
+
+def register_env_secrets(used: list[EnvUse]) -> list[EnvUse]:
+    """Register every value taken from the environment as a secret (masked wherever oaipipe prints or
+    writes); returns those too short to be masked (under :data:`MIN_SECRET_LENGTH` characters).
+
+    Numbers and yes/no words (``8``, ``120.5``, ``true``) are settings and are left alone.
+    """
+    too_short = []
+    for use in used:
+        if is_setting_value(use.value):
+            continue
+        if len(use.value) < MIN_SECRET_LENGTH:
+            too_short.append(use)
+            continue
+        register_secret(use.value)
+    return too_short
+
+
+def _env_warnings(loaded: LoadedConfig, file: str, too_short: list[EnvUse]) -> list[str]:
+    """The warnings of :attr:`LoadedConfig.warnings`: where (file and line), what it means, and the fix."""
+    out = []
+
+    def where(key: str) -> str:
+        line, _ = loaded.where(key)
+        if line is not None:
+            return f"{file}:{line}"
+        given = any(key == k or key.startswith(k + ".") for k in loaded.overridden)
+        return f"{file} (--set)" if given else file
+
+    for key, var in loaded.unset_env.items():
+        means = "no key is sent" if key.rsplit(".", 1)[-1] == "api_key" else "it counts as not given"
+        out.append(f"{where(key)}: {key} is ${{env:{var}}}, and {var} is not set, so {means}; "
+                   f"export {var}=... or remove the line")
+    for use in too_short:
+        out.append(f"{where(use.key)}: {use.key}: the value of ${{env:{use.var}}} is shorter than "
+                   f"{MIN_SECRET_LENGTH} characters, too short to be masked: it may appear in output and files")
+    return out
 
 
 # --- --set key.path=value -----------------------------------------------------------------------
@@ -364,12 +440,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
     if overrides:  # before interpolation, so that `--set backend.api_key='${env:MY_KEY}'` works too
         data = apply_overrides(data, list(overrides))
     missing: list[str] = []
-    data = interpolate_env(data, environ=environ, missing=missing)
+    unset: dict[str, str] = {}
+    used: list[EnvUse] = []
+    data = interpolate_env(data, environ=environ, missing=missing, unset=unset, used=used)
+    too_short = register_env_secrets(used)  # before any message can show them
     if missing:
         raise ConfigError("environment variables are not set: " + "; ".join(missing), file=file,
                           hint="export them, or use ${env:VAR:-default}")
     loaded = LoadedConfig(path=path.resolve(), config=None, data=data, positions=positions,  # type: ignore[arg-type]
-                          overridden={o.split("=", 1)[0].strip() for o in overrides or ()})
+                          overridden={o.split("=", 1)[0].strip() for o in overrides or ()}, unset_env=unset)
+    loaded.warnings = _env_warnings(loaded, file, too_short)
     try:
         loaded.config = PipelineConfig.model_validate(data)
     except ValidationError as exc:

@@ -30,9 +30,15 @@ The CLI maps the tree onto exit codes (see ``oaipipe.cli``).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import os
 import re
+import threading
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "AuthenticationError",
@@ -48,12 +54,16 @@ __all__ = [
     "PluginLoadError",
     "RateLimitError",
     "RecordError",
+    "RedactingStream",
     "RunAborted",
     "ServerError",
     "TemplateError",
     "TrainingError",
     "UnknownPluginError",
+    "mask_secrets",
     "redact",
+    "redact_data",
+    "register_secret",
 ]
 
 
@@ -207,32 +217,183 @@ class RunAborted(OaipipeError):
 
 
 # --- secrets ------------------------------------------------------------------------------------
+#
+# Masking is by value: every key oaipipe resolves (oaipipe.keys), every value read from ${env:...}
+# (oaipipe.config) and ``oaipipe serve --api-key`` is registered, and OPENAI_API_KEY always counts.
+# A registered value is masked as it is, and as JSON, Python repr and URL encoding show it, so that it is
+# found in serialized text too. Values under 4 characters are not registered (see config.MIN_SECRET_LENGTH).
+#
+# The choke points that apply it: OaipipeError.__str__ (every message), RunDir (every JSON file of a run
+# directory), the runner (every record before sinks, journal and errors.jsonl see it: redact_data), and
+# the CLI (stdout and stderr are RedactingStream while a command runs).
 
 _KEY_PATTERNS = [
-    re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{8,}"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.]{8,}"),
     # the password of a URL's user info (a proxy's https://user:password@host/v1)
     re.compile(r"(?i)([a-z][a-z0-9+.\-]*://[^/\s:@]+:)[^/\s@]+(?=@)"),
 ]
+MASK = "***"
+_MIN_LENGTH = 4
+#: variables whose value is always a secret, registered or not
+_SECRET_ENV_VARS = ("OPENAI_API_KEY",)
 _registered_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_registered_forms: tuple[str, ...] = ()  # every form of every registered secret, longest first
+
+
+def _forms(value: str) -> tuple[str, ...]:
+    """The ways ``value`` shows up in text: as is, JSON-escaped, repr-escaped, URL-encoded."""
+    forms = {
+        value,
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        value.encode("unicode_escape").decode("ascii"),
+        repr(value)[1:-1],
+        urllib.parse.quote(value, safe=""),
+        urllib.parse.quote(value),
+        urllib.parse.quote_plus(value),
+    }
+    return tuple(f for f in forms if len(f) >= _MIN_LENGTH)
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a secret (an API key) so that :func:`redact` masks it wherever it appears."""
-    if value and len(value) >= 4:
+    """Remember a secret so that :func:`redact`, :func:`mask_secrets` and :func:`redact_data` mask it.
+
+    Values shorter than 4 characters are ignored: masking them would wreck ordinary text.
+    """
+    global _registered_forms
+    if not value or len(value) < _MIN_LENGTH:
+        return
+    with _secrets_lock:
+        if value in _registered_secrets:
+            return
         _registered_secrets.add(value)
+        forms = {f for secret in _registered_secrets for f in _forms(secret)}
+        _registered_forms = tuple(sorted(forms, key=len, reverse=True))
+
+
+def _all_forms() -> tuple[str, ...]:
+    """Every form of every secret (registered, and the variables that always are), longest first."""
+    return _merged_forms(_registered_forms, tuple(os.environ.get(name) for name in _SECRET_ENV_VARS))
+
+
+@functools.lru_cache(maxsize=8)
+def _merged_forms(registered: tuple[str, ...], env_values: tuple[str | None, ...]) -> tuple[str, ...]:
+    forms = set(registered)
+    for env in env_values:
+        if env and len(env) >= _MIN_LENGTH:
+            forms.update(_forms(env))
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _mask(text: str, forms: tuple[str, ...]) -> str:
+    for form in forms:
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every registered secret (and ``OPENAI_API_KEY``) replaced by ``***``, nothing else."""
+    if not text or not isinstance(text, str):
+        return text
+    forms = _all_forms()
+    return _mask(text, forms) if forms else text
 
 
 def redact(text: str) -> str:
-    """Mask API keys in ``text``: registered secrets, ``OPENAI_API_KEY``, ``sk-...``, bearer tokens and URL passwords."""
+    """Mask secrets in a message: registered ones (:func:`mask_secrets`), and anything shaped like a key
+    (``sk-...``, ``Bearer ...``) or a URL's password."""
     if not text:
         return text
-    secrets = set(_registered_secrets)
-    env_key = os.environ.get("OPENAI_API_KEY")
-    if env_key and len(env_key) >= 4:
-        secrets.add(env_key)
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
+    text = mask_secrets(text)
     for pattern in _KEY_PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + MASK, text)
     return text
+
+
+#: fields of dataclasses :func:`redact_data` leaves alone: record ids, which the journal and sinks key on
+IDENTITY_FIELDS = frozenset({"id", "record_id"})
+
+
+def redact_data(obj: Any, *, keep_fields: frozenset[str] = IDENTITY_FIELDS) -> Any:
+    """``obj`` with :func:`mask_secrets` applied to every string inside it (dict keys and values, lists,
+    tuples, dataclass fields except ``keep_fields``). Copy on write: what holds no secret is returned as
+    it is (the same object), so the common case costs one scan of the strings."""
+    forms = _all_forms()
+    if not forms:
+        return obj
+    return _walk(obj, forms, keep_fields)
+
+
+def _walk(obj: Any, forms: tuple[str, ...], keep: frozenset[str]) -> Any:
+    if isinstance(obj, str):
+        return _mask(obj, forms)
+    if isinstance(obj, dict):
+        out = {}
+        changed = False
+        for key, value in obj.items():
+            new_key = _walk(key, forms, keep) if isinstance(key, str) else key
+            new_value = _walk(value, forms, keep)
+            changed = changed or new_key is not key or new_value is not value
+            out[new_key] = new_value
+        return out if changed else obj
+    if isinstance(obj, list | tuple):
+        items = [_walk(v, forms, keep) for v in obj]
+        if all(a is b for a, b in zip(items, obj, strict=True)):
+            return obj
+        if isinstance(obj, list):
+            return items
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)  # a namedtuple, or a tuple
+    if obj is None or isinstance(obj, int | float):
+        return obj
+    names = _dataclass_fields(type(obj))
+    if names:
+        changes = {}
+        for name in names:
+            if name in keep:
+                continue
+            value = getattr(obj, name)
+            new = _walk(value, forms, keep)
+            if new is not value:
+                changes[name] = new
+        return dataclasses.replace(obj, **changes) if changes else obj
+    return obj
+
+
+@functools.lru_cache(maxsize=256)
+def _dataclass_fields(cls: type) -> tuple[str, ...]:
+    """The init fields of a dataclass type (none for any other type)."""
+    if not dataclasses.is_dataclass(cls):
+        return ()
+    return tuple(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+class RedactingStream:
+    """A text stream that masks secrets (:func:`mask_secrets`) in everything written to it.
+
+    The CLI puts one over ``sys.stdout`` and ``sys.stderr`` while a command runs: whatever a command, a
+    plugin, a progress bar or a log handler prints goes through it. Every other attribute is the wrapped
+    stream's.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    @property
+    def wrapped(self) -> Any:
+        return self._stream
+
+    def write(self, text: Any) -> int:
+        if isinstance(text, str):
+            self._stream.write(mask_secrets(text))
+            return len(text)
+        return int(self._stream.write(text) or 0)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,12 +65,8 @@ class Pipeline:
 
 
 def _resolved_key(backend_cls: type[Backend], options: BackendOptions) -> str | None:
-    try:
-        from .keys import resolve_api_key  # the transports' rule (a custom base_url gets no OpenAI key)
-    except ImportError:  # pragma: no cover - keys.py ships with the transports
-        if options.api_key is not None:
-            return options.api_key.get_secret_value()
-        return os.environ.get("OPENAI_API_KEY") if options.base_url is None else None
+    from .keys import resolve_api_key  # the transports' rule (a custom base_url gets no OpenAI key)
+
     return resolve_api_key(options)
 
 
@@ -145,7 +140,8 @@ def load_pipeline(
     assistants = loaded.base_dir / cfg.assistants if cfg.assistants else None
     context = Context(base_dir=loaded.base_dir, host=host, pipeline_name=cfg.name,
                       settings={"assistants": str(assistants) if assistants else None,
-                                "pipeline_file": str(loaded.path), "prices": cfg.prices})
+                                "pipeline_file": str(loaded.path), "prices": cfg.prices,
+                                "unset_env": dict(loaded.unset_env)})
     backend, note = build_backend(loaded.data.get("backend") or {"type": "local"}, host=host, context=context,
                                   file=file, lines=loaded.where, offline_fallback=cfg.run.offline_fallback)
     source = host.build("source", loaded.data["source"], context, key="source", file=file, lines=loaded.where)
@@ -162,7 +158,7 @@ def load_pipeline(
         build_train_block(cfg.train, host=host, context=context, backend_options=backend.options,
                           file=file, lines=loaded.where)
     pipeline = Pipeline(loaded=loaded, host=host, context=context, backend=backend, source=source, steps=steps,
-                        sinks=sinks, backend_note=note)
+                        sinks=sinks, backend_note=note, warnings=list(loaded.warnings))
     check_templates(pipeline)
     check_sink_paths(pipeline)
     check_train_select(pipeline)

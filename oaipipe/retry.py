@@ -82,13 +82,48 @@ def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = 
 
 
 def _key_hint(url: str = "") -> str:
-    if url and "api.openai.com" not in url:
-        # a custom base_url never gets OPENAI_API_KEY: pointing at that variable would not help
-        return ("this server does not get OPENAI_API_KEY; give it its own key with `api_key: ${env:MY_KEY}` in "
-                "the backend block (or --set backend.api_key='${env:MY_KEY}'; --api-key-env MY_KEY for "
-                "`oaipipe ask/models/describe`)")
-    return ("set another key with `export OPENAI_API_KEY=...`, or give this backend its own key with "
-            "`api_key: ${env:MY_KEY}` in the backend block")
+    from .keys import refusal_hint  # the key rule lives in oaipipe.keys
+
+    return refusal_hint(url)
+
+
+#: endpoints of the APIs many OpenAI-compatible servers do not offer: (path, API name, object, what to do)
+_OPTIONAL_APIS = (
+    ("/fine_tuning/jobs", "fine-tuning", "fine-tuning job",
+     "fine-tune with `--trainer local` (or `train: {type: local}`), or point the trainer's base_url at a "
+     "server that fine-tunes (OpenAI, `oaipipe serve`)"),
+    ("/batches", "Batch", "batch",
+     "use backend type `openai` or `requests` for this server (the `batch` backend needs the Batch and "
+     "Files APIs)"),
+    ("/files", "Files", "file",
+     "the `batch` backend and fine-tuning upload files first; use backend type `openai`/`requests` and "
+     "`--trainer local` with this server"),
+)
+
+
+def _not_found_hint(url: str, model: str) -> str:
+    """A 404's hint: a missing Files/Batches/fine-tuning API, an unknown object, or a wrong model/URL."""
+    from urllib.parse import urlsplit
+
+    try:
+        path = urlsplit(url).path.rstrip("/")
+    except ValueError:
+        path = ""
+    for marker, api, thing, advice in _OPTIONAL_APIS:
+        at = path.rfind(marker)
+        if at < 0:
+            continue
+        rest = path[at + len(marker):]
+        if rest and not rest.startswith("/"):
+            continue
+        if not rest:  # the collection itself (POST /files, POST /batches, /fine_tuning/jobs) is missing
+            return f"this server does not offer the {api} API ({marker} is not found there); {advice}"
+        return (f"the server does not know this {thing} (deleted, expired, or the server was restarted), "
+                f"or it does not offer the {api} API at all; {advice}")
+    if path.endswith("/models"):
+        return "base_url must point at the API root, which usually ends in /v1"
+    return (f"check the model name{f' ({model!r})' if model else ''} with `oaipipe models`, and that "
+            "base_url ends in /v1")
 
 
 def error_for_status(
@@ -117,12 +152,7 @@ def error_for_status(
             **kwargs,
         )
     elif status == 404:
-        err = BadRequestError(
-            f"not found (HTTP 404){at}{rid}{said}",
-            hint=f"check the model name{f' ({model!r})' if model else ''} with `oaipipe models`, and that "
-            "base_url ends in /v1",
-            **kwargs,
-        )
+        err = BadRequestError(f"not found (HTTP 404){at}{rid}{said}", hint=_not_found_hint(url, model), **kwargs)
     elif status == 429:
         err = RateLimitError(
             f"rate limited (HTTP 429){at}{rid}{said}",

@@ -10,6 +10,10 @@ Each run of a pipeline writes ``<run.dir>/<pipeline name>/<run id>/``:
 - ``pipeline.json`` — the pipeline as run (secrets masked) and its fingerprint.
 
 A journal line is complete or absent: a line cut short by a crash is ignored when reading.
+
+No secret reaches these files: ``pipeline.json`` and ``summary.json`` pass through
+:func:`~oaipipe.errors.redact_data` here, and the runner hands every record through it before the
+journal, ``errors.jsonl`` and the sinks see it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import redact_data
 from .fsutil import write_json_atomic
 
 __all__ = ["RunDir", "find_runs", "new_run_id"]
@@ -67,7 +72,7 @@ class RunDir:
 
     def create(self, meta: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.meta_path, meta)
+        write_json_atomic(self.meta_path, redact_data(meta))
 
     def meta(self) -> dict[str, Any]:
         try:
@@ -82,7 +87,7 @@ class RunDir:
             return None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.summary_path, summary)
+        write_json_atomic(self.summary_path, redact_data(summary))
 
     def journal(self) -> Iterator[dict[str, Any]]:
         """Complete journal entries in order; a torn last line (crash mid-write) is skipped."""

@@ -35,6 +35,7 @@ from .errors import (
     PluginError,
     RecordError,
     RunAborted,
+    redact_data,
 )
 from .pipeline import Pipeline, endpoint, fingerprint, fingerprint_parts, load_pipeline, public_config
 from .pricing import PriceTable
@@ -174,7 +175,7 @@ class Runner:
     async def run(self) -> dict[str, Any]:
         pipeline = self.pipeline
         headline = f"oaipipe: {pipeline.name}: {pipeline.describe_backend()}"
-        notes = [pipeline.backend_note] if pipeline.backend_note else []
+        notes = [f"warning: {w}" for w in pipeline.warnings] + ([pipeline.backend_note] if pipeline.backend_note else [])
         if self.options.dry_run:  # estimates the whole input, whatever the state of earlier runs
             return await self._dry_run(None, headline, notes)
         run, skip_ids, mode = self._select_run()
@@ -408,6 +409,7 @@ class Runner:
         return RecordResult(record, fields, ctx.exchanges, ctx.sentiments)
 
     def _emit(self, result: RecordResult, journal: Any, errors: Any, info: RunInfo) -> None:
+        result = redact_data(result)  # no secret (a ${env:...} value in a prompt, say) reaches sinks or files
         ok = result.error is None
         for sink in self.pipeline.sinks:
             try:

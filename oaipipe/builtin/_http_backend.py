@@ -4,21 +4,21 @@ the chat endpoint and body, reply parsing, and HTTP error answers as classified 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field
 
 from ..base import BackendOptions, PluginOptions
 from ..errors import AuthenticationError, BackendError, ServerError
-from ..keys import is_openai_host, resolve_api_key
+from ..keys import OPENAI_BASE_URL, KeyGate, is_openai_url, refusal_hint, resolve_api_key
 from ..openai_wire import chat_body, error_detail, parse_chat_reply, parse_responses_reply, responses_body
 from ..retry import RetryPolicy, error_for_status, parse_retry_after
 from ..types import ChatRequest, ChatResponse
 
 __all__ = ["OPENAI_BASE_URL", "HTTPBackendMixin", "HTTPBackendOptions", "http_error", "not_the_api"]
 
-OPENAI_BASE_URL = "https://api.openai.com/v1"
+T = TypeVar("T")
 
 
 class HTTPBackendOptions(BackendOptions):
@@ -82,6 +82,7 @@ class HTTPBackendMixin:
 
     def _init_http(self) -> None:
         opts = self.options
+        #: the key this backend sends, or None (oaipipe.keys decides: OPENAI_API_KEY only goes to OpenAI)
         self.api_key: str | None = resolve_api_key(opts)
         self.base_url: str = (opts.base_url or OPENAI_BASE_URL).rstrip("/")
         self.policy = RetryPolicy(
@@ -90,15 +91,15 @@ class HTTPBackendMixin:
             max_delay=opts.retry_max_delay,
             max_retry_after=opts.max_retry_after,
         )
-        #: set by the first 401: later calls fail at once instead of sending the refused key again
-        self._refused: AuthenticationError | None = None
+        #: every HTTP attempt goes through it: the first one alone, none after a 401 (oaipipe.keys.KeyGate)
+        self._gate = KeyGate()
 
     @property
     def max_tokens_param(self) -> str:
         choice = self.options.max_tokens_param
         if choice != "auto":
             return str(choice)
-        return "max_completion_tokens" if is_openai_host(self.options.base_url) else "max_tokens"
+        return "max_completion_tokens" if is_openai_url(self.options.base_url) else "max_tokens"
 
     @property
     def _responses_api(self) -> bool:
@@ -116,17 +117,42 @@ class HTTPBackendMixin:
         parse = parse_responses_reply if self._responses_api else parse_chat_reply
         return parse(data, request, backend=self.name or default_name, request_id=request_id, latency=latency)
 
-    def _remember_refusal(self, error: BaseException) -> None:
+    def _unset_key_var(self) -> str | None:
+        """The variable of ``api_key: ${env:VAR}`` when VAR was not set (the pipeline file named a key)."""
+        settings = getattr(getattr(self, "context", None), "settings", None) or {}
+        unset = settings.get("unset_env") or {}
+        return unset.get("backend.api_key") if isinstance(unset, dict) else None
+
+    def _explain_refusal(self, error: BaseException) -> None:
+        """A 401's hint, fitted to this backend: was a key sent at all, and where should it come from."""
         if isinstance(error, AuthenticationError) and error.status == 401:
-            self._refused = error
+            error.hint = refusal_hint(self.base_url, key_sent=self.api_key is not None,
+                                      unset_var=None if self.api_key is not None else self._unset_key_var())
+
+    def _gated(self, attempt: Callable[[], T]) -> T:
+        """One blocking HTTP attempt through the key gate (run it inside the retry policy)."""
+        def run() -> T:
+            try:
+                return attempt()
+            except AuthenticationError as exc:
+                self._explain_refusal(exc)
+                raise
+        return self._gate.call(run)
+
+    async def _agated(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """One async HTTP attempt through the key gate (run it inside the retry policy)."""
+        async def run() -> T:
+            try:
+                return await attempt()
+            except AuthenticationError as exc:
+                self._explain_refusal(exc)
+                raise
+        return await self._gate.acall(run)
 
     def _check_key(self) -> None:
         """No key for api.openai.com, or a key the server already refused: fail before any request."""
-        if self._refused is not None:
-            prior = self._refused
-            raise AuthenticationError(prior.message, status=prior.status, request_id=prior.request_id,
-                                      hint=prior.hint)
-        if self.api_key is None and is_openai_host(self.options.base_url):
+        self._gate.check()
+        if self.api_key is None and is_openai_url(self.options.base_url):
             raise AuthenticationError(
                 f"no API key for backend '{self.name}' ({self.base_url})",
                 hint="set OPENAI_API_KEY (export OPENAI_API_KEY=...) or `api_key: ${env:MY_KEY}` in the backend "

@@ -47,7 +47,7 @@ import openai
 from pydantic import Field
 
 from .. import hookimpl
-from ..errors import BackendError, ServerError
+from ..errors import BackendError, ServerError, mask_secrets
 from ..fsutil import write_text_atomic
 from ..home import home_dir
 from ..openai_wire import chat_body, parse_chat_reply
@@ -132,7 +132,8 @@ class BatchBackend(OpenAIBackend):
     def _batches(self) -> dict[str, Any]:
         """This server's saved batches: batch id -> {custom_ids, input_file_id, submitted_at, requests}."""
         servers = self._load_state()["servers"]
-        return servers.setdefault(self.base_url, {}).setdefault("batches", {})
+        # keyed by the URL as it may be written: a token in its query string (${env:...}) is masked
+        return servers.setdefault(mask_secrets(self.base_url), {}).setdefault("batches", {})
 
     def _save_state(self) -> None:
         state = self._load_state()
@@ -245,7 +246,7 @@ class BatchBackend(OpenAIBackend):
                 raise not_the_api(url, None, result)
             return result
 
-        return await self.policy.arun(attempt)
+        return await self.policy.arun(lambda: self._agated(attempt))
 
     async def _submit(self, queue: dict[str, _Pending]) -> None:
         if not queue:

@@ -3,8 +3,10 @@
 The SDK's own retries are switched off (``max_retries=0``) so that oaipipe's policy
 (:mod:`oaipipe.retry`) applies the same way to every transport. One client per backend instance, with a
 connection pool sized to ``concurrency``; :meth:`aclose` closes it. ``base_url`` selects any
-OpenAI-compatible server; when it is unset the backend talks to ``https://api.openai.com/v1`` (the SDK's
-``OPENAI_BASE_URL`` variable is deliberately not read: use ``--set backend.base_url=...``).
+OpenAI-compatible server; when it is unset the backend talks to ``https://api.openai.com/v1``. Clients are
+made by :func:`oaipipe.keys.sdk_client`, which passes the key and the URL explicitly: the SDK's own
+``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` / ``OPENAI_ORG_ID``... lookups never apply (use
+``--set backend.base_url=...``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import openai
 from .. import hookimpl
 from ..base import Backend
 from ..errors import BackendError, ServerError
-from ..keys import NO_KEY_PLACEHOLDER
+from ..keys import sdk_client
 from ..openai_wire import (
     parse_models,
 )
@@ -34,9 +36,20 @@ _CHAT_KWARGS = ("model", "messages", "temperature", "max_tokens", "max_completio
 _RESPONSES_KWARGS = ("model", "input", "instructions", "temperature", "max_output_tokens", "text")
 
 
+def _request_url(exc: Exception, fallback: str) -> str:
+    """The URL the failed request went to (the SDK knows it; the caller may only know the base URL)."""
+    request = getattr(exc, "request", None)
+    url = getattr(request, "url", None)
+    if url is None:
+        return fallback
+    text = str(url)
+    return text.split("?", 1)[0] or fallback
+
+
 def translate_sdk_error(exc: Exception, *, url: str, timeout: float, model: str = "") -> BackendError:
     """An ``openai`` SDK exception as the :mod:`oaipipe.errors` class our retry policy classifies."""
     if isinstance(exc, openai.APIStatusError):
+        url = _request_url(exc, url)
         body = exc.body if exc.body is not None else exc.response.text
         return http_error(exc.status_code, body, exc.message, request_id=exc.request_id,
                           headers=exc.response.headers, url=url, model=model)
@@ -70,7 +83,7 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
 
     def _client_kwargs(self) -> dict[str, Any]:
         return {
-            "api_key": self.api_key or NO_KEY_PLACEHOLDER,
+            "api_key": self.api_key,  # None: sdk_client sends a placeholder, never OPENAI_API_KEY
             "base_url": self.base_url,
             "organization": self.options.organization,
             "project": self.options.project,
@@ -89,7 +102,7 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aclient_loop is not loop:
             http = openai.DefaultAsyncHttpx2Client(limits=self._limits(), timeout=self.options.timeout)
-            self._aclient = openai.AsyncOpenAI(http_client=http, **self._client_kwargs())
+            self._aclient = sdk_client(openai.AsyncOpenAI, http_client=http, **self._client_kwargs())
             self._aclient_loop = loop
         return self._aclient
 
@@ -99,7 +112,7 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
         with self._lock:
             if self._client is None:
                 http = openai.DefaultHttpx2Client(limits=self._limits(), timeout=self.options.timeout)
-                self._client = openai.OpenAI(http_client=http, **self._client_kwargs())
+                self._client = sdk_client(openai.OpenAI, http_client=http, **self._client_kwargs())
             return self._client
 
     # --- the contract ---------------------------------------------------------------------------
@@ -119,15 +132,13 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
                 else:
                     result = await client.chat.completions.create(**kwargs)
             except openai.OpenAIError as exc:
-                error = translate_sdk_error(exc, url=url, timeout=self.options.timeout, model=request.model)
-                self._remember_refusal(error)
-                raise error from exc
+                raise translate_sdk_error(exc, url=url, timeout=self.options.timeout, model=request.model) from exc
             if isinstance(result, str):  # the SDK hands back the text of a non-JSON answer (an HTML page)
                 raise not_the_api(url, None, result)
             return result
 
         start = time.perf_counter()
-        result = await self.policy.arun(attempt)
+        result = await self.policy.arun(lambda: self._agated(attempt))
         latency = time.perf_counter() - start
         request_id = getattr(result, "_request_id", None)
         data = result.model_dump(mode="json", exclude_unset=False)
@@ -142,14 +153,12 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
             try:
                 raw = self.client.models.with_raw_response.list()
             except openai.OpenAIError as exc:
-                error = translate_sdk_error(exc, url=url, timeout=self.options.timeout)
-                self._remember_refusal(error)
-                raise error from exc
+                raise translate_sdk_error(exc, url=url, timeout=self.options.timeout) from exc
             if "json" not in (raw.headers.get("content-type") or ""):  # the SDK cannot parse an HTML page
                 raise not_the_api(url, raw.status_code, raw.http_response.text, request_id=raw.request_id)
             return {"data": [m.model_dump(mode="json") for m in raw.parse().data]}
 
-        return parse_models(self.policy.run(attempt))
+        return parse_models(self.policy.run(lambda: self._gated(attempt)))
 
     async def list_models(self) -> list[ModelInfo]:
         return await asyncio.to_thread(self.list_models_sync)

@@ -58,7 +58,11 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
             return self._session
 
     def _once(self, method: str, path: str, body: dict[str, Any] | None, model: str = "") -> tuple[Any, str | None]:
-        """One HTTP attempt: the decoded JSON and the request id, or a classified BackendError."""
+        """One HTTP attempt through the key gate: the decoded JSON and the request id, or a classified
+        BackendError."""
+        return self._gated(lambda: self._request(method, path, body, model))
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None, model: str) -> tuple[Any, str | None]:
         url = f"{self.base_url}{path}"
         timeout = self.options.timeout
         try:
@@ -69,10 +73,8 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
             raise connection_error(f"{type(exc).__name__}: {exc}", url=url) from exc
         request_id = resp.headers.get("x-request-id")
         if resp.status_code >= 400:
-            error = http_error(resp.status_code, resp.text, resp.reason or "", request_id=request_id,
-                               headers=resp.headers, url=url, model=model)
-            self._remember_refusal(error)
-            raise error
+            raise http_error(resp.status_code, resp.text, resp.reason or "", request_id=request_id,
+                             headers=resp.headers, url=url, model=model)
         try:
             data = resp.json()
         except (ValueError, json.JSONDecodeError):

@@ -4,6 +4,10 @@ The backend comes from ``--backend``/``--base-url``, or from a pipeline file's `
 (``--pipeline FILE``; ``models`` also takes it as an argument). Without either, the ``openai`` backend is
 used when ``OPENAI_API_KEY`` is set, a ``--base-url`` server when given, and otherwise the embedded
 offline engine, with one line on stderr saying so.
+
+Keys follow :mod:`oaipipe.keys`: ``OPENAI_API_KEY`` only ever goes to https://api.openai.com; a
+``--base-url`` server gets a key only from ``--api-key-env VAR``. A ``--pipeline``'s ``api_key`` was
+named for that pipeline's server: it does not follow ``--base-url`` to another one.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def cli_backend(
     base_dir = Path.cwd()
     extra_plugins: list[str] = []
     disabled: list[str] = []
+    warnings: list[str] = []
     if pipeline:
         from ..config import load_config
 
@@ -58,6 +63,8 @@ def cli_backend(
         extra_plugins, disabled = list(cfg.plugins), list(cfg.disable_plugins)
         if cfg.assistants:
             settings["assistants"] = str(base_dir / cfg.assistants)
+        settings["unset_env"] = dict(loaded.unset_env)
+        warnings = [f"warning: {w}" for w in loaded.warnings]  # unset ${env:VAR}, values too short to mask
         offline_fallback = cfg.run.offline_fallback
     else:
         block = {"type": "openai"}
@@ -68,6 +75,9 @@ def cli_backend(
             block = {k: v for k, v in block.items() if k in keep}
         block["type"] = backend
     if base_url:
+        if base_url != block.get("base_url"):  # the pipeline's key was named for its own server
+            block.pop("api_key", None)
+            settings.pop("unset_env", None)
         block["base_url"] = base_url
     ctx = click.get_current_context(silent=True)
     key_env = ctx.meta.get("oaipipe.api_key_env") if ctx is not None else None
@@ -83,6 +93,8 @@ def cli_backend(
         host.load(item)
     context = Context(base_dir=base_dir, host=host, settings=settings)
     built, note = build_backend(block, host=host, context=context, offline_fallback=offline_fallback)
+    if warnings:
+        note = "\n".join([*warnings, *([note] if note else [])])
     return built, note, context
 
 

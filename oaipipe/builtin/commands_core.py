@@ -151,6 +151,8 @@ def register_commands(cli: click.Group) -> None:
                    + (f" ({len(fields)} fields)" if fields is not None else "")
                    + f", {len(built.steps)} steps ({', '.join(s.name for s in built.steps) or 'none'}), "
                    f"{len(built.sinks)} sinks, {built.describe_backend()}")
+        for warning in built.warnings:
+            click.echo(f"warning: {warning}")
         if built.backend_note:
             click.echo(f"note: {built.backend_note}")
 

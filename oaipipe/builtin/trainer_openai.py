@@ -19,9 +19,9 @@ from pydantic import Field, SecretStr
 from ..base import Trainer
 from ..errors import AuthenticationError, OaipipeError, TrainingError
 from ..hookspecs import hookimpl
-from ..keys import NO_KEY_PLACEHOLDER, is_openai_host, resolve_api_key
+from ..keys import OPENAI_BASE_URL, is_openai_url, resolve_api_key, sdk_client
 
-OPENAI_URL = "https://api.openai.com/v1"
+OPENAI_URL = OPENAI_BASE_URL
 _HYPERPARAMETERS = {
     "supervised": {"n_epochs", "batch_size", "learning_rate_multiplier"},
     "dpo": {"n_epochs", "batch_size", "learning_rate_multiplier", "beta"},
@@ -57,16 +57,15 @@ class OpenAITrainer(Trainer):
         if self._client is None:
             import openai
 
-            key = resolve_api_key(self.options)
-            if key is None:
-                if is_openai_host(self.options.base_url):
-                    raise AuthenticationError(
-                        "fine-tuning on OpenAI needs an API key, and none is set",
-                        hint="export OPENAI_API_KEY, set train.api_key: ${env:VAR}, or use --trainer local "
-                             "(offline) / --base-url for an OpenAI-compatible server")
-                key = NO_KEY_PLACEHOLDER
-            self._client = openai.OpenAI(api_key=key, base_url=self.options.base_url,
-                                         timeout=self.options.request_timeout, max_retries=self.options.max_retries)
+            key = resolve_api_key(self.options)  # OPENAI_API_KEY only for https://api.openai.com
+            if key is None and is_openai_url(self.options.base_url):
+                raise AuthenticationError(
+                    "fine-tuning on OpenAI needs an API key, and none is set",
+                    hint="export OPENAI_API_KEY, set train.api_key: ${env:VAR}, or use --trainer local "
+                         "(offline) / --base-url for an OpenAI-compatible server")
+            # base_url always given (never the SDK's OPENAI_BASE_URL), and no key means a placeholder
+            self._client = sdk_client(openai.OpenAI, api_key=key, base_url=self.url,
+                                      timeout=self.options.request_timeout, max_retries=self.options.max_retries)
         return self._client
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:

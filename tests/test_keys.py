@@ -1,0 +1,482 @@
+"""Where keys go (oaipipe.keys): OPENAI_API_KEY only to https://api.openai.com, proven over real HTTP.
+
+Every transport (openai SDK, requests, batch) and the CLI (`ask`, `models --base-url`) is pointed at a
+recording server in front of `oaipipe serve`, through URLs that merely *mention* api.openai.com. Names
+that need DNS (api.openai.com.evil.test, api.openai.com itself over http) resolve to loopback here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oaipipe.base import Backend, Context
+from oaipipe.cli import main
+from oaipipe.errors import BackendError
+from oaipipe.keys import is_openai_url, resolve_api_key
+from oaipipe.plugins import PluginHost
+from oaipipe.testing import running_server
+from oaipipe.types import ChatRequest
+
+ENV_KEY = "sk-env-openai-key-must-stay-home-0123456789"
+LOOPBACK_NAMES = {"api.openai.com.evil.test", "api.openai.com"}
+
+
+# --- the rule, as a table ------------------------------------------------------------------------
+
+OPENAI_URLS = [
+    None,
+    "",
+    "https://api.openai.com/v1",
+    "https://api.openai.com/v1/",
+    "https://api.openai.com:443/v1",
+    "https://api.openai.com",
+    "HTTPS://API.OPENAI.COM/v1",  # host names are not case-sensitive: the same host
+]
+OTHER_URLS = [
+    "http://api.openai.com/v1",  # http: the key would travel in clear
+    "http://127.0.0.1:9/api.openai.com/v1",  # the name in the path
+    "http://127.0.0.1:9/v1?h=api.openai.com",  # in the query
+    "http://127.0.0.1:9/v1#api.openai.com",  # in the fragment
+    "http://api.openai.com.evil.test/v1",  # a look-alike host
+    "https://api.openai.com.evil.test/v1",
+    "https://evilapi.openai.com/v1",
+    "https://api.openai.com.",  # trailing dot
+    "https://api.openai.com./v1",
+    "http://api.openai.com@127.0.0.1:9/v1",  # user info: the host is 127.0.0.1
+    "https://api.openai.com@evil.test/v1",
+    "https://user:pw@api.openai.com/v1",  # user info at all
+    "https://api.openai.com:8443/v1",  # another port
+    "https://api.openai.com:0443/v1",
+    "https://api.openai.com:notaport/v1",
+    "https://evil.test\\@api.openai.com/v1",  # urllib says api.openai.com, browsers and httpx say evil.test
+    "https://evil.test\\.api.openai.com/v1",
+    "https://api.openai.com\t.evil.test/v1",
+    "https://api.openai.com /v1",
+    " https://api.openai.com/v1",
+    "//api.openai.com/v1",
+    "api.openai.com/v1",
+    "wss://api.openai.com/v1",
+]
+
+
+@pytest.mark.parametrize("url", OPENAI_URLS)
+def test_openai_itself_is_recognised(url: str | None) -> None:
+    assert is_openai_url(url)
+
+
+@pytest.mark.parametrize("url", OTHER_URLS)
+def test_anything_else_is_not_openai(url: str) -> None:
+    assert not is_openai_url(url)
+
+
+class _Opts:
+    def __init__(self, base_url: str | None, api_key: str | None = None) -> None:
+        self.base_url = base_url
+        self.api_key = api_key
+
+
+def test_openai_gets_the_env_key_and_nothing_else_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    for url in OPENAI_URLS:
+        assert resolve_api_key(_Opts(url)) == ENV_KEY, url
+    for url in OTHER_URLS:
+        assert resolve_api_key(_Opts(url)) is None, url
+        assert resolve_api_key(_Opts(url, "named-for-this-server")) == "named-for-this-server", url
+
+
+def make(host: PluginHost, kind: str, **options: Any) -> Backend:
+    backend = host.build("backend", {"type": kind, **options}, Context(host=host))
+    assert isinstance(backend, Backend)
+    return backend
+
+
+@pytest.mark.parametrize("kind", ["openai", "batch"])
+def test_sdk_clients_take_key_and_url_from_us_not_from_the_environment(
+        host: PluginHost, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/elsewhere/v1")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-from-env")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-from-env")
+    # OpenAI itself: the env key, OpenAI's URL (never OPENAI_BASE_URL's), no org/project we were not given
+    backend = make(host, kind)
+    client = backend.client  # type: ignore[attr-defined]
+    assert client.api_key == ENV_KEY
+    assert str(client.base_url).rstrip("/") == "https://api.openai.com/v1"
+    assert client.organization is None and client.project is None
+    # another server: not the env key (a placeholder the SDK insists on), that server's URL
+    other = make(host, kind, base_url="http://127.0.0.1:9/api.openai.com/v1")
+    assert other.client.api_key != ENV_KEY  # type: ignore[attr-defined]
+    assert str(other.client.base_url).rstrip("/") == "http://127.0.0.1:9/api.openai.com/v1"  # type: ignore[attr-defined]
+    for b in (backend, other):
+        asyncio.run(b.aclose())
+
+
+def test_the_trainer_never_follows_openai_base_url(host: PluginHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    from oaipipe.base import Trainer
+
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/elsewhere/v1")
+    trainer = host.build("trainer", {"type": "openai"}, Context(host=host))
+    assert isinstance(trainer, Trainer)
+    client = trainer.client()  # type: ignore[attr-defined]
+    assert str(client.base_url).rstrip("/") == "https://api.openai.com/v1" and client.api_key == ENV_KEY
+    other = host.build("trainer", {"type": "openai", "base_url": "http://api.openai.com.evil.test/v1"},
+                       Context(host=host))
+    assert other.client().api_key != ENV_KEY  # type: ignore[attr-defined]
+
+
+# --- over real HTTP --------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A recording HTTP server that forwards everything from ``/v1`` on to ``oaipipe serve``."""
+
+    def __init__(self, upstream_port: int, missing: tuple[str, ...] = ()) -> None:
+        self.headers: list[tuple[str, str, str]] = []  # (method, path, raw header block)
+        #: path prefixes answered 404 the way vLLM does (an API this server does not offer)
+        self.missing = missing
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                recorder.headers.append((self.command, self.path, str(self.headers)))
+                path = self.path.split("?", 1)[0].split("#", 1)[0]
+                at = path.find("/v1/") if "/v1/" in path else path.find("/v1")
+                if any(path[max(at, 0):].startswith(prefix) for prefix in recorder.missing):
+                    data = b'{"detail":"Not Found"}'
+                    self.send_response(404)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=10)
+                try:
+                    conn.request(self.command, path[at:] if at >= 0 else path, body=body or None,
+                                 headers={"Content-Type": self.headers.get("Content-Type") or "application/json"})
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    status, ctype = resp.status, resp.getheader("Content-Type") or "application/json"
+                finally:
+                    conn.close()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = _forward  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def assert_no_env_key(self) -> None:
+        assert self.headers, "no request reached the server: the test proves nothing"
+        for method, path, raw in self.headers:
+            assert ENV_KEY not in raw, (method, path, raw)
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
+    """oaipipe serve behind a recorder; OPENAI_API_KEY set; look-alike names resolve to loopback."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "*")
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        return real("127.0.0.1" if name in LOOPBACK_NAMES else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with running_server() as srv:
+        rec = Recorder(srv.port)
+        try:
+            yield rec
+        finally:
+            rec.close()
+
+
+HOSTILE = {
+    "path": "http://127.0.0.1:{port}/api.openai.com/v1",
+    "query": "http://127.0.0.1:{port}/v1?h=api.openai.com",
+    "lookalike-host": "http://api.openai.com.evil.test:{port}/v1",
+    "userinfo": "http://api.openai.com@127.0.0.1:{port}/v1",
+    "http-scheme": "http://api.openai.com:{port}/v1",
+}
+
+
+#: a base_url with a query string makes no valid endpoint URL (the SDK appends the path to the query):
+#: the server answers 404, and what matters here is only what the request carried
+BROKEN_URLS = {"query"}
+
+
+def _ask(backend: Backend, *, may_fail: bool = False) -> Any:
+    async def go() -> Any:
+        try:
+            reply = await backend.chat(ChatRequest(messages=[{"role": "user", "content": "hello"}],
+                                                   model="gpt-4o-mini"))
+            models = await backend.list_models()
+            return reply, models
+        except BackendError:
+            if not may_fail:
+                raise
+            return None
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("form", list(HOSTILE))
+@pytest.mark.parametrize("kind", ["openai", "requests"])
+def test_transports_send_no_env_key_to_urls_that_only_mention_openai(
+        host: PluginHost, recorder: Recorder, kind: str, form: str) -> None:
+    url = HOSTILE[form].format(port=recorder.port)
+    answer = _ask(make(host, kind, base_url=url, max_retries=0), may_fail=form in BROKEN_URLS)
+    assert answer is not None or form in BROKEN_URLS
+    recorder.assert_no_env_key()
+
+
+@pytest.mark.parametrize("form", ["path", "lookalike-host", "userinfo"])
+def test_batch_sends_no_env_key_to_urls_that_only_mention_openai(
+        host: PluginHost, recorder: Recorder, tmp_path: Path, form: str) -> None:
+    url = HOSTILE[form].format(port=recorder.port)
+    backend = make(host, "batch", base_url=url, max_retries=0, poll_interval=0.02, flush_after=0.05,
+                   state_file=str(tmp_path / "batches.json"))
+
+    async def go() -> Any:
+        try:
+            return await backend.chat(ChatRequest(messages=[{"role": "user", "content": "hello"}],
+                                                  model="gpt-4o-mini"))
+        finally:
+            await backend.aclose()
+
+    assert asyncio.run(go()).text
+    paths = {path.split("?")[0].rsplit("/v1", 1)[-1] for _, path, _ in recorder.headers}
+    assert {"/files", "/batches"} <= paths  # it really uploaded and submitted there
+    recorder.assert_no_env_key()
+
+
+@pytest.mark.parametrize("form", list(HOSTILE))
+def test_cli_ask_and_models_send_no_env_key_to_urls_that_only_mention_openai(
+        recorder: Recorder, capsys: pytest.CaptureFixture[str], form: str) -> None:
+    url = HOSTILE[form].format(port=recorder.port)
+    for argv in (["ask", "hello", "--base-url", url], ["models", "--base-url", url],
+                 ["ask", "hello", "--backend", "requests", "--base-url", url]):
+        code = main(argv)
+        out = capsys.readouterr()
+        assert code == 0 or form in BROKEN_URLS, (argv, out.err)
+        assert ENV_KEY not in out.out + out.err
+    recorder.assert_no_env_key()
+
+
+def test_a_pipelines_key_does_not_follow_cli_base_url(recorder: Recorder, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`ask --pipeline P --base-url X`: P's api_key was named for P's server, not for X."""
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("backend: {type: openai, api_key: '${env:OPENAI_API_KEY}'}\n"
+                        "source: {type: jsonl, path: in.jsonl}\n", encoding="utf-8")
+    url = HOSTILE["path"].format(port=recorder.port)
+    assert main(["ask", "hello", "--pipeline", str(pipeline), "--base-url", url]) == 0, capsys.readouterr().err
+    recorder.assert_no_env_key()
+
+
+def test_a_named_key_does_reach_its_server(host: PluginHost, recorder: Recorder) -> None:
+    """The other half of the rule: a key the pipeline names for a server is sent to it."""
+    url = HOSTILE["path"].format(port=recorder.port)
+    _ask(make(host, "requests", base_url=url, api_key="sk-named-for-this-server-123"))
+    assert all("Bearer sk-named-for-this-server-123" in raw for _, _, raw in recorder.headers)
+    recorder.assert_no_env_key()
+
+
+# --- messages that used to mislead (issue 9, item 12) ----------------------------------------------
+
+
+def _project(tmp_path: Path, backend: str, rows: int = 3) -> Path:
+    (tmp_path / "r.csv").write_text("id,text\n" + "".join(f"{i},text {i}\n" for i in range(rows)),
+                                    encoding="utf-8")
+    path = tmp_path / "p.yaml"
+    path.write_text("name: k\n"
+                    f"backend: {backend}\n"
+                    "source: {type: csv, path: r.csv, id_column: id}\n"
+                    "steps:\n  - {type: ask, prompt: 'Reply to: {text}', output: reply}\n"
+                    "run: {cache: false}\n", encoding="utf-8")
+    return path
+
+
+def test_an_unset_key_variable_is_named_at_validate_run_start_and_in_the_401_hint(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MY_SERVER_KEY", raising=False)
+    with running_server(api_key="sk-right-key-0123456789") as srv:
+        path = _project(tmp_path, f"{{type: requests, base_url: '{srv.base_url}', api_key: '${{env:MY_SERVER_KEY}}'}}")
+        assert main(["validate", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert f"warning: {path}:2: backend.api_key is ${{env:MY_SERVER_KEY}}, and MY_SERVER_KEY is not set" in out
+        assert "export MY_SERVER_KEY=... or remove the line" in out
+        assert main(["run", str(path)]) == 5
+        err = capsys.readouterr().err
+    start, _, rest = err.partition("error:")
+    assert "MY_SERVER_KEY is not set" in start  # said before anything ran
+    assert "401" in rest and "MY_SERVER_KEY is not set" in rest and "export MY_SERVER_KEY" in rest
+    assert "give it its own key with `api_key:" not in rest  # the line is there already
+
+
+@pytest.mark.parametrize("missing, api", [(("/v1/files", "/v1/batches"), "Files"), (("/v1/batches",), "Batch")])
+def test_batch_against_a_server_without_the_api_says_so(host: PluginHost, tmp_path: Path, missing: tuple[str, ...],
+                                                       api: str) -> None:
+    from oaipipe.errors import BadRequestError
+
+    with running_server() as srv:
+        rec = Recorder(srv.port, missing=missing)
+        try:
+            backend = make(host, "batch", base_url=f"http://127.0.0.1:{rec.port}/v1", max_retries=0,
+                           flush_after=0.05, state_file=str(tmp_path / "b.json"))
+
+            async def go() -> Any:
+                try:
+                    return await backend.chat(ChatRequest(messages=[{"role": "user", "content": "hi"}],
+                                                          model="gpt-4o-mini"))
+                finally:
+                    await backend.aclose()
+
+            with pytest.raises(BadRequestError) as err:
+                asyncio.run(go())
+        finally:
+            rec.close()
+    text = str(err.value)
+    assert f"does not offer the {api} API" in text and "model name" not in text
+
+
+@pytest.mark.parametrize("missing, api", [(("/v1/files",), "Files"), (("/v1/fine_tuning",), "fine-tuning")])
+def test_fine_tuning_against_a_server_without_the_api_says_so(host: PluginHost, tmp_path: Path,
+                                                             missing: tuple[str, ...], api: str) -> None:
+    from oaipipe.errors import BadRequestError
+    from oaipipe.training import build_dataset, launch_job, write_dataset
+
+    qa = Path(__file__).resolve().parent.parent / "examples" / "data" / "qa.csv"
+    files = write_dataset(build_dataset(qa, method="supervised", system="Be kind."), tmp_path / "train.jsonl")
+    with running_server() as srv:
+        rec = Recorder(srv.port, missing=missing)
+        url = f"http://127.0.0.1:{rec.port}/v1"
+        try:
+            trainer = host.build("trainer", {"type": "openai", "base_url": url, "max_retries": 0},
+                                 Context(host=host), key="train")
+            with pytest.raises(BadRequestError) as err:
+                launch_job(trainer, files, base_model="gpt-4o-mini", base_url=url)
+        finally:
+            rec.close()
+    text = str(err.value)
+    assert f"does not offer the {api} API" in text and "model name" not in text
+
+
+@pytest.mark.parametrize("kind", ["openai", "requests"])
+def test_the_first_401_closes_the_gate_for_every_worker(tmp_path: Path, kind: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Concurrency 8 against a server that answers 401 slowly: one request, not one per worker."""
+    with running_server(error_rates={401: 1.0}, latency=0.3) as srv:
+        path = _project(tmp_path, f"{{type: {kind}, base_url: '{srv.base_url}', api_key: sk-wrong-0123456789, "
+                                  "concurrency: 8}", rows=20)
+        assert main(["run", str(path)]) == 5
+        stats = srv.stats()
+    assert stats["requests"] == 1, stats
+    assert "refused" in capsys.readouterr().err
+
+
+def test_key_gate_probe_then_open_then_closed() -> None:
+    """The gate's rules, without a server: one probe at a time until an answer, all at once after it,
+    nothing after a 401, and a failed connection lets the next caller probe."""
+    from oaipipe.errors import AuthenticationError, BackendConnectionError, ServerError
+    from oaipipe.keys import KeyGate
+
+    async def scenario() -> tuple[list[str], int]:
+        gate = KeyGate()
+        log: list[str] = []
+        running = 0
+        peak = 0
+
+        def attempt(name: str, outcome: BaseException | None, delay: float = 0.01) -> Any:
+            async def go() -> str:
+                nonlocal running, peak
+                running += 1
+                peak = max(peak, running)
+                log.append(name)
+                await asyncio.sleep(delay)
+                running -= 1
+                if outcome is not None:
+                    raise outcome
+                return name
+            return go
+
+        # no answer: the next caller probes; a 500 is an answer, so the gate opens
+        first = [gate.acall(attempt("refused-connection", BackendConnectionError("down"))),
+                 gate.acall(attempt("five-hundred", ServerError("x", status=500)))]
+        await asyncio.gather(*first, return_exceptions=True)
+        assert log == ["refused-connection", "five-hundred"] and peak == 1
+        await asyncio.gather(*(gate.acall(attempt(f"open-{i}", None)) for i in range(4)))
+        assert peak > 1  # open: they ran together
+        await asyncio.gather(gate.acall(attempt("401", AuthenticationError("no", status=401))),
+                             return_exceptions=True)
+        sent = len(log)
+        results = await asyncio.gather(*(gate.acall(attempt(f"after-{i}", None)) for i in range(4)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, AuthenticationError) for r in results)
+        return log, sent
+
+    log, sent = asyncio.run(scenario())
+    assert len(log) == sent  # nothing was attempted after the 401
+
+
+def test_key_gate_one_probe_across_threads() -> None:
+    """Blocking callers (the requests transport's worker threads): a slow 401 probe, then nobody."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from oaipipe.errors import AuthenticationError
+    from oaipipe.keys import KeyGate
+
+    gate = KeyGate()
+    started: list[int] = []
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def attempt(i: int) -> Any:
+        def go() -> None:
+            with lock:
+                started.append(i)
+            release.wait(5)
+            raise AuthenticationError("no", status=401)
+        return go
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(gate.call, attempt(i)) for i in range(8)]
+        deadline = time.monotonic() + 5
+        while not started and time.monotonic() < deadline:  # wait for the probe to be on its way
+            time.sleep(0.005)
+        release.set()
+        errors = [f.exception() for f in futures]
+    assert len(started) == 1
+    assert all(isinstance(e, AuthenticationError) for e in errors)
