@@ -56,7 +56,7 @@ def _encoder(encoding: str) -> tuple[str, Callable[[str], int]]:
 
         enc = bpe_openai.get_encoding(encoding)
         enc.encode("warm up")
-        return "bpe-openai", lambda text: len(enc.encode(text))
+        return "bpe-openai", lambda text: len(enc.encode(text, disallowed_special=()))
     except Exception:  # noqa: BLE001 - any failure means: try the next tokenizer
         pass
     try:

@@ -351,7 +351,8 @@ def test_api_key_required_and_never_echoed() -> None:
         assert err.value.code == "invalid_api_key"
         assert "wrong-key-456" not in str(err.value) and "wrong-key-456" not in err.value.response.text
         assert [m.id for m in client(srv, api_key="right-key-123").models.list()]
-        stats = urllib.request.urlopen(srv.url + "/_oaipipe/stats", timeout=5)  # no key on control paths
+        keyed = urllib.request.Request(srv.url + "/_oaipipe/stats", headers={"Authorization": "Bearer right-key-123"})
+        stats = urllib.request.urlopen(keyed, timeout=5)  # control paths need the key too (test_serve_hardening)
         assert json.loads(stats.read())["by_status"]["401"] == 1
         assert "right-key-123" not in repr(srv.config)  # a config printed in a log or traceback
 

@@ -2,12 +2,19 @@
 
 Every response carries ``Content-Length`` and ``x-request-id``. Errors have OpenAI's shape. Faults
 (latency, injected statuses, dropped connections, slow answers) apply to the inference endpoints only.
+
+Protection against clients without the key (see docs/serve.md, "Limits"): with an API key every path
+needs it, and it is checked from the headers before a byte of the body is read; a body over
+``max_body_size`` is refused with 413 unread; a client gets ``client_timeout`` seconds for a request's
+headers (an idle keep-alive connection too), again for its body, and for taking the reply; at most
+``max_connections`` connections are served at once (a thread each), one more is answered 503 and closed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import io
 import json
 import os
 import random
@@ -30,7 +37,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..engine.chat import warm_up
 from ..engine.models import find_model, list_models
 from . import inference
-from .config import Faults, ServerConfig
+from .config import Faults, ServerConfig, is_loopback_address
 from .errors import ApiError
 
 __all__ = ["OaipipeServer", "Reply", "make_server"]
@@ -51,7 +58,17 @@ _INJECTED: dict[int, tuple[str, str]] = {
 }
 #: paths whose calls get injected faults
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/responses"})
-_MAX_BODY = 200 * 1024 * 1024
+#: the prefix of the server's own control paths (stats, faults, health)
+CONTROL_PREFIX = "/_oaipipe/"
+#: the one stats key for every path no route knows (the counters must not grow with what clients invent)
+UNKNOWN_PATH = "(unknown path)"
+#: a body this small that the server will not use is read and dropped, so that the connection stays open
+_DISCARD_LIMIT = 64 * 1024
+#: how long a connection closed with its request body unread keeps draining what the client still sends
+#: (so that the client reads the error instead of a connection reset)
+_LINGER_SECONDS = 2.0
+_READ_CHUNK = 1024 * 1024
+
 
 
 class Reply:
@@ -129,6 +146,9 @@ class OaipipeServer(ThreadingHTTPServer):
         self._stats_by_status: Counter[str] = Counter()
         self._stats_injected: Counter[str] = Counter()
         self._stats_total = 0
+        self._connections_open = 0
+        self._connections_refused = 0
+        self._slots = threading.BoundedSemaphore(config.max_connections)
         self._own_data_dir = config.data_dir is None
         self.data_dir = Path(tempfile.mkdtemp(prefix="oaipipe-serve-")) if config.data_dir is None \
             else Path(config.data_dir)
@@ -148,15 +168,16 @@ class OaipipeServer(ThreadingHTTPServer):
         self.routes.append((method, pattern, template, func))
 
     def match(self, method: str, path: str) -> tuple[str, Callable[[Request], Reply] | None, dict[str, str], bool]:
-        """(template, handler, params, path_exists)."""
-        path_exists = False
+        """(template, handler, params, path_exists). The template names the path in the stats: a route's
+        template when one matches the path (also for a method it does not allow), else :data:`UNKNOWN_PATH`."""
+        known: str | None = None
         for m, pattern, template, func in self.routes:
             found = pattern.match(path)
             if found:
-                path_exists = True
+                known = known or template
                 if m == method:
                     return template, func, {k: unquote(v) for k, v in found.groupdict().items()}, True
-        return path, None, {}, path_exists
+        return known or UNKNOWN_PATH, None, {}, known is not None
 
     def _add_core_routes(self) -> None:
         self.route("GET", "/v1/models", self._models)
@@ -229,10 +250,12 @@ class OaipipeServer(ThreadingHTTPServer):
             self._stats_injected[what] += 1
 
     def stats(self) -> dict[str, Any]:
-        """Counters since start (or the last reset): requests by path template and by status, injected faults."""
+        """Counters since start (or the last reset): requests by path template and by status, injected faults,
+        and connections (``open`` now, ``refused`` at the ``max_connections`` cap)."""
         with self._lock:
             return {"requests": self._stats_total, "by_path": dict(self._stats_by_path),
-                    "by_status": dict(self._stats_by_status), "injected": dict(self._stats_injected)}
+                    "by_status": dict(self._stats_by_status), "injected": dict(self._stats_injected),
+                    "connections": {"open": self._connections_open, "refused": self._connections_refused}}
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -240,6 +263,53 @@ class OaipipeServer(ThreadingHTTPServer):
             self._stats_by_path.clear()
             self._stats_by_status.clear()
             self._stats_injected.clear()
+            self._connections_refused = 0
+
+    # --- connections: at most max_connections threads ---------------------------------------
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread of its own, or answer 503 and close it when the cap is reached
+        (in this, the accepting thread, without blocking: no thread is started for it)."""
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        with self._lock:
+            self._connections_open += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release_slot()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release_slot()
+
+    def _release_slot(self) -> None:
+        with self._lock:
+            self._connections_open -= 1
+        self._slots.release()
+
+    def _refuse(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._connections_refused += 1
+        error = ApiError(503, f"oaipipe serve is serving its maximum of {self.config.max_connections} connections "
+                         "(--max-connections); retry shortly.", code="too_many_connections")
+        payload = json.dumps(error.body()).encode("utf-8")
+        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
+        try:
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.send(head.encode("latin-1") + payload)  # fits an empty send buffer: never blocks
+                for _ in range(16):  # drop what already arrived, so that closing sends FIN rather than RST
+                    if not sock.recv(65536):
+                        break
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+        finally:
+            sock.close()
 
     # --- lifecycle --------------------------------------------------------------------------
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -262,6 +332,27 @@ class OaipipeServer(ThreadingHTTPServer):
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's input with a deadline: once ``deadline`` (``time.monotonic()``) has passed, reading
+    raises ``TimeoutError``. Per-read socket timeouts alone let a client that sends a byte a second hold a
+    connection forever; this bounds the whole request."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the client took too long to send its request")
+            self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
 #: functions that add routes/state to a new server (files, fine-tuning, batches register here)
 _EXTENSIONS: list[Callable[[OaipipeServer], None]] = []
 
@@ -280,6 +371,33 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+        self._expect_continue = False
+        self._body_unread = False
+
+    def handle_one_request(self) -> None:
+        """One request; its headers must arrive within ``client_timeout`` (an idle connection is closed then)."""
+        self._reader.deadline = time.monotonic() + self.server.config.client_timeout
+        self._expect_continue = False
+        self._body_unread = False
+        super().handle_one_request()
+
+    def handle_expect_100(self) -> bool:
+        """``Expect: 100-continue`` is answered only once the key and the size are checked (see _read_body)."""
+        self._expect_continue = True
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors of the HTTP layer itself (a malformed request line, headers too long, an unknown method)
+        in OpenAI's shape too; the connection is closed after them."""
+        self.close_connection = True
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":  # an unparsable request line
+            self.request_version = self.protocol_version  # answer with a status line and headers all the same
+        text = message or self.responses.get(code, ("Error",))[0]
+        error = ApiError(code, text if text.endswith(".") else text + ".", code="invalid_request")
+        with contextlib.suppress(OSError):
+            self._send(Reply(error.body(), status=code), "req_" + secrets.token_hex(12))
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
         return
@@ -293,29 +411,107 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         self._dispatch("DELETE")
 
-    def _read_body(self) -> bytes:
+    def _too_large(self) -> ApiError:
+        cap = self.server.config.max_body_size
+        return ApiError(413, f"The request body is too large: this server accepts at most {cap} bytes "
+                        "(oaipipe serve --max-body-size).", code="request_too_large")
+
+    def _declared_length(self) -> int | None:
+        """The body's Content-Length (0 without one), or None for a chunked body; 400 for a malformed one."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            total = 0
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
+            return None
+        raw = (self.headers.get("Content-Length") or "0").strip()
+        if not raw.isdigit():
+            self.close_connection = True
+            raise ApiError(400, f"Invalid Content-Length header: {raw[:40]!r}.", code="invalid_request")
+        return int(raw)
+
+    def _read_exactly(self, size: int) -> bytes:
+        """``size`` bytes in pieces (memory grows with what arrives, not with what is announced)."""
+        chunks: list[bytes] = []
+        left = size
+        while left > 0:
+            piece = self.rfile.read(min(left, _READ_CHUNK))
+            if not piece:
+                raise ConnectionError("the client closed the connection in the middle of its request body")
+            chunks.append(piece)
+            left -= len(piece)
+        return b"".join(chunks)
+
+    def _read_body(self) -> bytes:
+        """The body, read within ``client_timeout`` and refused (413, unread) over ``max_body_size``.
+        Call only after the key is checked: nothing is read from a client without it."""
+        cap = self.server.config.max_body_size
+        length = self._declared_length()
+        if length is not None and length > cap:
+            raise self._too_large()
+        if self._expect_continue:
+            self._expect_continue = False
+            self.send_response_only(100)
+            self.end_headers()
+        self._reader.deadline = time.monotonic() + self.server.config.client_timeout
+        if length is not None:
+            body = self._read_exactly(length)
+            self._body_unread = False
+            return body
+        body = bytearray()  # not a list of pieces: a million one-byte chunks must cost a megabyte, not 50
+        while True:
+            line = self.rfile.readline(1026)
+            size_text = line.split(b";")[0].strip()
+            try:
+                size = int(size_text, 16)
+                if size < 0 or size_text[:1] in (b"-", b"+") or len(line) > 1024:
+                    raise ValueError
+            except ValueError:
+                raise ApiError(400, "Malformed chunked request body.", code="invalid_request") from None
+            if size == 0:
+                for _ in range(100):  # trailers, up to the blank line
+                    if self.rfile.readline(65537) in (b"\r\n", b"\n", b""):
+                        break
+                break
+            if len(body) + size > cap:
+                raise self._too_large()
+            body += self._read_exactly(size)
+            self.rfile.readline(3)
+        self._body_unread = False
+        return bytes(body)
+
+    def _skip_body(self) -> None:
+        """Before answering without the body: read and drop a small one (the connection stays usable),
+        else close the connection once the answer is sent (see _linger)."""
+        if not self._body_unread:
+            return
+        keep_open = not self.close_connection
+        self.close_connection = True
+        try:
+            length = self._declared_length()
+        except ApiError:
+            return
+        # with Expect: 100-continue the client sends its body only when told to: there is nothing to drop
+        if length is not None and length <= _DISCARD_LIMIT and not self._expect_continue:
+            self._reader.deadline = time.monotonic() + self.server.config.client_timeout
+            try:
+                self._read_exactly(length)
+            except (OSError, ValueError):
+                return
+            self._body_unread = False
+            self.close_connection = not keep_open
+
+    def _linger(self) -> None:
+        """After an answer sent with the request body unread: stop sending, drain what the client still sends
+        for a moment (discarded), so that it reads the answer rather than a connection reset, then close."""
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + min(_LINGER_SECONDS, self.server.config.client_timeout)
+            while (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                if not self.connection.recv(_READ_CHUNK):
                     break
-                total += size
-                if total > _MAX_BODY:
-                    raise ApiError(413, "The request body is too large (over 200 MB).")
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(chunks)
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > _MAX_BODY:
-            raise ApiError(413, "The request body is too large (over 200 MB).")
-        return self.rfile.read(length) if length > 0 else b""
 
     def _send(self, reply: Reply, request_id: str) -> None:
         payload = reply.payload()
+        # a client that does not take its reply cannot hold the thread: the whole send has client_timeout
+        self.connection.settimeout(self.server.config.client_timeout)
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -330,6 +526,18 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self._headers_buffer.append(payload)
         self.flush_headers()
+
+    def _check_access(self, path: str) -> None:
+        """Who may call ``path``: with an API key every path needs it (the control paths too); without one,
+        the control paths answer loopback clients only. Uses the headers alone: run it before the body."""
+        if self.server.config.api_key:
+            self._check_auth()
+        elif path.startswith(CONTROL_PREFIX) or path == CONTROL_PREFIX.rstrip("/"):
+            peer = str(self.client_address[0]) if self.client_address else ""
+            if not is_loopback_address(peer):
+                raise ApiError(403, "The control paths /_oaipipe/* answer only loopback clients when the server "
+                               "has no API key; start it with --api-key to reach them from other hosts.",
+                               code="forbidden")
 
     def _check_auth(self) -> None:
         key = self.server.config.api_key
@@ -383,24 +591,20 @@ class Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path = parts.path.rstrip("/") or "/"
         template, func, params, path_exists = self.server.match(method, path)
+        self._body_unread = True
         try:
-            body = self._read_body()
-        except ApiError as exc:
-            self.close_connection = True
-            self.server.count(template, exc.status)
-            self._send(Reply(exc.body(), status=exc.status), request_id)
-            return
-        except (OSError, ValueError):
-            self.close_connection = True
-            return
-        try:
-            if path.startswith("/v1"):
-                self._check_auth()
+            # everything up to the body uses the headers alone: a refused client never gets a byte read
+            self._check_access(path)
             if func is None:
                 if path_exists:
                     raise ApiError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed")
                 raise ApiError(404, f"Invalid URL ({method} {path}): no such endpoint on oaipipe serve.",
                                code="unknown_url")
+            try:
+                body = self._read_body()
+            except (OSError, ValueError):  # the client went away or was too slow: nobody to answer
+                self.close_connection = True
+                return
             if template in INFERENCE_PATHS and not self._inject_faults(template):
                 self.server.count(template, "dropped")
                 self.close_connection = True
@@ -416,8 +620,11 @@ class Handler(BaseHTTPRequestHandler):
                 traceback.print_exc()
             reply = Reply(ApiError(500, f"The local server failed: {type(exc).__name__}: {exc}",
                                    code="server_error").body(), status=500)
+        self._skip_body()
         self.server.count(template, reply.status)  # before sending: a client that reads stats next sees it
         self._send(reply, request_id)
+        if self._body_unread:
+            self._linger()
         if self.server.config.log_requests:
             elapsed = (time.perf_counter() - started) * 1000
             sys.stderr.write(f"{time.strftime('%H:%M:%S')} {method} {path} {reply.status} {elapsed:.0f} ms "

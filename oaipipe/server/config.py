@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["INJECTABLE_STATUSES", "Faults", "ServerConfig", "parse_error_rate"]
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "INJECTABLE_STATUSES", "MAX_FAULT_SECONDS", "Faults", "ServerConfig",
+           "is_loopback_address", "parse_error_rate", "parse_size"]
 
 #: statuses that ``--error-rate`` may inject
 INJECTABLE_STATUSES = (400, 401, 403, 404, 408, 409, 422, 429, 500, 502, 503, 504)
+#: the longest delay a fault setting may ask for (latency, jitter, Retry-After, a stalled call)
+MAX_FAULT_SECONDS = 3600.0
+#: default cap on a request body: OpenAI accepts up to 50 MB of images per request, about 67 MB once
+#: base64-encoded into JSON; 80 MiB leaves room for the text around them
+DEFAULT_MAX_BODY_SIZE = 80 * 1024 * 1024
+
+
+def _number(name: str, value: Any, low: float, high: float, what: str = "a number") -> float:
+    """``value`` as a float in ``[low, high]``; a ``ValueError`` naming ``name`` otherwise (NaN, inf, text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be {what} between {low:g} and {high:g}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
+        raise ValueError(f"{name} must be {what} between {low:g} and {high:g}, got {number!r}")
+    return number
 
 
 @dataclass
@@ -30,22 +48,31 @@ class Faults:
     timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
-        self.error_rates = {int(k): float(v) for k, v in (self.error_rates or {}).items()}
         self.validate()
 
     def validate(self) -> None:
+        """Normalise and check every setting: finite numbers in range (NaN, inf, negatives, text and
+        booleans are refused with a ``ValueError`` naming the setting), known statuses, rates adding up to 1."""
         for name in ("latency", "jitter", "retry_after", "timeout_seconds"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            setattr(self, name, _number(name, getattr(self, name), 0, MAX_FAULT_SECONDS, "a number of seconds"))
         for name in ("drop_rate", "timeout_rate"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        for status, rate in self.error_rates.items():
+            setattr(self, name, _number(name, getattr(self, name), 0, 1))
+        if not isinstance(self.error_rates or {}, dict):
+            raise ValueError(f"error_rates must map statuses to rates, e.g. {{429: 0.2}}, got {self.error_rates!r}")
+        rates: dict[int, float] = {}
+        for key, rate in (self.error_rates or {}).items():
+            try:
+                if isinstance(key, bool | float):
+                    raise ValueError
+                status = int(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"error_rates: {key!r} is not an HTTP status; use one of "
+                                 + ", ".join(str(s) for s in INJECTABLE_STATUSES)) from None
             if status not in INJECTABLE_STATUSES:
                 raise ValueError(f"cannot inject status {status}; use one of "
                                  + ", ".join(str(s) for s in INJECTABLE_STATUSES))
-            if not 0 <= rate <= 1:
-                raise ValueError(f"error rate for {status} must be between 0 and 1, got {rate}")
+            rates[status] = _number(f"error rate for {status}", rate, 0, 1)
+        self.error_rates = rates
         total = sum(self.error_rates.values()) + self.drop_rate + self.timeout_rate
         if total > 1 + 1e-9:
             raise ValueError(f"error, drop and timeout rates add up to {total:.2f}; they must not exceed 1")
@@ -80,12 +107,24 @@ class ServerConfig:
     batch_seconds: float = 0.2
     log_requests: bool = False
     faults: Faults = field(default_factory=Faults)
+    #: largest request body accepted, in bytes (a bigger one gets 413 without being read)
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    #: seconds a client has to send a request's headers (counted from when the server starts waiting, so an
+    #: idle keep-alive connection is closed after it too), then again for its body, and to take the reply
+    client_timeout: float = 30.0
+    #: connections served at once (one thread each); one more is answered 503 and closed
+    max_connections: int = 256
 
     def __post_init__(self) -> None:
         if self.data_dir is not None:
             self.data_dir = Path(self.data_dir).expanduser()
-        if self.ft_seconds < 0 or self.batch_seconds < 0:
-            raise ValueError("ft_seconds and batch_seconds must be >= 0")
+        self.ft_seconds = _number("ft_seconds", self.ft_seconds, 0, 86400, "a number of seconds")
+        self.batch_seconds = _number("batch_seconds", self.batch_seconds, 0, 86400, "a number of seconds")
+        self.client_timeout = _number("client_timeout", self.client_timeout, 0.01, 86400, "a number of seconds")
+        for name in ("max_body_size", "max_connections"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         if isinstance(self.faults, dict):
             self.faults = Faults(**self.faults)
 
@@ -121,3 +160,39 @@ def parse_error_rate(text: str) -> tuple[int, float]:
     if not 0 <= value <= 1:
         raise ValueError(f"rate {value} for {code} must be between 0 and 1")
     return code, value
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000 ** 2, "mb": 1000 ** 2, "mib": 1024 ** 2,
+          "g": 1000 ** 3, "gb": 1000 ** 3, "gib": 1024 ** 3}
+
+
+def parse_size(text: str) -> int:
+    """``"80MiB"`` → 83886080, ``"200MB"`` → 200000000, ``"4096"`` → 4096; ``ValueError`` with the expected form."""
+    raw = text.strip().lower().replace(" ", "")
+    number = raw.rstrip("kmgib")
+    unit = raw[len(number):]
+    try:
+        if unit not in _UNITS:
+            raise ValueError
+        value = float(number)
+        if not math.isfinite(value):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"'{text}' is not a size; write bytes or a number with a unit, e.g. 80MiB, 200MB, "
+                         "65536") from None
+    size = int(value * _UNITS[unit])
+    if size < 1:
+        raise ValueError(f"'{text}' is too small; the size must be at least 1 byte")
+    return size
+
+
+def is_loopback_address(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1, ::ffff:127.x.x.x)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
