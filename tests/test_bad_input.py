@@ -144,6 +144,26 @@ def test_csv_unclosed_quote_mid_file_gives_back_the_lines_it_swallowed(tmp_path:
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_line_too_long_to_hold_fails_that_record_alone(tmp_path: Path, kind: str, monkeypatch) -> None:
+    """A giant line (a file without line breaks, /dev/zero copied to disk) is skipped, not read into memory."""
+    from oaipipe.builtin import _source_files
+
+    monkeypatch.setattr(_source_files, "MAX_LINE_BYTES", 1000)
+    if kind == "csv":
+        csv_file(tmp_path, b"big," + b"x" * 5000)
+        source, where = "{type: csv, path: in.csv, id_column: id}", f"in.csv row 5 (line {BAD_LINE})"
+    else:
+        lines = [*GOOD_JSONL[:5], b'{"id": "big", "text": "' + b"x" * 5000 + b'"}', *GOOD_JSONL[5:]]
+        (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+        source, where = "{type: jsonl, path: in.jsonl, id_field: id}", f"in.jsonl line {BAD_LINE}"
+    summary = run_pipeline_file(write_pipeline(tmp_path, source))
+    assert summary["records"]["done"] == 11 and summary["records"]["failed"] == 1
+    [error] = errors_of(summary)
+    assert error["where"] == where and "more than the 1,000 a record may have" in error["error"]
+    assert [r["_id"] for r in read_jsonl(tmp_path / "out/records.jsonl")] == [f"r{i}" for i in range(11)]
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
 def test_a_bom_opening_the_file_is_fine(tmp_path: Path, kind: str) -> None:
     if kind == "csv":
         csv_file(tmp_path, b"r_mid,fine", bom=b"\xef\xbb\xbf")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 from ..base import Source
 from ..errors import InputError, OaipipeError
@@ -17,18 +17,24 @@ from ..types import Record
 
 __all__ = [
     "COUNT_LIMIT_BYTES",
+    "MAX_LINE_BYTES",
     "MAX_NESTING",
     "FileSource",
     "checked_path",
     "count_lines",
     "describe_parse_failure",
     "guarded_record",
+    "line_too_long",
     "missing_file_error",
+    "read_lines",
     "too_deep",
 ]
 
 #: above this size ``count()`` answers None instead of scanning the file
 COUNT_LIMIT_BYTES = 50 * 1024 * 1024
+
+#: a line longer than this (bytes) is not read into memory: it becomes a failed record (skipped, not kept)
+MAX_LINE_BYTES = 64 * 1024 * 1024
 
 #: a record nested deeper than this (lists/objects in lists/objects) is an error: deeper values cannot be
 #: written back as JSON (the journal, the sinks) within Python's recursion limit
@@ -114,6 +120,28 @@ def count_lines(path: Path, *, limit: int = COUNT_LIMIT_BYTES) -> int | None:
     if size and last != b"\n":
         lines += 1
     return lines
+
+
+def read_lines(fh: IO[bytes], limit: int | None = None) -> Iterator[tuple[bytes | None, int]]:
+    """``(line, length in bytes)`` for each line of ``fh`` (split at ``\\n``, kept); ``line`` is None for a
+    line longer than ``limit`` (default :data:`MAX_LINE_BYTES`), whose bytes are skipped without being held:
+    one giant line costs one failed record, not the memory of the machine."""
+    limit = MAX_LINE_BYTES if limit is None else limit
+    readline = fh.readline
+    while raw := readline(limit + 1):
+        if len(raw) <= limit or raw.endswith(b"\n"):
+            yield raw, len(raw)
+            continue
+        length = len(raw)
+        while (more := readline(1 << 20)) and not more.endswith(b"\n"):
+            length += len(more)
+        yield None, length + len(more)
+
+
+def line_too_long(length: int) -> str:
+    """The message for a line :func:`read_lines` skipped."""
+    return (f"the line is {length:,} bytes long, more than the {MAX_LINE_BYTES:,} a record may have "
+            f"(a file without line breaks?); split it")
 
 
 # --- one bad record -------------------------------------------------------------------------------------

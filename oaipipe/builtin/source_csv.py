@@ -38,7 +38,7 @@ from ..errors import InputError, RecordError
 from ..hookspecs import hookimpl
 from ..idset import SeenIds
 from ..types import Record
-from ._source_files import FileSource, count_lines, guarded_record
+from ._source_files import FileSource, count_lines, guarded_record, line_too_long, read_lines
 
 #: longest row (characters) read: an unclosed quote swallows lines up to here at most, then they are read again
 ROW_LIMIT = 16 * 1024 * 1024
@@ -100,7 +100,12 @@ def _lines_as_bytes(fh: IO[bytes], encoding: str) -> Iterator[_Line]:
     """Physical lines (ending at \\n, \\r\\n or \\r) decoded one by one: a bad byte spoils only its line."""
     number = 0
     offset = 0
-    for raw in fh:
+    for raw, length in read_lines(fh):
+        if raw is None:
+            number += 1
+            yield _Line(number, offset, "", f"line {number}: {line_too_long(length)}")
+            offset += length
+            continue
         pieces = raw.splitlines(keepends=True) if b"\r" in raw and not (
             raw.endswith(b"\r\n") and raw.count(b"\r") == 1) else (raw,)
         for piece in pieces:
@@ -192,6 +197,7 @@ class CsvSource(FileSource):
         lines = (_lines_as_bytes if _ascii_compatible(encoding) else _lines_as_text)(fh, encoding)
         replay: deque[_Line] = deque()
         taken: list[_Line] = []  # the lines of the row being read
+        flagged: list[_Line] = []  # those of them with a problem
         state = {"chars": 0, "eof": False}  # characters taken into the row; the file ended inside it
 
         def feed() -> Iterator[str]:
@@ -206,6 +212,8 @@ class CsvSource(FileSource):
                         state["eof"] = bool(taken)
                         return
                 taken.append(line)
+                if line.problem:
+                    flagged.append(line)
                 state["chars"] += len(line.text)
                 if state["chars"] > ROW_LIMIT:
                     raise _RowTooLong
@@ -214,11 +222,14 @@ class CsvSource(FileSource):
         def new_reader() -> Iterator[list[str]]:
             return csv.reader(feed(), delimiter=self.options.delimiter, strict=False)
 
-        def take() -> list[_Line]:
+        def take() -> tuple[list[_Line], str | None]:
+            """The lines of the row just read, and the first problem among them."""
             got = taken[:]
+            problem = flagged[0].problem if flagged else None
             taken.clear()
+            flagged.clear()
             state["chars"] = 0
-            return got
+            return got, problem
 
         if csv.field_size_limit() < _CSV_LIMIT:
             csv.field_size_limit(_CSV_LIMIT)  # process-wide, so only ever raised; ROW_LIMIT is what applies
@@ -229,7 +240,7 @@ class CsvSource(FileSource):
             except StopIteration:
                 return
             except (csv.Error, _RowTooLong) as exc:
-                got = take()
+                got, _ = take()
                 if not got:  # pragma: no cover - csv fails only on a line it has read
                     continue
                 if isinstance(exc, _RowTooLong):
@@ -245,7 +256,7 @@ class CsvSource(FileSource):
                     reader = new_reader()  # the feed ended with the exception, or it must start on the replay
                 yield _Row(None, got, problem)
                 continue
-            got = take()
+            got, line_problem = take()
             if state["eof"]:
                 state["eof"] = False
                 problem = f"the quote opened on line {got[0].number} is never closed"
@@ -256,7 +267,7 @@ class CsvSource(FileSource):
                 reader = new_reader()  # the feed ended with the file: start a new one on the replayed lines
                 yield _Row(None, got, problem + '; close the quote, or write a quote inside a value as ""')
                 continue
-            yield _Row(fields, got, None)
+            yield _Row(fields, got, line_problem)
 
     def _open(self) -> IO[bytes]:
         path = self._check_exists()
@@ -372,11 +383,6 @@ class CsvSource(FileSource):
                 state: dict[str, Any]) -> Record:
         """The record of one row; raises :class:`RecordError` for a row that is not one."""
         fields, lines, problem = row
-        if problem is None:
-            for line in lines:
-                if line.problem:
-                    problem = line.problem
-                    break
         if problem is not None or fields is None:
             raise RecordError(problem or "the row cannot be parsed")
         if len(fields) != width:

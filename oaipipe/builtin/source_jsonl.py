@@ -19,7 +19,15 @@ from ..errors import InputError, RecordError
 from ..hookspecs import hookimpl
 from ..idset import SeenIds
 from ..types import Record
-from ._source_files import MAX_NESTING, FileSource, count_lines, guarded_record, too_deep
+from ._source_files import (
+    MAX_NESTING,
+    FileSource,
+    count_lines,
+    guarded_record,
+    line_too_long,
+    read_lines,
+    too_deep,
+)
 
 
 class JsonlSource(FileSource):
@@ -52,18 +60,22 @@ class JsonlSource(FileSource):
         offset = 0  # byte offset of the current line in the file
         try:
             with path.open("rb") as fh:
-                for lineno, raw in enumerate(fh, start=1):
+                for lineno, (raw, length) in enumerate(read_lines(fh), start=1):
                     where = f"{label} line {lineno}"
-                    record = guarded_record(partial(self._parse, raw, lineno, offset, where, seen),
+                    record = guarded_record(partial(self._parse, raw, length, lineno, offset, where, seen),
                                             where=where, default_id=f"line-{lineno}")
-                    offset += len(raw)
+                    offset += length
                     if record is not None:
                         yield record
         except OSError as exc:
             raise self._read_error(exc) from None
 
-    def _parse(self, raw: bytes, lineno: int, offset: int, where: str, seen: SeenIds) -> Record | None:
-        """The record of one line (None for a blank line); raises for a line that is not one JSON object."""
+    def _parse(self, raw: bytes | None, length: int, lineno: int, offset: int, where: str,
+               seen: SeenIds) -> Record | None:
+        """The record of one line (None for a blank line); raises for a line that is not one JSON object
+        (``raw`` is None for a line too long to read)."""
+        if raw is None:
+            raise RecordError(line_too_long(length))
         encoding = self.options.encoding
         default_id = f"line-{lineno}"
         try:
