@@ -176,6 +176,14 @@ def test_a_bom_opening_the_file_is_fine(tmp_path: Path, kind: str) -> None:
     assert read_jsonl(tmp_path / "out/records.jsonl")[0]["_id"] == "r0"
 
 
+def test_a_csv_header_that_cannot_be_decoded_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_bytes(b"\n" + b"id,t\xffxt\n" + b"1,a\n")
+    with pytest.raises(InputError) as err:
+        run_pipeline_file(write_pipeline(tmp_path, "{type: csv, path: in.csv}", steps="[]"))
+    assert "in.csv line 2: the header row cannot be read" in str(err.value)
+    assert "byte 0xff at byte offset 5" in str(err.value)
+
+
 def test_the_cli_run_goes_on_past_bad_lines(tmp_path: Path) -> None:
     """The reported case end to end: a line nested 200k deep and an id of 5,001 digits among 12 records."""
     lines = [*GOOD_JSONL[:5], JSONL_CASES["nested-200k-deep"][0], *GOOD_JSONL[5:8],
@@ -212,7 +220,8 @@ def _special(tmp_path: Path, what: str) -> str:
 @pytest.mark.timeout(20)  # opening a FIFO for reading would block forever
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
 @pytest.mark.parametrize("what", ["dev-zero", "fifo", "folder"])
-def test_a_source_path_that_is_not_a_regular_file(tmp_path: Path, what: str, kind: str) -> None:
+def test_a_source_path_that_is_not_a_regular_file(tmp_path: Path, what: str, kind: str,
+                                                  capsys: pytest.CaptureFixture) -> None:
     path = _special(tmp_path, what)
     pipeline = write_pipeline(tmp_path, f"{{type: {kind}, path: {path}}}",
                               steps='- {type: ask, prompt: "x", output: reply}')
@@ -221,6 +230,8 @@ def test_a_source_path_that_is_not_a_regular_file(tmp_path: Path, what: str, kin
     message = str(err.value)
     assert "not a regular file" in message and "not found" not in message
     assert path in message
+    assert main(["validate", str(pipeline)]) == InputError.exit_code  # validate says so too
+    assert "not a regular file" in capsys.readouterr().err
 
 
 # --- the pipeline file --------------------------------------------------------------------------------

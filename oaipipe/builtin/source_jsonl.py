@@ -45,6 +45,12 @@ class JsonlSource(FileSource):
 
     options: Options
 
+    def fields(self) -> list[str] | None:
+        """Unknown before reading (objects may differ); checks that ``path`` is a regular file, so that
+        ``oaipipe validate`` reports a missing file, a folder or ``/dev/zero`` as the csv source does."""
+        self._check_exists()
+        return None
+
     def count(self) -> int | None:
         return count_lines(self._check_exists())
 
