@@ -13,6 +13,7 @@ from typing import IO, Any, ClassVar
 
 from ..base import Source
 from ..errors import InputError, OaipipeError
+from ..idset import SeenIds
 from ..types import Record
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "missing_file_error",
     "read_lines",
     "too_deep",
+    "unique_id_record",
 ]
 
 #: above this size ``count()`` answers None instead of scanning the file
@@ -191,3 +193,15 @@ def guarded_record(parse: Callable[[], Record | None], *, where: str, default_id
         if fix and not isinstance(exc, OaipipeError):
             message += f"; {fix}"
         return Record(default_id, {}, where, error=f"{where}: {message}")
+
+
+def unique_id_record(rid: str, data: dict[str, Any], where: str, seen: SeenIds, at: int, *, unit: str,
+                     holder: str) -> Record:
+    """The record named ``rid`` (found at ``unit`` ``at``: row 3, line 7), failed when an earlier record
+    had that id: ids must be unique, the resume journal keys on them."""
+    first = seen.check_add(rid, at)
+    if first is None:
+        return Record(rid, data, where)
+    earlier = f"{unit} {first}" if first != "earlier" else f"an earlier {unit}"
+    return Record(rid, data, where, error=(f"{where}: duplicate id '{rid}' in {holder}, also at {earlier}; "
+                                           f"ids must be unique (the resume journal keys on them)"))

@@ -38,7 +38,14 @@ from ..errors import InputError, RecordError
 from ..hookspecs import hookimpl
 from ..idset import SeenIds
 from ..types import Record
-from ._source_files import FileSource, count_lines, guarded_record, line_too_long, read_lines
+from ._source_files import (
+    FileSource,
+    count_lines,
+    guarded_record,
+    line_too_long,
+    read_lines,
+    unique_id_record,
+)
 
 #: longest row (characters) read: an unclosed quote swallows lines up to here at most, then they are read again
 ROW_LIMIT = 16 * 1024 * 1024
@@ -96,6 +103,21 @@ def _ascii_compatible(encoding: str) -> bool:
         return False
 
 
+def _check_text(number: int, text: str, offset: int = -1, raw: bytes = b"") -> tuple[str, str | None]:
+    """Line ``number`` without a byte-order mark opening the file, and what is wrong with it: a NUL (at byte
+    ``offset`` + its index in ``raw``, when the offset is known), or a byte-order mark starting a later line."""
+    if "\x00" in text:
+        nul = raw.find(b"\x00")
+        at = f" at byte offset {offset + nul}" if offset >= 0 and nul >= 0 else ""
+        return text, (f"a NUL byte{at} (line {number}): the file looks binary or corrupt; remove the NUL bytes")
+    if text.startswith("\ufeff"):
+        if number == 1:
+            return text[1:], None  # a byte-order mark opening the file is fine
+        return text, (f"line {number} starts with a byte-order mark (U+FEFF), which belongs only at the start of "
+                      f"a file (were files joined together?); remove it")
+    return text, None
+
+
 def _lines_as_bytes(fh: IO[bytes], encoding: str) -> Iterator[_Line]:
     """Physical lines (ending at \\n, \\r\\n or \\r) decoded one by one: a bad byte spoils only its line."""
     number = 0
@@ -119,16 +141,8 @@ def _lines_as_bytes(fh: IO[bytes], encoding: str) -> Iterator[_Line]:
                            f"(line {number}, column {exc.start + 1}) as {encoding}: {exc.reason}; save the file "
                            f"as UTF-8, or set `encoding:` to the file's encoding (e.g. latin-1 or cp1252)")
             else:
-                if "\x00" in text:
-                    at = offset + piece.index(b"\x00")
-                    problem = (f"a NUL byte at byte offset {at} (line {number}): the file looks binary or "
-                               f"corrupt; remove the NUL bytes")
-                elif text.startswith("\ufeff"):
-                    if number == 1:
-                        text = text[1:]  # a byte-order mark opening the file is fine
-                    else:
-                        problem = (f"line {number} starts with a byte-order mark (U+FEFF), which belongs only at "
-                                   f"the start of a file (were files joined together?); remove it")
+                if "\x00" in text or text[:1] == "\ufeff":  # rare: the common line costs two C-level tests
+                    text, problem = _check_text(number, text, offset, piece)
             yield _Line(number, offset, text, problem)
             offset += len(piece)
 
@@ -144,13 +158,8 @@ def _lines_as_text(fh: IO[bytes], encoding: str) -> Iterator[_Line]:
         if _MARK in text:
             problem = (f"cannot decode line {number} as {encoding}; save the file as UTF-8, or set `encoding:` to "
                        f"the file's encoding")
-        elif "\x00" in text:
-            problem = f"a NUL character on line {number}: the file looks corrupt; remove it"
-        elif text.startswith("\ufeff"):
-            if number == 1:
-                text = text[1:]
-            else:
-                problem = f"line {number} starts with a byte-order mark (U+FEFF); remove it"
+        else:
+            text, problem = _check_text(number, text)
         yield _Line(number, -1, text, problem)
 
 
@@ -407,13 +416,7 @@ class CsvSource(FileSource):
         if rid == "":
             return Record(f"row-{row_no}", data, where, error=(
                 f"{where}: empty id in column '{id_column}'; give every row an id (this record was named row-{row_no})"))
-        first = state["seen"].check_add(rid, row_no)
-        if first is not None:
-            at = f"row {first}" if first != "earlier" else "an earlier row"
-            return Record(rid, data, where, error=(
-                f"{where}: duplicate id '{rid}' in column '{id_column}', also at {at}; "
-                f"ids must be unique (the resume journal keys on them)"))
-        return Record(rid, data, where)
+        return unique_id_record(rid, data, where, state["seen"], row_no, unit="row", holder=f"column '{id_column}'")
 
 
 @hookimpl

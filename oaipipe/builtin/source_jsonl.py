@@ -27,6 +27,7 @@ from ._source_files import (
     line_too_long,
     read_lines,
     too_deep,
+    unique_id_record,
 )
 
 
@@ -117,14 +118,7 @@ class JsonlSource(FileSource):
             keys = ", ".join(list(obj)[:20]) or "(none)"
             return Record(default_id, obj, where, error=(
                 f"{where}: no '{id_field}' (source.id_field) in this object; its keys: {keys}"))
-        rid = str(value)
-        first = seen.check_add(rid, lineno)
-        if first is not None:
-            at = f"line {first}" if first != "earlier" else "an earlier line"
-            return Record(rid, obj, where, error=(
-                f"{where}: duplicate id '{rid}' in field '{id_field}', also at {at}; "
-                f"ids must be unique (the resume journal keys on them)"))
-        return Record(rid, obj, where)
+        return unique_id_record(str(value), obj, where, seen, lineno, unit="line", holder=f"field '{id_field}'")
 
 
 @hookimpl
