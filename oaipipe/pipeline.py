@@ -159,22 +159,61 @@ def load_pipeline(
                           file=file, lines=loaded.where)
     pipeline = Pipeline(loaded=loaded, host=host, context=context, backend=backend, source=source, steps=steps,
                         sinks=sinks, backend_note=note, warnings=list(loaded.warnings))
+    check_name(pipeline)
     check_templates(pipeline)
     check_sink_paths(pipeline)
     check_train_select(pipeline)
     return pipeline
 
 
+def check_name(pipeline: Pipeline) -> None:
+    """``name`` names the run's folder under ``run.dir``: it must stay inside it (no ``..``, ``.``, path
+    separators or absolute paths)."""
+    name = pipeline.name
+    if name.strip() not in ("", ".", "..") and not any(c in name for c in "/\\\0"):
+        return
+    line, col = pipeline.loaded.where("name")
+    raise ConfigError(
+        f"{name!r} cannot name a folder inside run.dir ({pipeline.loaded.config.run.dir}): it would put "
+        f"the run directory elsewhere", file=pipeline.file, line=line, column=col, key="name",
+        hint="use a plain name such as reviews-demo (letters, digits, '-', '_', '.'; no '/', '\\' or '..')",
+    )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: equal after resolving symlinks, or (when both exist) the same
+    inode (a hard link, a bind mount)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def check_sink_paths(pipeline: Pipeline) -> None:
-    """Two sinks writing one file would interleave their lines: refuse it."""
+    """Two sinks writing one file would interleave their lines, and a sink writing the source (or the
+    pipeline file) would destroy the input while it is read: refuse both."""
     seen: dict[Path, int] = {}
+    inputs: list[tuple[str, Path]] = [("the pipeline file", Path(pipeline.loaded.path))]
+    source_path = getattr(pipeline.source.options, "path", None)
+    if isinstance(source_path, str) and source_path:
+        inputs.insert(0, (f"the source's file ({source_path})", pipeline.context.path(source_path)))
     for i, sink in enumerate(pipeline.sinks):
         path = getattr(sink.options, "path", None)
         if not path:
             continue
-        resolved = pipeline.context.path(path).resolve()
+        full = pipeline.context.path(path)
+        resolved = full.resolve()
+        line, col = pipeline.loaded.where(f"sinks.{i}.path")
+        for what, input_path in inputs:
+            if _same_file(full, input_path):
+                raise ConfigError(
+                    f"sink {i} would write {path}, which is {what}: the input would be overwritten while it is "
+                    f"read", file=pipeline.file, line=line, column=col, key=f"sinks.{i}.path",
+                    hint="give the sink its own path, e.g. out/records.jsonl",
+                )
         if resolved in seen:
-            line, col = pipeline.loaded.where(f"sinks.{i}.path")
             raise ConfigError(f"sinks {seen[resolved]} and {i} both write {path}", file=pipeline.file, line=line,
                               column=col, key=f"sinks.{i}.path", hint="give each sink its own path")
         seen[resolved] = i
