@@ -224,7 +224,7 @@ def _settle_interrupted(trainer: Trainer, registry: JobRegistry, key: dict[str, 
                 hint="look for the job at the provider: if it is there, follow it with its own tools; if not, "
                      "pass --force (train.force: true) to launch again",
             )
-        job = finder(pending)
+        job = finder(dataclasses.replace(pending, remote=dict(pending.remote), events=list(pending.events)))
         if job is None:
             registry.remove(pending.id)
             progress(f"an earlier launch of this dataset was cut short before the provider had the job "
