@@ -271,6 +271,8 @@ _STORAGE_HINTS: dict[int, str] = {
         ("EFBIG", f"the file is larger than the file system allows: point the path elsewhere, {_RERUN}"),
         ("ENOTDIR", "a part of that path is a file, not a folder: point the path elsewhere"),
         ("EISDIR", "that path is a folder: give a file name"),
+        ("EEXIST", "something is in the way (a file where a folder is needed?): move it away or point the path "
+                   "elsewhere"),
         ("ENOENT", f"the folder does not exist (any more): create it or point the path elsewhere, {_RERUN}"),
         ("EMFILE", "too many open files: raise the limit (ulimit -n) or lower backend.concurrency"),
         ("ENFILE", "too many open files on the system: close other programs or lower backend.concurrency"),

@@ -99,6 +99,8 @@ class Runner:
         self.errors_path: Path | None = None
         self._limited = False
         self._failure_kinds: collections.Counter[type] = collections.Counter()
+        #: what the run found wrong but worked around (unreadable journal lines), for the summary
+        self.warnings: list[str] = []
         if self.options.scale:
             try:
                 from .scale import configure_run
@@ -217,7 +219,8 @@ class Runner:
                         "started": _now(), "config": public_config(pipeline)})
         else:
             run.remove_stale_temps()  # left by a crash mid-write; the run lock makes us its only writer
-            notes.extend(run.repair_journal())
+            self.warnings = run.repair_journal()  # unreadable journal lines: skipped, their records redone
+            notes.extend(self.warnings)
             meta = run.meta()
             if meta.get("endpoint") != endpoint(pipeline):  # resumed against another server: it ends there
                 meta["endpoint"] = endpoint(pipeline)
@@ -258,7 +261,7 @@ class Runner:
             # records not journaled; on --retry-failed also the failed records' lines, as they are redone)
             done_for_sinks = None if mode == "new" else (skip_ids or set())
             for sink in pipeline.sinks:
-                _storage(lambda sink=sink: sink.open(info, done_for_sinks), _sink_path(self.pipeline, sink))
+                _storage(lambda sink=sink: sink.open(info, done_for_sinks), _sink_path(self.pipeline, sink), "write")
                 opened.append(sink)
             journal = run.open_state_file(run.journal_path)
             errors = run.open_state_file(run.errors_path)
@@ -371,6 +374,8 @@ class Runner:
         }
         if error is not None:
             summary["error"] = str(error)
+        if self.warnings:
+            summary["warnings"] = list(self.warnings)
         setup = getattr(self.options, "_oaipipe_scale", None)
         if setup is not None:
             summary.update(setup.to_dict())
@@ -619,7 +624,7 @@ def _sink_path(pipeline: Pipeline, sink: Any) -> Path | None:
     return pipeline.context.path(path) if path else None
 
 
-def _storage(fn: Callable[[], Any], path: Path | None) -> Any:
+def _storage(fn: Callable[[], Any], path: Path | None, doing: str | None = None) -> Any:
     """Call ``fn``; an I/O problem (permissions, a full or read-only disk) becomes a StorageError naming the
     path (the file the error names, else ``path``)."""
     try:
@@ -627,7 +632,7 @@ def _storage(fn: Callable[[], Any], path: Path | None) -> Any:
     except OSError as exc:
         if not is_storage_error(exc):
             raise
-        raise StorageError.from_os_error(exc, path) from exc
+        raise StorageError.from_os_error(exc, path, doing=doing) from exc
 
 
 def _display_path(path: Path) -> str:
