@@ -338,7 +338,10 @@ class Runner:
         step has an outcome; a crash or Ctrl-C leaves it so, and the next run resumes the step (following
         the job launched already, never launching a second)."""
         try:
-            train = await self._train(run)
+            if self.pipeline.train is None:  # the block was removed since the records were done
+                train = {"status": "skipped", "reason": "the pipeline has no train: block (any more)"}
+            else:
+                train = await self._train(run)
         except (asyncio.CancelledError, KeyboardInterrupt):
             summary["train"] = {**(summary.get("train") or {}), "status": "interrupted",
                                 "reason": "interrupted while training: a launched job keeps running; rerun the "
