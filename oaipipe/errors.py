@@ -306,6 +306,7 @@ class RunLockedError(OaipipeError):
         self.holder = dict(holder or {})
         super().__init__(message, hint=hint)
 
+
 # --- secrets ------------------------------------------------------------------------------------
 
 _KEY_PATTERNS = [

@@ -170,3 +170,23 @@ def test_an_output_path_through_a_file_is_an_io_error_naming_the_path(
     assert main(["run", str(path), "-q"]) == 9
     err = capsys.readouterr().err
     assert str(tmp_path / "out") in err and "bug" not in err and "point the path elsewhere" in err
+
+
+def test_only_temp_files_of_atomic_writes_are_taken_for_leftovers(tmp_path: Path) -> None:
+    from oaipipe.fsutil import atomic_file, remove_stale_temps, remove_stale_temps_in
+
+    target = tmp_path / "records.jsonl"
+    keep = [".records.jsonl.backup", "notes.tmp", ".other.json.abcd1234.oaipipe.tmp", "records.jsonl.abcd1234.tmp",
+            ".records.jsonl.abc.tmp"]
+    for name in keep:
+        (tmp_path / name).write_text("x", encoding="utf-8")
+    with atomic_file(target) as out:  # the temp file of a write in progress is recognisable by its name
+        assert Path(out.tmp).name.startswith(".records.jsonl.") and out.tmp.endswith(".oaipipe.tmp")
+        left = Path(out.tmp)
+        out.fh.write("x")
+    (tmp_path / left.name).write_text("left by a crash", encoding="utf-8")
+    (tmp_path / ".records.jsonl.zz99_abc.tmp").write_text("left by an older oaipipe", encoding="utf-8")
+    removed = sorted(p.name for p in remove_stale_temps(target))
+    assert removed == sorted([left.name, ".records.jsonl.zz99_abc.tmp"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*keep, "records.jsonl"])
+    assert [p.name for p in remove_stale_temps_in(tmp_path)] == [".other.json.abcd1234.oaipipe.tmp"]
