@@ -403,7 +403,8 @@ class Runner:
                 if stop.is_set():
                     raise
                 self.reporter.note(f"train: {exc}")
-                return {"status": "error", "error": str(exc)}
+                return {"status": "error", "error": str(exc), "reason": f"{exc} (the same command again retries "
+                                                                       f"the train: step)"}
 
         try:
             return await asyncio.to_thread(train)
