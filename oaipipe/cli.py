@@ -15,7 +15,12 @@ Exit codes:
 6     a fine-tuning dataset is invalid (also the dataset of a run's ``train:`` step)
 7     a fine-tuning job failed or is unknown (also the job of a run's ``train:`` step)
 8     the run was stopped on purpose (--max-failures, --max-cost reached, a changed pipeline)
-130   interrupted (Ctrl-C, SIGTERM); rerun the same command to resume
+9     an I/O problem, naming the path: no permission, a full disk, a read-only file system, a run
+      directory deleted while its run was going (``StorageError``); rerun after fixing it
+10    another run of this pipeline holds the lock (or another run is writing the same output file):
+      the message names the holder (pid, host, since when) (``RunLockedError``)
+130   interrupted (Ctrl-C, SIGTERM); rerun the same command to resume (a ``train:`` job keeps running:
+      the rerun or ``oaipipe jobs wait`` follows it)
 ====  =====================================================================================
 """
 
@@ -25,7 +30,7 @@ import sys
 
 import click
 
-from .errors import OaipipeError, RedactingStream, redact
+from .errors import OaipipeError, RedactingStream, StorageError, is_storage_error, redact
 
 __all__ = ["cli", "main"]
 
@@ -100,16 +105,27 @@ def _main(argv: list[str] | None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        if not is_storage_error(exc):
+            return _unexpected(exc)
+        err = StorageError.from_os_error(exc)  # wherever it happened: name the path, exit 9
+        click.echo(f"error: {err}", err=True)
+        return err.exit_code
     except Exception as exc:  # noqa: BLE001 - last resort: one readable line, never a key
-        click.echo(f"error: unexpected {type(exc).__name__}: {redact(str(exc))}", err=True)
-        click.echo("  hint: this is a bug in oaipipe or a plugin; rerun with OAIPIPE_DEBUG=1 for the traceback",
-                   err=True)
-        import os
-
-        if os.environ.get("OAIPIPE_DEBUG"):
-            raise
-        return 1
+        return _unexpected(exc)
     return getattr(cli, "_exit_code", 0)
+
+
+def _unexpected(exc: BaseException) -> int:
+    """The last resort: one readable line, never a key (OAIPIPE_DEBUG=1 re-raises for the traceback)."""
+    click.echo(f"error: unexpected {type(exc).__name__}: {redact(str(exc))}", err=True)
+    click.echo("  hint: this is a bug in oaipipe or a plugin; rerun with OAIPIPE_DEBUG=1 for the traceback",
+               err=True)
+    import os
+
+    if os.environ.get("OAIPIPE_DEBUG"):
+        raise exc
+    return 1
 
 
 def set_exit_code(code: int) -> None:
