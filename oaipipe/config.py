@@ -41,7 +41,8 @@ class RunSettings(BaseModel):
 
     dir: str = Field("runs", description="Folder for run directories (relative to the pipeline file)")
     max_failures: int | None = Field(None, ge=0, description="Abort after this many failed records")
-    max_cost: float | None = Field(None, ge=0, description="Stop scheduling records past this many USD")
+    max_cost: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                   description="Stop scheduling records past this many USD (finite, > 0)")
     cache: bool = Field(True, description="Reuse identical calls from the response cache")
     cache_dir: str | None = Field(None, description="Defaults to .oaipipe/cache next to the pipeline file")
     offline_fallback: bool = Field(

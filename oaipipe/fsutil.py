@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["AtomicFile", "atomic_file", "remove_stale_temps", "remove_stale_temps_in", "write_bytes_atomic", "write_json_atomic",
-           "write_text_atomic"]
+__all__ = ["AtomicFile", "atomic_file", "dumps_json", "remove_stale_temps", "remove_stale_temps_in",
+           "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 #: the end of every temp file name :func:`atomic_file` makes
 TEMP_SUFFIX = ".oaipipe.tmp"
@@ -139,10 +139,20 @@ def write_text_atomic(path: Path, text: str, *, fsync: bool = True, encoding: st
         out.fh.write(text)
 
 
+def dumps_json(data: Any, *, indent: int | None = None) -> str:
+    """``data`` as strict JSON (``ensure_ascii=False``, ``default=str``): NaN and ±Infinity are not JSON
+    (other parsers refuse them), so they raise ``ValueError`` instead of being written."""
+    try:
+        return json.dumps(data, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc} (NaN and Infinity have no JSON form)") from None
+
+
 def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2, fsync: bool = True,
                       prefix: str | None = None, trailing_newline: bool = True, mkdir: bool = True) -> None:
-    """Replace ``path`` with ``data`` as JSON (UTF-8, ``ensure_ascii=False``, ``default=str``) atomically."""
-    text = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
+    """Replace ``path`` with ``data`` as strict JSON (:func:`dumps_json`) atomically; a NaN or Infinity
+    raises ``ValueError`` and leaves ``path`` as it was."""
+    text = dumps_json(data, indent=indent)
     with atomic_file(path, "w", fsync=fsync, newline="", prefix=prefix, mkdir=mkdir) as out:
         out.fh.write(text + "\n" if trailing_newline else text)
 

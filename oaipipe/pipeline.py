@@ -18,6 +18,7 @@ from .base import Backend, BackendOptions, Context, Sink, Source, Step
 from .config import LoadedConfig, load_config
 from .errors import ConfigError, OaipipeError, redact
 from .plugins import PluginHost
+from .pricing import PriceTable
 
 __all__ = ["Pipeline", "build_backend", "endpoint", "fingerprint", "fingerprint_parts", "load_pipeline"]
 
@@ -122,6 +123,7 @@ def load_pipeline(
     loaded = load_config(path, overrides, environ=environ)
     cfg = loaded.config
     file = str(path)
+    PriceTable(cfg.prices, file=file, lines=loaded.where)  # every price finite and >= 0, with its line
     host = PluginHost(
         [],
         base_dir=loaded.base_dir,

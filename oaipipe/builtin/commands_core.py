@@ -86,6 +86,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
                    + (f" ({train.get('reason')})" if train.get("reason") else ""))
 
 
+def _budget(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """``--max-cost``: a finite number of USD > 0 (NaN or inf would never trigger; 0 would start nothing)."""
+    from ..pricing import check_budget
+
+    if value is None:
+        return None
+    try:
+        return check_budget(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--max-cost "), ctx=ctx, param=param) from None
+
+
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     @cli.command()
@@ -98,7 +110,7 @@ def register_commands(cli: click.Group) -> None:
     @click.option("--max-failures", type=click.IntRange(min=0), help="Abort after more than N failed records")
     @click.option("--retry-failed", is_flag=True, help="Rerun only the records that failed in the last run")
     @click.option("--no-cache", is_flag=True, help="Do not reuse cached responses")
-    @click.option("--max-cost", type=click.FloatRange(min=0), help="Stop starting records past this many USD")
+    @click.option("--max-cost", type=float, callback=_budget, help="Stop starting records past this many USD")
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout")
     @click.option("-q", "--quiet", is_flag=True, help="No progress output")
     @_disable_option
