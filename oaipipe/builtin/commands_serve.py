@@ -66,14 +66,19 @@ def _error_rates(values: tuple[str, ...]) -> dict[int, float]:
               help="Fewest examples a training file may have (OpenAI requires 10).")
 @click.option("--batch-seconds", default=0.2, type=click.FloatRange(min=0), show_default=True,
               help="How long a batch takes at least.")
+@click.option("--rpm", default=None, type=click.IntRange(min=1), help="Enforce this many requests per minute on "
+              "chat/responses: 429 with Retry-After beyond it, x-ratelimit-* headers on every answer.")
+@click.option("--tpm", default=None, type=click.IntRange(min=1), help="Enforce this many tokens per minute likewise.")
+@click.option("--rate-burst", default=60.0, type=click.FloatRange(min=0, min_open=True), show_default=True,
+              help="Seconds of refill a --rpm/--tpm bucket holds (60: the whole minute; 1: enforced per second).")
 @click.option("--seed", default=None, type=int, help="Seed of the random fault/jitter choices (reproducible runs).")
 @click.option("--quiet", is_flag=True, help="Print only the base URL line.")
 @click.option("--log", "log_requests", is_flag=True, help="Log one line per request to stderr.")
 def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitter: float,
                   error_rate: tuple[str, ...], retry_after: float, drop_rate: float, timeout_rate: float,
                   timeout_seconds: float, api_key: str | None, data_dir: Path | None, ft_seconds: float,
-                  ft_min_examples: int, batch_seconds: float, seed: int | None, quiet: bool,
-                  log_requests: bool) -> None:
+                  ft_min_examples: int, batch_seconds: float, rpm: int | None, tpm: int | None,
+                  rate_burst: float, seed: int | None, quiet: bool, log_requests: bool) -> None:
     """Serve the embedded offline engine as an OpenAI-compatible API (models, chat, responses, files,
     fine-tuning jobs, batches), with switches to inject latency and errors."""
     from ..server.config import Faults, ServerConfig
@@ -92,7 +97,7 @@ def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitt
         raise ConfigError(f"fault settings: {exc}", hint="lower the rates so that they add up to at most 1") from None
     config = ServerConfig(host=host, port=port, data_dir=data_dir, api_key=api_key or None, seed=seed,
                           ft_seconds=ft_seconds, ft_min_examples=ft_min_examples, batch_seconds=batch_seconds,
-                          log_requests=log_requests, faults=faults)
+                          log_requests=log_requests, faults=faults, rpm=rpm, tpm=tpm, rate_burst=rate_burst)
 
     def ready(handle: ServerHandle) -> None:
         click.echo(f"oaipipe serve: listening on {handle.base_url}  (use --set backend.base_url={handle.base_url})")
@@ -103,6 +108,9 @@ def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitt
             if faults.error_rates or faults.drop_rate or faults.timeout_rate or faults.latency or faults.jitter:
                 notes.append("faults: " + ", ".join(f"{k}={v}" for k, v in faults.to_dict().items()
                                                     if v and k not in ("retry_after", "timeout_seconds")))
+            if rpm or tpm:
+                notes.append("rate limits: " + ", ".join(f"{v} {k.upper()}" for k, v in (("rpm", rpm), ("tpm", tpm))
+                                                         if v) + f" (bucket holds {rate_burst:g}s of refill)")
             notes.append(f"files in {handle.data_dir}")
             click.echo("  " + "; ".join(notes) + ". Ctrl-C stops.", err=True)
         import sys

@@ -80,12 +80,23 @@ class ServerConfig:
     batch_seconds: float = 0.2
     log_requests: bool = False
     faults: Faults = field(default_factory=Faults)
+    #: requests / tokens per minute enforced on the inference endpoints (429 + x-ratelimit-* headers);
+    #: ``rate_burst``: seconds of refill a limit's bucket holds (60: the whole minute; 1: quantized per second)
+    rpm: int | None = None
+    tpm: int | None = None
+    rate_burst: float = 60.0
 
     def __post_init__(self) -> None:
         if self.data_dir is not None:
             self.data_dir = Path(self.data_dir).expanduser()
         if self.ft_seconds < 0 or self.batch_seconds < 0:
             raise ValueError("ft_seconds and batch_seconds must be >= 0")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not (isinstance(self.rate_burst, int | float) and 0 < self.rate_burst < float("inf")):
+            raise ValueError(f"rate_burst must be a number of seconds > 0, got {self.rate_burst!r}")
         if isinstance(self.faults, dict):
             self.faults = Faults(**self.faults)
 
