@@ -70,7 +70,10 @@ def one_run(work: Path, records: int, burst: float, transport: str, rpm: int | N
         out = subprocess.run([sys.executable, "-m", "oaipipe.cli", "run", "p.yaml", "--json"], cwd=folder,
                              capture_output=True, text=True, env=env)
         wall = time.perf_counter() - start
-        summary = json.loads(out.stdout)
+        try:
+            summary = json.loads(out.stdout)
+        except ValueError:
+            raise SystemExit(f"oaipipe run failed (exit {out.returncode}):\n{out.stdout}\n{out.stderr}") from None
         stats = server_stats(base_url)
     finally:
         proc.terminate()
