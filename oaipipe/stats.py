@@ -142,7 +142,8 @@ class RetryStats:
 
     @property
     def retries(self) -> int:
-        return sum(self.by_status.values())
+        with self._lock:  # read by the progress line while worker threads count
+            return sum(self.by_status.values())
 
     def to_dict(self) -> dict[str, Any]:
         with self._lock:

@@ -67,7 +67,7 @@ def test_the_printed_summary_shows_attempts_and_retries(tmp_path: Path, capsys, 
         server = srv.stats()
     out = capsys.readouterr()
     first = out.out.splitlines()[0]
-    assert f"12 calls (0 cached, {server['requests']} attempts)" in first
+    assert f"12 calls (0 cached), {server['requests']} attempts," in first
     assert f"{server['injected']['503']} retries (503 ×{server['injected']['503']})" in out.out
     assert "oaipipe.retry" not in out.err  # without -v, retries are counted, not logged
 

@@ -66,9 +66,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"{status}: {rec.get('done', 0)} done, {rec.get('failed', 0)} failed"
         + (f", {rec.get('skipped')} already done before" if rec.get("skipped") else "")
         + f" in {summary.get('elapsed_s', 0):.1f}s ({summary.get('records_per_s', 0)}/s); "
-        f"{summary.get('calls', 0)} calls ({summary.get('cached', 0)} cached"
-        + (f", {summary['attempts']} attempts" if "attempts" in summary else "") + "), "
-        f"{tokens.get('total', 0)} tokens, ${summary.get('cost_usd', 0):.4f}"
+        f"{summary.get('calls', 0)} calls ({summary.get('cached', 0)} cached), "
+        + (f"{summary['attempts']} attempts, " if "attempts" in summary else "")
+        + f"{tokens.get('total', 0)} tokens, ${summary.get('cost_usd', 0):.4f}"
     )
     retried = retries_text(summary)
     if retried:
