@@ -135,7 +135,8 @@ class OaipipeServer(ThreadingHTTPServer):
             else Path(config.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.stopping = threading.Event()
-        self.ratelimits = RateLimits(config.rpm, config.tpm, burst=config.rate_burst) if config.rpm or config.tpm else None
+        self.ratelimits = (RateLimits(config.rpm, config.tpm, burst=config.rate_burst)
+                           if config.rpm or config.tpm else None)  # --rpm/--tpm (server/ratelimits.py)
         warm_up()  # the first call must not pay for loading the lexicon (tests use short client timeouts)
         self.routes: list[Route] = []
         self._add_core_routes()
