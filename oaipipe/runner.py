@@ -109,6 +109,9 @@ class Runner:
                 pass
             else:
                 configure_run(pipeline, self.options, self.reporter, quiet=True)
+        setup = getattr(self.options, "_oaipipe_scale", None)
+        if setup is not None:  # attempts and retries of this run's calls, counted by the retry policy
+            self.stats.retries = setup.new_run()
 
     # --- the backend call -------------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ def _shown(path: str | None) -> str:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    from ..progress import retries_text
+
     rec = summary.get("records", {})
     status = summary.get("status")
     if status == "nothing-to-do":
@@ -65,8 +67,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
         + (f", {rec.get('skipped')} already done before" if rec.get("skipped") else "")
         + f" in {summary.get('elapsed_s', 0):.1f}s ({summary.get('records_per_s', 0)}/s); "
         f"{summary.get('calls', 0)} calls ({summary.get('cached', 0)} cached), "
-        f"{tokens.get('total', 0)} tokens, ${summary.get('cost_usd', 0):.4f}"
+        + (f"{summary['attempts']} attempts, " if "attempts" in summary else "")
+        + f"{tokens.get('total', 0)} tokens, ${summary.get('cost_usd', 0):.4f}"
     )
+    retried = retries_text(summary)
+    if retried:
+        click.echo(f"  {retried}")
     unpriced = sorted({row["model"] for row in summary.get("by_step", []) if not row.get("priced", True)})
     if unpriced:
         click.echo(f"  note: no price known for {', '.join(unpriced)}, counted as $0 "
@@ -113,10 +119,12 @@ def register_commands(cli: click.Group) -> None:
     @click.option("--max-cost", type=float, callback=_budget, help="Stop starting records past this many USD")
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout")
     @click.option("-q", "--quiet", is_flag=True, help="No progress output")
+    @click.option("-v", "--verbose", is_flag=True,
+                  help="Log each retry and rate-limit change to stderr (logging, logger `oaipipe`; keys masked)")
     @_disable_option
     def run(pipeline: str, overrides: tuple[str, ...], resume: bool, limit: int | None, dry_run: bool,
             max_failures: int | None, retry_failed: bool, no_cache: bool, max_cost: float | None,
-            as_json: bool, quiet: bool, disabled: tuple[str, ...]) -> None:
+            as_json: bool, quiet: bool, verbose: bool, disabled: tuple[str, ...]) -> None:
         """Run a pipeline file (default: pipeline.yaml)."""
         from ..cli import set_exit_code
         from ..pipeline import load_pipeline
@@ -134,7 +142,13 @@ def register_commands(cli: click.Group) -> None:
         reporter = make_reporter(quiet=quiet or as_json)
         if configure_run is not None:
             reporter = configure_run(built, options, reporter, quiet=quiet or as_json)
-        summary = asyncio.run(run_pipeline(built, options, reporter))
+        if verbose:
+            from ..progress import verbose_logging
+
+            with verbose_logging(reporter):
+                summary = asyncio.run(run_pipeline(built, options, reporter))
+        else:
+            summary = asyncio.run(run_pipeline(built, options, reporter))
         if as_json:
             click.echo(json.dumps(summary, indent=2, default=str))
         else:

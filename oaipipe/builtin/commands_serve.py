@@ -105,6 +105,11 @@ def _error_rates(values: tuple[str, ...]) -> dict[int, float]:
               "for its body, and to take the reply.")
 @click.option("--max-connections", default=256, type=click.IntRange(min=1), show_default=True,
               help="Connections served at once (a thread each); one more is answered 503 and closed.")
+@click.option("--rpm", default=None, type=click.IntRange(min=1), help="Enforce this many requests per minute on "
+              "chat/responses: 429 with Retry-After beyond it, x-ratelimit-* headers on every answer.")
+@click.option("--tpm", default=None, type=click.IntRange(min=1), help="Enforce this many tokens per minute likewise.")
+@click.option("--rate-burst", default=60.0, type=_Finite(0.001, 86400), show_default=True,
+              help="Seconds of refill a --rpm/--tpm bucket holds (60: the whole minute; 1: enforced per second).")
 @click.option("--seed", default=None, type=int, help="Seed of the random fault/jitter choices (reproducible runs).")
 @click.option("--quiet", is_flag=True, help="Print only the base URL line.")
 @click.option("--log", "log_requests", is_flag=True, help="Log one line per request to stderr.")
@@ -112,7 +117,8 @@ def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitt
                   error_rate: tuple[str, ...], retry_after: float, drop_rate: float, timeout_rate: float,
                   timeout_seconds: float, api_key: str | None, data_dir: Path | None, ft_seconds: float,
                   ft_min_examples: int, batch_seconds: float, max_body_size: int, client_timeout: float,
-                  max_connections: int, seed: int | None, quiet: bool, log_requests: bool) -> None:
+                  max_connections: int, rpm: int | None, tpm: int | None, rate_burst: float, seed: int | None,
+                  quiet: bool, log_requests: bool) -> None:
     """Serve the embedded offline engine as an OpenAI-compatible API (models, chat, responses, files,
     fine-tuning jobs, batches), with switches to inject latency and errors."""
     from ..server.config import Faults, ServerConfig
@@ -132,7 +138,8 @@ def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitt
     config = ServerConfig(host=host, port=port, data_dir=data_dir, api_key=api_key or None, seed=seed,
                           ft_seconds=ft_seconds, ft_min_examples=ft_min_examples, batch_seconds=batch_seconds,
                           log_requests=log_requests, faults=faults, max_body_size=max_body_size,
-                          client_timeout=client_timeout, max_connections=max_connections)
+                          client_timeout=client_timeout, max_connections=max_connections, rpm=rpm, tpm=tpm,
+                          rate_burst=rate_burst)
 
     def ready(handle: ServerHandle) -> None:
         click.echo(f"oaipipe serve: listening on {handle.base_url}  (use --set backend.base_url={handle.base_url})")
@@ -143,6 +150,9 @@ def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitt
             if faults.error_rates or faults.drop_rate or faults.timeout_rate or faults.latency or faults.jitter:
                 notes.append("faults: " + ", ".join(f"{k}={v}" for k, v in faults.to_dict().items()
                                                     if v and k not in ("retry_after", "timeout_seconds")))
+            if rpm or tpm:
+                notes.append("rate limits: " + ", ".join(f"{v} {k.upper()}" for k, v in (("rpm", rpm), ("tpm", tpm))
+                                                         if v) + f" (bucket holds {rate_burst:g}s of refill)")
             notes.append(f"files in {handle.data_dir}")
             click.echo("  " + "; ".join(notes) + ". Ctrl-C stops.", err=True)
         import sys
