@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base import Context, Trainer
-from ..errors import BackendError, DatasetError, TrainingError
+from ..errors import BackendError, DatasetError, ExitCode, TrainingError
 from ..home import home_dir
 from ..jobs import Job, JobRegistry
 from ..pricing import PriceTable
@@ -41,7 +41,7 @@ MAX_POLL_ERRORS = 10
 class JobStillRunning(TrainingError):
     """``--timeout`` ran out while the job was still running: not a failure of the job (exit code 1)."""
 
-    exit_code = 1
+    exit_code = ExitCode.RECORDS_FAILED
 
 
 #: exchanges of these steps are left out unless ``step:`` names them
