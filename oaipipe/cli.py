@@ -26,6 +26,7 @@ A command returns an :class:`~oaipipe.errors.ExitCode`; an error raised on purpo
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -51,6 +52,7 @@ class OaipipeGroup(click.Group):
 
         host = PluginHost()
         host.hook.register_commands(cli=self)
+        logging.getLogger("oaipipe.cli").debug("commands: %s", ", ".join(sorted(self.commands)))
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load_plugin_commands()

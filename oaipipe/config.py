@@ -387,7 +387,8 @@ class Problems:
             self.items.extend(exc.problems)
             return
         line, column = self.where(key) if self.where is not None and key else (None, None)
-        self.items.append(Problem.of(exc, file=self.file, line=line, column=column, key=key))
+        exc.set_problems([Problem.of(exc, file=self.file, line=line, column=column, key=key)])
+        self.items.extend(exc.problems)
 
     @contextmanager
     def collect(self, key: str | None = None) -> Iterator[None]:

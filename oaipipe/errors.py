@@ -114,6 +114,7 @@ class OaipipeError(Exception):
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
         self.hint = hint
+        self._problems: list[Problem] = []
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
@@ -125,7 +126,11 @@ class OaipipeError(Exception):
     @property
     def problems(self) -> list[Problem]:
         """What is wrong, one by one, each with its place and fix (``oaipipe validate --json``)."""
-        return [Problem(self.message, hint=self.hint)]
+        return list(self._problems) or [Problem(self.message, hint=self.hint)]
+
+    def set_problems(self, problems: list[Problem]) -> None:
+        """Say what :attr:`problems` lists (an error placed by whoever found it, or several of a file)."""
+        self._problems = list(problems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,9 +199,9 @@ class ConfigError(OaipipeError):
         self.key = key
         #: the message without the place
         self.detail = message
-        self._problems = list(problems or [])
         where = Problem("", file=self.file, line=line, column=column, key=key).where()
         super().__init__(where + message, hint=hint)
+        self._problems = list(problems or [])
 
     @property
     def problems(self) -> list[Problem]:

@@ -15,6 +15,7 @@ same context), its other blocks are not built.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["OneOff", "call", "chat_request", "list_models_report", "load_backend", "preset_for", "where"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: backend keys kept when another backend type is asked for than the pipeline's
 _PORTABLE_KEYS = ("model", "base_url", "api_key", "timeout", "concurrency")
@@ -73,8 +75,12 @@ def load_backend(
         block["api_key"] = api_key
     if quick and block.get("type") != "local":
         block.setdefault("max_retries", 1)
+    log.debug("backend block: type %s, base_url %s, model %s; keys given: %s", block.get("type"),
+              block.get("base_url"), block.get("model"), ", ".join(sorted(block)))
     assert context.host is not None
     built, note = build_backend(block, host=context.host, context=context, offline_fallback=offline_fallback)
+    log.info("backend %s, model %s, calls go to %s%s", built.name, getattr(built.options, "model", None),
+             where(built), f" (backend block of {pipeline})" if pipeline else "")
     return OneOff(built, context, note, warnings)
 
 

@@ -170,10 +170,11 @@ def reset_logging() -> None:
     logger.setLevel(logging.NOTSET)
 
 
-def note(text: str | None) -> None:
-    """A note on stderr (what the user may like to know, not a warning); ``-q`` silences it."""
+def note(text: str | None, *, err: bool = True) -> None:
+    """A note (what the user may like to know, not a warning), on stderr unless ``err=False``; ``-q``
+    silences it."""
     if text and not verbosity().quiet:
-        click.echo(text, err=True)
+        click.echo(text, err=err)
 
 
 def progress_printer(as_json: bool) -> Callable[[str], None]:

@@ -42,5 +42,5 @@ def validate(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...
     for warning in built.warnings:
         click.echo(f"warning: {warning}")
     if built.backend_note:
-        note(f"note: {built.backend_note}")
+        note(f"note: {built.backend_note}", err=False)
     return ExitCode.OK
