@@ -131,15 +131,20 @@ def _main(argv: list[str] | None) -> ExitCode | int:
     except BrokenPipeError:
         return ExitCode.OK
     except Exception as exc:  # noqa: BLE001 - last resort: one readable line, never a key
-        click.echo(f"error: unexpected {type(exc).__name__}: {redact(str(exc))}", err=True)
-        click.echo("  hint: this is a bug in oaipipe or a plugin; rerun with OAIPIPE_DEBUG=1 for the traceback",
-                   err=True)
-        import os
-
-        if os.environ.get("OAIPIPE_DEBUG"):
-            raise
-        return ExitCode.RECORDS_FAILED  # exit 1, as documented for an unexpected error
+        return _unexpected(exc)
     return _exit_code(code)
+
+
+def _unexpected(exc: BaseException) -> ExitCode:
+    """The last resort: one readable line, never a key (OAIPIPE_DEBUG=1 re-raises for the traceback)."""
+    click.echo(f"error: unexpected {type(exc).__name__}: {redact(str(exc))}", err=True)
+    click.echo("  hint: this is a bug in oaipipe or a plugin; rerun with OAIPIPE_DEBUG=1 for the traceback",
+               err=True)
+    import os
+
+    if os.environ.get("OAIPIPE_DEBUG"):
+        raise exc
+    return ExitCode.RECORDS_FAILED  # exit 1, as documented for an unexpected error
 
 
 if __name__ == "__main__":  # pragma: no cover
