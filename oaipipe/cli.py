@@ -18,9 +18,12 @@ A command returns an :class:`~oaipipe.errors.ExitCode`; an error raised on purpo
 6     ``DATASET_ERROR``: a fine-tuning dataset is invalid (also the dataset of a run's ``train:`` step)
 7     ``TRAINING_ERROR``: a fine-tuning job failed or is unknown (also the job of a run's ``train:``)
 8     ``ABORTED``: the run was stopped on purpose (--max-failures, --max-cost reached, a changed pipeline)
-9     ``IO_ERROR``: an output or state file cannot be written or read (the message names the path)
-10    ``RUN_LOCKED``: another process holds the run's lock
-130   ``INTERRUPTED``: Ctrl-C, SIGTERM; rerun the same command to resume
+9     ``IO_ERROR``: an I/O problem, naming the path: no permission, a full disk, a read-only file system, a
+      run directory deleted while its run was going (``StorageError``); rerun after fixing it
+10    ``RUN_LOCKED``: another run of this pipeline holds the lock (or another run is writing the same output
+      file): the message names the holder (pid, host, since when) (``RunLockedError``)
+130   ``INTERRUPTED``: Ctrl-C, SIGTERM; rerun the same command to resume (a ``train:`` job keeps running:
+      the rerun or ``oaipipe jobs wait`` follows it)
 ====  =====================================================================================
 """
 
@@ -33,7 +36,7 @@ from typing import Any
 import click
 
 from .commands.common import add_verbosity_options, configure_logging, reset_logging
-from .errors import ExitCode, OaipipeError, RedactingStream, redact
+from .errors import ExitCode, OaipipeError, RedactingStream, StorageError, is_storage_error, redact
 
 __all__ = ["cli", "main"]
 
@@ -130,6 +133,12 @@ def _main(argv: list[str] | None) -> ExitCode | int:
         return _exit_code(exc.exit_code)
     except BrokenPipeError:
         return ExitCode.OK
+    except OSError as exc:
+        if not is_storage_error(exc):
+            return _unexpected(exc)
+        err = StorageError.from_os_error(exc)  # wherever it happened: name the path, exit 9
+        click.echo(f"error: {err}", err=True)
+        return err.exit_code
     except Exception as exc:  # noqa: BLE001 - last resort: one readable line, never a key
         return _unexpected(exc)
     return _exit_code(code)

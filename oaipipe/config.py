@@ -44,7 +44,8 @@ class RunSettings(BaseModel):
 
     dir: str = Field("runs", description="Folder for run directories (relative to the pipeline file)")
     max_failures: int | None = Field(None, ge=0, description="Abort after this many failed records")
-    max_cost: float | None = Field(None, ge=0, description="Stop scheduling records past this many USD")
+    max_cost: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                   description="Stop scheduling records past this many USD (finite, > 0)")
     cache: bool = Field(True, description="Reuse identical calls from the response cache")
     cache_dir: str | None = Field(None, description="Defaults to .oaipipe/cache next to the pipeline file")
     offline_fallback: bool = Field(
@@ -166,11 +167,72 @@ class LoadedConfig:
         return (None, None)
 
 
+#: values that aliases (``*name``) may add to a pipeline file beyond those written in it: a few anchors
+#: for shared settings add dozens; an alias bomb ("billion laughs") adds billions
+MAX_ALIAS_EXPANSION = 100_000
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Refuse an alias bomb or an alias loop before anything expands or walks the data (without recursion:
+    a node met again is an alias, counted by the memoized size of what it expands to)."""
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        return []
+
+    sizes: dict[int, int] = {}  # id(node) -> how many values it expands to, aliases expanded
+    open_nodes = {id(root)}
+    stack: list[list[Any]] = [[root, children(root), 0, 1]]  # node, its children, next child, size so far
+    while stack:
+        frame = stack[-1]
+        node, kids, index, size = frame
+        if index < len(kids):
+            frame[2] += 1
+            child = kids[index]
+            if id(child) in sizes:  # met before: an alias
+                frame[3] += sizes[id(child)]
+            elif id(child) in open_nodes:
+                raise ConfigError("an alias refers to the block that contains it (a loop)",
+                                  line=child.start_mark.line + 1, column=child.start_mark.column + 1,
+                                  hint="an anchored block cannot include itself; write the values out")
+            else:
+                open_nodes.add(id(child))
+                stack.append([child, children(child), 0, 1])
+            continue
+        stack.pop()
+        open_nodes.discard(id(node))
+        sizes[id(node)] = size
+        if size - len(sizes) > MAX_ALIAS_EXPANSION:  # what aliases added, at least
+            raise ConfigError(
+                f"aliases (*name) make this value expand to {size:,} values, more than the "
+                f"{MAX_ALIAS_EXPANSION:,} a pipeline file may add through aliases (an alias bomb?)",
+                line=node.start_mark.line + 1, column=node.start_mark.column + 1,
+                hint="write the values out, or nest fewer aliases inside anchored blocks")
+        if stack:
+            stack[-1][3] += size
+
+
 def parse_yaml(text: str, file: str) -> tuple[Any, dict[str, tuple[int, int]]]:
+    """Parse pipeline YAML, keeping the (line, column) of every key. Refused with a :class:`ConfigError`
+    naming ``file`` and the line: malformed YAML, duplicate keys, nesting deeper than Python can follow,
+    and aliases that expand past :data:`MAX_ALIAS_EXPANSION` values or into a loop (checked on the node
+    graph, before anything is expanded)."""
     loader = _LineLoader(text)
     loader._positions = {}  # type: ignore[attr-defined]
     try:
-        data = loader.get_single_data()
+        node = loader.get_single_node()
+        data = None
+        if node is not None:
+            _check_aliases(node)
+            data = loader.construct_document(node)
+    except RecursionError:
+        line = getattr(loader, "line", None)
+        raise ConfigError("the YAML is nested too deeply to read", file=file,
+                          line=line + 1 if isinstance(line, int) else None,
+                          hint="a pipeline file needs a few levels of nesting, not hundreds") from None
     except ConfigError as exc:
         exc.file = file
         raise ConfigError(exc.message.split(": ", 1)[-1] if exc.message else "", file=file,

@@ -23,7 +23,11 @@ hold one.
      │    └── BackendConnectionError timeouts, refused or dropped connections after all retries
      ├── DatasetError                a fine-tuning dataset cannot be built or fails validation
      ├── TrainingError               a fine-tuning job failed, or a job id is unknown
-     └── RunAborted                  --max-failures / --max-cost / a changed pipeline stopped the run
+     ├── RunAborted                  --max-failures / --max-cost / a changed pipeline stopped the run
+     ├── StorageError                a file or folder cannot be written (or read back): permissions, a full
+     │                               disk, a read-only file system, a run directory deleted mid-run
+     └── RunLockedError              another run of this pipeline (or another run writing the same output
+                                     file) holds the lock
 
 Each class carries the :class:`ExitCode` the command line exits with (``exit_code``).
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import functools
 import json
 import os
@@ -59,7 +64,9 @@ __all__ = [
     "RecordError",
     "RedactingStream",
     "RunAborted",
+    "RunLockedError",
     "ServerError",
+    "StorageError",
     "TemplateError",
     "TrainingError",
     "UnknownPluginError",
@@ -309,6 +316,98 @@ class RunAborted(OaipipeError):
     """The run was stopped on purpose: too many failures, the cost budget, a changed pipeline."""
 
     exit_code = ExitCode.ABORTED
+
+
+class StorageError(OaipipeError):
+    """A file or folder oaipipe must write (or read back) cannot be: no permission, a full disk or quota, a
+    read-only file system, a folder removed while a run was writing it. ``path`` is the file concerned.
+
+    :meth:`from_os_error` turns an ``OSError`` into one, naming the path and what to do about it.
+    """
+
+    exit_code = ExitCode.IO_ERROR
+    #: the ``errno`` of the ``OSError`` it came from, if any
+    errno: int | None = None
+
+    def __init__(self, message: str, *, path: str | Path | None = None, hint: str | None = None) -> None:
+        self.path = str(path) if path is not None else None
+        super().__init__(message, hint=hint)
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: str | Path | None = None, *, doing: str | None = None) -> StorageError:
+        """``cannot write out/records.jsonl: Permission denied`` with a hint for the errno.
+
+        ``path`` is used when the error does not name a file itself (a ``write()`` on an open file);
+        ``doing`` is the verb (default: ``write`` for a full or read-only disk, else ``access``)."""
+        if doing is None:
+            doing = "write" if exc.errno in _WRITE_ERRNOS else "access"
+        where = exc.filename if exc.filename is not None else path
+        shown = os.fsdecode(where) if where is not None else "its output"
+        reason = exc.strerror or type(exc).__name__
+        hint = _STORAGE_HINTS.get(exc.errno or 0, "fix the cause and rerun the same command: finished records "
+                                                  "are kept")
+        if exc.filename2 is not None:
+            shown += f" -> {os.fsdecode(exc.filename2)}"
+        err = cls(f"cannot {doing} {shown}: {reason}", path=where, hint=hint)
+        err.errno = exc.errno
+        return err
+
+
+#: errnos that are a problem of the storage (as opposed to a network error that happens to be an OSError)
+STORAGE_ERRNOS = frozenset(
+    getattr(errno, name) for name in (
+        "EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "EFBIG", "EIO", "ENOENT", "ENOTDIR", "EISDIR",
+        "EEXIST", "ENAMETOOLONG", "ELOOP", "EMLINK", "ESTALE", "ETXTBSY", "EBUSY", "EXDEV", "ENOTEMPTY",
+        "EMFILE", "ENFILE",
+    ) if hasattr(errno, name)
+)
+
+_WRITE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG") if hasattr(errno, n))
+_RERUN = "then rerun the same command: finished records are kept"
+_STORAGE_HINTS: dict[int, str] = {
+    code: hint for name, hint in (
+        ("EACCES", f"oaipipe may not write there: fix the permissions or point the path elsewhere, {_RERUN}"),
+        ("EPERM", f"oaipipe may not write there: fix the permissions or point the path elsewhere, {_RERUN}"),
+        ("EROFS", f"that file system is read-only: point the path (or run.dir) elsewhere, {_RERUN}"),
+        ("ENOSPC", f"the disk is full: free some space, {_RERUN}"),
+        ("EDQUOT", f"the disk quota is used up: free some space, {_RERUN}"),
+        ("EFBIG", f"the file is larger than the file system allows: point the path elsewhere, {_RERUN}"),
+        ("ENOTDIR", "a part of that path is a file, not a folder: point the path elsewhere"),
+        ("EISDIR", "that path is a folder: give a file name"),
+        ("EEXIST", "something is in the way (a file where a folder is needed?): move it away or point the path "
+                   "elsewhere"),
+        ("ENOENT", f"the folder does not exist (any more): create it or point the path elsewhere, {_RERUN}"),
+        ("EMFILE", "too many open files: raise the limit (ulimit -n) or lower backend.concurrency"),
+        ("ENFILE", "too many open files on the system: close other programs or lower backend.concurrency"),
+    ) if (code := getattr(errno, name, None)) is not None
+}
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a problem of the storage: an ``OSError`` with a storage errno or a file name,
+    and not a network error (``ConnectionError``, ``TimeoutError``, ``socket`` errors)."""
+    import socket
+
+    if not isinstance(exc, OSError) or isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return False
+    return exc.errno in STORAGE_ERRNOS or exc.filename is not None
+
+
+class RunLockedError(OaipipeError):
+    """Another run of this pipeline holds its lock (or another run is writing the same output file).
+
+    The lock is an OS lock (``flock``) held by the running process: it ends with that process, whatever
+    way it ends, so there is never a stale lock to delete. ``holder`` is what the holder wrote about
+    itself (``pid``, ``host``, ``since``, ``pipeline``, ``command``), as far as it could be read.
+    """
+
+    exit_code = ExitCode.RUN_LOCKED
+
+    def __init__(self, message: str, *, path: str | Path | None = None, holder: dict[str, Any] | None = None,
+                 hint: str | None = None) -> None:
+        self.path = str(path) if path is not None else None
+        self.holder = dict(holder or {})
+        super().__init__(message, hint=hint)
 
 
 # --- secrets ------------------------------------------------------------------------------------

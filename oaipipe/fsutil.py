@@ -2,6 +2,11 @@
 
 Readers never see a half-written file: they see the old content or the new. This module imports nothing
 from oaipipe, so any part of the package (the embedded engine included) may use it.
+
+Temp files are named ``.<name>.<8 random characters>.oaipipe.tmp`` (or ``<prefix><random>.oaipipe.tmp``).
+One left behind by a crash (SIGKILL between creating and renaming it) is removed by
+:func:`remove_stale_temps`, which the writer calls while it holds the lock that makes it the only
+writer of that file (the run lock for a run directory, a sink's output lock, the registry lock).
 """
 
 from __future__ import annotations
@@ -10,13 +15,18 @@ import contextlib
 import functools
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["AtomicFile", "atomic_file", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["AtomicFile", "atomic_file", "dumps_json", "remove_stale_temps", "remove_stale_temps_in",
+           "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+
+#: the end of every temp file name :func:`atomic_file` makes
+TEMP_SUFFIX = ".oaipipe.tmp"
 
 
 class AtomicFile:
@@ -41,18 +51,20 @@ def atomic_file(
     encoding: str | None = "utf-8",
     newline: str | None = None,
     prefix: str | None = None,
+    mkdir: bool = True,
 ) -> Iterator[AtomicFile]:
     """Write ``path`` through a temp file: ``with atomic_file(p) as out: out.fh.write(...)``.
 
-    The parent folder is created. On a normal exit the temp file is flushed (and fsync'd unless
+    The parent folder is created (unless ``mkdir=False``: then a missing folder is a ``FileNotFoundError``,
+    for files whose folder must not come back once removed, like a run directory's). On a normal exit the temp file is flushed (and fsync'd unless
     ``fsync=False``) and replaces ``path``, unless :meth:`AtomicFile.discard` was called; on an exception
     the temp file is removed and ``path`` is left as it was. ``prefix`` names the temp file
-    (default ``.<name>.``; it always ends in ``.tmp``).
+    (default ``.<name>.``; it always ends in ``.oaipipe.tmp``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}." if prefix is None else prefix, suffix=".tmp",
-                               dir=path.parent)
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path, prefix), suffix=TEMP_SUFFIX, dir=path.parent)
     binary = "b" in mode
     with contextlib.suppress(OSError):  # mkstemp makes 0600 files; give the usual permissions (umask)
         os.chmod(tmp, 0o666 & ~_umask())
@@ -73,6 +85,47 @@ def atomic_file(
         raise
 
 
+def _prefix(path: Path, prefix: str | None) -> str:
+    return f".{path.name}." if prefix is None else prefix
+
+
+def remove_stale_temps(path: Path, *, prefix: str | None = None) -> list[Path]:
+    """Remove the temp files that atomic writes of ``path`` left behind (a crash between creating the temp
+    file and moving it into place); return what was removed.
+
+    Call it only while holding the lock that makes this process the only writer of ``path``: a temp file
+    of a writer that is still running would be removed too. ``prefix`` as given to :func:`atomic_file`.
+    Files of earlier oaipipe versions (``<prefix><random>.tmp``) are recognised as well.
+    """
+    path = Path(path)
+    return _remove_matching(path.parent, re.compile(re.escape(_prefix(path, prefix)) + _TEMP_TAIL))
+
+
+def remove_stale_temps_in(folder: Path) -> list[Path]:
+    """Remove every temp file of an atomic write in ``folder`` (default prefixes). Only for a folder that
+    this process alone writes while it holds a lock (a run directory under its run lock)."""
+    return _remove_matching(Path(folder), re.compile(r"\..+\." + _TEMP_TAIL))
+
+
+_TEMP_TAIL = r"[A-Za-z0-9_]{8}(?:\.oaipipe)?\.tmp"
+
+
+def _remove_matching(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
+    removed: list[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if pattern.fullmatch(name):
+            temp = folder / name
+            with contextlib.suppress(OSError):
+                if temp.is_file() and not temp.is_symlink():
+                    temp.unlink()
+                    removed.append(temp)
+    return removed
+
+
 def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True, prefix: str | None = None) -> None:
     """Replace ``path`` with ``data`` atomically."""
     with atomic_file(path, "wb", fsync=fsync, prefix=prefix) as out:
@@ -86,11 +139,22 @@ def write_text_atomic(path: Path, text: str, *, fsync: bool = True, encoding: st
         out.fh.write(text)
 
 
+def dumps_json(data: Any, *, indent: int | None = None) -> str:
+    """``data`` as strict JSON (``ensure_ascii=False``, ``default=str``): NaN and ±Infinity are not JSON
+    (other parsers refuse them), so they raise ``ValueError`` instead of being written."""
+    try:
+        return json.dumps(data, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc} (NaN and Infinity have no JSON form)") from None
+
+
 def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2, fsync: bool = True,
-                      prefix: str | None = None, trailing_newline: bool = True) -> None:
-    """Replace ``path`` with ``data`` as JSON (UTF-8, ``ensure_ascii=False``, ``default=str``) atomically."""
-    text = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
-    write_text_atomic(path, text + "\n" if trailing_newline else text, fsync=fsync, prefix=prefix)
+                      prefix: str | None = None, trailing_newline: bool = True, mkdir: bool = True) -> None:
+    """Replace ``path`` with ``data`` as strict JSON (:func:`dumps_json`) atomically; a NaN or Infinity
+    raises ``ValueError`` and leaves ``path`` as it was."""
+    text = dumps_json(data, indent=indent)
+    with atomic_file(path, "w", fsync=fsync, newline="", prefix=prefix, mkdir=mkdir) as out:
+        out.fh.write(text + "\n" if trailing_newline else text)
 
 
 @functools.cache

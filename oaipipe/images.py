@@ -11,6 +11,11 @@ see them anyway, so no bandwidth or tokens are spent on pixels the model throws 
    2048×2048 and then bring the shortest side down to 768 px (OpenAI's own resizing rule);
 4. base64-encoded as a data URL.
 
+Decoding goes through :func:`oaipipe.pixels.decode`: the pixel count is checked on the header before
+anything is decoded (``max_pixels``, default 50 Mpx), a JPEG is decoded at 1/2, 1/4 or 1/8 scale when the
+target size allows it and any other image is box-reduced right after decoding (no full-size copies), and
+a process-wide budget bounds the pixels being decoded at once, whatever the concurrency.
+
 HTTP(S) URLs are passed through untouched (the remote API fetches them; the local engine says it cannot).
 A missing, unreadable, corrupt or oversized image raises :class:`~oaipipe.errors.ImageError` naming the
 file and the fix: that record fails, the run goes on.
@@ -20,16 +25,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import io
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
+from .pixels import TooManyPixels, decode
 from .tokens import image_rule, image_tokens
 
 __all__ = [
@@ -60,6 +64,8 @@ class PreparedImage:
     source_label: str
     detail: str = "auto"
     remote: bool = False
+    #: the size Pillow decoded (a JPEG is decoded at 1/2, 1/4 or 1/8 when the target size allows it)
+    decoded_size: tuple[int, int] | None = None
 
     @property
     def tokens(self) -> int | None:
@@ -157,34 +163,22 @@ def load_image(
         (base_dir / source) if base_dir is not None and not Path(source).expanduser().is_absolute() else source
     )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.width * img.height > max_pixels:
-                raise ImageError(
-                    f"image {where} has {img.width}x{img.height} = {img.width * img.height:,} pixels, over the "
-                    f"cap of {max_pixels:,}",
-                    hint="downscale it first, or raise the step's max_pixels",
-                )
-            img.load()
-    except ImageError:
-        raise
+        decoded = decode(data, max_pixels=max_pixels, convert=_rgb_or_rgba,
+                         fit=lambda w, h: target_size(w, h, detail))
+    except TooManyPixels as exc:
+        raise ImageError(f"image {where} has {exc}",
+                         hint=f"downscale it first, or raise the step's max_pixels (default {DEFAULT_MAX_PIXELS:,})"
+                         if exc.width is not None else "downscale it first") from None
     except UnidentifiedImageError:
         raise ImageError(f"not an image (Pillow cannot identify it): {where}",
                          hint="use a PNG, JPEG, GIF or WebP file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"image {where} is corrupt or truncated: {exc}",
                          hint="re-export or re-download the file") from None
-    with contextlib.suppress(Exception):  # a broken EXIF block must not fail the image
-        img = ImageOps.exif_transpose(img) or img
-    original = img.size
-    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        img = img.point(lambda v: v / 256).convert("L")
-    elif img.mode == "F":
-        img = img.convert("L")
-    img = img.convert("RGBA" if has_alpha else "RGB")
-    size = target_size(img.width, img.height, detail)
+    img = decoded.image
+    original = decoded.size
+    has_alpha = img.mode == "RGBA"
+    size = target_size(*original, detail)
     if size != img.size:
         img = img.resize(size, Image.Resampling.LANCZOS)
     buf = io.BytesIO()
@@ -196,4 +190,14 @@ def load_image(
         mime = "image/jpeg"
     url = f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
     return PreparedImage(data_url=url, width=img.width, height=img.height, original_size=original,
-                         source_label=label, detail=detail)
+                         source_label=label, detail=detail, decoded_size=decoded.decoded_size)
+
+
+def _rgb_or_rgba(img: Image.Image) -> Image.Image:
+    """RGBA when the image has transparency, else RGB (16-bit and float grayscale scaled to 8 bits)."""
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v / 256).convert("L")
+    elif img.mode == "F":
+        img = img.convert("L")
+    return img.convert("RGBA" if has_alpha else "RGB")

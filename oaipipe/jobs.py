@@ -1,39 +1,41 @@
 """The job registry: every fine-tuning job any trainer launched, in ``$OAIPIPE_HOME/jobs.json``.
 
 One JSON document ``{"version": 1, "jobs": [...]}``, rewritten atomically (temp file + ``os.replace``)
-under a lock file, so concurrent writers never lose each other's jobs and a crash never leaves half a
-file. Each job records its id, a description, creation time, trainer, base model, method, the dataset
+under an OS lock (``flock`` on ``jobs.json.lock``, see :mod:`oaipipe.runlock`), so concurrent writers never
+lose each other's jobs and a crash never leaves half a file. The lock ends with its holder: a writer
+killed while holding it (SIGKILL) delays nobody. Each job records its id, a description, creation time, trainer, base model, method, the dataset
 file and its sha256, status, the fine-tuned model, the error, the server's base URL (never a key) and
 the last events.
 
 A rerun with the same dataset hash, trainer, base model, method and base URL finds the newest such job
 (:meth:`JobRegistry.find_same`) instead of launching another; failed and cancelled jobs do not count.
+While a job is being launched its entry has the status ``launching`` (see
+:func:`oaipipe.training.launch_job`): a launch cut short by a crash is found again, never repeated blindly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import TrainingError, redact
-from .fsutil import write_text_atomic
+from .errors import StorageError, TrainingError, redact
+from .fsutil import remove_stale_temps, write_text_atomic
 from .home import home_dir
+from .runlock import LockBusy, acquire, describe_holder
 
-__all__ = ["ACTIVE_STATUSES", "FINAL_STATUSES", "Job", "JobRegistry", "default_registry_path"]
+__all__ = ["ACTIVE_STATUSES", "FINAL_STATUSES", "LAUNCHING", "Job", "JobRegistry", "default_registry_path"]
 
 #: statuses after which a job never changes (OpenAI's names)
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE_STATUSES = frozenset({"validating_files", "queued", "running", "pending"})
+#: the status of a registry entry whose job is being launched (the provider may not have it yet)
+LAUNCHING = "launching"
 EVENTS_TAIL = 20
-#: a lock file older than this is left over from a crashed writer and is removed
-STALE_LOCK_SECONDS = 120.0
 
 
 def default_registry_path() -> Path:
@@ -107,32 +109,26 @@ class JobRegistry:
 
     # --- file plumbing --------------------------------------------------------------------------
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
     @contextlib.contextmanager
     def _locked(self, timeout: float = 30.0) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = self.path.with_name(self.path.name + ".lock")
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, str(os.getpid()).encode())
-                os.close(fd)
-                break
-            except FileExistsError:
-                try:  # a lock left by a crashed writer
-                    if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
-                        lock.unlink(missing_ok=True)
-                        continue
-                except FileNotFoundError:
-                    continue
-                if time.monotonic() > deadline:
-                    raise TrainingError(f"the job registry {self.path} is locked by another process",
-                                        hint=f"if no other oaipipe is running, delete {lock}") from None
-                time.sleep(0.02)
+        """Hold the registry's OS lock (``flock``): it ends with its holder, so a writer killed while
+        holding it delays nobody; a live holder is waited for up to ``timeout`` seconds."""
         try:
+            lock = acquire(self.lock_path, wait=timeout, registry=str(self.path))
+        except LockBusy as busy:
+            raise TrainingError(f"the job registry {self.path} is locked by {describe_holder(busy.holder)}, "
+                                f"still after {timeout:.0f} s",
+                                hint="that process is writing the registry; try again when it is done (the lock "
+                                     "ends with the process: there is nothing to delete)") from None
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.lock_path) from None
+        with lock:
+            remove_stale_temps(self.path)  # left by a writer killed mid-write; we are the only writer now
             yield
-        finally:
-            lock.unlink(missing_ok=True)
 
     def _read(self) -> list[Job]:
         if not self.path.exists():
@@ -147,7 +143,10 @@ class JobRegistry:
 
     def _write(self, jobs: list[Job]) -> None:
         payload = json.dumps({"version": 1, "jobs": [j.to_dict() for j in jobs]}, indent=2, ensure_ascii=False)
-        write_text_atomic(self.path, redact(payload) + "\n", fsync=False, newline=None, prefix=".jobs.")
+        try:
+            write_text_atomic(self.path, redact(payload) + "\n", fsync=False, newline=None)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.path, doing="write") from None
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -190,6 +189,37 @@ class JobRegistry:
             jobs.append(job)
             self._write(jobs)
         return job
+
+    def replace(self, old_id: str, job: Job) -> Job:
+        """Put ``job`` where the entry ``old_id`` was (a ``launching`` entry becoming the launched job)."""
+        job.updated_at = _now()
+        with self._locked():
+            jobs = [j for j in self._read() if j.id != job.id]
+            for i, existing in enumerate(jobs):
+                if existing.id == old_id:
+                    jobs[i] = job
+                    break
+            else:
+                jobs.append(job)
+            self._write(jobs)
+        return job
+
+    def remove(self, job_id: str) -> None:
+        """Drop the entry ``job_id`` (a ``launching`` entry whose launch never reached the provider)."""
+        with self._locked():
+            jobs = self._read()
+            kept = [j for j in jobs if j.id != job_id]
+            if len(kept) != len(jobs):
+                self._write(kept)
+
+    def pending(self, *, dataset_sha256: str, trainer: str, base_model: str, method: str,
+                base_url: str | None) -> list[Job]:
+        """Entries still ``launching`` on this dataset/trainer/base model/method/server (a launch in progress,
+        or one cut short by a crash)."""
+        return [job for job in self._read()
+                if job.status == LAUNCHING and job.dataset_sha256 == dataset_sha256 and job.trainer == trainer
+                and job.base_model == base_model and job.method == method
+                and (job.base_url or None) == (base_url or None)]
 
     def update(self, job: Job) -> Job:
         job.updated_at = _now()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from .base import Backend, BackendOptions, Context, Sink, Source, Step
 from .config import LoadedConfig, Problems, load_config
 from .errors import ConfigError, OaipipeError, redact
 from .plugins import PluginHost
+from .pricing import PriceTable
 
 __all__ = [
     "CHECKS",
@@ -183,6 +185,9 @@ def load_pipeline(
     problems = Problems(file)
     loaded = load_config(path, overrides, environ=environ, problems=problems)
     problems.where = loaded.where
+    if "prices" not in loaded.invalid:
+        with problems.collect(key="prices"):
+            PriceTable(loaded.config.prices, file=file, lines=loaded.where)  # every price finite and >= 0
     host = plugin_host(loaded, file=file, disabled=disabled, entry_points=entry_points, problems=problems)
     context = pipeline_context(loaded, host)
     parts = _build_parts(loaded, host, context, file, problems)
@@ -230,17 +235,56 @@ def _build_parts(loaded: LoadedConfig, host: PluginHost, context: Context, file:
     return parts
 
 
+def check_name(pipeline: Pipeline) -> None:
+    """``name`` names the run's folder under ``run.dir``: it must stay inside it (no ``..``, ``.``, path
+    separators or absolute paths)."""
+    name = pipeline.name
+    if name.strip() not in ("", ".", "..") and not any(c in name for c in "/\\\0"):
+        return
+    line, col = pipeline.loaded.where("name")
+    raise ConfigError(
+        f"{name!r} cannot name a folder inside run.dir ({pipeline.loaded.config.run.dir}): it would put "
+        f"the run directory elsewhere", file=pipeline.file, line=line, column=col, key="name",
+        hint="use a plain name such as reviews-demo (letters, digits, '-', '_', '.'; no '/', '\\' or '..')",
+    )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: equal after resolving symlinks, or (when both exist) the same
+    inode (a hard link, a bind mount)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def check_sink_paths(pipeline: Pipeline) -> None:
-    """Two sinks writing one file would interleave their lines: refuse it (every such pair is reported)."""
+    """Two sinks writing one file would interleave their lines, and a sink writing the source (or the
+    pipeline file) would destroy the input while it is read: refuse both (every such sink is reported)."""
     problems = Problems(pipeline.file)
     seen: dict[Path, int] = {}
+    inputs: list[tuple[str, Path]] = [("the pipeline file", Path(pipeline.loaded.path))]
+    source_path = getattr(pipeline.source.options, "path", None)
+    if isinstance(source_path, str) and source_path:
+        inputs.insert(0, (f"the source's file ({source_path})", pipeline.context.path(source_path)))
     for i, sink in enumerate(pipeline.sinks):
         path = getattr(sink.options, "path", None)
         if not path:
             continue
-        resolved = pipeline.context.path(path).resolve()
+        full = pipeline.context.path(path)
+        resolved = full.resolve()
+        line, col = pipeline.loaded.where(f"sinks.{i}.path")
+        clash = next((what for what, input_path in inputs if _same_file(full, input_path)), None)
+        if clash is not None:
+            problems.add(ConfigError(
+                f"sink {i} would write {path}, which is {clash}: the input would be overwritten while it is "
+                f"read", file=pipeline.file, line=line, column=col, key=f"sinks.{i}.path",
+                hint="give the sink its own path, e.g. out/records.jsonl",
+            ))
+            continue
         if resolved in seen:
-            line, col = pipeline.loaded.where(f"sinks.{i}.path")
             problems.add(ConfigError(f"sinks {seen[resolved]} and {i} both write {path}", file=pipeline.file,
                                      line=line, column=col, key=f"sinks.{i}.path",
                                      hint="give each sink its own path"))
@@ -342,7 +386,8 @@ def _missing_field(pipeline: Pipeline, key: str, name: str, have: set[str]) -> C
 
 #: the checks across blocks :func:`load_pipeline` runs once every block is valid; each raises a
 #: :class:`ConfigError` (with every problem it found in ``problems``)
-CHECKS: tuple[Callable[[Pipeline], None], ...] = (check_templates, check_sink_paths, check_train_select)
+CHECKS: tuple[Callable[[Pipeline], None], ...] = (check_name, check_templates, check_sink_paths,
+                                                  check_train_select)
 
 
 def _public(data: Any) -> Any:

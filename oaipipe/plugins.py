@@ -85,6 +85,26 @@ def get_plugin_manager(extra: Iterable[str | ModuleType] = (), *, base_dir: Path
     return PluginHost(extra, base_dir=base_dir, disabled=disabled, entry_points=entry_points).pm
 
 
+def _missing_library(module: str, exc: ImportError) -> str:
+    """``needs <module> (<error>): pip install '<requirement>'`` with oaipipe's own requirement for it."""
+    import re
+
+    want = re.sub(r"[-_.]+", "-", module).lower()
+    requirement = module
+    with _suppress_metadata_errors():
+        for req in metadata.requires("oaipipe") or []:
+            name = re.split(r"[\s\[;<>=!~]", req, maxsplit=1)[0]
+            if re.sub(r"[-_.]+", "-", name).lower() == want and "extra ==" not in req:
+                requirement = req.split(";")[0].strip()
+    return f"needs {module}, which cannot be imported ({exc}): pip install '{requirement}'"
+
+
+def _suppress_metadata_errors() -> Any:
+    import contextlib
+
+    return contextlib.suppress(metadata.PackageNotFoundError)
+
+
 class PluginHost:
     """Loads plugins, collects what they register, and builds components from option blocks."""
 
@@ -103,8 +123,20 @@ class PluginHost:
         self.disabled = set(disabled)
         self.info: dict[str, PluginInfo] = {}
         self._pipeline_file = pipeline_file
+        #: built-in plugins left out because a library they import is missing: short name -> reason and fix
+        self.unavailable: dict[str, str] = {}
         for name in DEFAULT_PLUGINS:
-            self._register_module(importlib.import_module(name), name.rsplit(".", 1)[-1], "builtin")
+            short = name.rsplit(".", 1)[-1]
+            try:
+                module = importlib.import_module(name)
+            except ImportError as exc:  # a missing or too old third-party library: the others still work
+                missing = (exc.name or "").split(".")[0]
+                if not missing or missing == "oaipipe":
+                    raise
+                self.unavailable[short] = _missing_library(missing, exc)
+                self.info[short] = PluginInfo(short, f"builtin (not loaded: {self.unavailable[short]})")
+                continue
+            self._register_module(module, short, "builtin")
         if entry_points:
             self._load_entry_points()
         for item in extra:
@@ -270,6 +302,11 @@ class PluginHost:
             line: int | None = None) -> Registration:
         """The registration of ``name``, or an :class:`UnknownPluginError` listing the known names."""
         found = self.registry[kind].get(name)
+        if found is None and f"{kind}_{name.replace('-', '_')}" in self.unavailable:
+            plugin = f"{kind}_{name.replace('-', '_')}"
+            raise ConfigError(f"{kind} '{name}' is not available: built-in plugin {plugin} "
+                              f"{self.unavailable[plugin]}", key=key, file=file, line=line,
+                              hint="install the missing library (the command above), or use another " + kind)
         if found is None:
             known = self.names(kind)
             close = difflib.get_close_matches(name, known, n=1)

@@ -11,13 +11,16 @@ an explicit override for an exact id always wins, which lets ``--max-cost`` be t
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_PRICES", "Price", "PriceTable", "price_table"]
+__all__ = ["DEFAULT_PRICES", "PRICE_FIELDS", "Price", "PriceTable", "check_budget", "check_prices", "price_table"]
 
 #: model -> {"input", "cached_input", "output", "training", "ft_input", "ft_output"} in USD per 1M tokens
 DEFAULT_PRICES: dict[str, dict[str, float]] = {
@@ -38,8 +41,93 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "gpt-5-nano": {"input": 0.05, "cached_input": 0.005, "output": 0.40},
 }
 
+#: the fields a price entry may have (USD per 1M tokens); a model must end up with the required ones
+PRICE_FIELDS: dict[str, bool] = {"input": True, "output": True, "cached_input": False, "training": False,
+                                 "ft_input": False, "ft_output": False}
+BUILTIN_ORIGIN = "the built-in price table (oaipipe/pricing.py)"
+_FORMAT = "{MODEL: {input: USD_PER_1M, output: USD_PER_1M}}"
+
 #: the Batch API bills half of the standard price
 BATCH_DISCOUNT = 0.5
+
+
+def check_prices(table: Any, *, base: dict[str, dict[str, float]] | None = None, origin: str = "prices",
+                 file: str | None = None, lines: Callable[[str], tuple[int | None, int | None]] | None = None,
+                 prefix: str = "", hint_suffix: str = "") -> dict[str, dict[str, float]]:
+    """``table`` checked and converted to floats, or a :class:`~oaipipe.errors.ConfigError` saying what to fix.
+
+    Each price must be a finite number >= 0 (``.nan``, ``.inf`` and negative prices would switch
+    ``--max-cost`` off or make ``summary.json`` invalid JSON); each field must be one of
+    :data:`PRICE_FIELDS`; and each model, merged over ``base`` (the entries already in the table), must have
+    both an ``input`` and an ``output`` price (a missing one would be billed as free). ``origin`` says where
+    the table came from in the message when ``file`` (the pipeline file) is not given; ``lines``/``prefix``
+    locate a key in it; ``hint_suffix`` is added to every hint.
+    """
+    from .errors import ConfigError
+
+    def fail(key: str, message: str, hint: str) -> ConfigError:
+        if file is None:
+            return ConfigError(f"{origin}: {key}: {message}", hint=hint + hint_suffix)
+        line, column = lines(key) if lines else (None, None)
+        return ConfigError(message, file=file, line=line, column=column, key=key, hint=hint + hint_suffix)
+
+    if not isinstance(table, dict):
+        raise fail(prefix.rstrip(".") or "prices", f"expected a mapping of model id to prices, got {_kind(table)}",
+                   f"write it as {_FORMAT} (USD per 1M tokens)")
+    out: dict[str, dict[str, float]] = {}
+    for model, entry in table.items():
+        key = f"{prefix}{model}"
+        if not isinstance(model, str) or not model.strip():
+            raise fail(key, f"a model id must be a non-empty string, not {model!r}", f"write it as {_FORMAT}")
+        if not isinstance(entry, dict):
+            raise fail(key, f"expected {{input: USD_PER_1M, output: USD_PER_1M}}, got {_kind(entry)}",
+                       f"write it as {_FORMAT} (USD per 1M tokens)")
+        checked: dict[str, float] = {}
+        for name, value in entry.items():
+            field_key = f"{key}.{name}"
+            if name not in PRICE_FIELDS:
+                close = difflib.get_close_matches(str(name), list(PRICE_FIELDS), n=1)
+                text = f"unknown price field '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                raise fail(field_key, text, f"the fields are {', '.join(PRICE_FIELDS)} (USD per 1M tokens)")
+            number = _number(value)
+            if number is None or not math.isfinite(number) or number < 0:
+                raise fail(field_key, f"a price must be a finite number >= 0 (USD per 1M tokens), not {value!r}",
+                           f"write the list price, e.g. `{name}: 0.15` (0 for free)")
+            checked[str(name)] = number
+        merged = {**(base or {}).get(model, {}), **checked}
+        missing = [name for name, required in PRICE_FIELDS.items() if required and name not in merged]
+        if missing:
+            have = ", ".join(f"{k}: {v:g}" for k, v in merged.items()) or "nothing"
+            raise fail(key, f"'{model}' has no {' and no '.join(repr(m) for m in missing)} price (it has {have})",
+                       "give every price a model is billed at: "
+                       + ", ".join(f"`{m}: USD_PER_1M`" for m in missing) + " next to the others")
+        out[model] = checked
+    return out
+
+
+def check_budget(value: Any, *, name: str = "--max-cost") -> float:
+    """A cost budget in USD: a finite number > 0, or a ``ValueError`` naming ``name`` and the fix."""
+    number = _number(value)
+    if number is None or not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a finite number of USD > 0 (e.g. {name} 5), not {value!r}")
+    return number
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
 
 
 @dataclass(frozen=True)
@@ -62,22 +150,42 @@ class Price:
 
 
 class PriceTable:
-    """Looks up a :class:`Price` for a model id, with overrides on top of the defaults."""
+    """Looks up a :class:`Price` for a model id, with overrides on top of the defaults.
 
-    def __init__(self, overrides: dict[str, dict[str, float]] | None = None) -> None:
-        self.prices: dict[str, dict[str, float]] = {k: dict(v) for k, v in DEFAULT_PRICES.items()}
+    Every entry is checked as it is merged, wherever it comes from (the built-in table, the
+    ``OAIPIPE_PRICES`` file, the pipeline's ``prices:``): each price must be a finite number >= 0 and a
+    known field, and every model must end up with both an ``input`` and an ``output`` price. A bad entry
+    raises :class:`~oaipipe.errors.ConfigError` naming where it came from, the model, the field and the fix.
+    ``file``/``lines`` locate the pipeline's ``prices:`` block (``lines`` maps a dotted key to (line, column)).
+    """
+
+    def __init__(self, overrides: dict[str, dict[str, float]] | None = None, *, file: str | None = None,
+                 lines: Callable[[str], tuple[int | None, int | None]] | None = None) -> None:
+        self.prices: dict[str, dict[str, float]] = {}
         #: model ids given explicitly by the user (pipeline ``prices:`` or ``OAIPIPE_PRICES``)
         self.overridden: set[str] = set()
+        self._merge(DEFAULT_PRICES, origin=BUILTIN_ORIGIN, explicit=False,
+                    hint_suffix=" (this is a bug in oaipipe's table: please report it)")
         env_file = os.environ.get("OAIPIPE_PRICES")
         if env_file:
-            self.update(_env_table(Path(env_file)))
+            self._merge(_env_table(Path(env_file)), origin=f"OAIPIPE_PRICES file {env_file}",
+                        hint_suffix=", or unset OAIPIPE_PRICES")
         if overrides:
-            self.update(overrides)
+            self._merge(overrides, origin="the pipeline's prices", file=file, lines=lines, prefix="prices.")
 
     def update(self, table: dict[str, dict[str, float]]) -> None:
-        for model, entry in table.items():
-            self.prices.setdefault(model, {}).update({k: float(v) for k, v in entry.items()})
-            self.overridden.add(model)
+        """Merge explicit prices (checked like every other source)."""
+        self._merge(table, origin="prices", prefix="prices.")
+
+    def _merge(self, table: Any, *, origin: str, file: str | None = None,
+               lines: Callable[[str], tuple[int | None, int | None]] | None = None, prefix: str = "",
+               explicit: bool = True, hint_suffix: str = "") -> None:
+        checked = check_prices(table, base=self.prices, origin=origin, file=file, lines=lines, prefix=prefix,
+                               hint_suffix=hint_suffix)
+        for model, entry in checked.items():
+            self.prices.setdefault(model, {}).update(entry)
+            if explicit:
+                self.overridden.add(model)
 
     def lookup(self, model: str) -> Price:
         if model and model in self.overridden:
@@ -115,7 +223,7 @@ def _env_table(path: Path) -> dict[str, Any]:
         table = _read_table(path)
         if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
             raise ValueError("expected a mapping of model id to {input: USD_PER_1M, output: USD_PER_1M}")
-        return {model: {k: float(v) for k, v in entry.items()} for model, entry in table.items()}
+        return table  # each price is checked by check_prices as it is merged
     except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
         raise ConfigError(f"OAIPIPE_PRICES points at {path}, which cannot be used: {exc}",
                           hint="fix the file (JSON or YAML: {MODEL: {input: USD_PER_1M, output: USD_PER_1M}}) "

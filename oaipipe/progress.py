@@ -6,13 +6,18 @@ on its own: library callers pass :class:`SilentReporter` (the default) and get a
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
+from .errors import redact
 from .stats import RunStats
 
-__all__ = ["PlainReporter", "Reporter", "RichReporter", "SilentReporter", "make_reporter", "status_line"]
+__all__ = ["PlainReporter", "Reporter", "RichReporter", "SilentReporter", "make_reporter", "retries_text",
+           "status_line", "verbose_logging"]
 
 
 class Reporter:
@@ -48,7 +53,28 @@ def status_line(stats: RunStats) -> str:
         f"{stats.prompt_tokens + stats.completion_tokens} tokens",
         f"${stats.cost_usd:.4f}",
     ]
+    retries = stats.retries.retries if stats.retries is not None else 0
+    if retries:
+        parts.insert(4, f"{retries} retries")
     return " | ".join(parts)
+
+
+def retries_text(summary: dict[str, Any]) -> str:
+    """The retries of a run in words, e.g. ``19 retries (429 ×13, 503 ×6), waited 9.2s; rate limits: waited
+    3.1s, 2 cool-downs``; empty when there were none."""
+    retries = summary.get("retries") or {}
+    rate = summary.get("rate_limit") or {}
+    parts = []
+    if retries.get("total"):
+        causes = ", ".join(f"{cause} ×{n}" for cause, n in (retries.get("by_status") or {}).items())
+        parts.append(f"{retries['total']} retries ({causes}), waited {retries.get('waited_s', 0):.1f}s"
+                     + (f", {retries['gave_up']} calls given up" if retries.get("gave_up") else ""))
+    if rate.get("waited_s") or rate.get("cooldowns"):
+        learned = rate.get("learned") or {}
+        limits = ", ".join(f"{v} {k.split('_')[0]}/min" for k, v in learned.items())
+        parts.append(f"rate limits{f' (learnt: {limits})' if limits else ''}: waited {rate.get('waited_s', 0):.1f}s"
+                     + (f", {rate['cooldowns']} cool-downs" if rate.get("cooldowns") else ""))
+    return "; ".join(parts)
 
 
 class PlainReporter(Reporter):
@@ -96,8 +122,10 @@ class PlainReporter(Reporter):
 
 
 def _info(stats: RunStats) -> str:
+    retries = stats.retries.retries if stats.retries is not None else 0
     return (f"{stats.done} done · {stats.failed} failed · {stats.cached} cached · {stats.rate():.1f}/s · "
-            f"{stats.prompt_tokens + stats.completion_tokens} tokens · ${stats.cost_usd:.4f}")
+            + (f"{retries} retries · " if retries else "")
+            + f"{stats.prompt_tokens + stats.completion_tokens} tokens · ${stats.cost_usd:.4f}")
 
 
 class RichReporter(Reporter):
@@ -193,3 +221,42 @@ def make_reporter(*, quiet: bool = False, stream: TextIO | None = None) -> Repor
     if _is_tty(stream):
         return RichReporter(stream)
     return PlainReporter(stream)
+
+
+class ReporterLogHandler(logging.Handler):
+    """Log records as notes of a reporter (above a live bar), or lines on ``stream`` when the reporter
+    shows nothing (``--json``, ``-q``). Every line goes through :func:`oaipipe.errors.redact`."""
+
+    def __init__(self, reporter: Reporter, stream: TextIO | None = None) -> None:
+        super().__init__()
+        self.reporter = reporter
+        self.stream = stream or sys.stderr
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = redact(self.format(record))
+            if isinstance(self.reporter, PlainReporter | RichReporter):
+                self.reporter.note(text)
+            else:
+                self.stream.write(text + "\n")
+                self.stream.flush()
+        except Exception:  # noqa: BLE001 - logging must never break a run
+            self.handleError(record)
+
+
+@contextmanager
+def verbose_logging(reporter: Reporter, *, stream: TextIO | None = None,
+                    level: int = logging.INFO) -> Iterator[logging.Handler]:
+    """While inside: the ``oaipipe`` loggers (``oaipipe.retry``, ``oaipipe.ratelimit``, ...) print at
+    ``level`` through ``reporter`` (``oaipipe run -v``)."""
+    logger = logging.getLogger("oaipipe")
+    handler = ReporterLogHandler(reporter, stream)
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)

@@ -2,20 +2,27 @@
 
 * Retried: HTTP 408, 409, 429 and every 5xx; timeouts; refused or dropped connections.
 * Never retried: 400, 401, 403, 404, 422 (and any other 4xx): the request itself is wrong.
-* Waiting: the server's ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date) when given,
-  capped at ``max_retry_after``; otherwise exponential backoff with full jitter:
-  ``uniform(0, min(max_delay, base * 2**attempt))``.
+* Waiting: exponential backoff with full jitter, ``uniform(0, min(max_delay, base * 2**attempt))``, on
+  top of the server's ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date; capped at
+  ``max_retry_after``) when it sent one: at least what the server asked, never the same instant for
+  every caller, longer with each attempt.
+* A 429 that is a rate limit (not ``insufficient_quota``) is retried past ``max_retries``, for up to
+  ``rate_limit_patience`` seconds: a record is not given up while the server is merely pacing us.
 * After the last attempt the error is raised as the fitting :mod:`oaipipe.errors` class
   (:class:`RateLimitError`, :class:`ServerError`, :class:`BackendConnectionError`, ...), its message saying
   how many attempts were made and what to do.
+* Listeners (:class:`RetryListener`) hear every attempt, retry and HTTP answer; this is how the shared
+  rate limiter (:mod:`oaipipe.ratelimit`) learns limits and paces retries. Retries are counted in
+  :attr:`RetryPolicy.stats` and logged on the ``oaipipe.retry`` logger.
 
-``RetryPolicy.sleep`` / ``asleep`` are attributes so tests can inject a recorder instead of waiting.
+``RetryPolicy.sleep`` / ``asleep`` / ``clock`` are attributes so tests can inject a recorder instead of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,19 +36,27 @@ from .errors import (
     BadRequestError,
     RateLimitError,
     ServerError,
+    redact,
 )
+from .stats import RetryStats
 
 __all__ = [
+    "RetryEvent",
+    "RetryListener",
     "RetryPolicy",
     "connection_error",
     "error_for_status",
+    "is_rate_limited",
     "is_retryable_status",
     "parse_retry_after",
+    "retry_cause",
 ]
 
 T = TypeVar("T")
 
 NEVER_RETRY = frozenset({400, 401, 403, 404, 422})
+
+_log = logging.getLogger("oaipipe.retry")
 
 
 def is_retryable_status(status: int) -> bool:
@@ -189,24 +204,98 @@ def connection_error(what: str, *, url: str = "", timeout: float | None = None) 
     )
 
 
+class RetryEvent:
+    """One retry about to happen, as :class:`RetryListener.retrying` sees it.
+
+    ``delay`` is the wait the policy chose; a listener may raise it (never lower it), e.g. to the time a
+    shared rate limiter has a slot for this call.
+    """
+
+    __slots__ = ("attempt", "delay", "elapsed", "error", "started")
+
+    def __init__(self, attempt: int, error: BackendError, delay: float, started: float, elapsed: float) -> None:
+        self.attempt = attempt  #: the attempt that failed, counted from 0
+        self.error = error
+        self.delay = delay
+        self.started = started  #: when the failed attempt was sent (the policy's clock)
+        self.elapsed = elapsed  #: seconds since the call's first attempt was sent
+
+    @property
+    def cause(self) -> str:
+        """``"429"``, ``"503"``..., ``"timeout"`` or ``"connection"``."""
+        return retry_cause(self.error)
+
+
+class RetryListener:
+    """Callbacks of a :class:`RetryPolicy` (:attr:`RetryPolicy.listeners`). Every method is optional and
+    may be called from any thread (the ``requests`` backend retries in worker threads)."""
+
+    def attempt_started(self) -> None:
+        """An attempt is about to be sent."""
+
+    def attempt_finished(self, error: BaseException | None) -> None:
+        """An attempt ended: answered (``None``) or failed with ``error``."""
+
+    def response_headers(self, headers: Mapping[str, str]) -> None:
+        """The headers of an HTTP answer (any status), passed on by the backend via :meth:`RetryPolicy.observe`."""
+
+    def retrying(self, event: RetryEvent) -> None:
+        """A failed attempt will be retried after ``event.delay`` seconds (which this may raise)."""
+
+    def gave_up(self, error: BackendError, attempts: int) -> None:
+        """The call failed for good after ``attempts`` attempts."""
+
+
+def retry_cause(error: BaseException) -> str:
+    """The cause of a retry as counted in summaries: the HTTP status, ``timeout`` or ``connection``."""
+    status = getattr(error, "status", None)
+    if status is not None:
+        return str(status)
+    if isinstance(error, BackendConnectionError):
+        return "timeout" if error.message.startswith("no answer within") else "connection"
+    return "other"
+
+
+def is_rate_limited(error: BaseException) -> bool:
+    """A 429 that waiting cures: rate limited, not out of quota (``insufficient_quota`` is also a 429)."""
+    return getattr(error, "status", None) == 429 and "quota" not in str(getattr(error, "message", "")).lower()
+
+
 @dataclass
 class RetryPolicy:
-    """When and how long to retry. ``delay(attempt, retry_after)``: ``attempt`` counts from 0."""
+    """When and how long to retry. ``delay(attempt, retry_after)``: ``attempt`` counts from 0.
+
+    * Backoff is exponential with full jitter (``uniform(0, min(max_delay, base * 2**attempt))``), and is
+      added on top of a server's ``Retry-After``: calls refused together do not come back together, and
+      the waits grow with each attempt instead of repeating the server's constant interval.
+    * A call that is merely rate limited (429, not ``insufficient_quota``) is not given up after
+      ``max_retries``: it keeps retrying until ``rate_limit_patience`` seconds have passed since its first
+      attempt (unless ``max_retries`` is 0, which means no retries at all).
+    * :attr:`listeners` (:class:`RetryListener`) hear about every attempt, retry and HTTP answer: the
+      shared rate limiter paces and cools down through them. :attr:`stats` counts attempts and retries.
+    * Each retry is logged on the ``oaipipe.retry`` logger (INFO), keys masked.
+    """
 
     max_retries: int = 5
     base: float = 0.5
     max_delay: float = 20.0
     max_retry_after: float = 60.0
+    rate_limit_patience: float = 300.0
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] = time.sleep
     asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
+    listeners: list[RetryListener] = field(default_factory=list)
+    stats: RetryStats = field(default_factory=RetryStats)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry number ``attempt + 1``."""
-        if retry_after is not None:
-            return min(max(0.0, retry_after), self.max_retry_after)
+        """Seconds to wait before retry number ``attempt + 1``: the server's ``Retry-After`` (capped at
+        ``max_retry_after``, 0 when it sent none) plus full-jitter exponential backoff."""
         ceiling = min(self.max_delay, self.base * (2 ** max(0, attempt)))
-        return self.rng.uniform(0.0, ceiling)
+        jitter = self.rng.uniform(0.0, ceiling)
+        if retry_after is None:
+            return jitter
+        return min(max(0.0, retry_after), self.max_retry_after) + jitter
 
     @staticmethod
     def should_retry(error: BaseException) -> bool:
@@ -217,32 +306,88 @@ class RetryPolicy:
             return False
         return bool(getattr(error, "retryable", False))
 
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Hand the headers of an HTTP answer to the listeners (backends call this for every answer)."""
+        for listener in self.listeners:
+            listener.response_headers(headers)
+
     def _give_up(self, error: BackendError, attempts: int) -> BackendError:
+        self.stats.failed()
+        for listener in self.listeners:
+            listener.gave_up(error, attempts)
         if attempts > 1:
             error.message = f"{error.message} (gave up after {attempts} attempts)"
             error.args = (str(error),)
         return error
 
+    def _started(self) -> float:
+        self.stats.attempt()
+        for listener in self.listeners:
+            listener.attempt_started()
+        return self.clock()
+
+    def _finished(self, error: BaseException | None) -> None:
+        for listener in self.listeners:
+            listener.attempt_finished(error)
+
+    def _retry(self, error: BackendError, attempt: int, started: float, first: float) -> RetryEvent | None:
+        """The retry after a failed attempt, or None when the call is given up."""
+        if not self.should_retry(error):
+            return None
+        elapsed = self.clock() - first
+        if attempt >= self.max_retries and not (
+                self.max_retries > 0 and is_rate_limited(error) and elapsed < self.rate_limit_patience):
+            return None
+        event = RetryEvent(attempt, error, self.delay(attempt, error.retry_after), started, elapsed)
+        for listener in self.listeners:
+            listener.retrying(event)
+        self.stats.retried(event.cause, event.delay)
+        if _log.isEnabledFor(logging.INFO):
+            limit = f"/{self.max_retries}" if attempt < self.max_retries else " (rate limited: patient)"
+            _log.info("retry %d%s in %.2fs after %s", attempt + 1, limit, event.delay,
+                      redact(error.message.splitlines()[0] if error.message else type(error).__name__))
+        return event
+
     def run(self, attempt_fn: Callable[[], T]) -> T:
         """Call ``attempt_fn`` until it succeeds or the policy gives up (blocking sleeps)."""
         attempt = 0
+        first = self.clock()
         while True:
+            started = self._started()
             try:
-                return attempt_fn()
+                result = attempt_fn()
             except BackendError as err:
-                if not self.should_retry(err) or attempt >= self.max_retries:
+                self._finished(err)
+                event = self._retry(err, attempt, started, first)
+                if event is None:
                     raise self._give_up(err, attempt + 1) from err.__cause__
-                self.sleep(self.delay(attempt, err.retry_after))
+                self.sleep(event.delay)
                 attempt += 1
+                continue
+            except BaseException as exc:
+                self._finished(exc)
+                raise
+            self._finished(None)
+            return result
 
     async def arun(self, attempt_fn: Callable[[], Awaitable[T]]) -> T:
         """Async :meth:`run`."""
         attempt = 0
+        first = self.clock()
         while True:
+            started = self._started()
             try:
-                return await attempt_fn()
+                result = await attempt_fn()
             except BackendError as err:
-                if not self.should_retry(err) or attempt >= self.max_retries:
+                self._finished(err)
+                event = self._retry(err, attempt, started, first)
+                if event is None:
                     raise self._give_up(err, attempt + 1) from err.__cause__
-                await self.asleep(self.delay(attempt, err.retry_after))
+                await self.asleep(event.delay)
                 attempt += 1
+                continue
+            except BaseException as exc:
+                self._finished(exc)
+                raise
+            self._finished(None)
+            return result

@@ -7,13 +7,22 @@ Each run of a pipeline writes ``<run.dir>/<pipeline name>/<run id>/``:
   resumed run skips, and what ``train:`` builds a dataset from.
 - ``errors.jsonl`` — one line per failed record: id, where it came from, the step, the error and its type.
 - ``summary.json`` — written at the end (also when aborted or interrupted): counts, tokens, cost, status.
+  A run with a ``train:`` step says ``training`` once its records are done, and ``finished`` only once
+  the step has an outcome (the job ended, or was launched with ``wait: false``, or training was skipped).
 - ``pipeline.json`` — the pipeline as run (secrets masked) and its fingerprint.
-
-A journal line is complete or absent: a line cut short by a crash is ignored when reading.
 
 No secret reaches these files: ``pipeline.json`` and ``summary.json`` pass through
 :func:`~oaipipe.errors.redact_data` here, and the runner hands every record through it before the
 journal, ``errors.jsonl`` and the sinks see it.
+
+A journal line is complete or absent: a line cut short by a crash is ignored when reading. A line that is
+not valid UTF-8 JSON (a disk error, a hand edit) is skipped with a warning, and on resume moved out of the
+journal into ``journal.rejected`` (kept for a look): its record is processed again.
+
+The journal and error log are written through :class:`StateFile`, which notices when the run directory
+is deleted under a running run (the file it appends to has no name left) and stops the run with a
+:class:`~oaipipe.errors.StorageError` instead of writing on into a deleted file. ``summary.json`` is never
+written into a run directory that no longer exists (it is not recreated).
 """
 
 from __future__ import annotations
@@ -25,12 +34,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from .errors import redact_data
-from .fsutil import write_json_atomic
+from .errors import StorageError, redact_data
+from .fsutil import remove_stale_temps_in, write_json_atomic
 
-__all__ = ["RunDir", "find_runs", "new_run_id"]
+__all__ = ["RunDir", "StateFile", "find_runs", "new_run_id"]
 
 
 _last_us = 0
@@ -71,8 +80,11 @@ class RunDir:
         return self.path / "pipeline.json"
 
     def create(self, meta: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.meta_path, redact_data(meta))
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.meta_path, redact_data(meta), mkdir=False)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.meta_path, doing="write") from None
 
     def meta(self) -> dict[str, Any]:
         try:
@@ -86,34 +98,106 @@ class RunDir:
         except (OSError, ValueError):
             return None
 
+    def deleted_error(self) -> StorageError:
+        return StorageError(
+            f"the run directory {self.path} was deleted while the run was writing it: the run stopped "
+            f"(its journal is gone, so what it did cannot be resumed)",
+            path=self.path,
+            hint="rerun the same command: a new run starts (sinks in mode overwrite start over); do not remove "
+                 "a run directory while its run is going",
+        )
+
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.summary_path, redact_data(summary))
+        """Replace ``summary.json``; never recreates a run directory that was deleted (a StorageError)."""
+        if not self.path.is_dir():
+            raise self.deleted_error()
+        try:
+            write_json_atomic(self.summary_path, redact_data(summary), mkdir=False)
+        except FileNotFoundError:
+            raise self.deleted_error() from None
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.summary_path, doing="write") from None
 
-    def journal(self) -> Iterator[dict[str, Any]]:
-        """Complete journal entries in order; a torn last line (crash mid-write) is skipped."""
-        if not self.journal_path.exists():
+    def remove_stale_temps(self) -> list[Path]:
+        """Remove temp files that a crash mid-write left in the run directory. Only under the run lock."""
+        return remove_stale_temps_in(self.path)
+
+    def open_state_file(self, path: Path) -> StateFile:
+        """Open the journal or the error log for appending, watched for the deletion of the run directory."""
+        try:
+            return StateFile(path, self)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, path, doing="write") from None
+
+    # --- reading the journal ------------------------------------------------------------------------
+
+    def journal(self, warnings: dict[int, str] | None = None) -> Iterator[dict[str, Any]]:
+        """Complete journal entries in order; a torn last line (crash mid-write) is skipped.
+
+        A line that is not valid UTF-8, not JSON, or not an entry is skipped; ``warnings`` (if given)
+        collects why, by line number.
+        """
+        try:
+            fh = self.journal_path.open("rb")
+        except FileNotFoundError:
             return
-        with self.journal_path.open("r", encoding="utf-8") as fh:
-            for line in fh:
-                if not line.endswith("\n"):
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.journal_path, doing="read") from None
+        with fh:
+            for number, raw in enumerate(fh, start=1):
+                if not raw.endswith(b"\n"):
                     break
+                problem = None
+                entry: Any = None
                 try:
-                    entry = json.loads(line)
+                    entry = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as exc:
+                    problem = f"is not valid UTF-8 (byte {exc.start + 1})"
                 except ValueError:
+                    problem = "is not valid JSON"
+                if problem is None and not (isinstance(entry, dict) and isinstance(entry.get("id"), str)):
+                    problem = "is not a journal entry"
+                if problem is not None:
+                    if warnings is not None and raw.strip():
+                        warnings[number] = problem
                     continue
-                if isinstance(entry, dict) and "id" in entry:
-                    yield entry
+                yield entry
 
-    def status_by_id(self) -> dict[str, str]:
+    def status_by_id(self, warnings: dict[int, str] | None = None) -> dict[str, str]:
         """Status of each journaled record id: ``done`` once any of its lines is done (a retried record's
         later ``done`` wins; a later ``failed`` line of that id is a duplicate-id row, not a redo)."""
         statuses: dict[str, str] = {}
-        for entry in self.journal():
+        for entry in self.journal(warnings):
             if statuses.get(entry["id"]) != "done":
                 statuses[entry["id"]] = entry.get("status", "done")
         return statuses
 
-    def repair_journal(self) -> None:
+    @property
+    def rejected_path(self) -> Path:
+        return self.path / "journal.rejected"
+
+    def repair_journal(self) -> list[str]:
+        """Make the journal safe to append to and to train on: cut a torn last line, and move lines that
+        cannot be read (not UTF-8, not JSON) into ``journal.rejected``. Returns a warning per moved line."""
+        self._cut_torn_line()
+        warnings: dict[int, str] = {}
+        for _ in self.journal(warnings):
+            pass
+        if not warnings:
+            return []
+        from .fsutil import atomic_file
+
+        try:
+            with atomic_file(self.journal_path, "wb", mkdir=False) as out, \
+                    self.journal_path.open("rb") as src, self.rejected_path.open("ab") as rejected:
+                for number, raw in enumerate(src, start=1):
+                    (rejected if number in warnings else out.fh).write(raw)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.journal_path, doing="write") from None
+        return [f"{self.journal_path.name} line {n} {why}: skipped, and its record is processed again "
+                f"(the line is kept in {self.rejected_path})" for n, why in sorted(warnings.items())]
+
+    def _cut_torn_line(self) -> None:
         """Cut a torn last line so that appends start on a fresh line."""
         path = self.journal_path
         if not path.exists() or path.stat().st_size == 0:
@@ -137,6 +221,43 @@ class RunDir:
                     return
                 pos = start
             fh.truncate(0)
+
+
+class StateFile:
+    """An append-only state file of a run (``journal.jsonl``, ``errors.jsonl``), file-like (``write``,
+    ``flush``, ``close``). Each ``flush`` checks that the file still has a name (``st_nlink``): a run directory
+    removed under a running run stops it with a :class:`StorageError`, instead of the run writing on into a
+    file nobody can see and exiting 0. I/O errors become a :class:`StorageError` naming the file."""
+
+    def __init__(self, path: Path, run: RunDir) -> None:
+        self.path = path
+        self.run = run
+        self._fh: IO[str] | None = path.open("a", encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        assert self._fh is not None, "write() after close()"
+        try:
+            return self._fh.write(text)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.path, doing="write") from None
+
+    def flush(self) -> None:
+        assert self._fh is not None, "flush() after close()"
+        try:
+            self._fh.flush()
+            gone = os.fstat(self._fh.fileno()).st_nlink == 0
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.path, doing="write") from None
+        if gone:
+            raise self.run.deleted_error()
+
+    def close(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError as exc:
+                raise StorageError.from_os_error(exc, self.path, doing="write") from None
 
 
 def find_runs(root: Path) -> list[RunDir]:

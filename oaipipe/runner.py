@@ -21,6 +21,7 @@ import collections
 import contextlib
 import datetime as _dt
 import json
+import threading
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,12 +36,17 @@ from .errors import (
     PluginError,
     RecordError,
     RunAborted,
+    StorageError,
+    is_storage_error,
     redact_data,
 )
+from .fsutil import remove_stale_temps
+from .home import home_dir
 from .pipeline import Pipeline, endpoint, fingerprint, fingerprint_parts, load_pipeline, public_config
 from .pricing import PriceTable
 from .progress import Reporter, SilentReporter
 from .rundir import RunDir, find_runs, new_run_id
+from .runlock import HeldLock, lock_outputs, lock_run_root
 from .stats import RunStats
 from .types import ChatRequest, ChatResponse, Exchange, Record, RecordResult, RunInfo
 
@@ -49,6 +55,8 @@ __all__ = ["RunOptions", "Runner", "run_pipeline", "run_pipeline_file"]
 #: consecutive failures with no success at all before a run gives up (unless --max-failures says otherwise)
 EARLY_ABORT_FAILURES = 10
 _SOURCE_BATCH = 256
+#: outcomes of the train: step after which the run is still not finished (a rerun resumes the step)
+TRAIN_NOT_DONE = frozenset({"error", "interrupted"})
 
 CallWrapper = Callable[[Callable[[ChatRequest], Awaitable[ChatResponse]]], Callable[[ChatRequest], Awaitable[ChatResponse]]]
 
@@ -92,6 +100,8 @@ class Runner:
         self.errors_path: Path | None = None
         self._limited = False
         self._failure_kinds: collections.Counter[type] = collections.Counter()
+        #: what the run found wrong but worked around (unreadable journal lines), for the summary
+        self.warnings: list[str] = []
         if self.options.scale:
             try:
                 from .scale import configure_run
@@ -99,6 +109,9 @@ class Runner:
                 pass
             else:
                 configure_run(pipeline, self.options, self.reporter, quiet=True)
+        setup = getattr(self.options, "_oaipipe_scale", None)
+        if setup is not None:  # attempts and retries of this run's calls, counted by the retry policy
+            self.stats.retries = setup.new_run()
 
     # --- the backend call -------------------------------------------------------------------------
 
@@ -133,7 +146,10 @@ class Runner:
         return ", ".join(changed) or "the pipeline"
 
     def _select_run(self) -> tuple[RunDir, set[str] | None, str]:
-        """(run dir, ids to skip or None for a new run, mode) where mode is new|resume|retry|done."""
+        """(run dir, ids to skip or None for a new run, mode) where mode is new|resume|retry|train|done.
+
+        ``train``: the records of the latest run are done and its ``train:`` step is not (``summary.json``
+        says ``training``): only the step is resumed."""
         runs = find_runs(self.root)
         latest = runs[-1] if runs else None
         if self.options.retry_failed:
@@ -157,6 +173,7 @@ class Runner:
                 statuses = latest.status_by_id()
                 return latest, {i for i, s in statuses.items() if s == "done"}, "retry"
             if not finished:
+                training = summary is not None and summary.get("status") == "training"
                 if not same:
                     raise RunAborted(
                         f"run {latest.run_id} of this pipeline did not finish, and {self._changed(meta)} changed "
@@ -164,6 +181,8 @@ class Runner:
                         hint=f"rerun the unchanged pipeline to finish it, or pass --fresh to start a new run "
                              f"(the old one stays in {latest.path})",
                     )
+                if training:  # its records are done; its train: step is not
+                    return latest, None, "train"
                 return latest, set(latest.status_by_id()), "resume"
             if same and meta.get("endpoint", endpoint(self.pipeline)) == endpoint(self.pipeline):
                 return latest, None, "done"
@@ -178,6 +197,15 @@ class Runner:
         notes = [f"warning: {w}" for w in pipeline.warnings] + ([pipeline.backend_note] if pipeline.backend_note else [])
         if self.options.dry_run:  # estimates the whole input, whatever the state of earlier runs
             return await self._dry_run(None, headline, notes)
+        # one run per run root at a time: the lock ends with this process, however it ends
+        lock = _storage(lambda: lock_run_root(self.root, pipeline=pipeline.name, file=pipeline.file), self.root)
+        try:
+            return await self._run_locked(lock, headline, notes)
+        finally:
+            lock.release()
+
+    async def _run_locked(self, lock: HeldLock, headline: str, notes: list[str]) -> dict[str, Any]:
+        pipeline = self.pipeline
         run, skip_ids, mode = self._select_run()
         if mode == "done":
             previous = run.summary() or {}
@@ -194,18 +222,27 @@ class Runner:
                         "fingerprint_parts": fingerprint_parts(pipeline), "endpoint": endpoint(pipeline),
                         "started": _now(), "config": public_config(pipeline)})
         else:
-            run.repair_journal()
+            run.remove_stale_temps()  # left by a crash mid-write; the run lock makes us its only writer
+            self.warnings = run.repair_journal()  # unreadable journal lines: skipped, their records redone
+            notes.extend(self.warnings)
             meta = run.meta()
             if meta.get("endpoint") != endpoint(pipeline):  # resumed against another server: it ends there
                 meta["endpoint"] = endpoint(pipeline)
                 run.create(meta)
-            notes.append(f"resuming run {run.run_id}: {len(skip_ids or ())} records already done"
-                         if mode == "resume" else f"retrying failed records of run {run.run_id}")
+            notes.append({"resume": f"resuming run {run.run_id}: {len(skip_ids or ())} records already done",
+                          "retry": f"retrying failed records of run {run.run_id}",
+                          "train": f"run {run.run_id}: its records are done; resuming its train: step"}[mode])
+        lock.update(run_id=run.run_id)
         info = RunInfo(pipeline_name=pipeline.name, run_id=run.run_id, run_dir=str(run.path),
                        backend=pipeline.backend.name, model=str(getattr(pipeline.backend.options, "model", "")),
                        resumed=mode != "new")
         self.info = info
         self.errors_path = run.errors_path
+        if mode == "train":
+            self.reporter.start(headline, notes, None)
+            summary = {**(run.summary() or self._summary(run, "training", None)), "status": "training"}
+            pipeline.host.call_hook("oaipipe_run_start", run=info)
+            return await self._train_step(run, summary, info)
         self.stats.total = pipeline.source.count()
         if self.stats.total is not None and self.options.limit is not None:
             self.stats.total = min(self.stats.total, self.options.limit)
@@ -216,16 +253,22 @@ class Runner:
         error: OaipipeError | None = None
         finish_error: PluginError | None = None
         opened: list[Any] = []
+        outputs: list[HeldLock] = []
         journal = errors = None
         try:
+            # two runs (of any pipelines) never write one output file at once
+            outputs = _storage(lambda: lock_outputs(self._output_paths(), home_dir() / "locks",
+                                                    pipeline=pipeline.name, run_id=run.run_id), None)
+            for _, path in self._output_paths():
+                remove_stale_temps(path)  # an atomic rewrite cut short by a crash; the lock makes us the writer
             # sinks keep what they wrote for the records this run skips, and drop the rest (partial output of
             # records not journaled; on --retry-failed also the failed records' lines, as they are redone)
             done_for_sinks = None if mode == "new" else (skip_ids or set())
             for sink in pipeline.sinks:
-                sink.open(info, done_for_sinks)
+                _storage(lambda sink=sink: sink.open(info, done_for_sinks), _sink_path(self.pipeline, sink), "write")
                 opened.append(sink)
-            journal = run.journal_path.open("a", encoding="utf-8")
-            errors = run.errors_path.open("a", encoding="utf-8")
+            journal = run.open_state_file(run.journal_path)
+            errors = run.open_state_file(run.errors_path)
             pipeline.host.call_hook("oaipipe_run_start", run=info)
             await self._process_all(skip_ids or set(), journal, errors, info)
             if self._abort is not None:
@@ -247,25 +290,76 @@ class Runner:
         finally:
             for closer in (journal, errors):
                 if closer is not None:
-                    closer.close()
+                    with contextlib.suppress(OaipipeError):  # a deleted run directory is reported already
+                        closer.close()
             for sink in opened:
                 try:
                     sink.close()
                 except Exception as exc:  # noqa: BLE001 - report, but keep closing the others
                     self.reporter.note(f"sink {sink.name} failed to close: {exc}")
+            for held in outputs:
+                held.release()
             with contextlib.suppress(Exception):
                 await pipeline.backend.aclose()
-            summary = self._summary(run, status, error)
-            run.write_summary(summary)
             if status == "finished" and pipeline.train is not None:
-                summary["train"] = self._train(run)
-                run.write_summary(summary)
-            try:
-                pipeline.host.call_hook("oaipipe_run_finish", run=info, summary=summary)
-            except PluginError as exc:
-                finish_error = exc
-            self.summary = summary
-            self.reporter.finish(summary)
+                status = "training"  # a run is finished only when its train: step is
+            summary = self._summary(run, status, error)
+            self._save_summary(run, summary, error)
+            if status != "training":
+                finish_error = self._finish(info, summary)
+        if status == "training":
+            return await self._train_step(run, summary, info)
+        if finish_error is not None:
+            raise finish_error
+        return summary
+
+    def _output_paths(self) -> list[tuple[str, Path]]:
+        """(sink name, file) of every sink that writes a file (``options.path``)."""
+        return [(sink.name, path) for sink in self.pipeline.sinks
+                if (path := _sink_path(self.pipeline, sink)) is not None]
+
+    def _save_summary(self, run: RunDir, summary: dict[str, Any], error: BaseException | None) -> None:
+        try:
+            run.write_summary(summary)
+        except StorageError:
+            if isinstance(error, StorageError):
+                return  # the run stopped on a storage problem already: that is the error to report
+            raise
+
+    def _finish(self, info: RunInfo, summary: dict[str, Any]) -> PluginError | None:
+        """The end of a run: the plugins' hook, then the reporter. A plugin failing in the hook is returned."""
+        finish_error = None
+        try:
+            self.pipeline.host.call_hook("oaipipe_run_finish", run=info, summary=summary)
+        except PluginError as exc:
+            finish_error = exc
+        self.summary = summary
+        self.reporter.finish(summary)
+        return finish_error
+
+    async def _train_step(self, run: RunDir, summary: dict[str, Any], info: RunInfo) -> dict[str, Any]:
+        """The ``train:`` step of a run whose records are done. ``summary.json`` says ``training`` until the
+        step has an outcome; a crash or Ctrl-C leaves it so, and the next run resumes the step (following
+        the job launched already, never launching a second)."""
+        try:
+            if self.pipeline.train is None:  # the block was removed since the records were done
+                train = {"status": "skipped", "reason": "the pipeline has no train: block (any more)"}
+            else:
+                train = await self._train(run)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            summary["train"] = {**(summary.get("train") or {}), "status": "interrupted",
+                                "reason": "interrupted while training: a launched job keeps running; rerun the "
+                                          "same command to follow it"}
+            with contextlib.suppress(OaipipeError):
+                self._save_summary(run, summary, None)
+            self._finish(info, summary)
+            raise
+        summary["train"] = train
+        if train.get("status") not in TRAIN_NOT_DONE:
+            summary["status"] = "finished"
+        summary["finished_at"] = _now()
+        self._save_summary(run, summary, None)
+        finish_error = self._finish(info, summary)
         if finish_error is not None:
             raise finish_error
         return summary
@@ -287,23 +381,40 @@ class Runner:
         }
         if error is not None:
             summary["error"] = str(error)
+        if self.warnings:
+            summary["warnings"] = list(self.warnings)
         setup = getattr(self.options, "_oaipipe_scale", None)
         if setup is not None:
             summary.update(setup.to_dict())
         return summary
 
-    def _train(self, run: RunDir) -> dict[str, Any]:
+    async def _train(self, run: RunDir) -> dict[str, Any]:
+        """Run the ``train:`` step in a worker thread. A cancellation (Ctrl-C, SIGTERM) stops the following of
+        the job at once (the job keeps running at its provider); the thread ends at its next poll."""
         try:
             from .training import train_after_run
         except ImportError:  # pragma: no cover - training ships with the package
             return {"status": "skipped", "reason": "training support is not installed"}
+        stop = threading.Event()
+
+        def train() -> dict[str, Any]:
+            try:
+                return train_after_run(self.pipeline.train or {}, records_path=run.journal_path,
+                                       host=self.pipeline.host, context=self.pipeline.context,
+                                       backend_options=self.pipeline.backend.options, progress=self.reporter.note,
+                                       stop=stop)
+            except OaipipeError as exc:
+                if stop.is_set():
+                    raise
+                self.reporter.note(f"train: {exc}")
+                return {"status": "error", "error": str(exc), "reason": f"{exc} (the same command again retries "
+                                                                       f"the train: step)"}
+
         try:
-            return train_after_run(self.pipeline.train or {}, records_path=run.journal_path,
-                                   host=self.pipeline.host, context=self.pipeline.context,
-                                   backend_options=self.pipeline.backend.options, progress=self.reporter.note)
-        except OaipipeError as exc:
-            self.reporter.note(f"train: {exc}")
-            return {"status": "failed", "error": str(exc)}
+            return await asyncio.to_thread(train)
+        except BaseException:
+            stop.set()
+            raise
 
     # --- records ----------------------------------------------------------------------------------
 
@@ -417,6 +528,10 @@ class Runner:
             except OaipipeError:
                 raise
             except Exception as exc:  # a full disk, a plugin bug: stop, naming the sink (the record is redone)
+                if is_storage_error(exc):  # permissions, a full or read-only disk: exit 9, naming the file
+                    err = StorageError.from_os_error(exc, _sink_path(self.pipeline, sink), doing="write")  # type: ignore[arg-type]
+                    err.message = f"sink {sink.name} failed to write record {result.record.id}: {err.message}"
+                    raise err from exc
                 raise PluginError(
                     f"sink {sink.name} failed to write record {result.record.id}: {type(exc).__name__}: {exc}",
                     hint="fix the cause (disk space, permissions, the sink's plugin) and rerun the same command: "
@@ -510,6 +625,23 @@ def _failed(record: Record, fields: dict[str, Any], ctx: StepContext, step: str,
     where = f" ({record.where})" if record.where and record.where not in str(exc) else ""
     return RecordResult(record, fields, ctx.exchanges, ctx.sentiments,
                         error=f"step {step}: {type(exc).__name__}: {exc}{where}")
+
+
+def _sink_path(pipeline: Pipeline, sink: Any) -> Path | None:
+    """The file a sink writes (``options.path``), if it writes one."""
+    path = getattr(getattr(sink, "options", None), "path", None)
+    return pipeline.context.path(path) if path else None
+
+
+def _storage(fn: Callable[[], Any], path: Path | None, doing: str | None = None) -> Any:
+    """Call ``fn``; an I/O problem (permissions, a full or read-only disk) becomes a StorageError naming the
+    path (the file the error names, else ``path``)."""
+    try:
+        return fn()
+    except OSError as exc:
+        if not is_storage_error(exc):
+            raise
+        raise StorageError.from_os_error(exc, path, doing=doing) from exc
 
 
 def _display_path(path: Path) -> str:

@@ -1,10 +1,12 @@
-"""Wiring of the scale features into a run: response cache, rate limits, shared cool-down, live progress.
+"""Wiring of the scale features into a run: response cache, rate limits (configured and learnt), shared
+cool-down, AIMD concurrency, retry counters, live progress.
 
 :func:`configure_run` is called by ``oaipipe run`` and by :class:`oaipipe.runner.Runner` (so library
 callers get the same behaviour). It is idempotent: a second call on the same options adds nothing.
 
-Order of the call wrappers (outermost first): **cache → rate limiter → backend**. A cache hit therefore
-never waits for, nor spends, the rate limit.
+Order of the call wrappers (outermost first): **cache → rate limiter → backend (retries inside)**. A
+cache hit therefore never waits for, nor spends, the rate limit. The limiter hears every attempt, retry
+and answer header of the backend's :class:`~oaipipe.retry.RetryPolicy` as one of its ``listeners``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import ResponseCache, cache_wrapper
 from .progress import PlainReporter, Reporter, RichReporter, _is_tty
-from .ratelimit import RateLimiter, install_cooldown, rate_limit_wrapper
+from .ratelimit import RateLimiter, rate_limit_wrapper
+from .retry import RetryPolicy
+from .stats import RetryStats
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -34,15 +38,42 @@ class ScaleSetup:
         self.cache: ResponseCache | None = None
         self.limiter: RateLimiter | None = None
         self.cooldown = False
+        self.policy: RetryPolicy | None = None
+        self.retry_stats = RetryStats()
+
+    def new_run(self) -> RetryStats:
+        """Fresh attempt/retry counters for a run that starts (the backend's policy counts into them)."""
+        self.retry_stats = RetryStats()
+        if self.policy is not None:
+            self.policy.stats = self.retry_stats
+        return self.retry_stats
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.cache is not None:
             out["cache"] = {"dir": str(self.cache.root), **self.cache.stats.to_dict()}
         if self.limiter is not None:
-            out["rate_limit"] = {"rpm": self.limiter.rpm, "tpm": self.limiter.tpm,
-                                 "waited_s": round(self.limiter.waited, 3), "cooldowns": self.limiter.cooldowns}
+            out["rate_limit"] = self.limiter.to_dict()
         return out
+
+
+def retry_policy(backend: Any) -> RetryPolicy | None:
+    """The backend's :class:`RetryPolicy` (the HTTP and batch backends have one), if any."""
+    policy = getattr(backend, "policy", None)
+    return policy if isinstance(policy, RetryPolicy) else None
+
+
+def _count_attempts(setup: ScaleSetup) -> Any:
+    """For a backend without a retry policy: every call it gets is one attempt."""
+
+    def wrap(call: Any) -> Any:
+        async def counted(request: Any) -> Any:
+            setup.retry_stats.attempt()
+            return await call(request)
+
+        return counted
+
+    return wrap
 
 
 def cache_namespace(backend: Any) -> str:
@@ -66,8 +97,10 @@ def configure_run(pipeline: Pipeline, options: RunOptions, reporter: Reporter | 
 
     * cache: unless ``options.use_cache`` is False (``--no-cache``) or ``run.cache: false``, and not for
       the ``local`` backend (free and deterministic: caching it would only cost disk);
-    * rate limits: ``backend.rpm`` / ``backend.tpm``; the shared cool-down whenever the backend has a
-      retry policy (HTTP backends). The ``batch`` backend gets neither (the Batch API has its own queue);
+    * rate limits: ``backend.rpm`` / ``backend.tpm``; and whenever the backend has a retry policy (HTTP
+      backends): limits learnt from ``x-ratelimit-*`` headers, the shared cool-down, paced retries and
+      AIMD concurrency. The ``batch`` backend gets none of these (the Batch API has its own queue);
+    * attempts and retries: counted by the backend's retry policy, or one attempt per call without one;
     * reporter: a plain reporter writing to a terminal becomes a live rich bar.
     """
     setup: ScaleSetup | None = getattr(options, _MARK, None)
@@ -83,13 +116,22 @@ def configure_run(pipeline: Pipeline, options: RunOptions, reporter: Reporter | 
         if options.use_cache and cfg.run.cache and backend.name != "local":
             setup.cache = ResponseCache(cache_dir_for(pipeline), namespace=cache_namespace(backend))
             wrappers.append(cache_wrapper(setup.cache))
+        policy = retry_policy(backend)
+        setup.policy = policy
         if backend.name != "batch":
             opts = backend.options
-            limiter = RateLimiter(getattr(opts, "rpm", None), getattr(opts, "tpm", None))
-            setup.cooldown = install_cooldown(backend, limiter)
+            concurrency = int(getattr(opts, "concurrency", 0) or 0) if policy is not None else 0
+            limiter = RateLimiter(getattr(opts, "rpm", None), getattr(opts, "tpm", None),
+                                  concurrency=concurrency or None)
+            if policy is not None:  # it hears every attempt, retry and answer header (replacing an older one)
+                policy.listeners[:] = [x for x in policy.listeners if not isinstance(x, RateLimiter)] + [limiter]
+                setup.cooldown = True
             if limiter.active or setup.cooldown:
                 setup.limiter = limiter
                 wrappers.append(rate_limit_wrapper(limiter))
+        setup.new_run()
+        if policy is None:
+            wrappers.append(_count_attempts(setup))
         setup.wrappers = wrappers
         options.call_wrappers[:0] = wrappers  # ours outermost, any user wrappers inside
         setattr(options, _MARK, setup)

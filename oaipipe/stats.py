@@ -1,15 +1,17 @@
-"""Counters of a run: records, calls, tokens and dollars, by step and model."""
+"""Counters of a run: records, calls, tokens and dollars, by step and model; attempts and retries."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from .pricing import PriceTable
 from .types import ChatResponse
 
-__all__ = ["RunStats"]
+__all__ = ["RetryStats", "RunStats"]
 
 
 @dataclass
@@ -36,6 +38,8 @@ class RunStats:
     skipped: int = 0
     started: float = field(default_factory=time.monotonic)
     by_step: dict[tuple[str, str], _Bucket] = field(default_factory=dict)
+    #: the attempts and retries of the run's backend calls (set by the runner when it has them)
+    retries: RetryStats | None = None
 
     def add_call(self, step: str, response: ChatResponse, *, batch: bool = False) -> float:
         """Count one answered call; cached answers cost nothing. Returns its cost in USD."""
@@ -105,4 +109,45 @@ class RunStats:
             "elapsed_s": round(self.elapsed, 3),
             "records_per_s": round(self.rate(), 2),
             "by_step": [{"step": s, "model": m, **b.to_dict()} for (s, m), b in self.by_step.items()],
+            **(self.retries.to_dict() if self.retries is not None else {}),
         }
+
+
+class RetryStats:
+    """What a backend's retry policy did: attempts sent, retries by cause, seconds waited (thread-safe).
+
+    The cause of a retry is the HTTP status (``"429"``, ``"503"``...), ``"timeout"`` or ``"connection"``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.attempts = 0
+        self.by_status: Counter[str] = Counter()
+        self.waited = 0.0
+        self.gave_up = 0
+
+    def attempt(self) -> None:
+        with self._lock:
+            self.attempts += 1
+
+    def retried(self, cause: str, delay: float) -> None:
+        with self._lock:
+            self.by_status[cause] += 1
+            self.waited += max(0.0, delay)
+
+    def failed(self) -> None:
+        """A call that failed for good after its retries."""
+        with self._lock:
+            self.gave_up += 1
+
+    @property
+    def retries(self) -> int:
+        with self._lock:  # read by the progress line while worker threads count
+            return sum(self.by_status.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {"attempts": self.attempts,
+                    "retries": {"total": sum(self.by_status.values()),
+                                "by_status": dict(sorted(self.by_status.items())),
+                                "waited_s": round(self.waited, 3), "gave_up": self.gave_up}}

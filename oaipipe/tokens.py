@@ -5,12 +5,18 @@ exact without a network. ``tiktoken`` is used only when bpe-openai is unavailabl
 its vocabulary from a local cache (it downloads on first use, which is impossible here). If neither
 works, a labelled heuristic (about 4 characters per token) keeps budgets and cost estimates usable;
 :func:`tokenizer_name` says which one is in use.
+
+Any text can be counted: a user's text that spells a special token (``<|endoftext|>``, ``<|endofprompt|>``,
+``<|fim_prefix|>``...) is counted as the plain text it is, as OpenAI's API tokenizes it (the tokenizers
+refuse such text by default); a text past the tokenizer's own limits (1M characters or 200k tokens at
+once for bpe-openai) is counted in pieces cut at word boundaries.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -21,8 +27,11 @@ __all__ = [
     "image_patches",
     "image_rule",
     "image_tokens",
+    "special_tokens",
     "tokenizer_name",
 ]
+
+_log = logging.getLogger("oaipipe")
 
 _CL100K_PREFIXES = ("gpt-3.5", "gpt-35", "text-embedding-ada", "text-embedding-3")
 _O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o", "gpt-oss")
@@ -48,26 +57,59 @@ def encoding_name_for_model(model: str) -> str:
     return "o200k_base"
 
 
+#: a longer text is counted in pieces of at most this many characters (bpe-openai refuses 1M characters or
+#: 200k tokens at once; a character is at most 4 byte-level tokens, so 40k characters stay under both)
+PIECE_CHARS = 40_000
+
+
 @lru_cache(maxsize=8)
-def _encoder(encoding: str) -> tuple[str, Callable[[str], int]]:
-    """(tokenizer label, function counting the tokens of a text) for ``encoding``."""
+def _encoder(encoding: str) -> tuple[str, Callable[[str], int], frozenset[str]]:
+    """(tokenizer label, function counting the tokens of a text, special-token strings) for ``encoding``.
+
+    Counting uses ``encode_ordinary``: special-token strings in the text are ordinary text."""
     try:
         import bpe_openai
 
         enc = bpe_openai.get_encoding(encoding)
-        enc.encode("warm up")
-        return "bpe-openai", lambda text: len(enc.encode(text, disallowed_special=()))
+        enc.encode_ordinary("warm up <|endoftext|>")
+        return "bpe-openai", lambda text: len(enc.encode_ordinary(text)), frozenset(enc.special_tokens_set)
     except Exception:  # noqa: BLE001 - any failure means: try the next tokenizer
         pass
     try:
         import tiktoken
 
         tenc = tiktoken.get_encoding(encoding)
-        tenc.encode("warm up")
-        return "tiktoken", lambda text: len(tenc.encode(text, disallowed_special=()))
+        tenc.encode_ordinary("warm up <|endoftext|>")
+        return "tiktoken", lambda text: len(tenc.encode_ordinary(text)), frozenset(tenc.special_tokens_set)
     except Exception:  # noqa: BLE001 - tiktoken without a cached vocabulary tries the network
         pass
-    return "heuristic (~4 characters per token)", lambda text: math.ceil(len(text) / 4) if text else 0
+    return "heuristic (~4 characters per token)", _heuristic, frozenset()
+
+
+def _heuristic(text: str) -> int:
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """``text`` in pieces of at most :data:`PIECE_CHARS` characters, cut before a space that follows a
+    non-space (where the tokenizers' pre-tokenizer cuts anyway, so the sum is the whole text's count)."""
+    start, n = 0, len(text)
+    while n - start > PIECE_CHARS:
+        end = start + PIECE_CHARS
+        cut = end
+        probe = text.rfind(" ", start + PIECE_CHARS // 2, end)
+        while probe > start and text[probe - 1].isspace():
+            probe = text.rfind(" ", start + PIECE_CHARS // 2, probe)
+        if probe > start:
+            cut = probe
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def special_tokens(encoding: str = "o200k_base") -> frozenset[str]:
+    """The special-token strings of ``encoding`` (counted as plain text by :func:`count_tokens`)."""
+    return _encoder(encoding)[2]
 
 
 def tokenizer_name(model: str = "gpt-4o-mini") -> str:
@@ -76,10 +118,22 @@ def tokenizer_name(model: str = "gpt-4o-mini") -> str:
 
 
 def count_tokens(text: str, model: str = "gpt-4o-mini") -> int:
-    """Number of tokens of ``text`` for ``model``."""
+    """Number of tokens of ``text`` for ``model``, for any text: special-token strings count as the plain
+    text they are, and a text of any length is counted (in pieces past :data:`PIECE_CHARS`). Counting
+    never fails a record: should the tokenizer still refuse a piece, that piece is estimated (~4
+    characters per token) and a warning is logged."""
     if not text:
         return 0
-    return _encoder(encoding_name_for_model(model))[1](text)
+    label, count, _ = _encoder(encoding_name_for_model(model))
+    total = 0
+    for piece in _pieces(text):
+        try:
+            total += count(piece)
+        except Exception as exc:  # noqa: BLE001 - a count is an estimate; it must not fail the record
+            _log.warning("%s could not count %d characters (%s: %s); estimated at ~4 characters per token",
+                         label, len(piece), type(exc).__name__, exc)
+            total += _heuristic(piece)
+    return total
 
 
 #: tile-rule models: (base tokens, tokens per 512-px tile); ``low`` detail costs the base alone.

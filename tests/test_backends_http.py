@@ -225,7 +225,8 @@ def test_persistent_503_gives_up_with_server_error(host: PluginHost, kind: str) 
 @pytest.mark.parametrize("kind", TRANSPORTS)
 def test_persistent_429_gives_up_with_rate_limit_error(host: PluginHost, kind: str) -> None:
     with running_server(error_rates={429: 1.0}, retry_after=0.01) as srv:
-        backend = make(host, kind, base_url=srv.base_url, max_retries=1)
+        # a rate-limited call keeps trying past max_retries for rate_limit_patience seconds, then gives up
+        backend = make(host, kind, base_url=srv.base_url, max_retries=1, rate_limit_patience=0.2)
         with pytest.raises(RateLimitError) as info:
             call(backend, req())
     assert info.value.status == 429

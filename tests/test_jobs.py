@@ -95,19 +95,19 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     assert len(ids) == 40
 
 
-def test_stale_lock_is_broken_and_live_lock_times_out(tmp_path: Path) -> None:
+def test_leftover_lock_file_is_no_lock_and_live_lock_times_out_naming_its_holder(tmp_path: Path) -> None:
     import os
-    import time
 
     reg = JobRegistry(tmp_path / "jobs.json")
     lock = tmp_path / "jobs.json.lock"
-    lock.write_text("123")
-    old = time.time() - 3600
-    os.utime(lock, (old, old))
-    reg.add(job(1))  # a lock older than the timeout is from a crashed writer
-    lock.write_text("123")
-    with pytest.raises(TrainingError, match="locked"), reg._locked(timeout=0.1):
+    lock.write_text("123")  # a lock file nobody holds (an OS lock ends with its process): no waiting at all
+    reg.add(job(1))
+    # held (by another open of the file): a second writer waits, then names the holder
+    with reg._locked(), pytest.raises(TrainingError, match="locked") as err, reg._locked(timeout=0.1):
         pass
+    assert f"pid {os.getpid()}" in str(err.value)
+    reg.add(job(2))
+    assert [j.id for j in reg.list()] == ["ftjob-0001", "ftjob-0002"]
 
 
 def test_corrupt_registry_is_a_clear_error(tmp_path: Path) -> None:

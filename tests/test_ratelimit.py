@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from _scale_util import write_pipeline
 
-from oaipipe.ratelimit import RateLimiter, TokenBucket, install_cooldown, rate_limit_wrapper
-from oaipipe.retry import RetryPolicy
+from oaipipe.ratelimit import RateLimiter, TokenBucket, rate_limit_wrapper
+from oaipipe.retry import RetryPolicy, error_for_status
 from oaipipe.runner import run_pipeline_file
 from oaipipe.tokens import count_message_tokens
 from oaipipe.types import ChatRequest, ChatResponse, Usage
@@ -134,21 +134,24 @@ def test_cool_down_pauses_everyone() -> None:
     assert limiter.cooldowns == 1
 
 
-def test_install_cooldown_hooks_the_retry_policy() -> None:
+def test_the_limiter_listens_to_the_retry_policy_for_cool_downs() -> None:
+    # an explicit callback (RetryPolicy.listeners), not a monkeypatched delay
     clock = FakeClock()
     limiter = _limiter(clock)
+    slept: list[float] = []
+    policy = RetryPolicy(max_retries=3, sleep=slept.append, clock=clock, listeners=[limiter])
+    errors = [error_for_status(503, "busy"), error_for_status(429, "slow", retry_after=1.5)]
 
-    class FakeBackend:
-        policy = RetryPolicy(max_retries=3)
+    def attempt() -> str:
+        if errors:
+            raise errors.pop(0)
+        return "ok"
 
-    backend = FakeBackend()
-    assert install_cooldown(backend, limiter) is True
-    assert install_cooldown(backend, limiter) is False  # not twice
-    assert backend.policy.delay(0, None) <= 0.5  # plain backoff: no cool-down for others
-    assert limiter.pause_until == 0
-    assert backend.policy.delay(0, 1.5) == 1.5  # the server asked: everyone waits
+    assert policy.run(attempt) == "ok"
+    assert slept[0] <= 0.5 + 1e-9  # plain backoff for the 503 without Retry-After: no cool-down for others
+    assert limiter.cooldowns == 1  # the server asked once: everyone waits
     assert limiter.pause_until == pytest.approx(clock.now + 1.5)
-    assert install_cooldown(object(), limiter) is False
+    assert 1.5 <= slept[1] <= 1.5 + 1.0  # at least what the server asked, plus jitter
 
 
 def test_limits_must_be_positive() -> None:

@@ -40,8 +40,9 @@ def test_all_records_done_under_20_percent_injected_errors_and_retry_after_is_ho
     assert summary["status"] == "finished"
     assert summary["records"]["done"] == n and summary["records"]["failed"] == 0
     assert injected.get("429", 0) >= 1 and injected.get("500", 0) + injected.get("503", 0) >= 1
-    # every 429 made its call wait exactly the server's Retry-After (0.05 s), and paused the others too
-    assert waits.count(0.05) == injected["429"]
+    # every 429 made its call wait at least the server's Retry-After (0.05 s), and paused the others too
+    assert summary["retries"]["by_status"]["429"] == injected["429"]
+    assert sum(1 for w in waits if w >= 0.05) >= injected["429"]
     assert summary["rate_limit"]["cooldowns"] >= 1
     assert [r["_id"] for r in read_jsonl(tmp_path / "out/records.jsonl")] == _ids(n)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from oaipipe.cli import main
-from oaipipe.errors import InputError, PluginError, RunAborted
+from oaipipe.errors import InputError, RunAborted, StorageError
 from oaipipe.runner import RunOptions, run_pipeline_file
 
 REVIEWS = [
@@ -479,9 +479,10 @@ def test_a_sink_that_fails_to_write_stops_the_run_naming_the_sink(tmp_path: Path
         """), encoding="utf-8")
     path = make_pipeline(tmp_path)
     path.write_text("plugins: [brokensink.py]\n" + path.read_text().replace("sinks:\n", "sinks:\n  - {type: broken}\n"))
-    with pytest.raises(PluginError, match="sink broken failed to write record 3: OSError.*No space left") as info:
+    # an I/O problem (here a full disk) is a StorageError (exit 9), not a plugin error
+    with pytest.raises(StorageError, match="sink broken failed to write record 3: .*No space left") as info:
         run_pipeline_file(path)
-    assert "rerun" in str(info.value)
+    assert "rerun" in str(info.value) and info.value.exit_code == 9
     summary = json.loads(next((tmp_path / "runs").glob("*/*/summary.json")).read_text())
     assert summary["status"] == "aborted" and summary["records"]["done"] == 2  # the next run resumes at record 3
 

@@ -38,6 +38,9 @@ class HTTPBackendOptions(BackendOptions):
     retry_base: float = Field(0.5, ge=0, description="Backoff base in seconds: wait up to base * 2**attempt")
     retry_max_delay: float = Field(20.0, ge=0, description="Longest backoff wait in seconds")
     max_retry_after: float = Field(60.0, ge=0, description="Longest wait honoured from Retry-After / retry-after-ms")
+    rate_limit_patience: float = Field(
+        300.0, ge=0, description="Seconds a rate-limited call (429, not out of quota) keeps retrying past max_retries"
+    )
 
 
 def http_error(status: int, body: Any, fallback: str, *, url: str, request_id: str | None = None,
@@ -90,6 +93,7 @@ class HTTPBackendMixin:
             base=opts.retry_base,
             max_delay=opts.retry_max_delay,
             max_retry_after=opts.max_retry_after,
+            rate_limit_patience=opts.rate_limit_patience,
         )
         #: every HTTP attempt goes through it: the first one alone, none after a 401 (oaipipe.keys.KeyGate)
         self._gate = KeyGate()

@@ -1,18 +1,46 @@
 """What the file and folder sources (``csv``, ``jsonl``, ``images``) share: resolving ``path`` and saying
-clearly when it is missing or of the wrong kind, and a cheap line count."""
+clearly when it is missing or of the wrong kind, a cheap line count, and the one rule for bad input:
+whatever goes wrong while parsing one record makes that record an error (naming its line) and the run
+goes on (:func:`guarded_record`)."""
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 from ..base import Source
-from ..errors import InputError
+from ..errors import InputError, OaipipeError
+from ..idset import SeenIds
+from ..types import Record
 
-__all__ = ["COUNT_LIMIT_BYTES", "FileSource", "checked_path", "count_lines", "missing_file_error"]
+__all__ = [
+    "COUNT_LIMIT_BYTES",
+    "MAX_LINE_BYTES",
+    "MAX_NESTING",
+    "FileSource",
+    "checked_path",
+    "count_lines",
+    "describe_parse_failure",
+    "guarded_record",
+    "line_too_long",
+    "missing_file_error",
+    "read_lines",
+    "too_deep",
+    "unique_id_record",
+]
 
 #: above this size ``count()`` answers None instead of scanning the file
 COUNT_LIMIT_BYTES = 50 * 1024 * 1024
+
+#: a line longer than this (bytes) is not read into memory: it becomes a failed record (skipped, not kept)
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+#: a record nested deeper than this (lists/objects in lists/objects) is an error: deeper values cannot be
+#: written back as JSON (the journal, the sinks) within Python's recursion limit
+MAX_NESTING = 256
 
 
 def missing_file_error(kind: str, path: Path, given: str, base_dir: Path, *, folder: bool = False) -> InputError:
@@ -24,17 +52,37 @@ def missing_file_error(kind: str, path: Path, given: str, base_dir: Path, *, fol
     )
 
 
+def _file_type(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def checked_path(kind: str, given: str, context: Any, *, hint: str, folder: bool = False) -> Path:
-    """``given`` resolved against the pipeline file's folder, checked to be an existing file (or, with
-    ``folder=True``, folder); an :class:`InputError` naming ``kind`` otherwise (``hint`` when it exists but
-    is of the other kind)."""
+    """``given`` resolved against the pipeline file's folder, checked to be an existing regular file (or,
+    with ``folder=True``, folder); an :class:`InputError` naming ``kind`` otherwise: "not found" only when
+    nothing is there, "not a regular file" for a folder, a device (``/dev/zero``), a FIFO or a socket."""
     path: Path = context.path(given)
-    if path.is_dir() if folder else path.is_file():
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: what would be opened
+    except FileNotFoundError:
+        raise missing_file_error(kind, path, given, context.base_dir, folder=folder) from None
+    except OSError as exc:
+        raise InputError(f"{kind} source path cannot be read: {path}: {exc.strerror or exc}",
+                         hint="check the permissions of the path and of its folders") from None
+    if stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode):
         return path
-    if path.is_file() if folder else path.is_dir():
-        what = "a file, not a folder" if folder else "a folder, not a file"
+    if folder:
+        what = "a file, not a folder" if stat.S_ISREG(mode) else f"{_file_type(mode)}, not a folder"
         raise InputError(f"{kind} source path is {what}: {path}", hint=hint)
-    raise missing_file_error(kind, path, given, context.base_dir, folder=folder)
+    what = "a folder, not a file" if stat.S_ISDIR(mode) else _file_type(mode)
+    raise InputError(f"{kind} source path is not a regular file ({what}): {path}",
+                     hint=hint if stat.S_ISDIR(mode) else
+                     "point `source.path` at a file on disk; devices, pipes and sockets cannot be read as input "
+                     "(resuming needs to read the input again)")
 
 
 class FileSource(Source):
@@ -50,6 +98,11 @@ class FileSource(Source):
 
     def _check_exists(self) -> Path:
         return checked_path(self.kind, self.options.path, self.context, hint=self.wrong_kind_hint)
+
+    def _read_error(self, exc: OSError) -> InputError:
+        """An I/O error while reading the file (after it was opened): the whole input stops, naming it."""
+        return InputError(f"{self.options.path}: cannot read the {self.kind} file: {exc.strerror or exc}",
+                          hint="check the disk and the file; rerun the same command to resume")
 
 
 def count_lines(path: Path, *, limit: int = COUNT_LIMIT_BYTES) -> int | None:
@@ -69,3 +122,86 @@ def count_lines(path: Path, *, limit: int = COUNT_LIMIT_BYTES) -> int | None:
     if size and last != b"\n":
         lines += 1
     return lines
+
+
+def read_lines(fh: IO[bytes], limit: int | None = None) -> Iterator[tuple[bytes | None, int]]:
+    """``(line, length in bytes)`` for each line of ``fh`` (split at ``\\n``, kept); ``line`` is None for a
+    line longer than ``limit`` (default :data:`MAX_LINE_BYTES`), whose bytes are skipped without being held:
+    one giant line costs one failed record, not the memory of the machine."""
+    limit = MAX_LINE_BYTES if limit is None else limit
+    readline = fh.readline
+    while raw := readline(limit + 1):
+        if len(raw) <= limit or raw.endswith(b"\n"):
+            yield raw, len(raw)
+            continue
+        length = len(raw)
+        while (more := readline(1 << 20)) and not more.endswith(b"\n"):
+            length += len(more)
+        yield None, length + len(more)
+
+
+def line_too_long(length: int) -> str:
+    """The message for a line :func:`read_lines` skipped."""
+    return (f"the line is {length:,} bytes long, more than the {MAX_LINE_BYTES:,} a record may have "
+            f"(a file without line breaks?); split it")
+
+
+# --- one bad record -------------------------------------------------------------------------------------
+
+
+def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether ``value`` nests lists/dicts more than ``limit`` levels deep (iterative: never recurses)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(obj, dict):
+            stack.extend((v, depth + 1) for v in obj.values() if isinstance(v, dict | list))
+        elif isinstance(obj, list):
+            stack.extend((v, depth + 1) for v in obj if isinstance(v, dict | list))
+    return False
+
+
+def describe_parse_failure(exc: BaseException) -> str:
+    """What went wrong parsing one record, in words, for any exception (the fix included where known)."""
+    if isinstance(exc, OaipipeError):
+        return exc.message + (f"; {exc.hint}" if exc.hint else "")
+    if isinstance(exc, RecursionError):
+        return (f"nested too deeply to read (more than Python's recursion limit; oaipipe reads at most "
+                f"{MAX_NESTING} levels of lists/objects)")
+    if isinstance(exc, MemoryError):
+        return "too large to hold in memory"
+    text = str(exc)
+    if isinstance(exc, ValueError) and "integer string conversion" in text:
+        # Python refuses to convert integers of more than sys.get_int_max_str_digits() digits (4300)
+        return ("a number with more digits than Python converts (4300); write it as a string "
+                "(in quotes) if it is an id or a code")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def guarded_record(parse: Callable[[], Record | None], *, where: str, default_id: str,
+                   fix: str = "") -> Record | None:
+    """The record ``parse()`` builds (None: no record, e.g. a blank line) or, whatever it raises, a :class:`Record` with ``error`` set:
+    ``"<where>: <what went wrong>; <fix>"`` (``where`` names the file and line). This is how every file
+    source turns one bad line into one failed record instead of a failed run. Raise a
+    :class:`~oaipipe.errors.RecordError` in ``parse`` for a problem with its own message (and fix)."""
+    try:
+        return parse()
+    except Exception as exc:  # noqa: BLE001 - anything from one record fails that record only
+        message = describe_parse_failure(exc)
+        if fix and not isinstance(exc, OaipipeError):
+            message += f"; {fix}"
+        return Record(default_id, {}, where, error=f"{where}: {message}")
+
+
+def unique_id_record(rid: str, data: dict[str, Any], where: str, seen: SeenIds, at: int, *, unit: str,
+                     holder: str) -> Record:
+    """The record named ``rid`` (found at ``unit`` ``at``: row 3, line 7), failed when an earlier record
+    had that id: ids must be unique, the resume journal keys on them."""
+    first = seen.check_add(rid, at)
+    if first is None:
+        return Record(rid, data, where)
+    earlier = f"{unit} {first}" if first != "earlier" else f"an earlier {unit}"
+    return Record(rid, data, where, error=(f"{where}: duplicate id '{rid}' in {holder}, also at {earlier}; "
+                                           f"ids must be unique (the resume journal keys on them)"))

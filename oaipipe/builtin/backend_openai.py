@@ -101,7 +101,11 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
         """The async client of the running event loop (a new loop gets a new client)."""
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aclient_loop is not loop:
-            http = openai.DefaultAsyncHttpx2Client(limits=self._limits(), timeout=self.options.timeout)
+            async def seen(response: httpx2.Response) -> None:  # every answer's headers (x-ratelimit-*)
+                self.policy.observe(response.headers)
+
+            http = openai.DefaultAsyncHttpx2Client(limits=self._limits(), timeout=self.options.timeout,
+                                                   event_hooks={"response": [seen]})
             self._aclient = sdk_client(openai.AsyncOpenAI, http_client=http, **self._client_kwargs())
             self._aclient_loop = loop
         return self._aclient
@@ -111,7 +115,8 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
         """The blocking client (model listings, the CLI)."""
         with self._lock:
             if self._client is None:
-                http = openai.DefaultHttpx2Client(limits=self._limits(), timeout=self.options.timeout)
+                http = openai.DefaultHttpx2Client(limits=self._limits(), timeout=self.options.timeout,
+                                                  event_hooks={"response": [lambda r: self.policy.observe(r.headers)]})
                 self._client = sdk_client(openai.OpenAI, http_client=http, **self._client_kwargs())
             return self._client
 

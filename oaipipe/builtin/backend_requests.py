@@ -52,6 +52,7 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
                 session.headers.update({"Content-Type": "application/json", "Accept": "application/json",
                                         "User-Agent": "oaipipe-requests"})
                 session.headers.update(self._extra_headers())
+                session.hooks["response"].append(lambda resp, *a, **k: self.policy.observe(resp.headers))
                 if self.api_key:
                     session.headers["Authorization"] = f"Bearer {self.api_key}"
                 self._session = session

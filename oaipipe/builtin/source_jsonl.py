@@ -1,22 +1,34 @@
 """Built-in source ``jsonl``: one JSON object per line, read line by line (streams any size).
 
-A line that is not valid JSON (or not an object, or not UTF-8) becomes a record with ``error`` set and
-the line number in the message: the run logs it as failed and goes on. Blank lines are skipped.
+Whatever is wrong with one line (not valid JSON, not an object, not UTF-8, nested too deeply, a number
+too long for Python, a missing or duplicate id) makes that line a record with ``error`` set, naming the
+line (and the byte offset of an undecodable byte): the run logs it as failed and goes on. Blank lines are
+skipped.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import partial
 
 from pydantic import Field
 
 from ..base import PluginOptions
-from ..errors import InputError
+from ..errors import InputError, RecordError
 from ..hookspecs import hookimpl
 from ..idset import SeenIds
 from ..types import Record
-from ._source_files import FileSource, count_lines
+from ._source_files import (
+    MAX_NESTING,
+    FileSource,
+    count_lines,
+    guarded_record,
+    line_too_long,
+    read_lines,
+    too_deep,
+    unique_id_record,
+)
 
 
 class JsonlSource(FileSource):
@@ -34,64 +46,79 @@ class JsonlSource(FileSource):
 
     options: Options
 
+    def fields(self) -> list[str] | None:
+        """Unknown before reading (objects may differ); checks that ``path`` is a regular file, so that
+        ``oaipipe validate`` reports a missing file, a folder or ``/dev/zero`` as the csv source does."""
+        self._check_exists()
+        return None
+
     def count(self) -> int | None:
         return count_lines(self._check_exists())
 
     def records(self) -> Iterator[Record]:
         path = self._check_exists()
         label = self.options.path
-        id_field = self.options.id_field
-        seen = SeenIds()
         try:
             "".encode(self.options.encoding)
         except LookupError:
             raise InputError(f"{label}: unknown encoding '{self.options.encoding}'",
                              hint="use a Python codec name such as utf-8 or latin-1") from None
-        with path.open("rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                where = f"{label} line {lineno}"
-                default_id = f"line-{lineno}"
-                try:
-                    text = raw.decode(self.options.encoding)
-                except UnicodeDecodeError as exc:
-                    yield Record(default_id, {}, where, error=(
-                        f"{where}: not valid {self.options.encoding} ({exc.reason} at byte {exc.start}); "
-                        f"save the file as UTF-8 or set `encoding:`"))
-                    continue
-                if lineno == 1:
-                    text = text.lstrip("\ufeff")
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    yield Record(default_id, {}, where, error=(
-                        f"{where}: invalid JSON: {exc.msg} (column {exc.colno}); each line must be one "
-                        f"complete JSON object"))
-                    continue
-                if not isinstance(obj, dict):
-                    yield Record(default_id, {}, where, error=(
-                        f"{where}: expected a JSON object ({{...}}), got {type(obj).__name__}; "
-                        f"each line must be one object"))
-                    continue
-                if id_field is None:
-                    yield Record(default_id, obj, where)
-                    continue
-                value = obj.get(id_field)
-                if value is None or value == "":
-                    keys = ", ".join(list(obj)[:20]) or "(none)"
-                    yield Record(default_id, obj, where, error=(
-                        f"{where}: no '{id_field}' (source.id_field) in this object; its keys: {keys}"))
-                    continue
-                rid = str(value)
-                first = seen.check_add(rid, lineno)
-                if first is not None:
-                    at = f"line {first}" if first != "earlier" else "an earlier line"
-                    yield Record(rid, obj, where, error=(
-                        f"{where}: duplicate id '{rid}' in field '{id_field}', also at {at}; "
-                        f"ids must be unique (the resume journal keys on them)"))
-                    continue
-                yield Record(rid, obj, where)
+        seen = SeenIds()
+        offset = 0  # byte offset of the current line in the file
+        try:
+            with path.open("rb") as fh:
+                for lineno, (raw, length) in enumerate(read_lines(fh), start=1):
+                    where = f"{label} line {lineno}"
+                    record = guarded_record(partial(self._parse, raw, length, lineno, offset, where, seen),
+                                            where=where, default_id=f"line-{lineno}")
+                    offset += length
+                    if record is not None:
+                        yield record
+        except OSError as exc:
+            raise self._read_error(exc) from None
+
+    def _parse(self, raw: bytes | None, length: int, lineno: int, offset: int, where: str,
+               seen: SeenIds) -> Record | None:
+        """The record of one line (None for a blank line); raises for a line that is not one JSON object
+        (``raw`` is None for a line too long to read)."""
+        if raw is None:
+            raise RecordError(line_too_long(length))
+        encoding = self.options.encoding
+        default_id = f"line-{lineno}"
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise RecordError(
+                f"not valid {encoding}: {exc.reason}, byte 0x{raw[exc.start]:02x} at byte offset "
+                f"{offset + exc.start} of the file (column {exc.start + 1} of the line)",
+                hint="save the file as UTF-8 or set `encoding:`") from None
+        if lineno == 1:
+            text = text.lstrip("\ufeff")  # a byte-order mark opening the file is fine
+        if not text.strip():
+            return None
+        if text.startswith("\ufeff"):
+            raise RecordError("the line starts with a byte-order mark (U+FEFF), which belongs only at the start "
+                              "of a file (were files joined together?)", hint="remove the mark from this line")
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"invalid JSON: {exc.msg} (column {exc.colno})",
+                              hint="each line must be one complete JSON object") from None
+        if not isinstance(obj, dict):
+            raise RecordError(f"expected a JSON object ({{...}}), got {type(obj).__name__}",
+                              hint="each line must be one object")
+        if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and too_deep(obj):  # cheap test first
+            raise RecordError(f"the object is nested more than {MAX_NESTING} levels deep",
+                              hint="flatten it: oaipipe cannot write deeper values back as JSON")
+        id_field = self.options.id_field
+        if id_field is None:
+            return Record(default_id, obj, where)
+        value = obj.get(id_field)
+        if value is None or value == "":
+            keys = ", ".join(list(obj)[:20]) or "(none)"
+            return Record(default_id, obj, where, error=(
+                f"{where}: no '{id_field}' (source.id_field) in this object; its keys: {keys}"))
+        return unique_id_record(str(value), obj, where, seen, lineno, unit="line", holder=f"field '{id_field}'")
 
 
 @hookimpl

@@ -2,7 +2,9 @@
 
 Uploads the training (and validation) file with purpose ``fine-tune``, creates the job with
 ``method: {type: supervised|dpo, <type>: {hyperparameters: {...}}}``, and reports status and events
-(``fine_tuning.jobs.retrieve`` / ``list_events``) when oaipipe follows it. A failed job keeps the
+(``fine_tuning.jobs.retrieve`` / ``list_events``) when oaipipe follows it. Each job is tagged with
+``metadata: {oaipipe_launch_key: ...}``, so that a launch cut short by a crash is found again
+(:meth:`OpenAITrainer.find_launched`) instead of being launched twice. A failed job keeps the
 server's error message, which ``oaipipe train --wait`` / ``oaipipe jobs wait`` raise as a
 :class:`~oaipipe.errors.TrainingError`.
 
@@ -17,11 +19,13 @@ from typing import Any
 from pydantic import Field, SecretStr
 
 from ..base import Trainer
-from ..errors import AuthenticationError, OaipipeError, TrainingError
+from ..errors import AuthenticationError, BadRequestError, OaipipeError, TrainingError
 from ..hookspecs import hookimpl
 from ..keys import OPENAI_BASE_URL, is_openai_url, resolve_api_key, sdk_client
 
 OPENAI_URL = OPENAI_BASE_URL
+#: the metadata key a launched job is tagged with, so that a launch cut short by a crash is found again
+LAUNCH_KEY_METADATA = "oaipipe_launch_key"
 _HYPERPARAMETERS = {
     "supervised": {"n_epochs", "batch_size", "learning_rate_multiplier"},
     "dpo": {"n_epochs", "batch_size", "learning_rate_multiplier", "beta"},
@@ -89,11 +93,22 @@ class OpenAITrainer(Trainer):
     # --- the Trainer contract -------------------------------------------------------------------
 
     def launch(self, dataset: Any, job: Any) -> Any:
+        try:
+            return self._launch(dataset, job)
+        except OaipipeError as exc:
+            # before the create call, or refused by it: the provider has no job (no need to look for one)
+            if not job.id and (not job.remote.get("creating") or isinstance(exc, BadRequestError | AuthenticationError)):
+                exc.nothing_launched = True  # type: ignore[attr-defined]
+            raise
+        finally:
+            job.remote.pop("creating", None)
+
+    def _launch(self, dataset: Any, job: Any) -> Any:
         client = self.client()
         with dataset.train_path.open("rb") as fh:
             train_file = self._call(f"uploading {dataset.train_path.name}", client.files.create,
                                     file=fh, purpose="fine-tune")
-        job.remote = {"training_file": train_file.id}
+        job.remote["training_file"] = train_file.id
         kwargs: dict[str, Any] = {}
         if dataset.validation_path is not None:
             with dataset.validation_path.open("rb") as fh:
@@ -109,11 +124,35 @@ class OpenAITrainer(Trainer):
             kwargs["suffix"] = suffix
         if self.options.seed is not None:
             kwargs["seed"] = self.options.seed
+        launch_key = (job.remote or {}).get("launch_key")
+        if launch_key:  # lets find_launched() recognise the job after a crash (extra_body: any SDK version)
+            kwargs["extra_body"] = {"metadata": {LAUNCH_KEY_METADATA: launch_key}}
+        job.remote["creating"] = True
         remote = self._call("creating the fine-tuning job", client.fine_tuning.jobs.create,
                             model=job.base_model, training_file=train_file.id, method=spec, **kwargs)
         job.id = remote.id
         self._apply(job, remote)
         return job
+
+    def find_launched(self, job: Any) -> Any:
+        """The provider's job whose metadata carries ``job.remote["launch_key"]`` (a launch a crash cut short),
+        as ``job`` filled in, or None. Looks through the newest jobs only (created since the launch began)."""
+        launch_key = (job.remote or {}).get("launch_key")
+        if not launch_key:
+            return None
+        since = _epoch(job.created_at) - 600  # clocks differ; a launch takes a while
+        page = self._call("listing fine-tuning jobs", self.client().fine_tuning.jobs.list, limit=100,
+                          extra_query={f"metadata[{LAUNCH_KEY_METADATA}]": launch_key})
+        for n, remote in enumerate(page):  # iterating a page fetches the next ones
+            metadata = getattr(remote, "metadata", None) or {}
+            if metadata.get(LAUNCH_KEY_METADATA) == launch_key:
+                job.id = remote.id
+                job.remote["training_file"] = getattr(remote, "training_file", None)
+                self._apply(job, remote)
+                return job
+            if n >= 1000 or (getattr(remote, "created_at", None) or since) < since:
+                break  # newest first: older jobs cannot be this launch
+        return None
 
     def _apply(self, job: Any, remote: Any) -> None:
         job.status = remote.status
@@ -146,6 +185,15 @@ class OpenAITrainer(Trainer):
         remote = self._call(f"cancelling job {job.id}", self.client().fine_tuning.jobs.cancel, job.id)
         self._apply(job, remote)
         return job
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except (ValueError, AttributeError):
+        return 0.0
 
 
 @hookimpl

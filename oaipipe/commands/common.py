@@ -14,7 +14,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,6 +33,7 @@ __all__ = [
     "echo_json",
     "json_option",
     "key_from_env",
+    "log_records_to",
     "note",
     "progress_printer",
     "registry_option",
@@ -141,7 +143,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self) -> None:
         super().__init__()
-        self.setFormatter(_Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.setFormatter(_Formatter("%(name)s: %(message)s"))
 
     @property  # type: ignore[override]
     def stream(self) -> Any:
@@ -160,6 +162,27 @@ def configure_logging(state: Verbosity | None = None) -> None:
     logger = logging.getLogger("oaipipe")
     logger.setLevel((state or Verbosity()).level)
     if _HANDLER not in logger.handlers:
+        logger.addHandler(_HANDLER)
+
+
+@contextmanager
+def log_records_to(reporter: Any) -> Iterator[None]:
+    """While a run shows its progress: log records are written through ``reporter`` (above a live bar,
+    :class:`oaipipe.progress.ReporterLogHandler`) instead of straight to stderr. Outside the CLI (no
+    handler of ours on the logger) nothing changes."""
+    logger = logging.getLogger("oaipipe")
+    if _HANDLER not in logger.handlers:
+        yield
+        return
+    from ..progress import ReporterLogHandler
+
+    handler = ReporterLogHandler(reporter, sys.stderr)
+    logger.removeHandler(_HANDLER)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
         logger.addHandler(_HANDLER)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import ExitCode
-from .common import disable_option, set_option, verbosity
+from .common import disable_option, log_records_to, set_option, verbosity
 
 __all__ = ["run", "summary_exit_code"]
 
@@ -32,6 +32,8 @@ def _shown(path: str | None) -> str:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    from ..progress import retries_text
+
     rec = summary.get("records", {})
     status = summary.get("status")
     if status == "nothing-to-do":
@@ -60,8 +62,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
         + (f", {rec.get('skipped')} already done before" if rec.get("skipped") else "")
         + f" in {summary.get('elapsed_s', 0):.1f}s ({summary.get('records_per_s', 0)}/s); "
         f"{summary.get('calls', 0)} calls ({summary.get('cached', 0)} cached), "
-        f"{tokens.get('total', 0)} tokens, ${summary.get('cost_usd', 0):.4f}"
+        + (f"{summary['attempts']} attempts, " if "attempts" in summary else "")
+        + f"{tokens.get('total', 0)} tokens, ${summary.get('cost_usd', 0):.4f}"
     )
+    retried = retries_text(summary)
+    if retried:
+        click.echo(f"  {retried}")
     unpriced = sorted({row["model"] for row in summary.get("by_step", []) if not row.get("priced", True)})
     if unpriced:
         click.echo(f"  note: no price known for {', '.join(unpriced)}, counted as $0 "
@@ -79,6 +85,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
         model = train.get("fine_tuned_model")
         click.echo(f"  train: {train.get('status')}" + (f", model {model}" if model else "")
                    + (f" ({train.get('reason')})" if train.get("reason") else ""))
+
+
+def _budget(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """``--max-cost``: a finite number of USD > 0 (NaN or inf would never trigger; 0 would start nothing)."""
+    from ..pricing import check_budget
+
+    if value is None:
+        return None
+    try:
+        return check_budget(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--max-cost "), ctx=ctx, param=param) from None
 
 
 def summary_exit_code(summary: dict[str, Any]) -> ExitCode:
@@ -106,7 +124,7 @@ def summary_exit_code(summary: dict[str, Any]) -> ExitCode:
 @click.option("--max-failures", type=click.IntRange(min=0), help="Abort after more than N failed records")
 @click.option("--retry-failed", is_flag=True, help="Rerun only the records that failed in the last run")
 @click.option("--no-cache", is_flag=True, help="Do not reuse cached responses")
-@click.option("--max-cost", type=click.FloatRange(min=0), help="Stop starting records past this many USD")
+@click.option("--max-cost", type=float, callback=_budget, help="Stop starting records past this many USD")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout")
 @disable_option
 def run(pipeline: str, overrides: tuple[str, ...], resume: bool, limit: int | None, dry_run: bool,
@@ -129,7 +147,8 @@ def run(pipeline: str, overrides: tuple[str, ...], resume: bool, limit: int | No
     reporter = make_reporter(quiet=quiet or as_json)
     if configure_run is not None:
         reporter = configure_run(built, options, reporter, quiet=quiet or as_json)
-    summary = asyncio.run(run_pipeline(built, options, reporter))
+    with log_records_to(reporter):  # -v: retries and rate-limit changes are logged above the progress display
+        summary = asyncio.run(run_pipeline(built, options, reporter))
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:

@@ -70,6 +70,23 @@ def _error_rates(values: tuple[str, ...]) -> dict[int, float]:
     return rates
 
 
+def _notes(config: Any, handle: Any) -> str:
+    """The second line of ``oaipipe serve``: key, faults, rate limits, where files are."""
+    faults = config.faults
+    notes = []
+    if config.api_key:
+        notes.append("bearer key required")
+    if faults.error_rates or faults.drop_rate or faults.timeout_rate or faults.latency or faults.jitter:
+        notes.append("faults: " + ", ".join(f"{k}={v}" for k, v in faults.to_dict().items()
+                                            if v and k not in ("retry_after", "timeout_seconds")))
+    if config.rpm or config.tpm:
+        notes.append("rate limits: " + ", ".join(f"{v} {k.upper()}" for k, v in (("rpm", config.rpm),
+                                                                                    ("tpm", config.tpm)) if v)
+                     + f" (bucket holds {config.rate_burst:g}s of refill)")
+    notes.append(f"files in {handle.data_dir}")
+    return "; ".join(notes)
+
+
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback only "
               "unless --allow-remote).")
@@ -106,6 +123,11 @@ def _error_rates(values: tuple[str, ...]) -> dict[int, float]:
               "for its body, and to take the reply.")
 @click.option("--max-connections", default=256, type=click.IntRange(min=1), show_default=True,
               help="Connections served at once (a thread each); one more is answered 503 and closed.")
+@click.option("--rpm", default=None, type=click.IntRange(min=1), help="Enforce this many requests per minute on "
+              "chat/responses: 429 with Retry-After beyond it, x-ratelimit-* headers on every answer.")
+@click.option("--tpm", default=None, type=click.IntRange(min=1), help="Enforce this many tokens per minute likewise.")
+@click.option("--rate-burst", default=60.0, type=_Finite(0.001, 86400), show_default=True,
+              help="Seconds of refill a --rpm/--tpm bucket holds (60: the whole minute; 1: enforced per second).")
 @click.option("--seed", default=None, type=int, help="Seed of the random fault/jitter choices (reproducible runs).")
 @click.option("--log", "log_requests", is_flag=True, help="Log one line per request to stderr.")
 @json_option("Print the ready line as JSON: {base_url, data_dir, api_key_required, faults}")
@@ -113,7 +135,8 @@ def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitt
                   error_rate: tuple[str, ...], retry_after: float, drop_rate: float, timeout_rate: float,
                   timeout_seconds: float, api_key: str | None, data_dir: Path | None, ft_seconds: float,
                   ft_min_examples: int, batch_seconds: float, max_body_size: int, client_timeout: float,
-                  max_connections: int, seed: int | None, log_requests: bool, as_json: bool) -> ExitCode:
+                  max_connections: int, rpm: int | None, tpm: int | None, rate_burst: float, seed: int | None,
+                  log_requests: bool, as_json: bool) -> ExitCode:
     """Serve the embedded offline engine as an OpenAI-compatible API (models, chat, responses, files,
     fine-tuning jobs, batches), with switches to inject latency and errors. -q prints only the base URL line."""
     from ..server.config import Faults, ServerConfig
@@ -133,7 +156,8 @@ def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitt
     config = ServerConfig(host=host, port=port, data_dir=data_dir, api_key=api_key or None, seed=seed,
                           ft_seconds=ft_seconds, ft_min_examples=ft_min_examples, batch_seconds=batch_seconds,
                           log_requests=log_requests, faults=faults, max_body_size=max_body_size,
-                          client_timeout=client_timeout, max_connections=max_connections)
+                          client_timeout=client_timeout, max_connections=max_connections, rpm=rpm, tpm=tpm,
+                          rate_burst=rate_burst)
 
     quiet = verbosity().quiet
 
@@ -144,14 +168,7 @@ def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitt
         else:
             click.echo(f"oaipipe serve: listening on {handle.base_url}  (use --set backend.base_url={handle.base_url})")
         if not quiet:
-            notes = []
-            if api_key:
-                notes.append("bearer key required")
-            if faults.error_rates or faults.drop_rate or faults.timeout_rate or faults.latency or faults.jitter:
-                notes.append("faults: " + ", ".join(f"{k}={v}" for k, v in faults.to_dict().items()
-                                                    if v and k not in ("retry_after", "timeout_seconds")))
-            notes.append(f"files in {handle.data_dir}")
-            click.echo("  " + "; ".join(notes) + ". Ctrl-C stops.", err=True)
+            click.echo("  " + _notes(config, handle) + ". Ctrl-C stops.", err=True)
         import sys
 
         sys.stdout.flush()

@@ -2,20 +2,21 @@
 
 Nothing is invented: size, format, mode, orientation (after EXIF rotation), dominant colours (median-cut
 quantisation into a few colours, each named after the nearest colour of a small palette) and mean brightness.
+Colours and brightness are measured on a 96×96 thumbnail, so a big image is decoded reduced, within the
+process's decoding budget (:mod:`oaipipe.pixels`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
+from PIL import Image, ImageStat, UnidentifiedImageError
 
+from ..pixels import TooManyPixels, decode
 from .errors import ImageURLNotSupported, InvalidImage
 
 __all__ = ["ColorShare", "ImageFacts", "color_name", "describe", "load_image_url", "measure"]
@@ -96,31 +97,16 @@ def measure(data: bytes, *, colors: int = 4) -> ImageFacts:
     if not data:
         raise InvalidImage("The image is empty (0 bytes); pass the bytes of a PNG, JPEG, GIF or WebP file.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                fmt = img.format or "unknown"
-                mode = img.mode
-                if img.width * img.height > MAX_PIXELS:
-                    raise InvalidImage(f"The image is too large ({img.width}x{img.height} pixels); "
-                                       "downscale it below 80 megapixels.")
-                img.load()
-                upright = ImageOps.exif_transpose(img)
-                rotated = upright.size != img.size
-                if upright.mode in ("RGBA", "LA", "PA") or (upright.mode == "P" and "transparency" in upright.info):
-                    rgba = upright.convert("RGBA")  # transparent pixels count as the white page they sit on
-                    rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-                    rgb.paste(rgba, mask=rgba.getchannel("A"))
-                else:
-                    rgb = upright.convert("RGB")
-    except InvalidImage:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as exc:
+        decoded = decode(data, max_pixels=MAX_PIXELS, convert=_on_white, fit=_thumbnail_size)
+    except TooManyPixels as exc:
+        size = f"{exc.width}x{exc.height} pixels" if exc.width is not None else str(exc)
+        raise InvalidImage(f"The image is too large ({size}); downscale it below 80 megapixels.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         detail = "unrecognised format" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
         raise InvalidImage(f"The image cannot be read ({detail}); it is corrupt or not an image. "
                            "Pass a valid PNG, JPEG, GIF or WebP file.") from exc
-    width, height = rgb.size
+    rgb, fmt, mode, rotated = decoded.image, decoded.format, decoded.mode, decoded.exif_rotated
+    width, height = decoded.size
     orientation = "square" if width == height else ("landscape" if width > height else "portrait")
     small = rgb.copy()
     small.thumbnail((96, 96))
@@ -142,6 +128,23 @@ def measure(data: bytes, *, colors: int = 4) -> ImageFacts:
     return ImageFacts(width=width, height=height, format=fmt, mode=mode, orientation=orientation,
                       dominant_colors=dominant, brightness=round(brightness, 3),
                       brightness_word=_brightness_word(brightness), exif_rotated=rotated)
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """RGB; transparent pixels count as the white page they sit on."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba.getchannel("A"))
+        return rgb
+    return img.convert("RGB")
+
+
+def _thumbnail_size(width: int, height: int) -> tuple[int, int]:
+    """The size the colours and brightness are measured at: fitting a 96×96 box (decoding is reduced to
+    about twice that; images smaller than 4× the box are decoded as they are)."""
+    scale = min(1.0, 96 / max(width, height, 1))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def describe(facts: ImageFacts, prompt: str = "") -> str:

@@ -39,6 +39,7 @@ from ..engine.models import find_model, list_models
 from . import inference
 from .config import Faults, ServerConfig, is_loopback_address
 from .errors import ApiError
+from .ratelimits import RateLimits
 
 __all__ = ["OaipipeServer", "Reply", "make_server"]
 
@@ -154,6 +155,8 @@ class OaipipeServer(ThreadingHTTPServer):
             else Path(config.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.stopping = threading.Event()
+        self.ratelimits = (RateLimits(config.rpm, config.tpm, burst=config.rate_burst)
+                           if config.rpm or config.tpm else None)  # --rpm/--tpm (server/ratelimits.py)
         warm_up()  # the first call must not pay for loading the lexicon (tests use short client timeouts)
         self.routes: list[Route] = []
         self._add_core_routes()
@@ -612,7 +615,11 @@ class Handler(BaseHTTPRequestHandler):
                     self.connection.shutdown(socket.SHUT_RDWR)
                 return
             request = Request(method, path, parse_qs(parts.query), self.headers, body, params)
+            limits = self.server.ratelimits if template in INFERENCE_PATHS else None
+            taken = limits.admit(body) if limits is not None else 0  # 429 + x-ratelimit-* when over --rpm/--tpm
             reply = func(request)
+            if limits is not None:
+                reply.headers.update(limits.settle(taken, reply.body))
         except ApiError as exc:
             reply = Reply(exc.body(), status=exc.status, headers=exc.headers)
         except Exception as exc:  # noqa: BLE001 - a bug must still produce an OpenAI-shaped 500

@@ -114,6 +114,11 @@ class ServerConfig:
     client_timeout: float = 30.0
     #: connections served at once (one thread each); one more is answered 503 and closed
     max_connections: int = 256
+    #: requests / tokens per minute enforced on the inference endpoints (429 + x-ratelimit-* headers);
+    #: ``rate_burst``: seconds of refill a limit's bucket holds (60: the whole minute; 1: quantized per second)
+    rpm: int | None = None
+    tpm: int | None = None
+    rate_burst: float = 60.0
 
     def __post_init__(self) -> None:
         if self.data_dir is not None:
@@ -125,6 +130,12 @@ class ServerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not (isinstance(self.rate_burst, int | float) and 0 < self.rate_burst < float("inf")):
+            raise ValueError(f"rate_burst must be a number of seconds > 0, got {self.rate_burst!r}")
         if isinstance(self.faults, dict):
             self.faults = Faults(**self.faults)
 

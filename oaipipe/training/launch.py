@@ -3,12 +3,24 @@ the ``train:`` block of a pipeline.
 
 Trainers only talk to their provider; this module writes the job registry, refuses invalid datasets
 before anything is uploaded, and reports an earlier job on the same dataset instead of launching another.
+
+Never two jobs for one dataset, even across crashes: :func:`launch_job` holds a lock per dataset (an OS lock
+that ends with its process) while it launches, and records the launch in the registry *before* the trainer
+talks to its provider (status ``launching``, with a launch key in ``remote["launch_key"]``). A launch cut
+short by a crash is then settled by the next attempt: a trainer that can find a job by its launch key
+(``find_launched``; the ``openai`` trainer tags the job's ``metadata`` with it) reports the job the provider
+has, and the rerun follows that one; when the provider has none, the launch is done again. An in-process
+trainer (``in_process = True``) leaves nothing behind at any provider, so it is simply launched again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
+import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,15 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from ..base import Context, Trainer
-from ..errors import BackendError, DatasetError, ExitCode, TrainingError
+from ..errors import BackendError, DatasetError, ExitCode, RunLockedError, StorageError, TrainingError
 from ..home import home_dir
-from ..jobs import Job, JobRegistry
+from ..jobs import LAUNCHING, Job, JobRegistry
 from ..pricing import PriceTable
+from ..runlock import LockBusy, acquire, describe_holder
 from .build import BuildResult, DatasetFiles, build_rows, write_dataset
 from .sources import read_examples
 from .validate import ValidationReport, validate_rows
 
 __all__ = [
+    "FollowStopped",
     "LaunchResult",
     "build_dataset",
     "follow_job",
@@ -38,10 +52,17 @@ Progress = Callable[[str], None]
 #: consecutive retryable errors (429/5xx/connection) tolerated while following a job
 MAX_POLL_ERRORS = 10
 
+
 class JobStillRunning(TrainingError):
     """``--timeout`` ran out while the job was still running: not a failure of the job (exit code 1)."""
 
     exit_code = ExitCode.RECORDS_FAILED
+
+
+class FollowStopped(TrainingError):
+    """Following a job was stopped (Ctrl-C, SIGTERM): the job keeps running at its provider (exit code 130)."""
+
+    exit_code = ExitCode.INTERRUPTED
 
 
 #: exchanges of these steps are left out unless ``step:`` names them
@@ -106,41 +127,142 @@ def launch_job(trainer: Trainer, files: DatasetFiles, *, base_model: str, descri
                registry: JobRegistry | None = None, force: bool = False, base_url: str | None = None,
                suffix: str | None = None, hyperparameters: dict[str, Any] | None = None,
                progress: Progress = _quiet) -> LaunchResult:
-    """Launch a job on written, validated ``files`` and record it (or report the earlier one)."""
+    """Launch a job on written, validated ``files`` and record it (or report the earlier one).
+
+    Holds the dataset's launch lock throughout: a second process launching the same dataset at the same
+    time stops with a :class:`~oaipipe.errors.RunLockedError` naming the first (it would find the job
+    once the first is done). A ``launching`` entry left by a crash is settled first (see the module doc).
+    """
     registry = registry or JobRegistry()
     name = trainer.name or getattr(trainer.options, "type", "trainer")
-    if not force:
-        same = registry.find_same(dataset_sha256=files.sha256, trainer=name, base_model=base_model,
-                                  method=files.method, base_url=base_url)
-        if same is not None:
-            progress(f"this dataset was already trained: job {same.id} ({same.status}"
-                     + (f", {same.fine_tuned_model}" if same.fine_tuned_model else "")
-                     + "); not launching another (use --force to train again)")
-            return LaunchResult(job=same, reused=True, dataset=files)
-    job = Job(id="", trainer=name, base_model=base_model, method=files.method, description=description,
-              dataset=str(files.train_path), dataset_sha256=files.sha256,
-              validation_dataset=str(files.validation_path) if files.validation_path else None,
-              n_examples=files.n_train, base_url=base_url, suffix=suffix,
-              hyperparameters=dict(hyperparameters or {}))
-    job = trainer.launch(files, job)
-    if not job.id:
-        raise TrainingError(f"trainer '{name}' launched a job without an id",
-                            hint="a trainer's launch() must set job.id")
-    registry.add(job)
+    key = {"dataset_sha256": files.sha256, "trainer": name, "base_model": base_model, "method": files.method,
+           "base_url": base_url}
+    with _launch_lock(registry, key):
+        recovered = _settle_interrupted(trainer, registry, key, force=force, progress=progress)
+        if not force:
+            same = registry.find_same(**key)
+            if same is not None:
+                if recovered is None or same.id != recovered.id:
+                    progress(f"this dataset was already trained: job {same.id} ({same.status}"
+                             + (f", {same.fine_tuned_model}" if same.fine_tuned_model else "")
+                             + "); not launching another (use --force to train again)")
+                return LaunchResult(job=same, reused=True, dataset=files)
+        job = Job(id="", trainer=name, base_model=base_model, method=files.method, description=description,
+                  dataset=str(files.train_path), dataset_sha256=files.sha256,
+                  validation_dataset=str(files.validation_path) if files.validation_path else None,
+                  n_examples=files.n_train, base_url=base_url, suffix=suffix,
+                  hyperparameters=dict(hyperparameters or {}))
+        pending: Job | None = None
+        if not getattr(trainer, "in_process", False):
+            # on record before the provider hears of it: a crash from here on is settled by the next attempt
+            token = secrets.token_hex(8)
+            job.remote = {"launch_key": token}
+            pending = dataclasses.replace(job, id=f"launching-{token}", status=LAUNCHING,
+                                          remote=dict(job.remote))
+            registry.add(pending)
+        try:
+            job = trainer.launch(files, job)
+        except Exception as exc:
+            if pending is not None:
+                if getattr(exc, "nothing_launched", False):  # the trainer knows the provider has no job
+                    registry.remove(pending.id)
+                elif callable(getattr(trainer, "find_launched", None)):
+                    # did the job reach the provider before the error? Ask now; if the provider cannot be
+                    # asked either, the entry stays and the next attempt asks again
+                    with contextlib.suppress(Exception):
+                        _settle_interrupted(trainer, registry, key, force=force, progress=progress)
+                else:
+                    registry.remove(pending.id)  # the trainer says it failed; no job could be found again anyway
+            raise
+        if not job.id:
+            raise TrainingError(f"trainer '{name}' launched a job without an id",
+                                hint="a trainer's launch() must set job.id")
+        if pending is not None:
+            registry.replace(pending.id, job)
+        else:
+            registry.add(job)
     progress(f"launched job {job.id} ({name}, {files.method}, base model {base_model}): {job.status}")
     return LaunchResult(job=job, reused=False, dataset=files)
 
 
+def _launch_lock(registry: JobRegistry, key: dict[str, Any]) -> Any:
+    """The lock of one launch key (dataset, trainer, base model, method, server), next to the registry."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:24]
+    path = registry.path.with_name(f".{registry.path.name}.launch-{digest}.lock")
+    try:
+        return acquire(path, dataset_sha256=key["dataset_sha256"], trainer=key["trainer"])
+    except LockBusy as busy:
+        raise RunLockedError(
+            f"another process is launching a fine-tuning job on this dataset right now: "
+            f"{describe_holder(busy.holder)}",
+            path=path, holder=busy.holder,
+            hint="wait for it to finish, then rerun: the job it launched is found and reported, not launched twice",
+        ) from None
+    except OSError as exc:
+        raise StorageError.from_os_error(exc, path) from None
+
+
+def _settle_interrupted(trainer: Trainer, registry: JobRegistry, key: dict[str, Any], *, force: bool,
+                        progress: Progress) -> Job | None:
+    """Settle the ``launching`` entries of ``key`` that a crash left (we hold the launch lock, so no launch of
+    them is in progress): the job the provider has replaces its entry; an entry whose launch never reached
+    the provider is removed. Returns the job found, if any."""
+    found: Job | None = None
+    for pending in registry.pending(**key):
+        launch_key = (pending.remote or {}).get("launch_key")
+        if getattr(trainer, "in_process", False):
+            registry.remove(pending.id)  # an in-process launch leaves nothing at any provider
+            continue
+        finder = getattr(trainer, "find_launched", None)
+        if not callable(finder) or not launch_key:
+            if force:
+                registry.remove(pending.id)
+                continue
+            raise TrainingError(
+                f"a launch of this dataset (registry entry {pending.id}, {pending.created_at}) was cut short, and "
+                f"trainer '{key['trainer']}' cannot tell whether its provider received the job",
+                hint="look for the job at the provider: if it is there, follow it with its own tools; if not, "
+                     "pass --force (train.force: true) to launch again",
+            )
+        job = finder(dataclasses.replace(pending, remote=dict(pending.remote), events=list(pending.events)))
+        if job is None:
+            registry.remove(pending.id)
+            progress(f"an earlier launch of this dataset was cut short before the provider had the job "
+                     f"({pending.id}): launching it again")
+            continue
+        job = registry.replace(pending.id, job)
+        progress(f"an earlier launch of this dataset was cut short after the provider had the job: "
+                 f"found job {job.id} ({job.status}); following it, not launching another")
+        found = job
+    return found
+
+
 def follow_job(trainer: Trainer, job: Job, *, registry: JobRegistry | None = None, poll_interval: float = 2.0,
-               timeout: float | None = None, progress: Progress = _quiet) -> Job:
-    """Refresh ``job`` until its status is final, printing status changes and new events."""
+               timeout: float | None = None, progress: Progress = _quiet,
+               stop: threading.Event | None = None) -> Job:
+    """Refresh ``job`` until its status is final, printing status changes and new events.
+
+    ``stop`` (set from another thread) ends the following at once with :class:`FollowStopped`; the job
+    keeps running at its provider, and ``oaipipe jobs wait`` (or the rerun of a pipeline) picks it up.
+    """
     registry = registry or JobRegistry()
     started = time.monotonic()
     last_status = None
     for event in job.events:
         progress(f"  {event.get('message', '')}")
     hiccups = 0
+
+    def pause() -> None:
+        if stop is None:
+            time.sleep(poll_interval)
+        elif stop.wait(poll_interval):
+            raise FollowStopped(f"stopped following job {job.id} (status {job.status}); it keeps running",
+                                hint=f"rerun the same command, or `oaipipe jobs wait {job.id}`, to follow it")
+
     while True:
+        if stop is not None and stop.is_set():
+            raise FollowStopped(f"stopped following job {job.id} (status {job.status}); it keeps running",
+                                hint=f"rerun the same command, or `oaipipe jobs wait {job.id}`, to follow it")
         before = len(job.events)
         seen = [dict(e) for e in job.events]
         try:
@@ -151,7 +273,7 @@ def follow_job(trainer: Trainer, job: Job, *, registry: JobRegistry | None = Non
             if not exc.retryable or hiccups > MAX_POLL_ERRORS:
                 raise
             progress(f"  (could not read job {job.id}: {exc.message}; retrying)")
-            time.sleep(poll_interval)
+            pause()
             continue
         hiccups = 0
         registry.update(job)
@@ -167,7 +289,7 @@ def follow_job(trainer: Trainer, job: Job, *, registry: JobRegistry | None = Non
             raise JobStillRunning(f"job {job.id} is still running after {timeout:.0f} s (status {job.status}); "
                                   f"run `oaipipe jobs wait {job.id}` again",
                                   hint="the job keeps running on the server; --timeout only stops the waiting")
-        time.sleep(poll_interval)
+        pause()
 
 
 def raise_if_failed(job: Job) -> Job:

@@ -7,6 +7,7 @@ examples is not a crash: the summary says ``status: skipped`` and why.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,17 @@ def build_train_block(train_block: dict[str, Any] | None, *, host: Any, context:
 
 def train_after_run(train_block: dict[str, Any], *, records_path: Path, host: Any, context: Context,
                     backend_options: Any = None, registry: JobRegistry | None = None,
-                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    progress: Callable[[str], None] | None = None,
+                    stop: threading.Event | None = None) -> dict[str, Any]:
     """Build, validate and train on a finished run's records; return a summary for ``summary.json``.
 
     ``backend_options`` (the pipeline's validated backend block) supplies the base model, and, for a
     trainer that talks to a server (``openai``) with neither ``base_url`` nor ``api_key`` of its own,
     the backend's ``base_url`` and ``api_key``.
+
+    A rerun on the same records finds the job launched before (also one whose launch a crash cut short,
+    see :func:`~oaipipe.training.launch_job`) and follows it instead of launching another. ``stop`` (an
+    event set from another thread) ends the following at once: the job keeps running.
     """
     say = progress or (lambda _msg: None)
     trainer, block = build_train_block(train_block, host=host, context=context, backend_options=backend_options)
@@ -103,7 +109,7 @@ def train_after_run(train_block: dict[str, Any], *, records_path: Path, host: An
         job = launched.job
         if opts.wait and not job.finished:
             job = follow_job(trainer, job, registry=registry, poll_interval=opts.poll_interval,
-                             timeout=opts.timeout, progress=say)
+                             timeout=opts.timeout, progress=say, stop=stop)
     except OaipipeError as exc:
         return {**summary, "status": "error", "reason": str(exc)}
     summary.update({"job_id": job.id, "status": job.status, "fine_tuned_model": job.fine_tuned_model,
