@@ -120,6 +120,7 @@ def test_load_backend_reads_a_pipeline_exactly_as_load_pipeline(tmp_path: Path) 
     from oaipipe.oneoff import load_backend
     from oaipipe.pipeline import load_pipeline
 
+    (tmp_path / "in.jsonl").write_text('{"text": "hi"}\n', encoding="utf-8")
     path = tmp_path / "p.yaml"
     path.write_text("source: {type: jsonl, path: in.jsonl}\nplugins: [nowhere.py]\n", encoding="utf-8")
     with pytest.raises(ConfigError) as from_oneoff:

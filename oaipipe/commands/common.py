@@ -141,7 +141,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self) -> None:
         super().__init__()
-        self.setFormatter(_Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.setFormatter(_Formatter("%(name)s: %(message)s"))
 
     @property  # type: ignore[override]
     def stream(self) -> Any:
