@@ -1,42 +1,49 @@
-"""The ``oaipipe`` command line: thin over the library. Sub-commands come from plugins
-(``register_commands``), the core ones from ``oaipipe.builtin.commands_core``.
+"""The ``oaipipe`` command line: the group, and the entry point that maps errors onto exit codes.
 
-Exit codes:
+Sub-commands come from plugins (``register_commands``); the built-in ones are module-level functions in
+:mod:`oaipipe.commands` (one module per command or group), added by ``oaipipe/builtin/commands_*.py``.
+A command returns an :class:`~oaipipe.errors.ExitCode`; an error raised on purpose carries its own
+(``exit_code``). The codes:
 
 ====  =====================================================================================
-0     success (every record done)
-1     the run finished but some records failed (see errors.jsonl in the run directory), or a
-      ``jobs wait`` / ``train --wait`` timed out while the job still runs
-2     usage or configuration error: bad flags, pipeline.yaml, plugin options, plugin import or a
-      plugin that failed in a hook
-3     the input cannot be read (missing file, missing column)
-4     a backend error that stopped the command
-5     authentication: the key is missing or was refused
-6     a fine-tuning dataset is invalid (also the dataset of a run's ``train:`` step)
-7     a fine-tuning job failed or is unknown (also the job of a run's ``train:`` step)
-8     the run was stopped on purpose (--max-failures, --max-cost reached, a changed pipeline)
-9     an I/O problem, naming the path: no permission, a full disk, a read-only file system, a run
-      directory deleted while its run was going (``StorageError``); rerun after fixing it
-10    another run of this pipeline holds the lock (or another run is writing the same output file):
-      the message names the holder (pid, host, since when) (``RunLockedError``)
-130   interrupted (Ctrl-C, SIGTERM); rerun the same command to resume (a ``train:`` job keeps running:
+0     ``OK``: success (every record done)
+1     ``RECORDS_FAILED``: the run finished but some records failed (see errors.jsonl in the run
+      directory), or a ``jobs wait`` / ``train --wait`` timed out while the job still runs (also an
+      unexpected error, a bug, reported with a hint)
+2     ``USAGE_ERROR``: bad flags, pipeline.yaml, plugin options, plugin import or a plugin that failed
+      in a hook
+3     ``INPUT_ERROR``: the input cannot be read (missing file, missing column)
+4     ``BACKEND_ERROR``: a backend error that stopped the command
+5     ``AUTH_ERROR``: the key is missing or was refused
+6     ``DATASET_ERROR``: a fine-tuning dataset is invalid (also the dataset of a run's ``train:`` step)
+7     ``TRAINING_ERROR``: a fine-tuning job failed or is unknown (also the job of a run's ``train:``)
+8     ``ABORTED``: the run was stopped on purpose (--max-failures, --max-cost reached, a changed pipeline)
+9     ``IO_ERROR``: an I/O problem, naming the path: no permission, a full disk, a read-only file system, a
+      run directory deleted while its run was going (``StorageError``); rerun after fixing it
+10    ``RUN_LOCKED``: another run of this pipeline holds the lock (or another run is writing the same output
+      file): the message names the holder (pid, host, since when) (``RunLockedError``)
+130   ``INTERRUPTED``: Ctrl-C, SIGTERM; rerun the same command to resume (a ``train:`` job keeps running:
       the rerun or ``oaipipe jobs wait`` follows it)
 ====  =====================================================================================
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+from typing import Any
 
 import click
 
-from .errors import OaipipeError, RedactingStream, StorageError, is_storage_error, redact
+from .commands.common import add_verbosity_options, configure_logging, reset_logging
+from .errors import ExitCode, OaipipeError, RedactingStream, StorageError, is_storage_error, redact
 
 __all__ = ["cli", "main"]
 
 
 class OaipipeGroup(click.Group):
-    """Loads plugin commands lazily, the first time the command list is needed."""
+    """Loads plugin commands lazily, the first time the command list is needed, and gives every command
+    the shared ``-v/--verbose`` and ``-q/--quiet``."""
 
     _loaded = False
 
@@ -48,6 +55,7 @@ class OaipipeGroup(click.Group):
 
         host = PluginHost()
         host.hook.register_commands(cli=self)
+        logging.getLogger("oaipipe.cli").debug("commands: %s", ", ".join(sorted(self.commands)))
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load_plugin_commands()
@@ -55,7 +63,8 @@ class OaipipeGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         self._load_plugin_commands()
-        return super().get_command(ctx, cmd_name)
+        command = super().get_command(ctx, cmd_name)
+        return add_verbosity_options(command) if command is not None else None
 
 
 @click.group(cls=OaipipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,8 +77,19 @@ def cli() -> None:
     """
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script: run the CLI and map errors onto exit codes.
+add_verbosity_options(cli)  # `oaipipe -v run` = `oaipipe run -v`
+
+
+@cli.result_callback()
+def _exit_with(code: Any) -> None:
+    """The command's :class:`ExitCode` becomes the process's, in click's standalone mode too (``CliRunner``)."""
+    if isinstance(code, int) and code != ExitCode.OK:
+        raise click.exceptions.Exit(int(code))
+
+
+def main(argv: list[str] | None = None) -> ExitCode | int:
+    """Entry point of the console script: run the CLI and return its :class:`ExitCode` (a plugin
+    command's own integer passes through).
 
     While it runs, stdout and stderr mask every registered secret (:class:`~oaipipe.errors.RedactingStream`):
     whatever a command, a plugin, a progress bar or a log handler prints.
@@ -79,32 +99,40 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = RedactingStream(out)  # type: ignore[assignment]
     if err is not None and not isinstance(err, RedactingStream):
         sys.stderr = RedactingStream(err)  # type: ignore[assignment]
+    configure_logging()
     try:
         return _main(argv)
     finally:
+        reset_logging()
         sys.stdout, sys.stderr = out, err
 
 
-def _main(argv: list[str] | None) -> int:
-    cli._exit_code = 0  # type: ignore[attr-defined]
+def _exit_code(value: Any) -> ExitCode | int:
+    if not isinstance(value, int):
+        return ExitCode.OK  # a command that returns nothing (or data) succeeded
     try:
-        cli.main(args=argv, prog_name="oaipipe", standalone_mode=False)
+        return ExitCode(value)
+    except ValueError:
+        return value
+
+
+def _main(argv: list[str] | None) -> ExitCode | int:
+    interrupted = "\ninterrupted: rerun the same command to resume where it stopped"
+    try:
+        code = cli.main(args=argv, prog_name="oaipipe", standalone_mode=False)
     except OaipipeError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("\ninterrupted: rerun the same command to resume where it stopped", err=True)
-        return 130
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: rerun the same command to resume where it stopped", err=True)
-        return 130
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo(interrupted, err=True)
+        return ExitCode.INTERRUPTED
     except click.ClickException as exc:
         exc.show()
-        return exc.exit_code
+        return _exit_code(exc.exit_code)
     except click.exceptions.Exit as exc:
-        return exc.exit_code
+        return _exit_code(exc.exit_code)
     except BrokenPipeError:
-        return 0
+        return ExitCode.OK
     except OSError as exc:
         if not is_storage_error(exc):
             return _unexpected(exc)
@@ -113,10 +141,10 @@ def _main(argv: list[str] | None) -> int:
         return err.exit_code
     except Exception as exc:  # noqa: BLE001 - last resort: one readable line, never a key
         return _unexpected(exc)
-    return getattr(cli, "_exit_code", 0)
+    return _exit_code(code)
 
 
-def _unexpected(exc: BaseException) -> int:
+def _unexpected(exc: BaseException) -> ExitCode:
     """The last resort: one readable line, never a key (OAIPIPE_DEBUG=1 re-raises for the traceback)."""
     click.echo(f"error: unexpected {type(exc).__name__}: {redact(str(exc))}", err=True)
     click.echo("  hint: this is a bug in oaipipe or a plugin; rerun with OAIPIPE_DEBUG=1 for the traceback",
@@ -125,12 +153,7 @@ def _unexpected(exc: BaseException) -> int:
 
     if os.environ.get("OAIPIPE_DEBUG"):
         raise exc
-    return 1
-
-
-def set_exit_code(code: int) -> None:
-    """Commands that finish without an exception but want a non-zero exit call this."""
-    cli._exit_code = code  # type: ignore[attr-defined]
+    return ExitCode.RECORDS_FAILED  # exit 1, as documented for an unexpected error
 
 
 if __name__ == "__main__":  # pragma: no cover

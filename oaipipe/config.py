@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ConfigError, register_secret
+from .errors import ConfigError, OaipipeError, Problem, register_secret
 
 __all__ = [
     "MIN_SECRET_LENGTH",
     "EnvUse",
     "LoadedConfig",
     "PipelineConfig",
+    "Problems",
     "RunSettings",
     "apply_overrides",
     "interpolate_env",
@@ -55,6 +58,10 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    json_schema: str | None = Field(
+        None, alias="$schema",
+        description="URL or path of this file's JSON Schema, for editors (`oaipipe schema -o FILE`); not used by oaipipe",
+    )
     name: str = Field("pipeline", description="Names the run directory and the dialogue")
     description: str | None = None
     plugins: list[str] = Field(default_factory=list, description="Extra plugin modules: .py paths or dotted names")
@@ -141,6 +148,8 @@ class LoadedConfig:
     unset_env: dict[str, str] = field(default_factory=dict)
     #: what the user should know before anything runs (unset variables, secrets too short to mask)
     warnings: list[str] = field(default_factory=list)
+    #: top-level keys whose value failed validation (reported, left out of ``config``; their blocks are not built)
+    invalid: set[str] = field(default_factory=set)
 
     @property
     def base_dir(self) -> Path:
@@ -416,59 +425,107 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 # --- validation errors --------------------------------------------------------------------------
 
 
+class Problems:
+    """The errors of one pipeline file, collected so that all of them are reported in one pass.
+
+    ``with problems.collect(key): ...`` records an :class:`OaipipeError` raised inside instead of letting
+    it through (an error without a place of its own is placed at ``key``); :meth:`raise_if_any` then
+    raises the one error as it is, or several as one :class:`ConfigError` listing each problem.
+    """
+
+    def __init__(self, file: str | None = None,
+                 where: Callable[[str], tuple[int | None, int | None]] | None = None) -> None:
+        self.file = file
+        self.where = where
+        self.errors: list[OaipipeError] = []
+        self.items: list[Problem] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.errors)
+
+    def add(self, exc: OaipipeError, key: str | None = None) -> None:
+        self.errors.append(exc)
+        if isinstance(exc, ConfigError):
+            self.items.extend(exc.problems)
+            return
+        line, column = self.where(key) if self.where is not None and key else (None, None)
+        exc.set_problems([Problem.of(exc, file=self.file, line=line, column=column, key=key)])
+        self.items.extend(exc.problems)
+
+    @contextmanager
+    def collect(self, key: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except OaipipeError as exc:
+            self.add(exc, key)
+
+    def raise_if_any(self) -> None:
+        if not self.errors:
+            return
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        items = sorted(self.items, key=lambda p: (p.line is None, p.line or 0, p.column or 0))  # file order
+        listed = "\n".join("  " + str(p).replace("\n", "\n  ") for p in items)
+        raise ConfigError(f"{len(items)} problems:\n{listed}", file=self.file, problems=items)
+
+
 def _format_loc(prefix: str, loc: tuple[Any, ...]) -> str:
     parts = [prefix] if prefix else []
     parts += [str(p) for p in loc]
     return ".".join(parts)
 
 
+def _allowed_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """The keys the (nested) model at ``loc`` accepts, as they are written in the file (aliases)."""
+    sub = model
+    for part in loc:
+        f = sub.model_fields.get(str(part)) if sub else None
+        ann = getattr(f, "annotation", None) if f else None
+        sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    if sub is None:
+        return []
+    return sorted(f.alias or name for name, f in sub.model_fields.items())
+
+
+def _error_text(err: Any, loc: tuple[Any, ...], model: type[BaseModel] | None) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        bad = str(loc[-1]) if loc else "?"
+        allowed = _allowed_keys(model, loc[:-1]) if model is not None else []
+        close = difflib.get_close_matches(bad, allowed, n=1)
+        text = f"unknown key '{bad}'"
+        if close:
+            return text + f" (did you mean '{close[0]}'?)"
+        return text + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+    if kind == "missing":
+        return "required key is missing"
+    text = err.get("msg", "invalid value")
+    if "input" in err and not isinstance(err["input"], dict | list):
+        text += f" (got {err['input']!r})"
+    return text
+
+
 def validation_error(exc: ValidationError, *, prefix: str = "", file: str | None = None,
                      lines: Any = None, model: type[BaseModel] | None = None) -> ConfigError:
-    """Turn a pydantic error into one :class:`ConfigError` naming the key, line and fix."""
+    """Turn a pydantic error into one :class:`ConfigError` naming the key, line and fix of each problem."""
+    hint = "see `oaipipe schema` for every allowed key"
+    problems: list[Problem] = []
     messages = []
-    first_line = first_col = None
-    first_key = None
     for err in exc.errors():
         loc = tuple(err.get("loc", ()))
         key = _format_loc(prefix, loc)
         line, col = lines(key) if lines else (None, None)
-        if first_key is None:
-            first_key, first_line, first_col = key, line, col
-        kind = err.get("type", "")
-        if kind == "extra_forbidden":
-            bad = str(loc[-1]) if loc else "?"
-            allowed: list[str] = []
-            sub = model
-            if sub is not None:
-                for part in loc[:-1]:
-                    f = sub.model_fields.get(str(part)) if sub else None
-                    ann = getattr(f, "annotation", None) if f else None
-                    sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-                if sub is not None:
-                    allowed = sorted(sub.model_fields)
-            close = difflib.get_close_matches(bad, allowed, n=1)
-            text = f"unknown key '{bad}'"
-            if close:
-                text += f" (did you mean '{close[0]}'?)"
-            elif allowed:
-                text += f" (allowed: {', '.join(allowed)})"
-        elif kind == "missing":
-            text = "required key is missing"
-        else:
-            text = err.get("msg", "invalid value")
-            if "input" in err and not isinstance(err["input"], dict | list):
-                text += f" (got {err['input']!r})"
+        text = _error_text(err, loc, model)
+        problems.append(Problem(text, file=file, line=line, column=col, key=key, hint=hint))
         where = f"line {line}: " if line and file else ""
         messages.append(f"{where}{key}: {text}")
-    if len(messages) == 1:
-        msg = messages[0].split(": ", 1)[-1] if first_line and file else messages[0]
-        body = msg.split(": ", 1)[-1] if msg.startswith(first_key or "\0") else msg
-        return ConfigError(body, file=file, line=first_line, column=first_col, key=first_key,
-                           hint="see `oaipipe schema` for every allowed key")
+    first = problems[0]
+    if len(problems) == 1:
+        return ConfigError(first.message, file=file, line=first.line, column=first.column, key=first.key,
+                           hint=hint)
     return ConfigError(
         f"{len(messages)} problems:\n  " + "\n  ".join(messages),
-        file=file, line=first_line, column=first_col,
-        hint="see `oaipipe schema` for every allowed key",
+        file=file, line=first.line, column=first.column, hint=hint, problems=problems,
     )
 
 
@@ -476,8 +533,13 @@ def validation_error(exc: ValidationError, *, prefix: str = "", file: str | None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, *,
-                environ: dict[str, str] | None = None) -> LoadedConfig:
-    """Read, interpolate, override and validate the top level of a pipeline file."""
+                environ: dict[str, str] | None = None, problems: Problems | None = None) -> LoadedConfig:
+    """Read, interpolate, override and validate the top level of a pipeline file.
+
+    With ``problems``, what is wrong with the top level's keys is recorded there instead of raised, and the
+    config is built from the keys that are valid (:attr:`LoadedConfig.invalid` names the others); a file
+    that cannot be read or parsed still raises at once.
+    """
     path = Path(path)
     file = str(path)
     if not path.exists():
@@ -501,24 +563,45 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
                           file=file, line=1, hint="start from the shipped pipeline.yaml")
     if overrides:  # before interpolation, so that `--set backend.api_key='${env:MY_KEY}'` works too
         data = apply_overrides(data, list(overrides))
+    own = problems if problems is not None else Problems(file)
     missing: list[str] = []
     unset: dict[str, str] = {}
     used: list[EnvUse] = []
     data = interpolate_env(data, environ=environ, missing=missing, unset=unset, used=used)
     too_short = register_env_secrets(used)  # before any message can show them
     if missing:
-        raise ConfigError("environment variables are not set: " + "; ".join(missing), file=file,
-                          hint="export them, or use ${env:VAR:-default}")
+        own.add(ConfigError("environment variables are not set: " + "; ".join(missing), file=file,
+                            hint="export them, or use ${env:VAR:-default}"))
+        if problems is None:
+            own.raise_if_any()
     loaded = LoadedConfig(path=path.resolve(), config=None, data=data, positions=positions,  # type: ignore[arg-type]
                           overridden={o.split("=", 1)[0].strip() for o in overrides or ()}, unset_env=unset)
     loaded.warnings = _env_warnings(loaded, file, too_short)
-    try:
-        loaded.config = PipelineConfig.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc, file=file, lines=loaded.where, model=PipelineConfig) from None
+    own.where = loaded.where
+    loaded.config = _validated(loaded, file, own)
     for key in ("backend", "source", "train"):
         block = data.get(key)
-        if block is not None and not isinstance(block, dict):
+        if block is not None and not isinstance(block, dict) and key not in loaded.invalid:
             line, col = loaded.where(key)
-            raise ConfigError(f"`{key}:` must be a mapping with a `type:`", file=file, line=line, column=col)
+            loaded.invalid.add(key)
+            own.add(ConfigError(f"`{key}:` must be a mapping with a `type:`", file=file, line=line, column=col))
+    if problems is None:
+        own.raise_if_any()
     return loaded
+
+
+def _validated(loaded: LoadedConfig, file: str, problems: Problems) -> PipelineConfig:
+    """The top level, validated; each invalid key is recorded in ``problems`` and left out."""
+    try:
+        return PipelineConfig.model_validate(loaded.data)
+    except ValidationError as exc:
+        error = validation_error(exc, file=file, lines=loaded.where, model=PipelineConfig)
+        problems.add(error)
+        loaded.invalid.update(str(e["loc"][0]) for e in exc.errors() if e.get("loc"))
+    kept = {k: v for k, v in loaded.data.items() if k not in loaded.invalid}
+    kept.setdefault("source", {})  # a missing `source:` is reported above; the placeholder is never built
+    try:
+        return PipelineConfig.model_validate(kept)
+    except ValidationError:  # pragma: no cover - every invalid key was left out
+        problems.raise_if_any()
+        raise

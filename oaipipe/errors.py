@@ -29,12 +29,13 @@ hold one.
      └── RunLockedError              another run of this pipeline (or another run writing the same output
                                      file) holds the lock
 
-The CLI maps the tree onto exit codes (see ``oaipipe.cli``).
+Each class carries the :class:`ExitCode` the command line exits with (``exit_code``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import errno
 import functools
 import json
@@ -52,11 +53,13 @@ __all__ = [
     "BadRequestError",
     "ConfigError",
     "DatasetError",
+    "ExitCode",
     "ImageError",
     "InputError",
     "OaipipeError",
     "PluginError",
     "PluginLoadError",
+    "Problem",
     "RateLimitError",
     "RecordError",
     "RedactingStream",
@@ -74,15 +77,51 @@ __all__ = [
 ]
 
 
+class ExitCode(enum.IntEnum):
+    """What the ``oaipipe`` command exits with (pytest's ``ExitCode`` is the model).
+
+    Commands return a member; every error class names its member in ``exit_code``. The values are a
+    public contract (scripts test them): never renumber, only add.
+    """
+
+    #: success: every record done, the command did what was asked
+    OK = 0
+    #: the run finished but some records failed (see errors.jsonl), or a ``jobs wait`` / ``train --wait``
+    #: stopped waiting (``--timeout``) while the job still runs
+    RECORDS_FAILED = 1
+    #: usage or configuration error: bad flags, pipeline.yaml, plugin options, plugin import, a plugin
+    #: that failed in a hook
+    USAGE_ERROR = 2
+    #: the input cannot be read (missing file, missing column)
+    INPUT_ERROR = 3
+    #: a backend error stopped the command
+    BACKEND_ERROR = 4
+    #: authentication: the key is missing or was refused
+    AUTH_ERROR = 5
+    #: a fine-tuning dataset is invalid (also the dataset of a run's ``train:`` step)
+    DATASET_ERROR = 6
+    #: a fine-tuning job failed or is unknown (also the job of a run's ``train:`` step)
+    TRAINING_ERROR = 7
+    #: the run was stopped on purpose (``--max-failures``, ``--max-cost`` reached, a changed pipeline)
+    ABORTED = 8
+    #: an output or state file cannot be written or read (the message names the path)
+    IO_ERROR = 9
+    #: another process holds the run's lock
+    RUN_LOCKED = 10
+    #: interrupted (Ctrl-C, SIGTERM); rerun the same command to resume
+    INTERRUPTED = 130
+
+
 class OaipipeError(Exception):
     """Base of every error oaipipe raises on purpose. ``str(err)`` is the message a user sees."""
 
-    #: process exit code the CLI uses for this kind of error
-    exit_code: int = 1
+    #: what the command line exits with for this kind of error
+    exit_code: ExitCode = ExitCode.RECORDS_FAILED
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
         self.hint = hint
+        self._problems: list[Problem] = []
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
@@ -91,11 +130,64 @@ class OaipipeError(Exception):
             text += f"\n  hint: {redact(self.hint)}"
         return text
 
+    @property
+    def problems(self) -> list[Problem]:
+        """What is wrong, one by one, each with its place and fix (``oaipipe validate --json``)."""
+        return list(self._problems) or [Problem(self.message, hint=self.hint)]
+
+    def set_problems(self, problems: list[Problem]) -> None:
+        """Say what :attr:`problems` lists (an error placed by whoever found it, or several of a file)."""
+        self._problems = list(problems)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One problem of a file: where it is, what is wrong and the fix (``oaipipe validate --json`` lists these)."""
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    key: str | None = None
+    hint: str | None = None
+
+    @classmethod
+    def of(cls, exc: OaipipeError, *, file: str | None = None, line: int | None = None,
+           column: int | None = None, key: str | None = None) -> Problem:
+        """An error that carries no place of its own (an :class:`InputError`, say), placed at ``key``."""
+        return cls(exc.message, file=file, line=line, column=column, key=key, hint=exc.hint)
+
+    def where(self) -> str:
+        """``file:line:column: key: `` (the parts that are known)."""
+        where = ""
+        if self.file:
+            where = self.file
+            if self.line is not None:
+                where += f":{self.line}"
+                if self.column is not None:
+                    where += f":{self.column}"
+            where += ": "
+        if self.key:
+            where += f"{self.key}: "
+        return where
+
+    def __str__(self) -> str:
+        text = redact(self.where() + self.message)
+        return text + (f"\n  hint: {redact(self.hint)}" if self.hint else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "column": self.column, "key": self.key,
+                "message": redact(self.message), "hint": redact(self.hint) if self.hint else None}
+
 
 class ConfigError(OaipipeError):
-    """The pipeline file, a ``--set`` override or a plugin's options block is wrong."""
+    """The pipeline file, a ``--set`` override or a plugin's options block is wrong.
 
-    exit_code = 2
+    ``problems`` lists what is wrong one by one: this error alone, or (``problems=``) each of several found
+    in one pass (``oaipipe validate`` prints them all).
+    """
+
+    exit_code = ExitCode.USAGE_ERROR
 
     def __init__(
         self,
@@ -106,22 +198,25 @@ class ConfigError(OaipipeError):
         column: int | None = None,
         key: str | None = None,
         hint: str | None = None,
+        problems: list[Problem] | None = None,
     ) -> None:
         self.file = str(file) if file is not None else None
         self.line = line
         self.column = column
         self.key = key
-        where = ""
-        if self.file:
-            where = self.file
-            if line is not None:
-                where += f":{line}"
-                if column is not None:
-                    where += f":{column}"
-            where += ": "
-        if key:
-            where += f"{key}: "
+        #: the message without the place
+        self.detail = message
+        where = Problem("", file=self.file, line=line, column=column, key=key).where()
         super().__init__(where + message, hint=hint)
+        self._problems = list(problems or [])
+
+    @property
+    def problems(self) -> list[Problem]:
+        """Each problem with its own place and fix (one: this error itself, unless several were given)."""
+        if self._problems:
+            return list(self._problems)
+        return [Problem(self.detail, file=self.file, line=self.line, column=self.column, key=self.key,
+                        hint=self.hint)]
 
 
 class UnknownPluginError(ConfigError):
@@ -131,7 +226,7 @@ class UnknownPluginError(ConfigError):
 class PluginError(OaipipeError):
     """A plugin misbehaved: it raised in a hook, or broke the contract of its base class."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE_ERROR
 
 
 class PluginLoadError(PluginError):
@@ -141,7 +236,7 @@ class PluginLoadError(PluginError):
 class InputError(OaipipeError):
     """The input cannot be read at all (as opposed to one bad record)."""
 
-    exit_code = 3
+    exit_code = ExitCode.INPUT_ERROR
 
 
 class RecordError(OaipipeError):
@@ -159,7 +254,7 @@ class ImageError(RecordError):
 class BackendError(OaipipeError):
     """A backend call failed. ``status`` is the HTTP status when there was one."""
 
-    exit_code = 4
+    exit_code = ExitCode.BACKEND_ERROR
     retryable: bool = False
 
     def __init__(
@@ -180,7 +275,7 @@ class BackendError(OaipipeError):
 class AuthenticationError(BackendError):
     """The server refused the key (401/403), or no key was given where one is needed."""
 
-    exit_code = 5
+    exit_code = ExitCode.AUTH_ERROR
 
 
 class BadRequestError(BackendError):
@@ -208,20 +303,19 @@ class BackendConnectionError(BackendError):
 class DatasetError(OaipipeError):
     """A fine-tuning dataset cannot be built, or it fails validation."""
 
-    exit_code = 6
+    exit_code = ExitCode.DATASET_ERROR
 
 
 class TrainingError(OaipipeError):
     """A fine-tuning job failed or was cancelled, or a job id is unknown."""
 
-    exit_code = 7
+    exit_code = ExitCode.TRAINING_ERROR
 
 
 class RunAborted(OaipipeError):
     """The run was stopped on purpose: too many failures, the cost budget, a changed pipeline."""
 
-    exit_code = 8
-
+    exit_code = ExitCode.ABORTED
 
 
 class StorageError(OaipipeError):
@@ -231,7 +325,7 @@ class StorageError(OaipipeError):
     :meth:`from_os_error` turns an ``OSError`` into one, naming the path and what to do about it.
     """
 
-    exit_code = 9
+    exit_code = ExitCode.IO_ERROR
     #: the ``errno`` of the ``OSError`` it came from, if any
     errno: int | None = None
 
@@ -307,7 +401,7 @@ class RunLockedError(OaipipeError):
     itself (``pid``, ``host``, ``since``, ``pipeline``, ``command``), as far as it could be read.
     """
 
-    exit_code = 10
+    exit_code = ExitCode.RUN_LOCKED
 
     def __init__(self, message: str, *, path: str | Path | None = None, holder: dict[str, Any] | None = None,
                  hint: str | None = None) -> None:

@@ -10,17 +10,28 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .base import Backend, BackendOptions, Context, Sink, Source, Step
-from .config import LoadedConfig, load_config
+from .config import LoadedConfig, Problems, load_config
 from .errors import ConfigError, OaipipeError, redact
 from .plugins import PluginHost
 from .pricing import PriceTable
 
-__all__ = ["Pipeline", "build_backend", "endpoint", "fingerprint", "fingerprint_parts", "load_pipeline"]
+__all__ = [
+    "CHECKS",
+    "Pipeline",
+    "build_backend",
+    "endpoint",
+    "fingerprint",
+    "fingerprint_parts",
+    "load_pipeline",
+    "pipeline_context",
+    "plugin_host",
+]
 
 
 @dataclass
@@ -111,6 +122,50 @@ def build_backend(
     return backend, note
 
 
+def plugin_host(
+    loaded: LoadedConfig,
+    *,
+    file: str | None = None,
+    disabled: list[str] | None = None,
+    entry_points: bool = True,
+    problems: Problems | None = None,
+) -> PluginHost:
+    """The plugins of a pipeline file: built-ins, entry points and its ``plugins:`` (errors at their line).
+
+    With ``problems``, a plugin that cannot be loaded is recorded there and the others still load.
+    """
+    file = file or str(loaded.path)
+    cfg = loaded.config
+    own = problems if problems is not None else Problems(file, loaded.where)
+    host = PluginHost([], base_dir=loaded.base_dir, disabled=[*cfg.disable_plugins, *(disabled or [])],
+                      entry_points=entry_points, pipeline_file=file)
+    for i, item in enumerate(cfg.plugins):
+        with own.collect():
+            try:
+                host.load(item)
+            except OaipipeError as exc:
+                line, col = loaded.where(f"plugins.{i}")
+                raise ConfigError(exc.message, file=file, line=line, column=col, key=f"plugins.{i}",
+                                  hint=exc.hint) from exc
+    with own.collect():
+        host.check_pending()
+    with own.collect():
+        host.check_disabled()
+    if problems is None:
+        own.raise_if_any()
+    return host
+
+
+def pipeline_context(loaded: LoadedConfig, host: PluginHost) -> Context:
+    """What every component of a pipeline file is built with: its folder, plugins, presets, prices."""
+    cfg = loaded.config
+    assistants = loaded.base_dir / cfg.assistants if cfg.assistants else None
+    return Context(base_dir=loaded.base_dir, host=host, pipeline_name=cfg.name,
+                   settings={"assistants": str(assistants) if assistants else None,
+                             "pipeline_file": str(loaded.path), "prices": cfg.prices,
+                             "unset_env": dict(loaded.unset_env)})
+
+
 def load_pipeline(
     path: str | Path,
     overrides: list[str] | None = None,
@@ -119,54 +174,65 @@ def load_pipeline(
     environ: dict[str, str] | None = None,
     entry_points: bool = True,
 ) -> Pipeline:
-    """Load and validate a pipeline file and build its components (nothing runs)."""
-    loaded = load_config(path, overrides, environ=environ)
-    cfg = loaded.config
+    """Load and validate a pipeline file and build its components (nothing runs).
+
+    Every problem of the file is found in one pass (unknown keys, bad values, unknown plugin names, bad
+    plugin options, plugins or input files that cannot be read), then the checks across blocks
+    (:data:`CHECKS`) run once every block is valid. One problem is raised as it is; several as one
+    :class:`ConfigError` whose ``problems`` lists each with its file, line and fix.
+    """
     file = str(path)
-    PriceTable(cfg.prices, file=file, lines=loaded.where)  # every price finite and >= 0, with its line
-    host = PluginHost(
-        [],
-        base_dir=loaded.base_dir,
-        disabled=[*cfg.disable_plugins, *(disabled or [])],
-        entry_points=entry_points,
-        pipeline_file=file,
-    )
-    for i, item in enumerate(cfg.plugins):
-        try:
-            host.load(item)
-        except OaipipeError as exc:
-            line, col = loaded.where(f"plugins.{i}")
-            raise ConfigError(exc.message, file=file, line=line, column=col, key=f"plugins.{i}",
-                              hint=exc.hint) from exc
-    host.check_pending()
-    host.check_disabled()
-    assistants = loaded.base_dir / cfg.assistants if cfg.assistants else None
-    context = Context(base_dir=loaded.base_dir, host=host, pipeline_name=cfg.name,
-                      settings={"assistants": str(assistants) if assistants else None,
-                                "pipeline_file": str(loaded.path), "prices": cfg.prices,
-                                "unset_env": dict(loaded.unset_env)})
-    backend, note = build_backend(loaded.data.get("backend") or {"type": "local"}, host=host, context=context,
-                                  file=file, lines=loaded.where, offline_fallback=cfg.run.offline_fallback)
-    source = host.build("source", loaded.data["source"], context, key="source", file=file, lines=loaded.where)
-    assert isinstance(source, Source)
-    steps = [_built(Step, "step", block, i, "each step must be a mapping with `type:` and `output:`",
-                    host=host, context=context, loaded=loaded, file=file)
-             for i, block in enumerate(loaded.data.get("steps") or [])]
-    sinks = [_built(Sink, "sink", block, i, "each sink must be a mapping with `type:`",
-                    host=host, context=context, loaded=loaded, file=file)
-             for i, block in enumerate(loaded.data.get("sinks") or [])]
-    if cfg.train is not None:
+    problems = Problems(file)
+    loaded = load_config(path, overrides, environ=environ, problems=problems)
+    problems.where = loaded.where
+    if "prices" not in loaded.invalid:
+        with problems.collect(key="prices"):
+            PriceTable(loaded.config.prices, file=file, lines=loaded.where)  # every price finite and >= 0
+    host = plugin_host(loaded, file=file, disabled=disabled, entry_points=entry_points, problems=problems)
+    context = pipeline_context(loaded, host)
+    parts = _build_parts(loaded, host, context, file, problems)
+    problems.raise_if_any()
+    pipeline = Pipeline(loaded=loaded, host=host, context=context, warnings=list(loaded.warnings), **parts)
+    for check in CHECKS:
+        with problems.collect():
+            check(pipeline)
+    problems.raise_if_any()
+    return pipeline
+
+
+def _build_parts(loaded: LoadedConfig, host: PluginHost, context: Context, file: str,
+                 problems: Problems) -> dict[str, Any]:
+    """Build each block of the file that passed the top-level check; record what fails in ``problems``."""
+    data, cfg, skip = loaded.data, loaded.config, loaded.invalid
+    parts: dict[str, Any] = {"backend": None, "backend_note": None, "source": None, "steps": [], "sinks": []}
+    if "backend" not in skip:
+        with problems.collect():
+            parts["backend"], parts["backend_note"] = build_backend(
+                data.get("backend") or {"type": "local"}, host=host, context=context, file=file,
+                lines=loaded.where, offline_fallback=cfg.run.offline_fallback)
+    if "source" not in skip:
+        with problems.collect():
+            parts["source"] = host.build("source", data["source"], context, key="source", file=file,
+                                         lines=loaded.where)
+        if parts["source"] is not None:
+            with problems.collect(key="source"):
+                parts["source"].fields()  # reads the header: a missing file or column is reported here
+    for kind, cls, shape_error in (("step", Step, "each step must be a mapping with `type:` and `output:`"),
+                                   ("sink", Sink, "each sink must be a mapping with `type:`")):
+        if f"{kind}s" in skip:
+            continue
+        for i, block in enumerate(data.get(f"{kind}s") or []):
+            with problems.collect():
+                parts[f"{kind}s"].append(_built(cls, kind, block, i, shape_error, host=host, context=context,
+                                                loaded=loaded, file=file))
+    if cfg.train is not None and "train" not in skip:
         from .training import build_train_block  # validates every key of `train:`; no network
 
-        build_train_block(cfg.train, host=host, context=context, backend_options=backend.options,
-                          file=file, lines=loaded.where)
-    pipeline = Pipeline(loaded=loaded, host=host, context=context, backend=backend, source=source, steps=steps,
-                        sinks=sinks, backend_note=note, warnings=list(loaded.warnings))
-    check_name(pipeline)
-    check_templates(pipeline)
-    check_sink_paths(pipeline)
-    check_train_select(pipeline)
-    return pipeline
+        backend = parts["backend"]
+        with problems.collect():
+            build_train_block(cfg.train, host=host, context=context, file=file, lines=loaded.where,
+                              backend_options=backend.options if backend is not None else None)
+    return parts
 
 
 def check_name(pipeline: Pipeline) -> None:
@@ -196,7 +262,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def check_sink_paths(pipeline: Pipeline) -> None:
     """Two sinks writing one file would interleave their lines, and a sink writing the source (or the
-    pipeline file) would destroy the input while it is read: refuse both."""
+    pipeline file) would destroy the input while it is read: refuse both (every such sink is reported)."""
+    problems = Problems(pipeline.file)
     seen: dict[Path, int] = {}
     inputs: list[tuple[str, Path]] = [("the pipeline file", Path(pipeline.loaded.path))]
     source_path = getattr(pipeline.source.options, "path", None)
@@ -209,23 +276,25 @@ def check_sink_paths(pipeline: Pipeline) -> None:
         full = pipeline.context.path(path)
         resolved = full.resolve()
         line, col = pipeline.loaded.where(f"sinks.{i}.path")
-        for what, input_path in inputs:
-            if _same_file(full, input_path):
-                raise ConfigError(
-                    f"sink {i} would write {path}, which is {what}: the input would be overwritten while it is "
-                    f"read", file=pipeline.file, line=line, column=col, key=f"sinks.{i}.path",
-                    hint="give the sink its own path, e.g. out/records.jsonl",
-                )
+        clash = next((what for what, input_path in inputs if _same_file(full, input_path)), None)
+        if clash is not None:
+            problems.add(ConfigError(
+                f"sink {i} would write {path}, which is {clash}: the input would be overwritten while it is "
+                f"read", file=pipeline.file, line=line, column=col, key=f"sinks.{i}.path",
+                hint="give the sink its own path, e.g. out/records.jsonl",
+            ))
+            continue
         if resolved in seen:
-            raise ConfigError(f"sinks {seen[resolved]} and {i} both write {path}", file=pipeline.file, line=line,
-                              column=col, key=f"sinks.{i}.path", hint="give each sink its own path")
+            problems.add(ConfigError(f"sinks {seen[resolved]} and {i} both write {path}", file=pipeline.file,
+                                     line=line, column=col, key=f"sinks.{i}.path",
+                                     hint="give each sink its own path"))
+            continue
         seen[resolved] = i
+    problems.raise_if_any()
 
 
 def check_train_select(pipeline: Pipeline) -> None:
     """``train.select`` must name fields the records will have, and sentiment labels that exist."""
-    import difflib
-
     train = pipeline.train or {}
     select = train.get("select") or {}
     if not isinstance(select, dict) or not select:
@@ -238,23 +307,33 @@ def check_train_select(pipeline: Pipeline) -> None:
         if step.name == "sentiment":
             sentiment_fields.add(step.options.output)
     known = None if fields is None else {*fields, *produced, "sentiment"}
+    problems = Problems(pipeline.file)
     for key, value in select.items():
-        line, col = pipeline.loaded.where(f"train.select.{key}")
-        if known is not None and key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            raise ConfigError(
-                f"selects on field '{key}', which no record will have", file=pipeline.file, line=line, column=col,
-                key=f"train.select.{key}",
-                hint=(f"did you mean '{close[0]}'? " if close else "") + f"fields: {', '.join(sorted(known))}",
-            )
-        values = value if isinstance(value, list) else [value]
-        if key in sentiment_fields:
-            for v in values:
-                if v not in ("positive", "negative", "neutral"):
-                    raise ConfigError(
-                        f"'{key}' holds a sentiment label, and {v!r} is not one", file=pipeline.file, line=line,
-                        column=col, key=f"train.select.{key}", hint="use positive, negative or neutral",
-                    )
+        with problems.collect():
+            _check_select(pipeline, key, value, known, sentiment_fields)
+    problems.raise_if_any()
+
+
+def _check_select(pipeline: Pipeline, key: str, value: Any, known: set[str] | None,
+                  sentiment_fields: set[str]) -> None:
+    import difflib
+
+    line, col = pipeline.loaded.where(f"train.select.{key}")
+    if known is not None and key not in known:
+        close = difflib.get_close_matches(str(key), sorted(known), n=1)
+        raise ConfigError(
+            f"selects on field '{key}', which no record will have", file=pipeline.file, line=line, column=col,
+            key=f"train.select.{key}",
+            hint=(f"did you mean '{close[0]}'? " if close else "") + f"fields: {', '.join(sorted(known))}",
+        )
+    values = value if isinstance(value, list) else [value]
+    if key in sentiment_fields:
+        for v in values:
+            if v not in ("positive", "negative", "neutral"):
+                raise ConfigError(
+                    f"'{key}' holds a sentiment label, and {v!r} is not one", file=pipeline.file, line=line,
+                    column=col, key=f"train.select.{key}", hint="use positive, negative or neutral",
+                )
 
 
 def _built(cls: type[Any], kind: str, block: Any, index: int, shape_error: str, *, host: PluginHost,
@@ -274,29 +353,41 @@ def _built(cls: type[Any], kind: str, block: Any, index: int, shape_error: str, 
 
 
 def check_templates(pipeline: Pipeline) -> None:
-    """Every ``{field}`` a step reads must come from the source or an earlier step (when the source says)."""
+    """Every ``{field}`` a step reads must come from the source or an earlier step (when the source says).
+
+    Every field that is missing is reported, not only the first.
+    """
     available = pipeline.source.fields()
     if available is None:
         return
     have = set(available)
-    loaded = pipeline.loaded
+    problems = Problems(pipeline.file)
     for i, step in enumerate(pipeline.steps):
         for opt, names in step.template_fields().items():
             for name in names:
                 if name not in have:
-                    import difflib
-
-                    close = difflib.get_close_matches(name, sorted(have), n=1)
-                    hint = f"did you mean '{{{close[0]}}}'? " if close else ""
-                    if not name.isidentifier():
-                        hint += "for literal braces (JSON in a prompt) write {{ and }}; "
-                    hint += f"fields available at this step: {', '.join(sorted(have))}"
-                    line, col = loaded.where(f"steps.{i}.{opt}")
-                    raise ConfigError(
-                        f"template names field '{name}', which neither the source nor an earlier step provides",
-                        file=pipeline.file, line=line, column=col, key=f"steps.{i}.{opt}", hint=hint,
-                    )
+                    problems.add(_missing_field(pipeline, f"steps.{i}.{opt}", name, have))
         have.update(step.outputs())
+    problems.raise_if_any()
+
+
+def _missing_field(pipeline: Pipeline, key: str, name: str, have: set[str]) -> ConfigError:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(have), n=1)
+    hint = f"did you mean '{{{close[0]}}}'? " if close else ""
+    if not name.isidentifier():
+        hint += "for literal braces (JSON in a prompt) write {{ and }}; "
+    hint += f"fields available at this step: {', '.join(sorted(have))}"
+    line, col = pipeline.loaded.where(key)
+    return ConfigError(f"template names field '{name}', which neither the source nor an earlier step provides",
+                       file=pipeline.file, line=line, column=col, key=key, hint=hint)
+
+
+#: the checks across blocks :func:`load_pipeline` runs once every block is valid; each raises a
+#: :class:`ConfigError` (with every problem it found in ``problems``)
+CHECKS: tuple[Callable[[Pipeline], None], ...] = (check_name, check_templates, check_sink_paths,
+                                                  check_train_select)
 
 
 def _public(data: Any) -> Any:

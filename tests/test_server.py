@@ -494,6 +494,7 @@ def test_serve_command_refuses_remote_host_and_bad_flags() -> None:
     from click.testing import CliRunner
 
     from oaipipe.builtin import commands_serve
+    from oaipipe.commands import serve
 
     group = click.Group()
     commands_serve.register_commands(group)
@@ -502,8 +503,8 @@ def test_serve_command_refuses_remote_host_and_bad_flags() -> None:
     assert result.exit_code != 0 and "not a loopback address" in str(result.exception)
     result = runner.invoke(group, ["serve", "--error-rate", "429"])
     assert result.exit_code != 0 and "STATUS=RATE" in str(result.exception)
-    assert commands_serve.is_loopback("127.0.0.1") and commands_serve.is_loopback("::1")
-    assert commands_serve.is_loopback("localhost") and not commands_serve.is_loopback("10.0.0.1")
+    assert serve.is_loopback("127.0.0.1") and serve.is_loopback("::1")
+    assert serve.is_loopback("localhost") and not serve.is_loopback("10.0.0.1")
 
 
 def test_batch_on_the_responses_endpoint_and_file_pagination(server: Any) -> None:

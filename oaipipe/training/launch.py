@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base import Context, Trainer
-from ..errors import BackendError, DatasetError, RunLockedError, StorageError, TrainingError
+from ..errors import BackendError, DatasetError, ExitCode, RunLockedError, StorageError, TrainingError
 from ..home import home_dir
 from ..jobs import LAUNCHING, Job, JobRegistry
 from ..pricing import PriceTable
@@ -56,13 +56,13 @@ MAX_POLL_ERRORS = 10
 class JobStillRunning(TrainingError):
     """``--timeout`` ran out while the job was still running: not a failure of the job (exit code 1)."""
 
-    exit_code = 1
+    exit_code = ExitCode.RECORDS_FAILED
 
 
 class FollowStopped(TrainingError):
     """Following a job was stopped (Ctrl-C, SIGTERM): the job keeps running at its provider (exit code 130)."""
 
-    exit_code = 130
+    exit_code = ExitCode.INTERRUPTED
 
 
 #: exchanges of these steps are left out unless ``step:`` names them

@@ -1,0 +1,88 @@
+"""``oaipipe dataset build`` and ``dataset validate``: fine-tuning datasets (OpenAI's chat JSONL / DPO format).
+
+Thin over :mod:`oaipipe.training`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..errors import ExitCode
+from .common import build_options, echo_json, json_option
+
+__all__ = ["build", "dataset", "validate"]
+
+
+@click.group()
+def dataset() -> None:
+    """Build and validate fine-tuning datasets (OpenAI's chat JSONL / DPO format)."""
+
+
+def _print_build(result: Any, files: Any, report: Any, output: str) -> None:
+    s = result.stats
+    click.echo(f"read {s.get('read', 0)} example(s); kept {len(result.train)} for training"
+               + (f", {len(result.validation)} for validation" if result.validation else "")
+               + f" ({s.get('duplicates', 0)} duplicate(s), {s.get('not_selected', 0)} not selected"
+               + (f", {s['not_pairable']} without a pair" if s.get("not_pairable") else "")
+               + (f", {s['skipped_non_text']} with images skipped" if s.get("skipped_non_text") else "")
+               + ")")
+    if files is not None:
+        click.echo(f"wrote {files.train_path}" + (f" and {files.validation_path}" if files.validation_path else ""))
+    click.echo(report.to_text())
+    if files is None:
+        click.echo(f"nothing written to {output}: the dataset is not ready (see the errors above)")
+
+
+@dataset.command("build")
+@click.argument("data", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Training JSONL to write (a validation split goes to OUT.validation.jsonl)")
+@click.option("--format", "fmt", type=click.Choice(["sft", "dpo"]), default="sft", show_default=True,
+              help="sft: {messages}; dpo: {input, preferred_output, non_preferred_output}")
+@build_options
+@click.option("--model", default="gpt-4o-mini", show_default=True, help="Model the report counts tokens for")
+@json_option()
+def build(data: str, output: str, fmt: str, select: tuple[str, ...], system: str | None, step: str | None,
+          validation_fraction: float, seed: int, model: str, as_json: bool) -> ExitCode:
+    """Build a fine-tuning dataset from DATA (dialogue log, run records, CSV, JSONL or a folder)."""
+    from ..training import build_dataset, parse_select, report_for, write_dataset
+
+    method = "dpo" if fmt == "dpo" else "supervised"
+    result = build_dataset(data, method=method, select=parse_select(select), system=system,
+                           validation_fraction=validation_fraction, seed=seed, step=step)
+    report = report_for(result, model=model, source=output)
+    # a dataset that is not ready is not written (no empty or half-usable file to train on by mistake)
+    files = write_dataset(result, output) if report.ok else None
+    if as_json:
+        dataset_info = ({**files.to_dict(), "written": True} if files is not None else
+                        {"train_path": output, "written": False, "n_train": len(result.train),
+                         "n_validation": len(result.validation)})
+        echo_json({"dataset": dataset_info, "build": result.stats, "report": report.to_dict()})
+    else:
+        _print_build(result, files, report, output)
+    return ExitCode.OK if report.ok else ExitCode.DATASET_ERROR
+
+
+@dataset.command("validate")
+@click.argument("file", type=click.Path())
+@click.option("--method", type=click.Choice(["supervised", "dpo"]), default=None,
+              help="Default: detected from the rows")
+@click.option("--model", default="gpt-4o-mini", show_default=True, help="Base model (tokenizer, limit, price)")
+@click.option("--max-tokens-per-example", type=int, default=None, help="Override the model's example limit")
+@click.option("--n-epochs", type=int, default=None, help="Epochs for the estimate (default: OpenAI's rule)")
+@click.option("--min-examples", type=int, default=10, show_default=True)
+@json_option()
+def validate(file: str, method: str | None, model: str, max_tokens_per_example: int | None,
+             n_epochs: int | None, min_examples: int, as_json: bool) -> ExitCode:
+    """Check a fine-tuning JSONL file the way OpenAI's data-preparation guide does; exit 6 if not ready."""
+    from ..training import validate_file
+
+    report = validate_file(file, method=method, model=model, token_limit=max_tokens_per_example,
+                           n_epochs=n_epochs, min_examples=min_examples)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(report.to_text())
+    return ExitCode.OK if report.ok else ExitCode.DATASET_ERROR

@@ -1,0 +1,156 @@
+"""``oaipipe run``: run a pipeline file, print its summary, exit with what the summary says."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from typing import Any
+
+import click
+
+from ..errors import ExitCode
+from .common import disable_option, log_records_to, set_option, verbosity
+
+__all__ = ["run", "summary_exit_code"]
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _shown(path: str | None) -> str:
+    """A path relative to the working folder when it lies below it (what a user can paste)."""
+    if not path:
+        return ""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    from ..progress import retries_text
+
+    rec = summary.get("records", {})
+    status = summary.get("status")
+    if status == "nothing-to-do":
+        click.echo(summary.get("message", "nothing to do"))
+        return
+    if status == "dry-run":
+        click.echo(f"dry run: {rec.get('total', 0)} records would be processed; no call was made")
+        est = summary.get("estimate")
+        if est:
+            click.echo(f"  estimated tokens: {est.get('prompt_tokens', 0)} in, {est.get('completion_tokens', 0)} out; "
+                       f"estimated cost ${est.get('cost_usd', 0):.4f}")
+            for row in est.get("by_step", []):
+                click.echo(f"  step {row['step']} ({row['model']}): {row['calls']} calls, {row['prompt_tokens']} in, "
+                           f"{row['completion_tokens']} out, ${row['cost_usd']:.4f}")
+            if est.get("completion_tokens_per_call"):
+                click.echo(f"  (completion tokens: max_tokens where set, else {est['completion_tokens_per_call']} "
+                           f"per call)")
+            if est.get("note"):
+                click.echo(f"  note: {est['note']}")
+        if rec.get("would_fail"):
+            click.echo(f"  {rec['would_fail']} records would fail: " + "; ".join(summary.get("record_errors", [])))
+        return
+    tokens = summary.get("tokens", {})
+    click.echo(
+        f"{status}: {rec.get('done', 0)} done, {rec.get('failed', 0)} failed"
+        + (f", {rec.get('skipped')} already done before" if rec.get("skipped") else "")
+        + f" in {summary.get('elapsed_s', 0):.1f}s ({summary.get('records_per_s', 0)}/s); "
+        f"{summary.get('calls', 0)} calls ({summary.get('cached', 0)} cached), "
+        + (f"{summary['attempts']} attempts, " if "attempts" in summary else "")
+        + f"{tokens.get('total', 0)} tokens, ${summary.get('cost_usd', 0):.4f}"
+    )
+    retried = retries_text(summary)
+    if retried:
+        click.echo(f"  {retried}")
+    unpriced = sorted({row["model"] for row in summary.get("by_step", []) if not row.get("priced", True)})
+    if unpriced:
+        click.echo(f"  note: no price known for {', '.join(unpriced)}, counted as $0 "
+                   f"(add `prices: {{MODEL: {{input: USD_PER_1M, output: USD_PER_1M}}}}` to the pipeline)")
+    click.echo(f"  run directory: {_shown(summary.get('run_dir'))}")
+    for sink in summary.get("sinks", []):
+        click.echo(f"  output: {sink}")
+    if rec.get("failed"):
+        click.echo(f"  errors: {_shown(summary.get('errors_file'))}")
+    if status == "budget-reached":
+        click.echo("  the cost budget was reached: run the same command again to continue "
+                   "(--max-cost applies to each invocation)")
+    train = summary.get("train")
+    if train:
+        model = train.get("fine_tuned_model")
+        click.echo(f"  train: {train.get('status')}" + (f", model {model}" if model else "")
+                   + (f" ({train.get('reason')})" if train.get("reason") else ""))
+
+
+def _budget(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """``--max-cost``: a finite number of USD > 0 (NaN or inf would never trigger; 0 would start nothing)."""
+    from ..pricing import check_budget
+
+    if value is None:
+        return None
+    try:
+        return check_budget(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--max-cost "), ctx=ctx, param=param) from None
+
+
+def summary_exit_code(summary: dict[str, Any]) -> ExitCode:
+    """The exit code a finished run's summary calls for (the last rule that applies wins)."""
+    code = ExitCode.OK
+    if summary.get("records", {}).get("failed") and summary.get("status") != "nothing-to-do":
+        code = ExitCode.RECORDS_FAILED
+    train_status = (summary.get("train") or {}).get("status")
+    if train_status == "invalid":
+        code = ExitCode.DATASET_ERROR  # the run is done, the dataset it gave fails validation
+    elif train_status in ("failed", "error", "cancelled"):
+        code = ExitCode.TRAINING_ERROR  # the run is done, its fine-tuning job is not
+    if summary.get("status") == "budget-reached":
+        code = ExitCode.ABORTED  # stopped on purpose by --max-cost; rerun (with a higher budget) to go on
+    return code
+
+
+@click.command()
+@click.argument("pipeline", default="pipeline.yaml", type=click.Path(dir_okay=True))
+@set_option
+@click.option("--resume/--fresh", "resume", default=True,
+              help="Continue the last unfinished run (default), or start a new run")
+@click.option("--limit", type=click.IntRange(min=1), help="Process at most N records")
+@click.option("--dry-run", is_flag=True, help="Validate and estimate tokens and cost; call nothing")
+@click.option("--max-failures", type=click.IntRange(min=0), help="Abort after more than N failed records")
+@click.option("--retry-failed", is_flag=True, help="Rerun only the records that failed in the last run")
+@click.option("--no-cache", is_flag=True, help="Do not reuse cached responses")
+@click.option("--max-cost", type=float, callback=_budget, help="Stop starting records past this many USD")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout")
+@disable_option
+def run(pipeline: str, overrides: tuple[str, ...], resume: bool, limit: int | None, dry_run: bool,
+        max_failures: int | None, retry_failed: bool, no_cache: bool, max_cost: float | None,
+        as_json: bool, disabled: tuple[str, ...]) -> ExitCode:
+    """Run a pipeline file (default: pipeline.yaml)."""
+    from ..pipeline import load_pipeline
+    from ..progress import make_reporter
+    from ..runner import RunOptions, run_pipeline
+
+    quiet = verbosity().quiet  # -q: no progress output
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run like Ctrl-C: summary written, resumable
+    built = load_pipeline(pipeline, list(overrides), disabled=list(disabled))
+    options = RunOptions(fresh=not resume, limit=limit, dry_run=dry_run, max_failures=max_failures,
+                         retry_failed=retry_failed, use_cache=not no_cache, max_cost=max_cost)
+    try:
+        from ..scale import configure_run  # cache, rate limits, rich progress (scale features)
+    except ImportError:
+        configure_run = None
+    reporter = make_reporter(quiet=quiet or as_json)
+    if configure_run is not None:
+        reporter = configure_run(built, options, reporter, quiet=quiet or as_json)
+    with log_records_to(reporter):  # -v: retries and rate-limit changes are logged above the progress display
+        summary = asyncio.run(run_pipeline(built, options, reporter))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        _print_summary(summary)
+    return summary_exit_code(summary)

@@ -1,0 +1,34 @@
+"""``oaipipe schema``: the JSON Schema of pipeline.yaml, every plugin's options included (for editors)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..errors import ExitCode
+from .common import json_option, note
+
+__all__ = ["schema"]
+
+
+@click.command()
+@click.option("--pipeline", type=click.Path(exists=True), help="Include the plugins this pipeline lists")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to a file")
+@json_option("Accepted for uniformity: the schema is JSON anyway")
+def schema(pipeline: str | None, output: str | None, as_json: bool) -> ExitCode:
+    """Print the JSON Schema of pipeline.yaml, every plugin's options included (for editors).
+
+    Point a pipeline file at it with a top-level `$schema: ./pipeline.schema.json` key (or your editor's
+    setting); oaipipe accepts and ignores that key.
+    """
+    from ..schema import pipeline_schema
+
+    text = json.dumps(pipeline_schema(pipeline), indent=2)
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+        note(f"wrote {output}")
+    else:
+        click.echo(text)
+    return ExitCode.OK

@@ -1,0 +1,46 @@
+"""``oaipipe validate``: check a pipeline file without running it; every problem in one pass."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import ExitCode, OaipipeError
+from .common import disable_option, echo_json, json_option, note, set_option
+
+__all__ = ["validate"]
+
+
+@click.command()
+@click.argument("pipeline", default="pipeline.yaml", type=click.Path(dir_okay=True))
+@set_option
+@disable_option
+@json_option("Print the problems as a JSON list of {file, line, column, key, message, hint} ([] when valid)")
+def validate(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...], as_json: bool) -> ExitCode:
+    """Check a pipeline file: YAML, keys, plugin names and options, input files, templates. Calls nothing.
+
+    Every problem of the file is reported at once, each with its file, line and fix (exit 2).
+    """
+    from ..pipeline import load_pipeline
+
+    try:
+        built = load_pipeline(pipeline, list(overrides), disabled=list(disabled))
+    except OaipipeError as exc:
+        if not as_json:
+            raise
+        echo_json([problem.to_dict() for problem in exc.problems])
+        return exc.exit_code
+    if as_json:
+        echo_json([])
+        for warning in built.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        return ExitCode.OK
+    fields = built.source.fields()
+    click.echo(f"ok: {pipeline}: source {built.source.name}"
+               + (f" ({len(fields)} fields)" if fields is not None else "")
+               + f", {len(built.steps)} steps ({', '.join(s.name for s in built.steps) or 'none'}), "
+               f"{len(built.sinks)} sinks, {built.describe_backend()}")
+    for warning in built.warnings:
+        click.echo(f"warning: {warning}")
+    if built.backend_note:
+        note(f"note: {built.backend_note}", err=False)
+    return ExitCode.OK
