@@ -49,6 +49,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "oaipipe.builtin.commands_serve",
     "oaipipe.builtin.commands_assistants",
     "oaipipe.builtin.commands_training",
+    "oaipipe.builtin.run_store",
+    "oaipipe.builtin.commands_results",
 )
 
 ENTRY_POINT_GROUP = "oaipipe"
