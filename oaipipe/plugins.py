@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "oaipipe.builtin.format_sqlite",
     "oaipipe.builtin.analyzer_keyword",
     "oaipipe.builtin.analyzer_vader",
+    "oaipipe.builtin.analyzer_llm",
     "oaipipe.builtin.backend_local",
     "oaipipe.builtin.backend_openai",
     "oaipipe.builtin.backend_requests",
