@@ -10,6 +10,7 @@ Used by tests/test_report.py; also a script that makes the README's screenshot::
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -157,20 +158,16 @@ class Browser:
         return path
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(CDPError, OSError):
             self.send("Browser.close", session=False, timeout=5)
-        except (CDPError, OSError):
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         for fd in (self._cmd_w, self._out_r):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self) -> Browser:
@@ -181,7 +178,8 @@ class Browser:
 
 
 #: every chart container holds a drawn plotly figure (its SVG with at least one plotted layer)
-CHARTS_DRAWN = ("(() => { const c = [...document.querySelectorAll('[data-chart]')]; "
+CHARTS_DRAWN = ("(() => { if (document.readyState !== 'complete') return 0; "
+                "const c = [...document.querySelectorAll('[data-chart]')]; "
                 "return c.length > 0 && c.every(d => d.querySelector('.js-plotly-plot svg.main-svg')) "
                 "? c.length : 0; })()")
 
@@ -199,3 +197,10 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+#: per chart container: how many marks its figure drew (bars, heatmap images, line traces and points, or
+#: the note of a figure with nothing to show)
+CHART_MARKS = ("[...document.querySelectorAll('[data-chart]')].map(d => [d.dataset.chart, d.querySelectorAll("
+               "'.barlayer .point path, .heatmaplayer image, .scatterlayer path.js-line, .scatterlayer .point, "
+               ".infolayer g.annotation').length])")
