@@ -64,11 +64,14 @@ def _parse_time(value: str) -> float | None:
         return None
 
 
-def _throughput(times: list[float], target: int = 60) -> tuple[list[str], list[float]]:
-    """Records finished per second, in about ``target`` bins of a round width over the run."""
-    if len(times) < 2:
-        return ([_dt.datetime.fromtimestamp(times[0], _dt.UTC).isoformat()], [float(len(times))]) if times else ([], [])
+def _throughput(times: list[float], started: float | None = None, target: int = 60) -> tuple[list[str], list[float]]:
+    """Records finished per second, in about ``target`` bins of a round width, from the run's start (when
+    it is less than an hour before the first record: a resumed run counts from its first record)."""
+    if not times:
+        return [], []
     start, end = min(times), max(times)
+    if started is not None and 0 <= start - started < 3600:
+        start = started
     span = max(end - start, 0.001)
     width = next((w for w in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
                   if span / w <= target), 3600 * math.ceil(span / target / 3600))
@@ -100,7 +103,7 @@ def run_figures(store: RunStore, run_id: str) -> RunFigures:
     figs.latency_calls = len(latencies)
     times = [t for (value,) in q("SELECT time FROM records WHERE run_id = ? AND time IS NOT NULL", (run_id,))
              if (t := _parse_time(value)) is not None]
-    figs.throughput = _throughput(times)
+    figs.throughput = _throughput(times, _parse_time(run.get("started_at") or ""))
     summary = run.get("summary") or {}
     figs.by_step = [dict(r) for r in summary.get("by_step") or []]
     if not figs.by_step:  # a run without a summary (killed): what its exchanges say

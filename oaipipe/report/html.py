@@ -103,7 +103,7 @@ def _throughput(f: RunFigures) -> Any:
 
 
 def _step_names(f: RunFigures) -> list[str]:
-    return [f"{r.get('step')} · {r.get('model')}" for r in f.by_step]
+    return [f"{r.get('step')}<br>{r.get('model')}" for r in f.by_step]
 
 
 def _tokens(f: RunFigures) -> Any:
@@ -125,8 +125,11 @@ def _cost(f: RunFigures) -> Any:
     costs = [float(r.get("cost_usd") or 0) for r in f.by_step]
     fig = go.Figure(go.Bar(x=_step_names(f), y=costs, marker_color=PALETTE[3], text=[f"${c:.4f}" for c in costs],
                            textposition="auto", hovertemplate="%{x}: $%{y:.6f}<extra></extra>"))
-    note = "" if any(costs) else " (all $0: the local engine or unpriced models)"
-    return _layout(fig, yaxis_title="USD" + note)
+    _layout(fig, yaxis_title="USD")
+    if not any(costs):
+        fig.add_annotation(text="all $0: the local engine, cached answers or unpriced models", showarrow=False,
+                           x=0.5, y=1.0, xref="paper", yref="paper", font={"color": "#666"})
+    return fig
 
 
 def _cache(f: RunFigures) -> Any:
