@@ -124,6 +124,7 @@ def write_pipeline(tmp_path: Path, rows: int, *, steps: list[dict[str, Any]] | N
 
 PEEK = '''
 import sqlite3
+import time
 from pathlib import Path
 from oaipipe import hookimpl
 
@@ -131,10 +132,16 @@ SEEN = []
 
 @hookimpl
 def oaipipe_record_done(run, result):
-    if result.record.id == "r300":  # a reader of runs.db while the run is going
+    if result.record.id == "r300":  # a reader of runs.db while the run is going (this hook holds it)
         db = Path(run.run_dir).parent.parent / "runs.db"
+        deadline = time.monotonic() + 30
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            SEEN.append(conn.execute("SELECT status, records_done FROM runs").fetchone())
+            while time.monotonic() < deadline:
+                row = conn.execute("SELECT status, records_done FROM runs").fetchone()
+                if row[1] >= 256:
+                    break
+                time.sleep(0.02)
+            SEEN.append(row)
             SEEN.append(conn.execute("SELECT count(*) FROM exchanges").fetchone()[0])
 '''
 
@@ -265,7 +272,7 @@ def demo_report(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "report.html"
 
 
-def test_report_is_one_offline_file(demo_report: Path) -> None:
+def test_report_is_one_offline_file(demo_report: Path, demo: Path) -> None:
     from oaipipe.report import CHARTS
 
     text = demo_report.read_text(encoding="utf-8")
@@ -273,6 +280,13 @@ def test_report_is_one_offline_file(demo_report: Path) -> None:
     assert "<script src" not in text and "<link" not in text and "@import" not in text
     assert text.count('data-chart="') == 2 * len(CHARTS) + 1 + 3  # both runs, metrics, 3 confusion matrices
     assert "TemplateError" not in text and "expected 3 fields, saw 4" in text  # the failed record, its reason
+    from oaipipe.report.data import run_figures
+
+    with open_store(demo / "runs") as store:
+        figs = run_figures(store, store.resolve("latest"))
+    assert len(figs.throughput[0]) >= 1 and sum(figs.throughput[1]) > 0  # journal entries carry their time
+    assert figs.errors == {"RecordError": 1} and figs.failed[0]["id"] == "line-24"
+    assert figs.sentiments["review_sentiment"] == ("vader", {"positive": 10, "neutral": 4, "negative": 8})
 
 
 @needs_chromium
