@@ -408,6 +408,7 @@ class RunStore:
                     ingest.line(lines, raw)
                     if read >= _BATCH_LINES:
                         break
+            ingest.flush()
             conn.execute(
                 "UPDATE runs SET journal_inode = ?, journal_offset = ?, journal_lines = ?, "
                 "records_done = (SELECT count(*) FROM records WHERE run_id = ? AND status = 'done'), "
@@ -533,6 +534,18 @@ class RunStore:
 
 # --- one journal line --------------------------------------------------------------------------------
 
+_RECORD_UPSERT = (
+    "INSERT INTO records (run_id, id, line, status, location, error, error_class, fields, time) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, id) DO UPDATE SET line = excluded.line, "
+    "status = excluded.status, location = excluded.location, error = excluded.error, "
+    "error_class = excluded.error_class, fields = excluded.fields, time = excluded.time "
+    "WHERE records.status != 'done' OR excluded.status = 'done'")
+_EXCHANGE_UPSERT = (
+    "INSERT OR REPLACE INTO exchanges (run_id, record_id, line, idx, step, model, backend, system, input, "
+    "reply, messages, input_sentiment, input_score, reply_sentiment, reply_score, prompt_tokens, "
+    "completion_tokens, total_tokens, latency, cached, cost_usd, request_id, time) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
 
 class _Ingest:
     """Writes the rows of journal lines of one run (inside the caller's transaction)."""
@@ -546,6 +559,9 @@ class _Ingest:
         self.prices = price_table(config.get("prices") or None)
         backend = config.get("backend") or {}
         self.batch = isinstance(backend, dict) and backend.get("type") == "batch"
+        self.records: list[tuple[Any, ...]] = []
+        self.sentiments: list[tuple[Any, ...]] = []
+        self.exchanges: list[tuple[Any, ...]] = []
 
     def line(self, number: int, raw: bytes) -> None:
         try:
@@ -558,20 +574,13 @@ class _Ingest:
         status = entry.get("status", "done")
         fields = entry.get("fields") if isinstance(entry.get("fields"), dict) else {}
         error = entry.get("error")
-        self.conn.execute(
-            "INSERT INTO records (run_id, id, line, status, location, error, error_class, fields, time) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, id) DO UPDATE SET line = excluded.line, "
-            "status = excluded.status, location = excluded.location, error = excluded.error, "
-            "error_class = excluded.error_class, fields = excluded.fields, time = excluded.time "
-            "WHERE records.status != 'done' OR excluded.status = 'done'",
-            (self.run_id, rid, number, status, entry.get("where"), error, error_class(error), _json(fields),
-             entry.get("time")))
+        self.records.append((self.run_id, rid, number, status, entry.get("where"), error, error_class(error),
+                             _json(fields), entry.get("time")))
         for sf in self.fields:
             if sf.field in fields and fields[sf.field] is not None:
                 score = fields.get(f"{sf.field}_score")
-                self.conn.execute("INSERT OR REPLACE INTO sentiments VALUES (?, ?, ?, ?, ?, ?)",
-                                  (self.run_id, rid, sf.field, sf.analyzer, str(fields[sf.field]),
-                                   score if isinstance(score, int | float) else None))
+                self.sentiments.append((self.run_id, rid, sf.field, sf.analyzer, str(fields[sf.field]),
+                                        score if isinstance(score, int | float) else None))
         for idx, exchange in enumerate(entry.get("exchanges") or []):
             if isinstance(exchange, dict):
                 self._exchange(number, idx, rid, exchange, fields, entry.get("time"))
@@ -595,15 +604,21 @@ class _Ingest:
             price = self.prices.lookup(model)
             if price.known:
                 cost = price.cost(prompt, completion, batch=self.batch)
-        self.conn.execute(
-            "INSERT OR REPLACE INTO exchanges (run_id, record_id, line, idx, step, model, backend, system, input, "
-            "reply, messages, input_sentiment, input_score, reply_sentiment, reply_score, prompt_tokens, "
-            "completion_tokens, total_tokens, latency, cached, cost_usd, request_id, time) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self.exchanges.append(
             (self.run_id, rid, number, idx, ex.get("step"), model, ex.get("backend"), system, user_text,
              reply_text, _json(messages), in_label, in_score, out_label, out_score, prompt, completion,
              int(usage.get("total_tokens") or prompt + completion), ex.get("latency"), int(cached),
              round(cost, 8), ex.get("request_id"), when))
+
+    def flush(self) -> None:
+        """Write the rows of the lines read so far (in the caller's transaction)."""
+        if self.records:
+            self.conn.executemany(_RECORD_UPSERT, self.records)
+        if self.sentiments:
+            self.conn.executemany("INSERT OR REPLACE INTO sentiments VALUES (?, ?, ?, ?, ?, ?)", self.sentiments)
+        if self.exchanges:
+            self.conn.executemany(_EXCHANGE_UPSERT, self.exchanges)
+        self.records, self.sentiments, self.exchanges = [], [], []
 
     def _sentiment(self, message: dict[str, Any] | None, fields: dict[str, Any],
                    fits: Any) -> tuple[str | None, float | None]:
