@@ -117,10 +117,23 @@ class Source(Component):
 
 
 class Analyzer(Component):
-    """Scores the sentiment of a text. Synchronous; the runner calls it off the event loop."""
+    """Scores the sentiment of a text. Synchronous; the runner calls it off the event loop.
+
+    An analyzer that asks a model (``needs_backend = True``, e.g. the built-in ``llm``) implements
+    :meth:`analyze_with` instead: it gets the record's :class:`StepContext`, whose ``ctx.chat`` is the run's
+    call chain (response cache, rate limits, retries, token and cost accounting), like a step's calls.
+    """
+
+    #: True when the analyzer calls the pipeline's backend: it is used through :meth:`analyze_with`
+    needs_backend: ClassVar[bool] = False
 
     def analyze(self, text: str) -> Sentiment:
         raise NotImplementedError
+
+    async def analyze_with(self, text: str, ctx: StepContext) -> Sentiment:
+        """Score ``text`` during a run (a ``sentiment`` step calls this). By default :meth:`analyze` in a
+        worker thread; an analyzer with ``needs_backend = True`` overrides it and uses ``await ctx.chat()``."""
+        return await asyncio.to_thread(self.analyze, text)
 
 
 # --- backends -----------------------------------------------------------------------------------

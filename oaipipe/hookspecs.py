@@ -72,6 +72,9 @@ def register_analyzers(register: Callable[[str, type[Analyzer]], None]) -> None:
     :class:`oaipipe.base.Analyzer` and implement ``analyze(text) -> Sentiment``, where the label is
     ``"positive"``, ``"negative"`` or ``"neutral"`` and the score is in [-1, 1]. ``analyze`` is
     synchronous and runs in a worker thread; it must be safe to call from several threads at once.
+    An analyzer that asks a model sets ``needs_backend = True`` and implements ``async analyze_with(text,
+    ctx)`` instead, calling ``await ctx.chat(request)`` (cached and costed like a step's calls; see the
+    built-in ``llm``).
     """
 
 

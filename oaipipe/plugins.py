@@ -31,8 +31,13 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "oaipipe.builtin.source_csv",
     "oaipipe.builtin.source_jsonl",
     "oaipipe.builtin.source_images",
+    "oaipipe.builtin.source_excel",
+    "oaipipe.builtin.format_parquet",
+    "oaipipe.builtin.format_hf",
+    "oaipipe.builtin.format_sqlite",
     "oaipipe.builtin.analyzer_keyword",
     "oaipipe.builtin.analyzer_vader",
+    "oaipipe.builtin.analyzer_llm",
     "oaipipe.builtin.backend_local",
     "oaipipe.builtin.backend_openai",
     "oaipipe.builtin.backend_requests",
@@ -49,6 +54,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "oaipipe.builtin.commands_serve",
     "oaipipe.builtin.commands_assistants",
     "oaipipe.builtin.commands_training",
+    "oaipipe.builtin.run_store",
+    "oaipipe.builtin.commands_results",
 )
 
 ENTRY_POINT_GROUP = "oaipipe"

@@ -3,7 +3,8 @@
 Each run of a pipeline writes ``<run.dir>/<pipeline name>/<run id>/``:
 
 - ``journal.jsonl`` — one line per finished record (``done`` or ``failed``), appended and flushed after the
-  sinks have the record: ``{"id", "status", "fields", "exchanges", "error", "where"}``. It is what a
+  sinks have the record: ``{"id", "status", "fields", "exchanges", "error", "where", "time"}`` (``time``:
+  when it finished, UTC, to the millisecond; the run store plots throughput from it). It is what a
   resumed run skips, and what ``train:`` builds a dataset from.
 - ``errors.jsonl`` — one line per failed record: id, where it came from, the step, the error and its type.
 - ``summary.json`` — written at the end (also when aborted or interrupted): counts, tokens, cost, status.

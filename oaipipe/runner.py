@@ -543,6 +543,7 @@ class Runner:
             "where": result.record.where,
             "fields": result.fields,
             "exchanges": [_exchange_dict(e, result) for e in result.exchanges],
+            "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),  # when it finished (run store)
         }
         if not ok:
             entry["error"] = result.error

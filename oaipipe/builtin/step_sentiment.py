@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -59,7 +58,7 @@ class SentimentStep(Step):
         if not hasattr(self, "_analyzer"):
             self.prepare()
         text = render(self.options.input, fields, where=ctx.record.where)
-        sentiment = await asyncio.to_thread(self._analyzer.analyze, text)
+        sentiment = await self._analyzer.analyze_with(text, ctx)  # analyze() in a thread, or a backend call
         check_sentiment(sentiment, self._analyzer)
         ctx.sentiments[text] = sentiment
         out: dict[str, Any] = {self.options.output: sentiment.label}

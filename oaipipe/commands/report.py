@@ -1,0 +1,45 @@
+"""``oaipipe report``: one self-contained HTML file with the figures of a run (or two, side by side)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ._options import runs_location, store_for
+
+__all__ = ["report"]
+
+
+@click.command()
+@click.argument("run_ref", required=False, metavar="[RUN]")
+@click.option("--compare", "compare_ref", metavar="RUN2", help="Show a second run side by side")
+@click.option("--eval", "eval_file", type=click.Path(dir_okay=False),
+              help="Add a sentiment evaluation (the JSON of `oaipipe sentiment eval ... -o FILE`)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="HTML file to write")
+@runs_location
+def report(run_ref: str | None, compare_ref: str | None, eval_file: str | None, output: str,
+           pipeline_file: str | None, runs_dir: Path | None) -> None:
+    """Write an HTML report of RUN (default: the latest): sentiment, latency, throughput, tokens and
+    dollars, cache hits, retries, errors and the failed records. One file, no network needed to open it.
+
+    RUN and RUN2 are run ids, unique parts of one, `latest` or `latest~1`.
+    """
+    from ..report import build_report, read_evaluation, write_report
+    from ..store import find_run_dirs, runs_dir_for
+
+    evaluation = read_evaluation(eval_file) if eval_file else None
+    folder = runs_dir_for(pipeline_file, runs_dir)
+    if evaluation is not None and run_ref is None and compare_ref is None and not find_run_dirs(folder):
+        text = build_report(None, [], evaluation=evaluation)  # an evaluation alone: no run needed
+        ids: list[str] = []
+    else:
+        with store_for(pipeline_file, runs_dir) as store:
+            ids = [store.resolve(run_ref)]
+            if compare_ref:
+                ids.append(store.resolve(compare_ref))
+            text = build_report(store, ids, evaluation=evaluation)
+    path = write_report(output, text)
+    what = " vs ".join(ids) or "the evaluation"
+    click.echo(f"wrote {path} ({len(text) / 1e6:.1f} MB, {what}); open it in a browser (it needs no network)")
