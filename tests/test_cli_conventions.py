@@ -175,9 +175,10 @@ def test_a_top_level_schema_key_is_accepted_and_in_the_schema(project: Path,
 
 @pytest.mark.parametrize("path", PATHS, ids=[" ".join(p) for p in PATHS])
 def test_every_command_takes_verbose_and_quiet(path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([*path, "-vv", "-q", "--help"]) == 0
+    assert main([*path, "-vv", "--quiet", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "-v, --verbose" in out and "-q, --quiet" in out
+    quiet = "--quiet" if path in Q_IS_QUERY else "-q, --quiet"
+    assert "-v, --verbose" in out and quiet in out
 
 
 def test_verbose_logs_info_and_debug_and_quiet_silences_notes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,7 +228,9 @@ def test_a_plugin_commands_own_flags_are_left_alone() -> None:
 # --- --json ----------------------------------------------------------------------------------------
 
 #: commands that only hold sub-commands (and print no data of their own)
-GROUPS_ONLY = {("dataset",), ("jobs",)}
+GROUPS_ONLY = {("dataset",), ("jobs",), ("sentiment",)}
+#: `oaipipe logs -q TEXT` searches, as `llm logs -q` does; its quiet flag is `--quiet` alone
+Q_IS_QUERY = {("logs",)}
 
 
 def test_every_command_that_prints_data_has_json() -> None:
@@ -251,7 +254,16 @@ ONE_OFF_CASES: dict[tuple[str, ...], list[str]] = {
     ("describe",): ["describe", "{image}", "{image}"],  # JSON lines, one per image
     ("assistants",): ["assistants", "--file", "{presets}"],
     ("assistants", "show"): ["assistants", "--file", "{presets}", "show", "support-agent"],
+    # these read the run that ("run",) made above
+    ("runs",): ["runs", "--pipeline", "{pipeline}"],
+    ("runs", "show"): ["runs", "show", "--pipeline", "{pipeline}"],
+    ("logs",): ["logs", "--pipeline", "{pipeline}"],
+    ("report",): ["report", "--pipeline", "{pipeline}", "-o", "{report}"],
+    ("sentiment", "score"): ["sentiment", "score", "I love it", "I hate it"],  # JSON lines, one per text
+    ("sentiment", "eval"): ["sentiment", "eval", "{gold}", "--label-column", "gold", "--analyzer", "keyword"],
 }
+#: commands printing JSON lines (one object per item) rather than one document
+JSON_LINES = {("describe",), ("sentiment", "score")}
 #: in this order: each uses what the one before made
 TRAINING_CASES: list[tuple[tuple[str, ...], list[str]]] = [
     (("dataset", "build"), ["dataset", "build", "{qa}", "-o", "{dataset}"]),
@@ -273,11 +285,12 @@ def test_json_of_the_pipeline_and_one_off_commands_parses(project: Path, tmp_pat
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     image = tmp_path / "red.png"
     Image.new("RGB", (30, 20), (220, 20, 30)).save(image)
-    values = {"pipeline": str(project), "image": str(image), "presets": str(REPO / "examples" / "assistants.yaml")}
+    values = {"pipeline": str(project), "image": str(image), "presets": str(REPO / "examples" / "assistants.yaml"),
+              "report": str(tmp_path / "report.html"), "gold": str(REPO / "examples" / "data" / "sentiment_gold.csv")}
     for path, argv in ONE_OFF_CASES.items():
         assert main([*(a.format(**values) for a in argv), "--json"]) == 0, (path, capsys.readouterr().err)
         out = capsys.readouterr().out
-        parsed = _json_lines(out) if path == ("describe",) else [json.loads(out)]
+        parsed = _json_lines(out) if path in JSON_LINES else [json.loads(out)]
         assert parsed and all(isinstance(item, dict | list) for item in parsed), path
 
 

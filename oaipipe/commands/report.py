@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import click
@@ -18,8 +20,9 @@ __all__ = ["report"]
               help="Add a sentiment evaluation (the JSON of `oaipipe sentiment eval ... -o FILE`)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
               help="HTML file to write")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON: path, size, runs")
 @runs_location
-def report(run_ref: str | None, compare_ref: str | None, eval_file: str | None, output: str,
+def report(run_ref: str | None, compare_ref: str | None, eval_file: str | None, output: str, as_json: bool,
            pipeline_file: str | None, runs_dir: Path | None) -> None:
     """Write an HTML report of RUN (default: the latest): sentiment, latency, throughput, tokens and
     dollars, cache hits, retries, errors and the failed records. One file, no network needed to open it.
@@ -41,5 +44,9 @@ def report(run_ref: str | None, compare_ref: str | None, eval_file: str | None, 
                 ids.append(store.resolve(compare_ref))
             text = build_report(store, ids, evaluation=evaluation)
     path = write_report(output, text)
+    if as_json:
+        click.echo(json.dumps({"path": str(path), "bytes": len(text.encode("utf-8")), "runs": ids,
+                               "evaluation": evaluation is not None}))
+        return
     what = " vs ".join(ids) or "the evaluation"
     click.echo(f"wrote {path} ({len(text) / 1e6:.1f} MB, {what}); open it in a browser (it needs no network)")
