@@ -119,7 +119,7 @@ class HfDatasetSink(ColumnarSink):
     def materialize(self, schema: Any, batches: Iterator[Any]) -> None:
         datasets = require("datasets", extra="hf", feature="the hf-dataset sink")
         pa = require("pyarrow", extra="hf", feature="the hf-dataset sink")
-        table = require("datasets.table", extra="hf", feature="the hf-dataset sink")
+        ds_table = require("datasets.table", extra="hf", feature="the hf-dataset sink")
 
         out = self.file
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ class HfDatasetSink(ColumnarSink):
             with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
                 for table in batches:
                     writer.write_table(table)
-            dataset = datasets.Dataset(table.MemoryMappedTable.from_file(str(arrow)))
+            dataset = datasets.Dataset(ds_table.MemoryMappedTable.from_file(str(arrow)))
             saved = work / "dataset"
             quiet = datasets.is_progress_bar_enabled()
             if quiet:
