@@ -338,9 +338,12 @@ class PipelineProject:
     # --- reading what a run left ------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        """The pipeline file as plain data (no ``${env:...}`` interpolation, no defaults)."""
+        """The pipeline file as plain data (no ``${env:...}`` interpolation, no defaults); ``{}`` before
+        it is written."""
         import yaml
 
+        if not self.file.exists():
+            return {}
         data = yaml.safe_load(self.file.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
 
