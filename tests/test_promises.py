@@ -151,6 +151,25 @@ def test_ten_examples_is_the_minimum_when_a_job_is_launched(oaipipe_project: Pip
         assert result.exit_code == 6 and "too_few_examples" in result.err
 
 
+@pytest.mark.parametrize(("n", "status"), [(9, "skipped"), (10, "succeeded")])
+def test_ten_examples_is_the_minimum_for_a_pipelines_train_block(oaipipe_project: PipelineProject, n: int,
+                                                                 status: str) -> None:
+    """Mutation killed: the ``min_examples`` default of ``Trainer.Options`` (oaipipe/base.py), which a
+    pipeline's ``train:`` block uses, lowered to 9 (``oaipipe train`` and ``dataset validate`` have their own)."""
+    from oaipipe.jobs import JobRegistry
+
+    oaipipe_project.write(
+        files={"reviews.csv": [("id", "text")] + [(str(i), f"Review {i}: it arrived on time.") for i in range(n)]},
+        steps=[{"type": "ask", "prompt": "Reply to: {text}", "output": "reply"}], train={"type": "local"})
+    result = oaipipe_project.run()
+    assert result.exit_code == 0, result
+    train = result.summary["train"]
+    assert train["status"] == status, train
+    assert len(JobRegistry().list()) == (1 if status == "succeeded" else 0)
+    if status == "skipped":
+        assert "at least 10" in train["reason"], train
+
+
 # --- the cache key covers a request's extra parameters ---------------------------------------------
 
 
