@@ -468,7 +468,10 @@ def pytest_configure(config: Any) -> None:
 
 
 def _fixtures() -> Any:
-    import pytest
+    try:
+        import pytest
+    except ImportError as exc:  # pytest calls pytest_configure, so only a stray caller gets here
+        raise ImportError("the fixtures of oaipipe.testing need pytest: pip install 'oaipipe[testing]'") from exc
 
     class OaipipeFixtures:
         @pytest.fixture
