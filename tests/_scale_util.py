@@ -8,6 +8,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from oaipipe.testing import PipelineProject
+
 #: a plugin with a priced, call-counting backend (model gpt-4o-mini, fixed usage) and a slow step
 PRICED_PLUGIN = '''
 from __future__ import annotations
@@ -53,22 +55,26 @@ def register_steps(register):
 '''
 
 
+def review_rows(n: int, *, extra: dict[str, Any] | None = None) -> list[list[str]]:
+    """A header and ``n`` rows ``id, text, *extra`` (the reviews the scale tests run over)."""
+    cols = ["id", "text", *(extra or {})]
+    return [cols] + [[str(i), f"review number {i}: it was fine", *(extra or {}).values()] for i in range(1, n + 1)]
+
+
 def write_csv(path: Path, n: int, *, extra: dict[str, Any] | None = None) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        cols = ["id", "text", *(extra or {})]
-        writer.writerow(cols)
-        for i in range(1, n + 1):
-            writer.writerow([str(i), f"review number {i}: it was fine", *(extra or {}).values()])
-    return path
+    return PipelineProject(path.parent).write_file(path.name, review_rows(n, extra=extra))
 
 
 def write_pipeline(tmp_path: Path, backend: str, *, n: int = 6, steps: str | None = None, extra: str = "",
                    name: str = "t", sinks: str | None = None, plugin: bool = False) -> Path:
+    """``p.yaml`` over ``r.csv`` (``n`` rows, kept if it exists) in ``tmp_path``: a thin wrapper over
+    :class:`oaipipe.testing.PipelineProject` that keeps the YAML text the scale tests edit."""
+    project = PipelineProject(tmp_path, filename="p.yaml")
+    files: dict[str, Any] = {}
     if not (tmp_path / "r.csv").exists():
-        write_csv(tmp_path / "r.csv", n)
+        files["r.csv"] = review_rows(n)
     if plugin:
-        (tmp_path / "priced_plugin.py").write_text(PRICED_PLUGIN, encoding="utf-8")
+        files["priced_plugin.py"] = PRICED_PLUGIN
     steps = steps or textwrap.dedent("""\
       - {type: ask, system: "Be brief.", prompt: "Reply to: {text}", output: reply}
       - {type: sentiment, analyzer: keyword, input: "{reply}", output: reply_sentiment}
@@ -83,9 +89,7 @@ def write_pipeline(tmp_path: Path, backend: str, *, n: int = 6, steps: str | Non
         text += "plugins: [priced_plugin.py]\n"
     text += f"backend: {backend}\nsource: {{type: csv, path: r.csv, id_column: id}}\nsteps:\n"
     text += textwrap.indent(steps, "  ") + "sinks:\n" + textwrap.indent(sinks, "  ") + extra
-    path = tmp_path / "p.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return project.write(text, files=files)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 
+# the oaipipe_project / oaipipe_server fixtures; installed packages get them from the pytest11 entry point,
+# and this line also serves a virtualenv installed before the entry point existed
+pytest_plugins = ["oaipipe.testing"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -3,16 +3,14 @@ gives the same replies, sentiments, structured fields and dialogue messages."""
 
 from __future__ import annotations
 
-import csv
+import io
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
-import oaipipe
-from oaipipe.testing import running_server
+from oaipipe.testing import PipelineProject, running_server, wait_until
 
 PIPELINE = """
 name: parity
@@ -47,30 +45,32 @@ ROWS = [
 ]
 
 
+def image(size: tuple[int, int], color: tuple[int, ...], fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGBA" if len(color) == 4 else "RGB", size, color).save(buf, fmt)
+    return buf.getvalue()
+
+
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    (tmp_path / "img").mkdir()
-    Image.new("RGB", (80, 60), (220, 20, 30)).save(tmp_path / "img" / "red.png")
-    Image.new("RGB", (60, 90), (250, 220, 0)).save(tmp_path / "img" / "yellow.jpg")
-    Image.new("RGB", (100, 100), (30, 160, 40)).save(tmp_path / "img" / "green.png")
-    Image.new("RGBA", (120, 40), (20, 60, 220, 255)).save(tmp_path / "img" / "blue.png")
-    with (tmp_path / "reviews.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "text", "image"])
-        writer.writerows(ROWS)
-    (tmp_path / "pipeline.yaml").write_text(PIPELINE)
-    return tmp_path
+def project(oaipipe_project: PipelineProject) -> PipelineProject:
+    oaipipe_project.write(PIPELINE, files={
+        "img/red.png": image((80, 60), (220, 20, 30)),
+        "img/yellow.jpg": image((60, 90), (250, 220, 0), "JPEG"),
+        "img/green.png": image((100, 100), (30, 160, 40)),
+        "img/blue.png": image((120, 40), (20, 60, 220, 255)),
+        "reviews.csv": [("id", "text", "image"), *ROWS],
+    })
+    return oaipipe_project
 
 
-def run_with(project: Path, kind: str, base_url: str | None) -> tuple[dict[str, Any], list[dict], list[dict]]:
+def run_with(project: PipelineProject, kind: str, base_url: str | None) -> tuple[dict[str, Any], list[dict], list[dict]]:
     overrides = [f"backend.type={kind}", f"sinks.0.path=out_{kind}/dialogue.jsonl",
                  f"sinks.1.path=out_{kind}/records.jsonl", f"run.dir=runs_{kind}"]
     if base_url:
         overrides += [f"backend.base_url={base_url}", "backend.retry_base=0.01", "backend.max_retries=10"]
-    summary = oaipipe.run(str(project / "pipeline.yaml"), overrides=overrides, use_cache=False, fresh=True)
-    dialogue = [json.loads(line) for line in (project / f"out_{kind}" / "dialogue.jsonl").read_text().splitlines()]
-    records = [json.loads(line) for line in (project / f"out_{kind}" / "records.jsonl").read_text().splitlines()]
-    return summary, dialogue, records
+    result = project.run(*[arg for o in overrides for arg in ("--set", o)], "--no-cache", "--fresh")
+    assert result.exit_code == 0, result
+    return result.summary, project.records(f"out_{kind}/dialogue.jsonl"), project.records(f"out_{kind}/records.jsonl")
 
 
 def comparable_records(records: list[dict]) -> list[dict]:
@@ -87,7 +87,7 @@ def comparable_dialogue(lines: list[dict]) -> list[tuple]:
     return sorted(out)
 
 
-def test_same_results_on_every_transport(project: Path) -> None:
+def test_same_results_on_every_transport(project: PipelineProject) -> None:
     results = {}
     results["local"] = run_with(project, "local", None)
     with running_server(error_rates={429: 0.1, 500: 0.05, 503: 0.05}, retry_after=0.01, seed=11) as srv:
@@ -118,24 +118,19 @@ def test_same_results_on_every_transport(project: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["openai", "requests"])
-def test_a_refused_key_stops_the_run_after_one_request(project: Path, kind: str,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from oaipipe.cli import main
-
+def test_a_refused_key_stops_the_run_after_one_request(project: PipelineProject, kind: str) -> None:
     wrong = "sk-wrong-0123456789abcdef"
     with running_server(api_key="sk-right-0123456789abcdef") as srv:
-        code = main(["run", str(project / "pipeline.yaml"), "--set", f"backend.type={kind}",
-                     "--set", f"backend.base_url={srv.base_url}", "--set", f"backend.api_key={wrong}",
-                     "--set", "backend.concurrency=1", "--fresh"])
-        import time
-
-        time.sleep(0.2)  # the server counts a request after replying
+        result = project.run("--set", f"backend.type={kind}", "--set", f"backend.base_url={srv.base_url}",
+                             "--set", f"backend.api_key={wrong}", "--set", "backend.concurrency=1", "--fresh",
+                             as_json=False)
+        # the run is over and the server counts a request before it replies: the count is final once seen
+        wait_until(lambda: srv.stats()["requests"] >= 1, message="the refused request to be counted")
         stats = srv.stats()
-    captured = capsys.readouterr()
-    assert code == 5
+    assert result.exit_code == 5, result
     assert stats["requests"] == 1, stats
-    assert "refused" in captured.err
-    assert wrong not in captured.err + captured.out
-    for path in project.rglob("*"):
+    assert "refused" in result.err
+    assert wrong not in result.err + result.out
+    for path in project.path.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".jsonl", ".csv", ".txt", ".log"):
             assert wrong not in path.read_text(errors="replace"), path

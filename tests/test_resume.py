@@ -9,63 +9,55 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
+import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from _scale_util import chat_requests, read_csv_ids, read_jsonl, write_pipeline
+from _scale_util import chat_requests, write_pipeline
 
 from oaipipe.cache import ResponseCache
 from oaipipe.cli import main
-from oaipipe.testing import running_server
+from oaipipe.testing import PipelineProject, ServerHandle, running_server, wait_until
 
-OAIPIPE = str(Path(sys.executable).parent / "oaipipe")
 N = 24
 
 
-def _journal(tmp_path: Path) -> Path | None:
-    found = list((tmp_path / "runs").glob("*/*/journal.jsonl"))
-    return found[0] if found else None
-
-
-def _journal_lines(tmp_path: Path) -> int:
-    path = _journal(tmp_path)
-    return len(path.read_text(encoding="utf-8").splitlines()) if path else 0
-
-
-def _run(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([OAIPIPE, "run", str(path), *args], capture_output=True, text=True, timeout=60)
-
-
-def _assert_exactly_once(tmp_path: Path) -> None:
+def _assert_exactly_once(project: PipelineProject) -> None:
     want = [str(i) for i in range(1, N + 1)]
-    records = [r["_id"] for r in read_jsonl(tmp_path / "out/records.jsonl")]
-    dialogue = [d["record_id"] for d in read_jsonl(tmp_path / "out/dialogue.jsonl")]
-    csv_ids = read_csv_ids(tmp_path / "out/records.csv")
-    journal = [e["id"] for e in read_jsonl(_journal(tmp_path))]
+    records = [r["_id"] for r in project.records("jsonl")]
+    dialogue = [d["record_id"] for d in project.records("dialogue-jsonl")]
+    csv_ids = [row["record_id"] for row in project.records("csv")]
+    journal = [e["id"] for e in project.journal()]
     for name, ids in (("jsonl", records), ("dialogue-jsonl", dialogue), ("csv", csv_ids), ("journal", journal)):
         assert sorted(ids, key=int) == want, f"{name}: {Counter(ids).most_common(3)} / {len(ids)} lines"
+
+
+def _journaled(project: PipelineProject) -> int:
+    return len(project.journal()) if project.run_dirs() else 0
+
+
+def _server_idle(srv: ServerHandle) -> bool:
+    """No request handler of ``srv`` is running: every request it received has been answered (and counted)."""
+    handlers = [getattr(t, "_target", None) for t in threading.enumerate() if t.is_alive()]
+    return not any(getattr(h, "__self__", None) is srv.server and getattr(h, "__name__", "") == "process_request_thread"
+                   for h in handlers)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_run_resumes_exactly_once_without_repeating_calls(tmp_path: Path, sig: int, capsys) -> None:
     with running_server(latency=0.05) as srv:
         path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{srv.base_url}', concurrency: 3}}", n=N)
-        # a shell's background job inherits SIGINT ignored, and Python keeps it so: restore it in the child
-        proc = subprocess.Popen([OAIPIPE, "run", str(path), "-q"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        deadline = time.monotonic() + 30
-        while _journal_lines(tmp_path) < 4 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        project = PipelineProject(tmp_path, filename=path.name)
+        proc = project.start_cli("-q")
+        wait_until(lambda: _journaled(project) >= 4 or proc.poll() is not None, timeout=30,
+                   message="4 records in the journal")
         assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
         os.kill(proc.pid, sig)
         proc.communicate(timeout=30)
-        time.sleep(0.2)  # let the server finish answering calls that were in flight
-        journaled = _journal_lines(tmp_path)
+        # calls in flight at the kill are still answered by the server: wait until it has answered them all
+        wait_until(lambda: _server_idle(srv), message="the server to finish the killed run's requests")
+        journaled = _journaled(project)
         assert 4 <= journaled < N
         completed_before = len(ResponseCache(tmp_path / ".oaipipe" / "cache"))
         assert completed_before >= journaled
@@ -74,20 +66,20 @@ def test_killed_run_resumes_exactly_once_without_repeating_calls(tmp_path: Path,
         if sig == signal.SIGKILL:
             _changed_pipeline_is_refused(tmp_path, path, srv, capsys)
 
-        result = _run(path, "--json")
-        assert result.returncode == 0, result.stderr
-        summary = json.loads(result.stdout)
+        result = project.run_cli()
+        assert result.exit_code == 0, result
+        summary = result.summary
         assert summary["status"] == "finished"
         assert summary["records"]["skipped"] == journaled
         assert summary["records"]["done"] == N - journaled
         # calls made now == records whose call had not completed before the kill
         assert chat_requests(srv) == N - completed_before
         assert summary["cached"] == completed_before - journaled
-        _assert_exactly_once(tmp_path)
+        _assert_exactly_once(project)
 
         if sig == signal.SIGKILL:
             _finished_run_is_not_redone(path, srv, capsys)
-            _assert_exactly_once(tmp_path)
+            _assert_exactly_once(project)
             _fresh_run_uses_cache(path, srv, capsys)
 
 

@@ -11,6 +11,7 @@ import pytest
 from oaipipe.cli import main
 from oaipipe.errors import InputError, RunAborted, StorageError
 from oaipipe.runner import RunOptions, run_pipeline_file
+from oaipipe.testing import PipelineProject
 
 REVIEWS = [
     ("1", "I love this mug, it is wonderful"),
@@ -22,19 +23,14 @@ REVIEWS = [
 
 
 def make_csv(path: Path, rows: list[tuple[str, str]] = REVIEWS) -> Path:
-    import csv
-
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "text"])
-        writer.writerows(rows)
-    return path
+    return PipelineProject(path.parent).write_file(path.name, [("id", "text"), *rows])
 
 
 def make_pipeline(tmp_path: Path, extra: str = "", *, source: str = "{type: csv, path: r.csv, id_column: id}",
                   steps: str | None = None, name: str = "t") -> Path:
-    if not (tmp_path / "r.csv").exists():
-        make_csv(tmp_path / "r.csv")
+    """``p.yaml`` on the local backend over ``r.csv`` (:data:`REVIEWS` unless it exists): a thin wrapper over
+    :class:`oaipipe.testing.PipelineProject` that keeps the YAML text these tests edit."""
+    files = {} if (tmp_path / "r.csv").exists() else {"r.csv": [("id", "text"), *REVIEWS]}
     steps = steps or textwrap.dedent("""\
       - {type: sentiment, analyzer: vader, input: "{text}", output: review_sentiment}
       - {type: ask, system: "You are a helpful support agent.", prompt: "Reply to: {text}", output: reply}
@@ -44,9 +40,7 @@ def make_pipeline(tmp_path: Path, extra: str = "", *, source: str = "{type: csv,
     text += textwrap.indent(steps, "  ")
     text += "sinks:\n  - {type: dialogue-jsonl, path: out/dialogue.jsonl}\n  - {type: jsonl, path: out/records.jsonl}\n"
     text += extra
-    path = tmp_path / "p.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return PipelineProject(tmp_path, filename="p.yaml").write(text, files=files)
 
 
 def read_jsonl(path: Path) -> list[dict]:
