@@ -161,3 +161,6 @@ def test_a_refused_streamed_request_is_an_error_not_a_stream(server: Any) -> Non
         client(server).chat.completions.create(model="gpt-4o-mini", messages=user("hi"), stream=True,
                                                tools=[{"type": "function", "function": {"name": "f"}}])
     assert err.value.code == "unsupported_parameter" and server.stats()["streams"]["started"] == 0
+    with pytest.raises(openai.BadRequestError) as err:
+        client(server).responses.create(model="gpt-4o-mini", input="hi", extra_body={"stream": "yes"})
+    assert err.value.param == "stream" and err.value.code == "invalid_type"

@@ -244,7 +244,7 @@ class OaipipeServer(ThreadingHTTPServer):
     def _chat(self, req: Request) -> Reply:
         body = req.json()
         completion = inference.chat_completion(body, self.call_context(req.headers))
-        if body.get("stream"):
+        if body.get("stream") is True:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return _event_stream(chat_events(completion, include_usage=include_usage))
         return Reply(completion)
@@ -252,7 +252,7 @@ class OaipipeServer(ThreadingHTTPServer):
     def _responses(self, req: Request) -> Reply:
         body = req.json()
         response = responses.create_response(body, self.call_context(req.headers))
-        if body.get("stream"):
+        if body.get("stream") is True:
             return _event_stream(response_events(response))
         return Reply(response)
 
@@ -595,6 +595,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", reply.content_type)
         if reply.stream is None:
             self.send_header("Content-Length", str(len(payload)))
+        elif self.request_version == "HTTP/1.0":  # no chunks in HTTP/1.0: the end of the stream closes it
+            self.close_connection = True
         else:
             self.send_header("Transfer-Encoding", "chunked")
         self.send_header("x-request-id", request_id)
@@ -617,6 +619,7 @@ class Handler(BaseHTTPRequestHandler):
         headers go out with the first one. An injected drop closes the connection mid-stream."""
         server = self.server
         plan = self._stream_plan
+        chunked = self.request_version != "HTTP/1.0"
         server.count_stream("started")
         head = b"".join(self._headers_buffer)
         self._headers_buffer = []
@@ -633,10 +636,10 @@ class Handler(BaseHTTPRequestHandler):
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if event:
-                    self.wfile.write(head + b"%x\r\n" % len(event) + event + b"\r\n")
+                    self.wfile.write(head + (b"%x\r\n%b\r\n" % (len(event), event) if chunked else event))
                     head = b""
                     server.count_stream("events")
-            self.wfile.write(head + b"0\r\n\r\n")
+            self.wfile.write(head + (b"0\r\n\r\n" if chunked else b""))
             server.count_stream("completed")
         except OSError:  # the client went away in the middle: nobody to tell
             server.count_stream("client_closed")

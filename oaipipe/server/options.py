@@ -58,7 +58,10 @@ def _given(value: Any) -> bool:
 def refuse_unsupported(body: dict[str, Any], api: str) -> None:
     """Raise a 400 ``unsupported_parameter`` for the first option of ``body`` the engine cannot honour
     (``api`` is ``"chat"`` or ``"responses"``). An option that asks for nothing (``tools: []``,
-    ``tool_choice: "none"``, ``logprobs: false``) is accepted."""
+    ``tool_choice: "none"``, ``logprobs: false``) is accepted. ``stream`` must be a boolean."""
+    if body.get("stream") is not None and not isinstance(body.get("stream"), bool):
+        raise ApiError(400, f"Invalid type for 'stream': expected a boolean, but got {body.get('stream')!r}.",
+                       param="stream", code="invalid_type")
     no_tools = "Leave it out (the engine answers in text only)."
     if _given(body.get("tools")):
         raise _refuse("tools", "tools or function calling", no_tools)
@@ -97,12 +100,12 @@ def refuse_unsupported(body: dict[str, Any], api: str) -> None:
 # --- reasoning ----------------------------------------------------------------------------------
 
 #: the effort values OpenAI documents for reasoning models (which ones a given model takes varies)
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 #: OpenAI's default effort for gpt-5-class models when none is given
 DEFAULT_EFFORT = "medium"
 #: stand-in reasoning tokens per effort: the engine does not reason; these fixed numbers are reported (and
 #: counted in the output tokens, as OpenAI bills them) so that a client's accounting can be tested
-REASONING_TOKENS = {"none": 0, "minimal": 8, "low": 32, "medium": 64, "high": 128, "xhigh": 256}
+REASONING_TOKENS = {"none": 0, "minimal": 8, "low": 32, "medium": 64, "high": 128, "xhigh": 256, "max": 512}
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(?!.*-chat)")
 
 
