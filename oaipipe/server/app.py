@@ -629,21 +629,22 @@ class Handler(BaseHTTPRequestHandler):
                     self.close_connection = True  # the server is stopping: end the stream now
                     return
                 if event is None:
-                    self.wfile.write(head)
                     server.count_stream("dropped")
+                    self.wfile.write(head)
                     self.close_connection = True
                     with contextlib.suppress(OSError):
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if event:
+                    server.count_stream("events")  # counted before it is sent: a client that has it sees it
                     self.wfile.write(head + (b"%x\r\n%b\r\n" % (len(event), event) if chunked else event))
                     head = b""
-                    server.count_stream("events")
-            self.wfile.write(head + (b"0\r\n\r\n" if chunked else b""))
             server.count_stream("completed")
+            self.wfile.write(head + (b"0\r\n\r\n" if chunked else b""))
         except OSError:  # the client went away in the middle: nobody to tell
             server.count_stream("client_closed")
             self.close_connection = True
+
     def _check_access(self, path: str) -> None:
         """Who may call ``path``: with an API key every path needs it (the control paths too); without one,
         the control paths answer loopback clients only. Uses the headers alone: run it before the body."""
