@@ -145,6 +145,9 @@ def test_an_injected_drop_cuts_the_stream_in_the_middle() -> None:
                 kinds.append(event.type)
         assert "response.output_text.delta" in kinds and "response.completed" not in kinds
         stats = srv.stats()
+        with pytest.raises(openai.BadRequestError):  # a refused request is answered, not cut: no drop counted
+            c.responses.create(model="gpt-4o-mini", input="hi", stream=True, previous_response_id="resp_1")
+        assert srv.stats()["injected"]["drop"] == 2
     assert stats["streams"]["dropped"] == 2 and stats["streams"]["completed"] == 0
     assert stats["injected"]["drop"] == 2 and stats["by_status"]["200"] == 3
 

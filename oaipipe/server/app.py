@@ -629,6 +629,7 @@ class Handler(BaseHTTPRequestHandler):
                     self.close_connection = True  # the server is stopping: end the stream now
                     return
                 if event is None:
+                    server.count_injected("drop")
                     server.count_stream("dropped")
                     self.wfile.write(head)
                     self.close_connection = True
@@ -701,10 +702,10 @@ class Handler(BaseHTTPRequestHandler):
                                headers=headers)
         edge_drop = edge + faults.drop_rate
         if draw < edge_drop:
-            self.server.count_injected("drop")
-            if stream:
+            if stream:  # counted when the stream is cut (a request refused with an error is not)
                 self._stream_plan = StreamPlan(delay=delay, drop=True)
                 return True
+            self.server.count_injected("drop")
             return False
         if draw < edge_drop + faults.timeout_rate:
             self.server.count_injected("timeout")
