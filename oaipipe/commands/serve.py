@@ -70,13 +70,35 @@ def _error_rates(values: tuple[str, ...]) -> dict[int, float]:
     return rates
 
 
+_FAULT_FLAGS = ("latency", "jitter", "retry_after", "drop_rate", "timeout_rate", "timeout_seconds",
+                "flex_unavailable_rate")
+
+
+def _server_config(*, error_rate: tuple[str, ...], model_shutdown: tuple[str, ...], **settings: Any) -> Any:
+    """The ServerConfig of the flags; a bad fault setting or shutdown date is a ConfigError naming the flag."""
+    from ..server.config import Faults, ServerConfig, parse_model_shutdowns
+
+    fault_settings = {name: settings.pop(name) for name in _FAULT_FLAGS}
+    try:
+        faults = Faults(error_rates=_error_rates(error_rate), **fault_settings)
+    except ValueError as exc:
+        raise ConfigError(f"fault settings: {exc}", hint="lower the rates so that they add up to at most 1") from None
+    try:
+        shutdowns = parse_model_shutdowns(list(model_shutdown))
+    except ValueError as exc:
+        raise ConfigError(f"--model-shutdown: {exc}", hint="repeat the flag per model: "
+                          "--model-shutdown gpt-4o-mini=2027-01-14") from None
+    return ServerConfig(faults=faults, model_shutdowns=shutdowns, **settings)
+
+
 def _notes(config: Any, handle: Any) -> str:
     """The second line of ``oaipipe serve``: key, faults, rate limits, where files are."""
     faults = config.faults
     notes = []
     if config.api_key:
         notes.append("bearer key required")
-    if faults.error_rates or faults.drop_rate or faults.timeout_rate or faults.latency or faults.jitter:
+    if faults.error_rates or faults.drop_rate or faults.timeout_rate or faults.latency or faults.jitter \
+            or faults.flex_unavailable_rate:
         notes.append("faults: " + ", ".join(f"{k}={v}" for k, v in faults.to_dict().items()
                                             if v and k not in ("retry_after", "timeout_seconds")))
     if config.rpm or config.tpm:
@@ -105,6 +127,13 @@ def _notes(config: Any, handle: Any) -> str:
               "after --timeout-seconds (to trip client timeouts).")
 @click.option("--timeout-seconds", default=10.0, type=_SECONDS, show_default=True,
               help="How long a --timeout-rate call stalls.")
+@click.option("--flex-unavailable-rate", default=0.0, type=_RATE, help="Share of service_tier=flex calls "
+              "answered 429 'Resource Unavailable' (to test a client's fallback).")
+@click.option("--model-shutdown", "model_shutdown", multiple=True, metavar="MODEL=YYYY-MM-DD",
+              help="Test switch: report this shutdown_date for MODEL in /v1/models; past the date the model is "
+              "gone (404 model_not_found). Repeatable.")
+@click.option("--prompt-cache-size", default=65536, type=click.IntRange(min=0), show_default=True,
+              help="Prompt-prefix blocks (128 tokens) remembered for cached-token usage; 0 turns caching off.")
 @click.option("--api-key", default=None, envvar="OAIPIPE_SERVE_API_KEY", show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on every request (the /_oaipipe control paths too).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -131,15 +160,9 @@ def _notes(config: Any, handle: Any) -> str:
 @click.option("--seed", default=None, type=int, help="Seed of the random fault/jitter choices (reproducible runs).")
 @click.option("--log", "log_requests", is_flag=True, help="Log one line per request to stderr.")
 @json_option("Print the ready line as JSON: {base_url, data_dir, api_key_required, faults}")
-def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitter: float,
-                  error_rate: tuple[str, ...], retry_after: float, drop_rate: float, timeout_rate: float,
-                  timeout_seconds: float, api_key: str | None, data_dir: Path | None, ft_seconds: float,
-                  ft_min_examples: int, batch_seconds: float, max_body_size: int, client_timeout: float,
-                  max_connections: int, rpm: int | None, tpm: int | None, rate_burst: float, seed: int | None,
-                  log_requests: bool, as_json: bool) -> ExitCode:
+def serve_command(host: str, allow_remote: bool, api_key: str | None, as_json: bool, **settings: Any) -> ExitCode:
     """Serve the embedded offline engine as an OpenAI-compatible API (models, chat, responses, files,
     fine-tuning jobs, batches), with switches to inject latency and errors. -q prints only the base URL line."""
-    from ..server.config import Faults, ServerConfig
     from ..testing import ServerHandle, serve_forever
 
     if not is_loopback(host) and not allow_remote:
@@ -147,17 +170,8 @@ def serve_command(host: str, port: int, allow_remote: bool, latency: float, jitt
                           "who can reach it.", hint="use --host 127.0.0.1, or add --allow-remote if you mean it")
     if api_key:
         register_secret(api_key)
-    try:
-        faults = Faults(latency=latency, jitter=jitter, error_rates=_error_rates(error_rate),
-                        retry_after=retry_after, drop_rate=drop_rate, timeout_rate=timeout_rate,
-                        timeout_seconds=timeout_seconds)
-    except ValueError as exc:
-        raise ConfigError(f"fault settings: {exc}", hint="lower the rates so that they add up to at most 1") from None
-    config = ServerConfig(host=host, port=port, data_dir=data_dir, api_key=api_key or None, seed=seed,
-                          ft_seconds=ft_seconds, ft_min_examples=ft_min_examples, batch_seconds=batch_seconds,
-                          log_requests=log_requests, faults=faults, max_body_size=max_body_size,
-                          client_timeout=client_timeout, max_connections=max_connections, rpm=rpm, tpm=tpm,
-                          rate_burst=rate_burst)
+    config = _server_config(host=host, api_key=api_key or None, **settings)
+    faults = config.faults
 
     quiet = verbosity().quiet
 

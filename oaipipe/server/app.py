@@ -13,6 +13,7 @@ headers (an idle keep-alive connection too), again for its body, and for taking 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import io
 import json
@@ -36,10 +37,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..engine.chat import warm_up
 from ..engine.models import find_model, list_models
-from . import inference
+from . import inference, responses
 from .config import Faults, ServerConfig, is_loopback_address
 from .errors import ApiError
 from .ratelimits import RateLimits
+from .options import CallContext
+from .promptcache import PromptCache
+from .streaming import EventStream, StreamPlan, chat_events, response_events
 
 __all__ = ["OaipipeServer", "Reply", "make_server"]
 
@@ -73,17 +77,22 @@ _READ_CHUNK = 1024 * 1024
 
 
 class Reply:
-    """What a route returns: a status, a JSON-able body or raw bytes, and extra headers."""
+    """What a route returns: a status, a JSON-able body or raw bytes, and extra headers; or ``stream``, events
+    written one by one with chunked transfer encoding (see :mod:`oaipipe.server.streaming`)."""
 
     def __init__(self, body: Any = None, *, status: int = 200, raw: bytes | None = None,
-                 content_type: str = "application/json", headers: dict[str, str] | None = None) -> None:
+                 content_type: str = "application/json", headers: dict[str, str] | None = None,
+                 stream: EventStream | None = None) -> None:
         self.status = status
         self.body = body
         self.raw = raw
         self.content_type = content_type
         self.headers = headers or {}
+        self.stream = stream
 
     def payload(self) -> bytes:
+        if self.stream is not None:
+            return b""
         if self.raw is not None:
             return self.raw
         return json.dumps(self.body, ensure_ascii=False).encode("utf-8")
@@ -149,6 +158,8 @@ class OaipipeServer(ThreadingHTTPServer):
         self._stats_total = 0
         self._connections_open = 0
         self._connections_refused = 0
+        self._stats_streams: Counter[str] = Counter()
+        self.prompt_cache = PromptCache(config.prompt_cache_size)
         self._slots = threading.BoundedSemaphore(config.max_connections)
         self._own_data_dir = config.data_dir is None
         self.data_dir = Path(tempfile.mkdtemp(prefix="oaipipe-serve-")) if config.data_dir is None \
@@ -193,24 +204,60 @@ class OaipipeServer(ThreadingHTTPServer):
         self.route("POST", "/_oaipipe/faults", self._set_faults_route)
         self.route("GET", "/_oaipipe/health", lambda req: Reply({"status": "ok"}))
 
+    # --- models: the engine's, with the shutdown dates the server was told (a test switch) ----------
+    def _model_object(self, model: dict[str, Any]) -> dict[str, Any] | None:
+        """The model as listed (``shutdown_date``: the declared date or null), None once past that date."""
+        day = self.config.model_shutdowns.get(str(model["id"]))
+        if day is not None and day <= time.strftime("%Y-%m-%d"):
+            return None
+        return {**model, "shutdown_date": day}
+
     def _models(self, req: Request) -> Reply:
-        return Reply({"object": "list", "data": [m.to_openai() for m in list_models()]})
+        listed = [m.to_openai() for m in list_models()]
+        known = {str(m["id"]) for m in listed}
+        listed += [{"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "oaipipe-local"}
+                   for model in self.config.model_shutdowns if model not in known]
+        return Reply({"object": "list", "data": [m for m in map(self._model_object, listed) if m is not None]})
 
     def _model(self, req: Request) -> Reply:
         model_id = req.params["model"]
         found = find_model(model_id)
-        if found is None:
+        obj = None
+        if found is not None:
+            obj = self._model_object(found.to_openai())
+        elif model_id in self.config.model_shutdowns:
+            obj = self._model_object({"id": model_id, "object": "model", "created": 1_700_000_000,
+                                      "owned_by": "oaipipe-local"})
+        if obj is None:
             raise ApiError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
-        return Reply(found.to_openai())
+        return Reply(obj)
+
+    # --- inference ------------------------------------------------------------------------------
+    def call_context(self, headers: Any = None, *, faults: bool = True) -> CallContext:
+        """What an inference call needs from the server: the prompt cache (namespaced by a digest of the
+        caller's bearer token, never the token), model shutdowns, and the flex fault (``faults=False``:
+        none, as in batches)."""
+        header = (headers.get("Authorization") if headers is not None else None) or ""
+        key_id = hashlib.sha256(header.strip().encode("utf-8")).hexdigest()[:16] if header.strip() else ""
+        current = self.faults
+        return CallContext(key_id=key_id, prompt_cache=self.prompt_cache, shutdowns=self.config.model_shutdowns,
+                           flex_unavailable_rate=current.flex_unavailable_rate if faults else 0.0,
+                           draw=self.random if faults else None, count_injected=self.count_injected)
 
     def _chat(self, req: Request) -> Reply:
         body = req.json()
-        if isinstance(body, dict) and body.get("stream"):
-            return Reply(raw=inference.chat_stream_events(body), content_type="text/event-stream; charset=utf-8")
-        return Reply(inference.chat_completion(body))
+        completion = inference.chat_completion(body, self.call_context(req.headers))
+        if body.get("stream") is True:
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return _event_stream(chat_events(completion, include_usage=include_usage))
+        return Reply(completion)
 
     def _responses(self, req: Request) -> Reply:
-        return Reply(inference.create_response(req.json()))
+        body = req.json()
+        response = responses.create_response(body, self.call_context(req.headers))
+        if body.get("stream") is True:
+            return _event_stream(response_events(response))
+        return Reply(response)
 
     def _set_faults_route(self, req: Request) -> Reply:
         body = req.json()
@@ -252,13 +299,21 @@ class OaipipeServer(ThreadingHTTPServer):
         with self._lock:
             self._stats_injected[what] += 1
 
+    def count_stream(self, what: str, n: int = 1) -> None:
+        with self._lock:
+            self._stats_streams[what] += n
+
     def stats(self) -> dict[str, Any]:
         """Counters since start (or the last reset): requests by path template and by status, injected faults,
-        and connections (``open`` now, ``refused`` at the ``max_connections`` cap)."""
+        connections (``open`` now, ``refused`` at the ``max_connections`` cap), and streamed calls
+        (``started``, ``completed``, ``dropped`` by a fault, ``client_closed``, and ``events`` written)."""
         with self._lock:
+            streams = {k: self._stats_streams[k] for k in ("started", "completed", "dropped", "client_closed",
+                                                             "events")}
             return {"requests": self._stats_total, "by_path": dict(self._stats_by_path),
                     "by_status": dict(self._stats_by_status), "injected": dict(self._stats_injected),
-                    "connections": {"open": self._connections_open, "refused": self._connections_refused}}
+                    "connections": {"open": self._connections_open, "refused": self._connections_refused},
+                    "streams": streams}
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -266,6 +321,7 @@ class OaipipeServer(ThreadingHTTPServer):
             self._stats_by_path.clear()
             self._stats_by_status.clear()
             self._stats_injected.clear()
+            self._stats_streams.clear()
             self._connections_refused = 0
 
     # --- connections: at most max_connections threads ---------------------------------------
@@ -356,6 +412,11 @@ class _DeadlineReader(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
+def _event_stream(stream: EventStream) -> Reply:
+    return Reply(stream=stream, content_type="text/event-stream; charset=utf-8",
+                 headers={"Cache-Control": "no-cache"})
+
+
 #: functions that add routes/state to a new server (files, fine-tuning, batches register here)
 _EXTENSIONS: list[Callable[[OaipipeServer], None]] = []
 
@@ -378,12 +439,16 @@ class Handler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self._reader)
         self._expect_continue = False
         self._body_unread = False
+        self._request_body = b""
+        self._stream_plan = StreamPlan()
 
     def handle_one_request(self) -> None:
         """One request; its headers must arrive within ``client_timeout`` (an idle connection is closed then)."""
         self._reader.deadline = time.monotonic() + self.server.config.client_timeout
         self._expect_continue = False
         self._body_unread = False
+        self._request_body = b""
+        self._stream_plan = StreamPlan()
         super().handle_one_request()
 
     def handle_expect_100(self) -> bool:
@@ -444,6 +509,20 @@ class Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         """The body, read within ``client_timeout`` and refused (413, unread) over ``max_body_size``.
         Call only after the key is checked: nothing is read from a client without it."""
+        self._request_body = self._receive_body()
+        return self._request_body
+
+    def _wants_stream(self) -> bool:
+        """Whether the request body asks for ``stream: true`` (the faults treat a stream differently)."""
+        if b'"stream"' not in self._request_body:
+            return False
+        try:
+            body = json.loads(self._request_body)
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return isinstance(body, dict) and body.get("stream") is True
+
+    def _receive_body(self) -> bytes:
         cap = self.server.config.max_body_size
         length = self._declared_length()
         if length is not None and length > cap:
@@ -517,7 +596,12 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.settimeout(self.server.config.client_timeout)
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(payload)))
+        if reply.stream is None:
+            self.send_header("Content-Length", str(len(payload)))
+        elif self.request_version == "HTTP/1.0":  # no chunks in HTTP/1.0: the end of the stream closes it
+            self.close_connection = True
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
         self.send_header("x-request-id", request_id)
         self.send_header("openai-version", "2020-10-01")
         for name, value in reply.headers.items():
@@ -526,9 +610,44 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         # headers and body in one write: two small writes meet Nagle + delayed ACK (40 ms per call)
         self._headers_buffer.append(b"\r\n")
+        if reply.stream is not None:
+            self._write_stream(reply.stream)
+            return
         if self.command != "HEAD":
             self._headers_buffer.append(payload)
         self.flush_headers()
+
+    def _write_stream(self, stream: EventStream) -> None:
+        """Write the events as HTTP chunks, each when it is due (see :meth:`EventStream.schedule`); the
+        headers go out with the first one. An injected drop closes the connection mid-stream."""
+        server = self.server
+        plan = self._stream_plan
+        chunked = self.request_version != "HTTP/1.0"
+        server.count_stream("started")
+        head = b"".join(self._headers_buffer)
+        self._headers_buffer = []
+        try:
+            for wait, event in stream.schedule(plan.delay, plan.drop):
+                if wait > 0 and server.stopping.wait(wait):
+                    self.close_connection = True  # the server is stopping: end the stream now
+                    return
+                if event is None:
+                    server.count_injected("drop")
+                    server.count_stream("dropped")
+                    self.wfile.write(head)
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if event:
+                    server.count_stream("events")  # counted before it is sent: a client that has it sees it
+                    self.wfile.write(head + (b"%x\r\n%b\r\n" % (len(event), event) if chunked else event))
+                    head = b""
+            server.count_stream("completed")
+            self.wfile.write(head + (b"0\r\n\r\n" if chunked else b""))
+        except OSError:  # the client went away in the middle: nobody to tell
+            server.count_stream("client_closed")
+            self.close_connection = True
 
     def _check_access(self, path: str) -> None:
         """Who may call ``path``: with an API key every path needs it (the control paths too); without one,
@@ -557,10 +676,13 @@ class Handler(BaseHTTPRequestHandler):
                            "(--api-key or OAIPIPE_SERVE_API_KEY).", code="invalid_api_key")
 
     def _inject_faults(self, template: str) -> bool:
-        """Apply latency and injected faults; returns False when the connection was dropped."""
+        """Apply latency and injected faults; returns False when the connection was dropped. A streamed call
+        (``stream: true``) gets its latency and a drop in :attr:`_stream_plan` instead: spread over its
+        events, and cut in the middle of the stream (see :meth:`_write_stream`)."""
         faults = self.server.faults
         delay = faults.latency + (faults.jitter * self.server.random() if faults.jitter else 0.0)
-        if delay > 0:
+        stream = self._wants_stream()
+        if delay > 0 and not stream:
             self.server.stopping.wait(delay)
         draw = self.server.random()
         edge = 0.0
@@ -568,6 +690,8 @@ class Handler(BaseHTTPRequestHandler):
             edge += faults.error_rates[status]
             if draw < edge:
                 self.server.count_injected(str(status))
+                if stream and delay > 0:  # an error comes before the first byte, after the latency
+                    self.server.stopping.wait(delay)
                 headers = {}
                 if status == 429:
                     ra = faults.retry_after
@@ -581,11 +705,16 @@ class Handler(BaseHTTPRequestHandler):
                                headers=headers)
         edge_drop = edge + faults.drop_rate
         if draw < edge_drop:
+            if stream:  # counted when the stream is cut (a request refused with an error is not)
+                self._stream_plan = StreamPlan(delay=delay, drop=True)
+                return True
             self.server.count_injected("drop")
             return False
         if draw < edge_drop + faults.timeout_rate:
             self.server.count_injected("timeout")
             self.server.stopping.wait(faults.timeout_seconds)
+        if stream:
+            self._stream_plan = StreamPlan(delay=delay)
         return True
 
     def _dispatch(self, method: str) -> None:

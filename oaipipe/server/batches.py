@@ -3,6 +3,10 @@
 Lifecycle: ``validating`` → ``in_progress`` → ``finalizing`` → ``completed`` (``failed`` when the input file
 itself is malformed; ``cancelling`` → ``cancelled`` on cancel). Requests that fail (a bad body, an unknown
 model) go to the error file with their status code; the others to the output file.
+
+Each line goes through the same handler as the HTTP endpoint (:func:`oaipipe.server.inference.chat_completion`
+or :func:`oaipipe.server.responses.create_response`), with the prompt cache of the key that created the batch
+and the model shutdowns, but without injected faults; ``stream: true`` is refused per line.
 """
 
 from __future__ import annotations
@@ -11,17 +15,24 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from . import inference
+from . import inference, responses
 from .app import OaipipeServer, Reply, Request, extension
 from .errors import ApiError, require_object, require_str
 from .files import FileStore, _list_reply
+from .options import CallContext
 
 __all__ = ["Batches"]
 
-ENDPOINTS: dict[str, Any] = {"/v1/chat/completions": inference.chat_completion,
-                             "/v1/responses": inference.create_response}
+#: the endpoints batched here, each a function ``(body, ctx) → response object``
+ENDPOINTS: dict[str, Callable[[Any, CallContext], dict[str, Any]]] = {
+    "/v1/responses": responses.create_response,
+    "/v1/chat/completions": inference.chat_completion,
+}
+#: endpoints OpenAI's Batch API also takes, which this server does not implement
+OTHER_OPENAI_ENDPOINTS = ("/v1/embeddings", "/v1/completions", "/v1/moderations")
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 
 
@@ -66,19 +77,40 @@ def parse_batch_input(data: bytes, endpoint: str) -> list[dict[str, Any]]:
     return lines
 
 
+def _batch_body(body: Any) -> Any:
+    """A line's body, refused when it asks for a stream (a batch line has no connection to stream to)."""
+    if isinstance(body, dict) and body.get("stream"):
+        raise ApiError(400, "Invalid 'stream': a batch request cannot be streamed; leave stream out of batch "
+                       "lines.", param="stream", code="invalid_value")
+    return body
+
+
+def _usage_counts(u: dict[str, Any]) -> dict[str, int]:
+    """The counts of a chat or Responses usage block, by the batch usage's names."""
+    inp = int(u.get("prompt_tokens", u.get("input_tokens", 0)) or 0)
+    out = int(u.get("completion_tokens", u.get("output_tokens", 0)) or 0)
+    inp_details = u.get("prompt_tokens_details") or u.get("input_tokens_details") or {}
+    out_details = u.get("completion_tokens_details") or u.get("output_tokens_details") or {}
+    return {"input_tokens": inp, "output_tokens": out, "total_tokens": inp + out,
+            "cached_tokens": int(inp_details.get("cached_tokens") or 0),
+            "reasoning_tokens": int(out_details.get("reasoning_tokens") or 0)}
+
+
 class Batches:
     def __init__(self, server: OaipipeServer, files: FileStore) -> None:
         self.server = server
         self.files = files
         self.batches: dict[str, dict[str, Any]] = {}
         self.cancel_flags: dict[str, threading.Event] = {}
+        self.contexts: dict[str, CallContext] = {}
         self.lock = threading.Lock()
 
     def _update(self, batch_id: str, **changes: Any) -> None:
         with self.lock:
             self.batches[batch_id].update(changes)
 
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create(self, body: dict[str, Any], ctx: CallContext | None = None) -> dict[str, Any]:
+        """Create a batch; its lines run with ``ctx`` (the creator's prompt-cache namespace, no faults)."""
         body = require_object(body)
         file_id = require_str(body, "input_file_id")
         try:
@@ -90,6 +122,9 @@ class Batches:
             raise ApiError(400, f"File {file_id} has purpose '{obj['purpose']}'; batch input files need purpose "
                            "'batch'.", param="input_file_id", code="invalid_file_purpose")
         endpoint = body.get("endpoint")
+        if endpoint in OTHER_OPENAI_ENDPOINTS:
+            raise ApiError(400, f"oaipipe serve does not implement {endpoint}, so it cannot batch it; it batches "
+                           + " and ".join(ENDPOINTS) + ".", param="endpoint", code="unsupported_value")
         if endpoint not in ENDPOINTS:
             raise ApiError(400, f"Invalid 'endpoint': {endpoint!r}; the local server batches "
                            + " and ".join(ENDPOINTS) + ".", param="endpoint", code="invalid_value")
@@ -109,6 +144,7 @@ class Batches:
         with self.lock:
             self.batches[batch_id] = batch
             self.cancel_flags[batch_id] = threading.Event()
+            self.contexts[batch_id] = ctx or self.server.call_context(faults=False)
         threading.Thread(target=self._run, args=(batch_id,), name=f"batch-{batch_id}", daemon=True).start()
         return json.loads(json.dumps(batch))
 
@@ -135,9 +171,11 @@ class Batches:
                 self.batches[batch_id].update(status="in_progress", in_progress_at=int(time.time()),
                                               request_counts={"total": len(lines), "completed": 0, "failed": 0})
             call = ENDPOINTS[batch["endpoint"]]
+            ctx = self.contexts[batch_id]
             outputs: list[str] = []
             errors: list[str] = []
-            usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+            usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "cached_tokens": 0,
+                     "reasoning_tokens": 0}
             per_line = cfg.batch_seconds / 3 / max(len(lines), 1)
             model = None
             for row in lines:
@@ -145,7 +183,7 @@ class Batches:
                     return self._finish_cancel(batch_id)
                 request_id = "req_" + secrets.token_hex(12)
                 try:
-                    body = call(row.get("body"))
+                    body = call(_batch_body(row.get("body")), ctx)
                     status = 200
                 except ApiError as exc:
                     body, status = exc.body(), exc.status
@@ -162,12 +200,8 @@ class Batches:
                         counts["failed"] += 1
                 if status == 200:
                     outputs.append(text)
-                    u = body.get("usage") or {}
-                    inp = u.get("prompt_tokens", u.get("input_tokens", 0))
-                    out = u.get("completion_tokens", u.get("output_tokens", 0))
-                    usage["input_tokens"] += inp
-                    usage["output_tokens"] += out
-                    usage["total_tokens"] += inp + out
+                    for name, value in _usage_counts(body.get("usage") or {}).items():
+                        usage[name] += value
                     model = model or body.get("model")
                 else:
                     errors.append(text)
@@ -180,8 +214,10 @@ class Batches:
                                     "batch_output")["id"] if errors else None
             self._update(batch_id, status="completed", completed_at=int(time.time()), output_file_id=out_id,
                          error_file_id=err_id, model=model, usage={
-                             **usage, "input_tokens_details": {"cached_tokens": 0},
-                             "output_tokens_details": {"reasoning_tokens": 0}})
+                             "input_tokens": usage["input_tokens"], "output_tokens": usage["output_tokens"],
+                             "total_tokens": usage["total_tokens"],
+                             "input_tokens_details": {"cached_tokens": usage["cached_tokens"]},
+                             "output_tokens_details": {"reasoning_tokens": usage["reasoning_tokens"]}})
         except Exception as exc:  # noqa: BLE001 - a failed batch must say why
             self._update(batch_id, status="failed", failed_at=int(time.time()), errors={
                 "object": "list", "data": [{"code": "server_error", "message": f"The local server failed: {exc}",
@@ -216,7 +252,8 @@ class Batches:
 def add_batch_routes(server: OaipipeServer) -> None:
     batches = Batches(server, server.files)  # type: ignore[attr-defined]
     server.batches = batches  # type: ignore[attr-defined]
-    server.route("POST", "/v1/batches", lambda req: Reply(batches.create(req.json())))
+    server.route("POST", "/v1/batches", lambda req: Reply(batches.create(
+        req.json(), server.call_context(req.headers, faults=False))))
     server.route("GET", "/v1/batches", lambda req: _list_reply(batches.listing(), req, 20))
     server.route("GET", "/v1/batches/{batch_id}", lambda req: Reply(batches.get(req.params["batch_id"])))
 

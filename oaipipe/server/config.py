@@ -5,11 +5,12 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import asdict, dataclass, field, fields
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "INJECTABLE_STATUSES", "MAX_FAULT_SECONDS", "Faults", "ServerConfig",
-           "is_loopback_address", "parse_error_rate", "parse_size"]
+           "is_loopback_address", "parse_error_rate", "parse_model_shutdowns", "parse_size"]
 
 #: statuses that ``--error-rate`` may inject
 INJECTABLE_STATUSES = (400, 401, 403, 404, 408, 409, 422, 429, 500, 502, 503, 504)
@@ -37,6 +38,11 @@ class Faults:
     ``error_rates`` maps an HTTP status to the share of calls answered with it (``{429: 0.2}``).
     ``drop_rate``: share of calls whose connection is closed without any response.
     ``timeout_rate``: share of calls that sleep ``timeout_seconds`` before answering (to trip client timeouts).
+    ``flex_unavailable_rate``: share of ``service_tier: "flex"`` calls answered 429 "Resource Unavailable"
+    (a draw of its own, after the others: it does not count towards their sum).
+
+    A streamed call (``stream: true``) gets the latency spread over its output events, and a drop cuts it
+    in the middle of the stream instead of before the first byte.
     """
 
     latency: float = 0.0
@@ -46,6 +52,7 @@ class Faults:
     drop_rate: float = 0.0
     timeout_rate: float = 0.0
     timeout_seconds: float = 10.0
+    flex_unavailable_rate: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -55,7 +62,7 @@ class Faults:
         booleans are refused with a ``ValueError`` naming the setting), known statuses, rates adding up to 1."""
         for name in ("latency", "jitter", "retry_after", "timeout_seconds"):
             setattr(self, name, _number(name, getattr(self, name), 0, MAX_FAULT_SECONDS, "a number of seconds"))
-        for name in ("drop_rate", "timeout_rate"):
+        for name in ("drop_rate", "timeout_rate", "flex_unavailable_rate"):
             setattr(self, name, _number(name, getattr(self, name), 0, 1))
         if not isinstance(self.error_rates or {}, dict):
             raise ValueError(f"error_rates must map statuses to rates, e.g. {{429: 0.2}}, got {self.error_rates!r}")
@@ -106,6 +113,11 @@ class ServerConfig:
     ft_min_examples: int = 10
     batch_seconds: float = 0.2
     log_requests: bool = False
+    #: a test switch: model id → shutdown date (YYYY-MM-DD) reported as ``shutdown_date`` by /v1/models; a
+    #: model past its date is no longer listed and answers 404 ``model_not_found`` (docs/serve.md)
+    model_shutdowns: dict[str, str] = field(default_factory=dict)
+    #: prompt-prefix blocks (128 tokens each) remembered for cached-token usage; 0 turns prompt caching off
+    prompt_cache_size: int = 65536
     faults: Faults = field(default_factory=Faults)
     #: largest request body accepted, in bytes (a bigger one gets 413 without being read)
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
@@ -136,6 +148,10 @@ class ServerConfig:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         if not (isinstance(self.rate_burst, int | float) and 0 < self.rate_burst < float("inf")):
             raise ValueError(f"rate_burst must be a number of seconds > 0, got {self.rate_burst!r}")
+        if isinstance(self.prompt_cache_size, bool) or not isinstance(self.prompt_cache_size, int) \
+                or self.prompt_cache_size < 0:
+            raise ValueError(f"prompt_cache_size must be a whole number >= 0, got {self.prompt_cache_size!r}")
+        self.model_shutdowns = parse_model_shutdowns(self.model_shutdowns)
         if isinstance(self.faults, dict):
             self.faults = Faults(**self.faults)
 
@@ -155,6 +171,31 @@ class ServerConfig:
             base = server_kw.pop("faults", None) or Faults()
             server_kw["faults"] = base.updated(**fault_kw) if isinstance(base, Faults) else Faults(**{**base, **fault_kw})
         return cls(**server_kw)
+
+
+def parse_model_shutdowns(value: Any) -> dict[str, str]:
+    """``{"gpt-4o-mini": "2027-01-14"}`` checked: model ids to ISO dates (``ValueError`` naming the bad one).
+    Also takes ``"MODEL=YYYY-MM-DD"`` strings (the ``--model-shutdown`` flag) in a list."""
+    if isinstance(value, list | tuple):
+        pairs: dict[str, Any] = {}
+        for item in value:
+            model, sep, day = str(item).partition("=")
+            if not sep or not model.strip():
+                raise ValueError(f"'{item}' is not MODEL=YYYY-MM-DD; write e.g. gpt-4o-mini=2027-01-14")
+            pairs[model.strip()] = day.strip()
+        value = pairs
+    if not isinstance(value, dict):
+        raise ValueError(f"model_shutdowns must map model ids to dates (YYYY-MM-DD), got {value!r}")
+    out: dict[str, str] = {}
+    for model, day in value.items():
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"model_shutdowns: {model!r} is not a model id")
+        try:
+            out[model.strip()] = date.fromisoformat(str(day)).isoformat()
+        except ValueError:
+            raise ValueError(f"model_shutdowns: the date of {model} is {day!r}; write YYYY-MM-DD, "
+                             "e.g. 2027-01-14") from None
+    return out
 
 
 def parse_error_rate(text: str) -> tuple[int, float]:

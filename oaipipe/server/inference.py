@@ -1,17 +1,28 @@
-"""The inference endpoints as plain functions ``body → response dict`` (shared by HTTP and batches)."""
+"""Chat completions as a plain function ``body → response dict`` (shared by HTTP, streaming and batches), and
+the engine call that Responses uses too (:mod:`oaipipe.server.responses`)."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from typing import Any
 
 from ..engine import chat as engine_chat
 from ..engine.errors import EngineError, ImageURLNotSupported, InvalidImage, ModelNotFound
+from ..types import Usage
 from .errors import ApiError, require_object
+from .options import (
+    CallContext,
+    cached_tokens,
+    check_model_lifecycle,
+    prompt_cache_key,
+    reasoning_for,
+    refuse_for_reasoning_models,
+    refuse_unsupported,
+    service_tier,
+)
 
-__all__ = ["chat_completion", "chat_stream_events", "create_response", "engine_call"]
+__all__ = ["chat_completion", "engine_call", "generate", "usage_chat"]
 
 
 def _new_id(prefix: str) -> str:
@@ -77,17 +88,34 @@ def engine_call(messages: Any, model: str, *, response_format: Any, temperature:
         raise ApiError(400, exc.message, param=exc.param, code=exc.code) from exc
 
 
-def _usage_chat(reply: engine_chat.EngineReply) -> dict[str, Any]:
+def generate(messages: Any, model: str, *, response_format: Any, temperature: Any, max_tokens: int | None,
+             reasoning_tokens: int = 0) -> tuple[engine_chat.EngineReply, int]:
+    """The engine's reply and the reasoning tokens it stands for. Reasoning tokens come out of the
+    ``max_tokens`` budget first, as on OpenAI: when they use it all, the reply has no text and stops for
+    ``length``."""
+    if max_tokens is not None and reasoning_tokens >= max_tokens:
+        reply = engine_call(messages, model, response_format=response_format, temperature=temperature,
+                            max_tokens=None)  # the request is checked all the same
+        prompt = reply.usage.prompt_tokens
+        return engine_chat.EngineReply(text="", model=reply.model, usage=Usage(prompt, 0, prompt),
+                                       finish_reason="length"), max_tokens
+    reply = engine_call(messages, model, response_format=response_format, temperature=temperature,
+                        max_tokens=None if max_tokens is None else max_tokens - reasoning_tokens)
+    return reply, reasoning_tokens
+
+
+def usage_chat(reply: engine_chat.EngineReply, *, cached: int = 0, reasoning: int = 0) -> dict[str, Any]:
+    """Chat usage; ``reasoning`` tokens are part of ``completion_tokens`` (as OpenAI bills them)."""
     u = reply.usage
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+    completion = u.completion_tokens + reasoning
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": u.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0,
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 
 
-def _chat_reply(body: dict[str, Any]) -> engine_chat.EngineReply:
-    body = require_object(body)
-    model = _require_model(body)
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "Invalid 'messages': expected a non-empty array of message objects.",
@@ -96,18 +124,34 @@ def _chat_reply(body: dict[str, Any]) -> engine_chat.EngineReply:
         if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
             raise ApiError(400, f"Invalid 'messages[{i}]': each message needs a role (system, developer, user, "
                            "assistant or tool) and content.", param=f"messages[{i}]", code="invalid_value")
+    return messages
+
+
+def chat_completion(body: Any, ctx: CallContext | None = None) -> dict[str, Any]:
+    """``POST /v1/chat/completions``: the ``chat.completion`` object (streamed or not, see
+    :func:`oaipipe.server.streaming.chat_events`). ``ctx`` brings the server's prompt cache, model
+    lifecycle and flex fault (``None``: none of them)."""
+    body = require_object(body)
+    model = _require_model(body)
+    check_model_lifecycle(model, ctx)
+    messages = _messages(body)
+    refuse_unsupported(body, "chat")
     n = body.get("n")
     if n is not None and n != 1:
         raise ApiError(400, f"Invalid 'n': the local engine returns exactly one choice (got {n!r}); use n=1.",
                        param="n", code="invalid_value")
+    refuse_for_reasoning_models(model, body, api="chat")
+    reasoning = reasoning_for(model, body.get("reasoning_effort"), api="chat")
+    cache_key = prompt_cache_key(body)
+    if body.get("stream_options") is not None and not isinstance(body.get("stream_options"), dict):
+        raise ApiError(400, "Invalid 'stream_options': expected an object.", param="stream_options",
+                       code="invalid_type")
     max_tokens = _int_param(body, "max_completion_tokens") or _int_param(body, "max_tokens")
-    return engine_call(messages, model, response_format=body.get("response_format"),
-                       temperature=body.get("temperature"), max_tokens=max_tokens)
-
-
-def chat_completion(body: dict[str, Any]) -> dict[str, Any]:
-    """``POST /v1/chat/completions`` (non-streaming)."""
-    reply = _chat_reply(body)
+    tier = service_tier(body, ctx)
+    reply, thinking = generate(messages, model, response_format=body.get("response_format"),
+                               temperature=body.get("temperature"), max_tokens=max_tokens,
+                               reasoning_tokens=reasoning.tokens)
+    cached = cached_tokens(ctx, messages, model, reply.usage.prompt_tokens, cache_key)
     return {
         "id": _new_id("chatcmpl-"),
         "object": "chat.completion",
@@ -119,137 +163,7 @@ def chat_completion(body: dict[str, Any]) -> dict[str, Any]:
             "finish_reason": reply.finish_reason,
             "logprobs": None,
         }],
-        "usage": _usage_chat(reply),
-        "service_tier": "default",
+        "usage": usage_chat(reply, cached=cached, reasoning=thinking),
+        "service_tier": tier,
         "system_fingerprint": "fp_oaipipe_local",
-    }
-
-
-def chat_stream_events(body: dict[str, Any]) -> bytes:
-    """``stream: true``: the whole server-sent-event stream (chunks, optional usage chunk, ``[DONE]``)."""
-    reply = _chat_reply(body)
-    ident, created = _new_id("chatcmpl-"), int(time.time())
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-
-    def chunk(delta: dict[str, Any], finish: str | None, usage: Any = None, choices: bool = True) -> bytes:
-        data: dict[str, Any] = {"id": ident, "object": "chat.completion.chunk", "created": created,
-                                "model": reply.model, "system_fingerprint": "fp_oaipipe_local",
-                                "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                             "finish_reason": finish}] if choices else []}
-        if include_usage:
-            data["usage"] = usage
-        return b"data: " + json.dumps(data, ensure_ascii=False).encode("utf-8") + b"\n\n"
-
-    out = [chunk({"role": "assistant", "content": "", "refusal": None}, None)]
-    words = reply.text.split(" ")
-    for i in range(0, len(words), 4):
-        piece = " ".join(words[i:i + 4]) + (" " if i + 4 < len(words) else "")
-        out.append(chunk({"content": piece}, None))
-    out.append(chunk({}, reply.finish_reason))
-    if include_usage:
-        out.append(chunk({}, None, usage=_usage_chat(reply), choices=False))
-    out.append(b"data: [DONE]\n\n")
-    return b"".join(out)
-
-
-# --- responses API ------------------------------------------------------------------------------
-
-
-def _response_part(part: Any, where: str) -> dict[str, Any]:
-    if isinstance(part, str):
-        return {"type": "text", "text": part}
-    if not isinstance(part, dict):
-        raise ApiError(400, f"Invalid '{where}': expected a content part object.", param=where, code="invalid_type")
-    kind = part.get("type")
-    if kind in ("input_text", "output_text", "text"):
-        return {"type": "text", "text": str(part.get("text", ""))}
-    if kind in ("input_image", "image_url"):
-        url = part.get("image_url")
-        if isinstance(url, dict):
-            url = url.get("url")
-        if not isinstance(url, str) or not url:
-            if part.get("file_id"):
-                raise ApiError(400, "The local engine does not read images by file_id; pass image_url as a data "
-                               "URL (data:image/png;base64,...).", param=where, code="invalid_value")
-            raise ApiError(400, f"Invalid '{where}': an input_image needs image_url.", param=where,
-                           code="invalid_value")
-        return {"type": "image_url", "image_url": {"url": url, "detail": part.get("detail", "auto")}}
-    raise ApiError(400, f"Invalid '{where}.type': {kind!r} is not supported by the local engine (use input_text "
-                   "or input_image).", param=where, code="invalid_value")
-
-
-def _response_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    instructions = body.get("instructions")
-    if isinstance(instructions, str) and instructions:
-        messages.append({"role": "system", "content": instructions})
-    data = body.get("input")
-    if isinstance(data, str):
-        messages.append({"role": "user", "content": data})
-    elif isinstance(data, list) and data:
-        for i, item in enumerate(data):
-            if not isinstance(item, dict) or item.get("type", "message") != "message" or "role" not in item:
-                raise ApiError(400, f"Invalid 'input[{i}]': the local engine accepts message items "
-                               "({role, content}) only.", param=f"input[{i}]", code="invalid_value")
-            content = item.get("content")
-            if isinstance(content, list):
-                content = [_response_part(p, f"input[{i}].content[{j}]") for j, p in enumerate(content)]
-            messages.append({"role": item["role"], "content": content})
-    else:
-        raise ApiError(400, "Invalid 'input': expected a string or a non-empty array of messages.", param="input",
-                       code="invalid_value" if data is not None else "missing_required_parameter")
-    return messages
-
-
-def create_response(body: dict[str, Any]) -> dict[str, Any]:
-    """``POST /v1/responses`` for text/image input (no tools, no streaming)."""
-    body = require_object(body)
-    model = _require_model(body)
-    if body.get("stream"):
-        raise ApiError(400, "Streaming is not supported on /v1/responses by the local server; omit stream.",
-                       param="stream", code="unsupported_value")
-    messages = _response_messages(body)
-    text_cfg = body.get("text") if isinstance(body.get("text"), dict) else {}
-    fmt = text_cfg.get("format") if isinstance(text_cfg.get("format"), dict) else None
-    response_format = None
-    if fmt and fmt.get("type") == "json_schema":
-        response_format = {"type": "json_schema", "json_schema": {"name": fmt.get("name", "output"),
-                                                                  "schema": fmt.get("schema"),
-                                                                  "strict": fmt.get("strict", False)}}
-    elif fmt and fmt.get("type") == "json_object":
-        response_format = {"type": "json_object"}
-    max_tokens = _int_param(body, "max_output_tokens")
-    reply = engine_call(messages, model, response_format=response_format, temperature=body.get("temperature"),
-                        max_tokens=max_tokens)
-    u = reply.usage
-    complete = reply.finish_reason != "length"
-    return {
-        "id": _new_id("resp_"),
-        "object": "response",
-        "created_at": int(time.time()),
-        "status": "completed" if complete else "incomplete",
-        "error": None,
-        "incomplete_details": None if complete else {"reason": "max_output_tokens"},
-        "instructions": body.get("instructions"),
-        "max_output_tokens": max_tokens,
-        "model": reply.model,
-        "output": [{
-            "type": "message",
-            "id": _new_id("msg_"),
-            "status": "completed" if complete else "incomplete",
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": reply.text, "annotations": [], "logprobs": []}],
-        }],
-        "parallel_tool_calls": True,
-        "previous_response_id": None,
-        "temperature": body.get("temperature"),
-        "text": {"format": fmt or {"type": "text"}},
-        "tool_choice": "auto",
-        "tools": [],
-        "top_p": body.get("top_p"),
-        "truncation": "disabled",
-        "metadata": body.get("metadata") or {},
-        "usage": {"input_tokens": u.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
-                  "output_tokens": u.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-                  "total_tokens": u.total_tokens},
     }
