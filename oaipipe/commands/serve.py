@@ -190,7 +190,7 @@ def serve_command(host: str, allow_remote: bool, api_key: str | None, as_json: b
     try:
         serve_forever(config, ready=ready)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+        raise ConfigError(f"cannot listen on {host}:{config.port}: {exc.strerror or exc}",
                           hint="pick another --port (or --port 0 for a free one)") from None
     if not quiet:
         click.echo("oaipipe serve: stopped", err=True)

@@ -40,9 +40,9 @@ from ..engine.models import find_model, list_models
 from . import inference, responses
 from .config import Faults, ServerConfig, is_loopback_address
 from .errors import ApiError
-from .ratelimits import RateLimits
 from .options import CallContext
 from .promptcache import PromptCache
+from .ratelimits import RateLimits
 from .streaming import EventStream, StreamPlan, chat_events, response_events
 
 __all__ = ["OaipipeServer", "Reply", "make_server"]
