@@ -59,8 +59,8 @@ class Pipeline:
         model = getattr(opts, "model", "?")
         where = getattr(opts, "base_url", None)
         text = f"backend {self.backend.name}, model {model}"
-        if self.backend.name == "local":
-            text += " (embedded offline engine: deterministic replies, not GPT)"
+        if self.backend.offline:
+            text += f" ({self.backend.offline_note})"
         elif where:
             text += f" at {redact(str(where))}"
         return text
@@ -235,7 +235,7 @@ def check_train_select(pipeline: Pipeline) -> None:
     produced: list[str] = []
     for step in pipeline.steps:
         produced += step.outputs()
-        if step.name == "sentiment":
+        if step.writes_sentiment:
             sentiment_fields.add(step.options.output)
     known = None if fields is None else {*fields, *produced, "sentiment"}
     for key, value in select.items():
@@ -323,14 +323,14 @@ def fingerprint_parts(pipeline: Pipeline) -> dict[str, str]:
     """Hashes of what decides the records' results: the source, the steps, the model and its parameters.
 
     Sinks, run settings and *where* calls go (backend type, ``base_url``, timeouts, limits) are left out:
-    an unfinished run may be resumed against another server or transport. The resolved backend's name
-    is in (the offline engine answers differently from a model).
+    an unfinished run may be resumed against another server or transport. Whether the resolved backend
+    is :attr:`~oaipipe.base.Backend.offline` is in (the offline engine answers differently from a model).
     """
     data = pipeline.loaded.data
     backend = _public(dict(data.get("backend") or {}))
     for volatile in _VOLATILE_BACKEND_KEYS:
         backend.pop(volatile, None)
-    backend["engine"] = "local" if pipeline.backend.name == "local" else "remote"
+    backend["engine"] = "local" if pipeline.backend.offline else "remote"
     source = dict(data.get("source") or {})
     source.pop("chunksize", None)  # how the input is read, not what it holds
     parts = {"source": source, "steps": data.get("steps"), "backend": backend}

@@ -91,7 +91,7 @@ class Runner:
         cfg = pipeline.loaded.config
         self.max_failures = self.options.max_failures if self.options.max_failures is not None else cfg.run.max_failures
         self.max_cost = self.options.max_cost if self.options.max_cost is not None else cfg.run.max_cost
-        self.stats = RunStats(prices=PriceTable(cfg.prices))
+        self.stats = RunStats(prices=PriceTable(cfg.prices), priced=pipeline.backend.priced)
         self.root = pipeline.context.path(cfg.run.dir) / _safe_name(pipeline.name)
         self.fingerprint = fingerprint(pipeline)
         self._call: Callable[[ChatRequest], Awaitable[ChatResponse]] = self._backend_call
@@ -123,7 +123,7 @@ class Runner:
         for wrap in reversed(self.options.call_wrappers):
             call = wrap(call)
 
-        batch = self.pipeline.backend.name == "batch"
+        batch = self.pipeline.backend.batched
 
         async def counted(request: ChatRequest) -> ChatResponse:
             response = await call(request)

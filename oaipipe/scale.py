@@ -95,11 +95,12 @@ def configure_run(pipeline: Pipeline, options: RunOptions, reporter: Reporter | 
                   quiet: bool = False) -> Reporter:
     """Install the cache and rate limits on ``options``; return the reporter to use.
 
-    * cache: unless ``options.use_cache`` is False (``--no-cache``) or ``run.cache: false``, and not for
-      the ``local`` backend (free and deterministic: caching it would only cost disk);
+    * cache: unless ``options.use_cache`` is False (``--no-cache``) or ``run.cache: false``, and only for
+      a :attr:`~oaipipe.base.Backend.cacheable` backend (not the free, deterministic local engine);
     * rate limits: ``backend.rpm`` / ``backend.tpm``; and whenever the backend has a retry policy (HTTP
       backends): limits learnt from ``x-ratelimit-*`` headers, the shared cool-down, paced retries and
-      AIMD concurrency. The ``batch`` backend gets none of these (the Batch API has its own queue);
+      AIMD concurrency. A :attr:`~oaipipe.base.Backend.batched` backend gets none of these (the Batch API
+      has its own queue);
     * attempts and retries: counted by the backend's retry policy, or one attempt per call without one;
     * reporter: a plain reporter writing to a terminal becomes a live rich bar.
     """
@@ -113,12 +114,12 @@ def configure_run(pipeline: Pipeline, options: RunOptions, reporter: Reporter | 
         wrappers = []
         backend = pipeline.backend
         # the local engine is free and deterministic: caching it would only cost disk
-        if options.use_cache and cfg.run.cache and backend.name != "local":
+        if options.use_cache and cfg.run.cache and backend.cacheable:
             setup.cache = ResponseCache(cache_dir_for(pipeline), namespace=cache_namespace(backend))
             wrappers.append(cache_wrapper(setup.cache))
         policy = retry_policy(backend)
         setup.policy = policy
-        if backend.name != "batch":
+        if not backend.batched:
             opts = backend.options
             concurrency = int(getattr(opts, "concurrency", 0) or 0) if policy is not None else 0
             limiter = RateLimiter(getattr(opts, "rpm", None), getattr(opts, "tpm", None),

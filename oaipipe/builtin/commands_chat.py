@@ -86,11 +86,13 @@ def cli_backend(
             raise ConfigError(f"--api-key-env {key_env}: that environment variable is not set",
                               hint=f"export {key_env}=... first")
         block["api_key"] = os.environ[key_env]
-    if quick and block.get("type") != "local":
-        block.setdefault("max_retries", 1)
     host = PluginHost(base_dir=base_dir, disabled=disabled)
     for item in extra_plugins:
         host.load(item)
+    registered = host.registry.get("backend", {}).get(str(block.get("type", "local")))
+    offline = registered is not None and issubclass(registered.cls, Backend) and registered.cls.offline
+    if quick and not offline:  # a quick answer from a server: one retry at most
+        block.setdefault("max_retries", 1)
     context = Context(base_dir=base_dir, host=host, settings=settings)
     built, note = build_backend(block, host=host, context=context, offline_fallback=offline_fallback)
     if warnings:
@@ -120,7 +122,7 @@ def list_models_report(backend: Backend, note: str | None, context: Context) -> 
     report: dict[str, Any] = {"backend": backend.name, "base_url": getattr(backend.options, "base_url", None),
                               "note": note, "models": [], "local_models": [], "problem": None}
     local: Backend | None = None
-    if backend.name != "local":
+    if not backend.offline:
         built = host.build("backend", {"type": "local"}, context)
         assert isinstance(built, Backend)
         local = built
@@ -139,7 +141,7 @@ def list_models_report(backend: Backend, note: str | None, context: Context) -> 
                              f"at that address)? ({exc.message})")
         report["problem_kind"] = "connection"
     report["models"] = [m.__dict__ for m in models]
-    if note and backend.name == "local":
+    if note and backend.offline:
         report["problem"] = report["problem"] or ("no API key: set OPENAI_API_KEY to list OpenAI's models; "
                                                   "showing the local engine's")
         report["problem_kind"] = "no-key"
@@ -211,12 +213,12 @@ def register_commands(cli: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(report, indent=2))
         else:
-            if backend.name != "local" or not note:
+            if not backend.offline or not note:
                 click.echo(f"{backend.name} backend ({_where(backend)}):")
                 for m in report["models"]:
                     click.echo(f"  {m['id']}" + (f"  ({m['owned_by']})" if m.get("owned_by") else ""))
-            if report["local_models"] or backend.name == "local":
-                models = report["local_models"] if backend.name != "local" else report["models"]
+            if report["local_models"] or backend.offline:
+                models = report["local_models"] if not backend.offline else report["models"]
                 click.echo("local engine (offline, deterministic, not GPT):")
                 for m in models:
                     click.echo(f"  {m['id']}")

@@ -77,7 +77,8 @@ def train_after_run(train_block: dict[str, Any], *, records_path: Path, host: An
                                "select": dict(opts.select)}
     try:
         result = build_dataset(records_path, method=opts.method, select=opts.select, system=opts.system,
-                               validation_fraction=opts.validation_fraction, seed=opts.seed or 0, step=opts.step)
+                               validation_fraction=opts.validation_fraction, seed=opts.seed or 0, step=opts.step,
+                               host=host)
         files = write_dataset(result, records_path.parent / "train.jsonl")
         report = report_for(result, model=base_model, source=str(files.train_path),
                             token_limit=opts.max_tokens_per_example,
