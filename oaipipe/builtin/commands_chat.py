@@ -89,15 +89,19 @@ def cli_backend(
     host = PluginHost(base_dir=base_dir, disabled=disabled)
     for item in extra_plugins:
         host.load(item)
-    registered = host.registry.get("backend", {}).get(str(block.get("type", "local")))
-    offline = registered is not None and issubclass(registered.cls, Backend) and registered.cls.offline
-    if quick and not offline:  # a quick answer from a server: one retry at most
+    if quick and not _offline(host, block):  # a quick answer from a server: one retry at most
         block.setdefault("max_retries", 1)
     context = Context(base_dir=base_dir, host=host, settings=settings)
     built, note = build_backend(block, host=host, context=context, offline_fallback=offline_fallback)
     if warnings:
         note = "\n".join([*warnings, *([note] if note else [])])
     return built, note, context
+
+
+def _offline(host: Any, block: dict[str, Any]) -> bool:
+    """Whether the backend ``block`` names is :attr:`~oaipipe.base.Backend.offline` (makes no network call)."""
+    registered = host.registry.get("backend", {}).get(str(block.get("type", "local")))
+    return registered is not None and issubclass(registered.cls, Backend) and registered.cls.offline
 
 
 def _run(coro_fn: Any, backend: Backend) -> Any:
