@@ -110,7 +110,7 @@ def test_renamed_local_runs_exactly_like_local(tmp_path: Path) -> None:
 
 
 def test_renamed_local_resumes_like_local(tmp_path: Path) -> None:
-    from oaipipe.pipeline import fingerprint_parts
+    from oaipipe.resume import fingerprint_parts
 
     local = load_pipeline(_project(tmp_path, "a", "{type: local}"))
     mine = load_pipeline(_project(tmp_path, "b", "{type: mylocal}"))
