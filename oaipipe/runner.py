@@ -27,7 +27,7 @@ import datetime as _dt
 import json
 import threading
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,8 @@ _SOURCE_BATCH = 256
 #: outcomes of the train: step after which the run is still not finished (a rerun resumes the step)
 TRAIN_NOT_DONE = frozenset({"error", "interrupted"})
 
-CallWrapper = Callable[[Callable[[ChatRequest], Awaitable[ChatResponse]]], Callable[[ChatRequest], Awaitable[ChatResponse]]]
+#: one of the caller's own layers (``RunOptions.call_wrappers``): a function from a call to a call
+CallWrapper = Callable[[Call], Call]
 
 #: the line a continued run starts with, by mode
 _CONTINUED = {"resume": "resuming run {run}: {done} records already done",
