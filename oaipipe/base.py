@@ -167,6 +167,30 @@ class Backend(Component):
     #: True when talking to api.openai.com without a key makes no sense (the CLI may fall back to local)
     needs_api_key: ClassVar[bool] = False
 
+    # --- capabilities: what the core asks instead of comparing names (a subclass inherits them) --------
+
+    #: No network: the answers are made on this machine (the embedded engine). The run's first line says
+    #: so (with :attr:`offline_note`), fingerprints keep its answers apart from a model's (an unfinished
+    #: run is never resumed on the other kind), and ``oaipipe models`` lists its models as the offline ones.
+    offline: ClassVar[bool] = False
+    #: what the run's first line adds after the model of an :attr:`offline` backend
+    offline_note: ClassVar[str] = "offline"
+    #: Calls cost money: priced from the price table (defaults, ``prices:``, ``OAIPIPE_PRICES``), counted in
+    #: ``cost_usd`` and held to ``--max-cost``. False (free): a call costs nothing unless ``prices:`` names
+    #: the exact model id it answers with, and a dry run shows what the calls would cost on OpenAI.
+    priced: ClassVar[bool] = True
+    #: Answers come through the Batch API: priced at the batch discount (half price), and no client-side
+    #: rate limits (the Batch API queues the requests itself).
+    batched: ClassVar[bool] = False
+    #: Answers are worth keeping in the response cache. False for a free, deterministic backend (the
+    #: embedded engine): caching it would only cost disk.
+    cacheable: ClassVar[bool] = True
+
+    def model_label(self, model: str) -> str:
+        """The model id this backend's answers carry for a request of ``model`` (the embedded engine
+        answers as ``local:<model>``). A dry run prices this id for a backend that is not :attr:`priced`."""
+        return model
+
     async def chat(self, request: ChatRequest) -> ChatResponse:
         raise NotImplementedError
 
@@ -246,6 +270,15 @@ class Step(Component):
     Options: ClassVar[type[PluginOptions]] = StepOptions
     #: names of options that are ``{field}`` templates; checked against the source's columns before a run
     templates: ClassVar[tuple[str, ...]] = ()
+
+    # --- capabilities: what the core asks instead of comparing names (a subclass inherits them) --------
+
+    #: Its ``output`` field holds a sentiment label (positive, negative or neutral): ``train.select`` on
+    #: that field is checked against the three labels when the pipeline is built.
+    writes_sentiment: ClassVar[bool] = False
+    #: Its exchanges carry images (logged with a ``[image: ...]`` text placeholder instead): building a
+    #: fine-tuning dataset leaves them out unless ``step:`` names them.
+    sends_images: ClassVar[bool] = False
 
     def template_fields(self) -> dict[str, list[str]]:
         """For each template option: the record fields it reads (used by ``oaipipe validate``)."""

@@ -7,7 +7,10 @@ a run, but the backend is replaced by a stand-in that only *measures* each reque
   :func:`oaipipe.tokens.image_tokens` with ``model=``, e.g. 2833 + 5667 per tile on gpt-4o-mini);
 * completion tokens: the request's ``max_tokens`` if set, else ``completion_tokens`` per call
   (default :data:`DEFAULT_COMPLETION_TOKENS`), an assumption the summary states;
-* cost: :class:`oaipipe.pricing.PriceTable` with the pipeline's ``prices:`` (half price for ``batch``).
+* cost: :class:`oaipipe.pricing.PriceTable` with the pipeline's ``prices:``: half price for a
+  :attr:`~oaipipe.base.Backend.batched` backend; for a free one (not :attr:`~oaipipe.base.Backend.priced`)
+  nothing, unless ``prices:`` names the model id it answers with (its :meth:`~oaipipe.base.Backend.model_label`),
+  and what the calls would cost on OpenAI besides.
 
 The stand-in replies with an empty text (``{}`` for JSON-schema steps), so a later step that reads a
 reply sees an empty field. No HTTP request is made and no file outside memory is written.
@@ -24,6 +27,7 @@ from .tokens import count_message_tokens, tokenizer_name
 from .types import ChatRequest, ChatResponse, Usage
 
 if TYPE_CHECKING:
+    from .base import Backend
     from .pipeline import Pipeline
 
 __all__ = ["DEFAULT_COMPLETION_TOKENS", "estimate"]
@@ -33,11 +37,12 @@ DEFAULT_COMPLETION_TOKENS = 150
 
 
 class _Counter:
-    def __init__(self, prices: PriceTable, completion_tokens: int, batch: bool, free: bool) -> None:
+    def __init__(self, prices: PriceTable, completion_tokens: int, backend: Backend) -> None:
         self.prices = prices
         self.completion_tokens = completion_tokens
-        self.batch = batch
-        self.free = free
+        self.backend = backend
+        self.batch = backend.batched
+        self.free = not backend.priced
         self.by_step: dict[tuple[str, str], dict[str, Any]] = {}
         self.unpriced: set[str] = set()
 
@@ -46,10 +51,12 @@ class _Counter:
         prompt = count_message_tokens(request.messages, request.model, image_model=request.model)
         completion = request.max_tokens or self.completion_tokens
         price = self.prices.lookup(request.model)
-        # the local engine answers as `local:<model>`: free, unless a `prices:` entry names that label
-        local_price = self.prices.lookup(request.model if request.model.startswith(("local:", "ft:"))
-                                         else f"local:{request.model}")
-        local_cost = local_price.cost(prompt, completion) if self.free and local_price.known else 0.0
+        # a free backend costs nothing, unless a `prices:` entry names the model id it answers with
+        # (the local engine answers as `local:<model>`)
+        local_cost = 0.0
+        if self.free:
+            local_price = self.prices.lookup(self.backend.model_label(request.model), priced=False)
+            local_cost = local_price.cost(prompt, completion) if local_price.known else 0.0
         cost = 0.0
         if price.known:
             cost = price.cost(prompt, completion, batch=self.batch)
@@ -78,8 +85,7 @@ def estimate(pipeline: Pipeline, limit: int | None = None, *,
 
 async def _estimate(pipeline: Pipeline, limit: int | None, completion_tokens: int) -> dict[str, Any]:
     backend = pipeline.backend
-    counter = _Counter(PriceTable(pipeline.loaded.config.prices), completion_tokens,
-                       batch=backend.name == "batch", free=backend.name == "local")
+    counter = _Counter(PriceTable(pipeline.loaded.config.prices), completion_tokens, backend)
     total = failed = 0
     errors: list[str] = []
     for record in pipeline.source.records():
@@ -123,10 +129,10 @@ async def _estimate(pipeline: Pipeline, limit: int | None, completion_tokens: in
         "by_step": rows,
     }
     if counter.free:
-        est["note"] = (f"the local backend costs nothing; on OpenAI these calls would cost about ${cost:.4f} "
-                       f"(cost_usd_on_openai)")
+        est["note"] = (f"the {backend.name} backend costs nothing; on OpenAI these calls would cost about "
+                       f"${cost:.4f} (cost_usd_on_openai)")
         est["cost_usd_on_openai"] = round(cost, 6)
-    if backend.name == "batch":
+    if backend.batched:
         est["note"] = "priced at the Batch API discount (half price)"
     if counter.unpriced:
         est["unpriced_models"] = sorted(counter.unpriced)

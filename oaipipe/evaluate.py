@@ -155,16 +155,11 @@ class _Chain:
     """The call chain of an evaluation: the pipeline's response cache and rate limits around its backend."""
 
     def __init__(self, pipeline: Any) -> None:
+        from .calls import CallChain
         from .runner import RunOptions
-        from .scale import configure_run
 
         self.pipeline = pipeline
-        options = RunOptions()
-        configure_run(pipeline, options, None, quiet=True)
-        call = pipeline.backend.chat
-        for wrap in reversed(options.call_wrappers):
-            call = wrap(call)
-        self.call = call
+        self.call = CallChain.build(pipeline, RunOptions())
 
 
 class _Counted:
@@ -175,11 +170,12 @@ class _Counted:
         from .stats import RunStats
 
         self.chain = chain
-        self.stats = RunStats(prices=PriceTable(chain.pipeline.loaded.config.prices))
+        self.stats = RunStats(prices=PriceTable(chain.pipeline.loaded.config.prices),
+                              priced=chain.pipeline.backend.priced)
 
     async def __call__(self, request: Any) -> Any:
         response = await self.chain.call(request)
-        self.stats.add_call(request.step, response)
+        self.stats.add_call(request.step, response, batch=self.chain.pipeline.backend.batched)
         return response
 
 

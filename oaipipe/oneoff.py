@@ -73,7 +73,8 @@ def load_backend(
         block["base_url"] = base_url
     if api_key:
         block["api_key"] = api_key
-    if quick and block.get("type") != "local":
+    assert context.host is not None
+    if quick and not _offline(context.host, block):  # a quick answer from a server: one retry at most
         block.setdefault("max_retries", 1)
     log.debug("backend block: type %s, base_url %s, model %s; keys given: %s", block.get("type"),
               block.get("base_url"), block.get("model"), ", ".join(sorted(block)))
@@ -171,16 +172,22 @@ def list_models_report(backend: Backend, note: str | None, context: Context) -> 
                              f"at that address)? ({exc.message})")
         report["problem_kind"] = "connection"
     report["models"] = [m.__dict__ for m in models]
-    if note and backend.name == "local":
+    if note and backend.offline:
         report["problem"] = report["problem"] or ("no API key: set OPENAI_API_KEY to list OpenAI's models; "
                                                   "showing the local engine's")
         report["problem_kind"] = "no-key"
-    if backend.name != "local":
+    if not backend.offline:
         report["local_models"] = [m.__dict__ for m in _local_models(context)]
     if report["problem"] is None and not models:
         report["problem"] = f"{where(backend)} answered with an empty model list"
         report["problem_kind"] = "empty"
     return report
+
+
+def _offline(host: Any, block: dict[str, Any]) -> bool:
+    """Whether the backend ``block`` names is :attr:`~oaipipe.base.Backend.offline` (makes no network call)."""
+    registered = host.registry.get("backend", {}).get(str(block.get("type", "local")))
+    return registered is not None and issubclass(registered.cls, Backend) and registered.cls.offline
 
 
 def _local_models(context: Context) -> list[ModelInfo]:

@@ -6,8 +6,6 @@ header: ``oaipipe validate`` is exactly :func:`load_pipeline` without running.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from collections.abc import Callable
@@ -25,12 +23,11 @@ __all__ = [
     "CHECKS",
     "Pipeline",
     "build_backend",
-    "endpoint",
-    "fingerprint",
-    "fingerprint_parts",
     "load_pipeline",
     "pipeline_context",
     "plugin_host",
+    "public_config",
+    "public_data",
 ]
 
 
@@ -70,8 +67,8 @@ class Pipeline:
         model = getattr(opts, "model", "?")
         where = getattr(opts, "base_url", None)
         text = f"backend {self.backend.name}, model {model}"
-        if self.backend.name == "local":
-            text += " (embedded offline engine: deterministic replies, not GPT)"
+        if self.backend.offline:
+            text += f" ({self.backend.offline_note})"
         elif where:
             text += f" at {redact(str(where))}"
         return text
@@ -304,7 +301,7 @@ def check_train_select(pipeline: Pipeline) -> None:
     produced: list[str] = []
     for step in pipeline.steps:
         produced += step.outputs()
-        if step.name == "sentiment":
+        if step.writes_sentiment:
             sentiment_fields.add(step.options.output)
     known = None if fields is None else {*fields, *produced, "sentiment"}
     problems = Problems(pipeline.file)
@@ -390,13 +387,13 @@ CHECKS: tuple[Callable[[Pipeline], None], ...] = (check_name, check_templates, c
                                                   check_train_select)
 
 
-def _public(data: Any) -> Any:
+def public_data(data: Any) -> Any:
     """A copy of the config data without secrets: values of keys named like one (``api_key``, ``token``,
     ``password``...) become ``***``, and any string is :func:`~oaipipe.errors.redact`-ed (keys, URL passwords)."""
     if isinstance(data, dict):
-        return {k: ("***" if v and _SECRET_NAME.search(str(k)) else _public(v)) for k, v in data.items()}
+        return {k: ("***" if v and _SECRET_NAME.search(str(k)) else public_data(v)) for k, v in data.items()}
     if isinstance(data, list):
-        return [_public(v) for v in data]
+        return [public_data(v) for v in data]
     if isinstance(data, str):
         return redact(data)
     return data
@@ -405,46 +402,6 @@ def _public(data: Any) -> Any:
 _SECRET_NAME = re.compile(r"(?i)key|secret|passw|(^|_)token$|(^|_)auth$|authorization|credential")
 
 
-#: backend keys that change how calls are made, not what they answer (a resumed run may change them)
-_VOLATILE_BACKEND_KEYS = ("concurrency", "timeout", "max_retries", "rpm", "tpm", "api_key", "record_timeout",
-                          "base_url", "type")
-
-
-def fingerprint_parts(pipeline: Pipeline) -> dict[str, str]:
-    """Hashes of what decides the records' results: the source, the steps, the model and its parameters.
-
-    Sinks, run settings and *where* calls go (backend type, ``base_url``, timeouts, limits) are left out:
-    an unfinished run may be resumed against another server or transport. The resolved backend's name
-    is in (the offline engine answers differently from a model).
-    """
-    data = pipeline.loaded.data
-    backend = _public(dict(data.get("backend") or {}))
-    for volatile in _VOLATILE_BACKEND_KEYS:
-        backend.pop(volatile, None)
-    backend["engine"] = "local" if pipeline.backend.name == "local" else "remote"
-    source = dict(data.get("source") or {})
-    source.pop("chunksize", None)  # how the input is read, not what it holds
-    parts = {"source": source, "steps": data.get("steps"), "backend": backend}
-    return {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()[:12]
-            for k, v in parts.items()}
-
-
-def fingerprint(pipeline: Pipeline) -> str:
-    """One hash of :func:`fingerprint_parts`."""
-    blob = json.dumps(fingerprint_parts(pipeline), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def endpoint(pipeline: Pipeline) -> str:
-    """Where calls go: the server (a run finished against one server is not finished for another).
-
-    The transport does not matter: ``openai``, ``requests`` and ``batch`` against one server are one endpoint.
-    """
-    base_url = getattr(pipeline.backend.options, "base_url", None)
-    if base_url:
-        return redact(str(base_url).rstrip("/"))  # kept in pipeline.json: no password of the URL
-    return "https://api.openai.com/v1" if pipeline.backend.needs_api_key else f"backend:{pipeline.backend.name}"
-
-
 def public_config(pipeline: Pipeline) -> dict[str, Any]:
-    return _public(pipeline.loaded.data)
+    """The pipeline's data as run, without secrets (what ``pipeline.json`` of a run holds)."""
+    return public_data(pipeline.loaded.data)

@@ -4,9 +4,12 @@ The table holds list prices as published by OpenAI (standard tier) at the time o
 Override any entry from a pipeline (``prices: {model: {input: 0.15, output: 0.6}}``) or with a JSON/YAML
 file named by ``OAIPIPE_PRICES``. Models are matched by exact id, then by the longest known prefix
 (``gpt-4o-mini-2024-07-18`` → ``gpt-4o-mini``; ``ft:gpt-4o-mini:org::id`` → the fine-tuned price of
-``gpt-4o-mini``). The local engine and unknown models cost 0 and are reported as unpriced, unless an
-override names that exact model id (``prices: {"local:gpt-4o-mini": {input: 1000, output: 4000}}``):
-an explicit override for an exact id always wins, which lets ``--max-cost`` be tried offline.
+``gpt-4o-mini``). Unknown models, the embedded engine's labels (``local:<model>``, asked of
+:func:`oaipipe.engine.tuning.is_engine_model`) and every call of a backend that is not
+:attr:`~oaipipe.base.Backend.priced` (``lookup(model, priced=False)``) cost 0 and are reported as
+unpriced, unless an override names that exact model id (``prices: {"local:gpt-4o-mini": {input: 1000,
+output: 4000}}``): an explicit override for an exact id always wins, which lets ``--max-cost`` be tried
+offline.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .engine.tuning import is_engine_model
 
 __all__ = ["DEFAULT_PRICES", "PRICE_FIELDS", "Price", "PriceTable", "check_budget", "check_prices", "price_table"]
 
@@ -187,18 +192,18 @@ class PriceTable:
             if explicit:
                 self.overridden.add(model)
 
-    def lookup(self, model: str) -> Price:
+    def lookup(self, model: str, *, priced: bool = True) -> Price:
+        """The price of ``model``. ``priced=False``: the call is made by a free backend
+        (:attr:`oaipipe.base.Backend.priced`), which only an explicit price of this exact id gives a cost."""
         if model and model in self.overridden:
             # an explicit price for this exact id wins, also for local models (try --max-cost offline)
             entry = self.prices[model]
             return Price(model=model, input=entry.get("input", 0.0), output=entry.get("output", 0.0),
                          cached_input=entry.get("cached_input"), training=entry.get("training"))
-        if not model or model.startswith("local"):
+        if not model or not priced or is_engine_model(model):
             return Price(model=model, known=False)
         fine_tuned = model.startswith("ft:")
         base = model.split(":")[1] if fine_tuned and ":" in model else model
-        if fine_tuned and ":local:" in model:
-            return Price(model=model, known=False)
         entry = self.prices.get(model) or self.prices.get(base)
         if entry is None:
             matches = [k for k in self.prices if base.startswith(k)]

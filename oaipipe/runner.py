@@ -2,16 +2,20 @@
 
 How a run goes:
 
-1. The source is read in a worker thread, a batch at a time (the input is streamed, never loaded whole).
-2. Up to ``backend.concurrency`` records are processed at once; each goes through every step in order.
+1. The run to work on is chosen (:mod:`oaipipe.resume`: a new one, or the unfinished one continued) and
+   the run's call chain is built (:mod:`oaipipe.calls`: cache → rate limits → retries → transport).
+2. The source is read in a worker thread, a batch at a time (the input is streamed, never loaded whole).
+3. Up to ``backend.concurrency`` records are processed at once; each goes through every step in order.
    Sync plugin code (analyzers, blocking backends) runs in threads, off the event loop.
-3. Finished records are handed to the sinks **in input order** (a bounded reorder window keeps memory
-   flat), then journaled. A record that fails is logged to ``errors.jsonl``; the run goes on.
-4. A summary is written to ``summary.json`` and returned.
+4. Finished records are handed to the sinks **in input order** (a bounded reorder window keeps memory
+   flat), then journaled. A record that fails is logged to ``errors.jsonl``; the run goes on, unless
+   ``--max-failures`` is passed or the first records all fail.
+5. A summary is written to ``summary.json`` and returned; the ``train:`` step runs last.
 
 Resuming: a run that did not finish (Ctrl-C, crash, SIGKILL) is continued by running the same command
 again: journaled records are skipped and sinks drop any partial output of records not journaled, so
 every record ends up exactly once in every sink. A finished run is not redone (``--fresh`` starts over).
+The rules are :mod:`oaipipe.resume`'s.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import datetime as _dt
 import json
 import threading
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .base import StepContext
+from .calls import Call, CallChain
 from .errors import (
     AuthenticationError,
     BackendError,
@@ -42,10 +47,11 @@ from .errors import (
 )
 from .fsutil import remove_stale_temps
 from .home import home_dir
-from .pipeline import Pipeline, endpoint, fingerprint, fingerprint_parts, load_pipeline, public_config
+from .pipeline import Pipeline, load_pipeline
 from .pricing import PriceTable
 from .progress import Reporter, SilentReporter
-from .rundir import RunDir, find_runs, new_run_id
+from .resume import Mode, Selection, prepare_run, select_run
+from .rundir import RunDir, StateFile
 from .runlock import HeldLock, lock_outputs, lock_run_root
 from .stats import RunStats
 from .types import ChatRequest, ChatResponse, Exchange, Record, RecordResult, RunInfo
@@ -58,12 +64,18 @@ _SOURCE_BATCH = 256
 #: outcomes of the train: step after which the run is still not finished (a rerun resumes the step)
 TRAIN_NOT_DONE = frozenset({"error", "interrupted"})
 
-CallWrapper = Callable[[Callable[[ChatRequest], Awaitable[ChatResponse]]], Callable[[ChatRequest], Awaitable[ChatResponse]]]
+#: one of the caller's own layers (``RunOptions.call_wrappers``): a function from a call to a call
+CallWrapper = Callable[[Call], Call]
+
+#: the line a continued run starts with, by mode
+_CONTINUED = {"resume": "resuming run {run}: {done} records already done",
+              "retry": "retrying failed records of run {run}",
+              "train": "run {run}: its records are done; resuming its train: step"}
 
 
 @dataclass
 class RunOptions:
-    """Options of one run (the CLI's flags)."""
+    """Options of one run (the CLI's flags): plain settings, only read by the run."""
 
     fresh: bool = False
     limit: int | None = None
@@ -72,10 +84,21 @@ class RunOptions:
     retry_failed: bool = False
     use_cache: bool = True
     max_cost: float | None = None
-    #: extra wrappers around the backend call (outermost first); used by cache / rate limits
+    #: the caller's own layers around the backend call (outermost first), inside the cache, the rate limits
+    #: and the retry counting (see :mod:`oaipipe.calls`)
     call_wrappers: list[CallWrapper] = field(default_factory=list)
-    #: install the response cache and rate limits from the pipeline (oaipipe.scale.configure_run)
+    #: build the call chain with the response cache, rate limits and retry counters (:mod:`oaipipe.calls`)
     scale: bool = True
+
+
+@dataclass
+class _Outputs:
+    """What a run opened and closes at its end, however it ends: output locks, sinks, journal, error log."""
+
+    locks: list[HeldLock] = field(default_factory=list)
+    sinks: list[Any] = field(default_factory=list)
+    journal: StateFile | None = None
+    errors: StateFile | None = None
 
 
 def _now() -> str:
@@ -91,10 +114,12 @@ class Runner:
         cfg = pipeline.loaded.config
         self.max_failures = self.options.max_failures if self.options.max_failures is not None else cfg.run.max_failures
         self.max_cost = self.options.max_cost if self.options.max_cost is not None else cfg.run.max_cost
-        self.stats = RunStats(prices=PriceTable(cfg.prices))
+        self.stats = RunStats(prices=PriceTable(cfg.prices), priced=pipeline.backend.priced)
         self.root = pipeline.context.path(cfg.run.dir) / _safe_name(pipeline.name)
-        self.fingerprint = fingerprint(pipeline)
-        self._call: Callable[[ChatRequest], Awaitable[ChatResponse]] = self._backend_call
+        #: the layers the run's calls go through (cache → rate limits → retries → transport)
+        self.calls = CallChain.build(pipeline, self.options)
+        self.stats.retries = self.calls.retries  # attempts and retries of this run's calls
+        self._call: Call = self.calls
         self._abort: OaipipeError | None = None
         self._stop_scheduling = False
         self.errors_path: Path | None = None
@@ -102,28 +127,12 @@ class Runner:
         self._failure_kinds: collections.Counter[type] = collections.Counter()
         #: what the run found wrong but worked around (unreadable journal lines), for the summary
         self.warnings: list[str] = []
-        if self.options.scale:
-            try:
-                from .scale import configure_run
-            except ImportError:  # pragma: no cover - scale ships with the package
-                pass
-            else:
-                configure_run(pipeline, self.options, self.reporter, quiet=True)
-        setup = getattr(self.options, "_oaipipe_scale", None)
-        if setup is not None:  # attempts and retries of this run's calls, counted by the retry policy
-            self.stats.retries = setup.new_run()
 
     # --- the backend call -------------------------------------------------------------------------
 
-    async def _backend_call(self, request: ChatRequest) -> ChatResponse:
-        return await self.pipeline.backend.chat(request)
-
-    def _build_call(self) -> Callable[[ChatRequest], Awaitable[ChatResponse]]:
-        call = self._backend_call
-        for wrap in reversed(self.options.call_wrappers):
-            call = wrap(call)
-
-        batch = self.pipeline.backend.name == "batch"
+    def _counted(self, call: Call) -> Call:
+        """``call``, with each answer counted (calls, tokens, cost) and held to the cost budget."""
+        batch = self.pipeline.backend.batched
 
         async def counted(request: ChatRequest) -> ChatResponse:
             response = await call(request)
@@ -135,60 +144,6 @@ class Runner:
 
         return counted
 
-    # --- choosing the run directory ---------------------------------------------------------------
-
-    def _changed(self, meta: dict[str, Any]) -> str:
-        """Which parts of the pipeline changed since a run was started, in words."""
-        old = meta.get("fingerprint_parts") or {}
-        now = fingerprint_parts(self.pipeline)
-        names = {"source": "the source", "steps": "the steps", "backend": "the model or its parameters"}
-        changed = [names[k] for k in now if old.get(k) != now[k]]
-        return ", ".join(changed) or "the pipeline"
-
-    def _select_run(self) -> tuple[RunDir, set[str] | None, str]:
-        """(run dir, ids to skip or None for a new run, mode) where mode is new|resume|retry|train|done.
-
-        ``train``: the records of the latest run are done and its ``train:`` step is not (``summary.json``
-        says ``training``): only the step is resumed."""
-        runs = find_runs(self.root)
-        latest = runs[-1] if runs else None
-        if self.options.retry_failed:
-            if self.options.fresh:
-                raise RunAborted("--retry-failed and --fresh contradict each other",
-                                 hint="--retry-failed redoes the failed records of the last run; --fresh starts a new one")
-            if latest is None:
-                raise RunAborted(f"--retry-failed: this pipeline has no earlier run in {self.root}",
-                                 hint="run it once without --retry-failed")
-        if latest is not None and not self.options.fresh:
-            meta = latest.meta()
-            summary = latest.summary()
-            same = meta.get("fingerprint") == self.fingerprint
-            finished = summary is not None and summary.get("status") in ("finished", "nothing-to-do")
-            if self.options.retry_failed:
-                if not same:
-                    raise RunAborted(
-                        f"{self._changed(meta)} changed since run {latest.run_id}; --retry-failed needs the same pipeline",
-                        hint="undo the change, or start over with --fresh",
-                    )
-                statuses = latest.status_by_id()
-                return latest, {i for i, s in statuses.items() if s == "done"}, "retry"
-            if not finished:
-                training = summary is not None and summary.get("status") == "training"
-                if not same:
-                    raise RunAborted(
-                        f"run {latest.run_id} of this pipeline did not finish, and {self._changed(meta)} changed "
-                        f"since: its records would be mixed with the new ones",
-                        hint=f"rerun the unchanged pipeline to finish it, or pass --fresh to start a new run "
-                             f"(the old one stays in {latest.path})",
-                    )
-                if training:  # its records are done; its train: step is not
-                    return latest, None, "train"
-                return latest, set(latest.status_by_id()), "resume"
-            if same and meta.get("endpoint", endpoint(self.pipeline)) == endpoint(self.pipeline):
-                return latest, None, "done"
-        run = RunDir(self.root / new_run_id())
-        return run, None, "new"
-
     # --- the run ----------------------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
@@ -196,7 +151,7 @@ class Runner:
         headline = f"oaipipe: {pipeline.name}: {pipeline.describe_backend()}"
         notes = [f"warning: {w}" for w in pipeline.warnings] + ([pipeline.backend_note] if pipeline.backend_note else [])
         if self.options.dry_run:  # estimates the whole input, whatever the state of earlier runs
-            return await self._dry_run(None, headline, notes)
+            return await self._dry_run(headline, notes)
         # one run per run root at a time: the lock ends with this process, however it ends
         lock = _storage(lambda: lock_run_root(self.root, pipeline=pipeline.name, file=pipeline.file), self.root)
         try:
@@ -205,78 +160,76 @@ class Runner:
             lock.release()
 
     async def _run_locked(self, lock: HeldLock, headline: str, notes: list[str]) -> dict[str, Any]:
-        pipeline = self.pipeline
-        run, skip_ids, mode = self._select_run()
-        if mode == "done":
-            previous = run.summary() or {}
-            summary = {"pipeline": pipeline.name, "run_id": run.run_id, "run_dir": str(run.path),
-                       "status": "nothing-to-do", "calls": 0, "records": previous.get("records", {}),
-                       "previous": previous,
-                       "message": f"run {run.run_id} already finished: nothing to do "
-                                  f"(use --fresh to run again, --retry-failed to redo failed records)"}
-            self.reporter.start(headline, notes, None)
-            self.reporter.finish(summary)
-            return summary
-        if mode == "new":
-            run.create({"pipeline": pipeline.name, "file": pipeline.file, "fingerprint": self.fingerprint,
-                        "fingerprint_parts": fingerprint_parts(pipeline), "endpoint": endpoint(pipeline),
-                        "started": _now(), "config": public_config(pipeline)})
-        else:
-            run.remove_stale_temps()  # left by a crash mid-write; the run lock makes us its only writer
-            self.warnings = run.repair_journal()  # unreadable journal lines: skipped, their records redone
-            notes.extend(self.warnings)
-            meta = run.meta()
-            if meta.get("endpoint") != endpoint(pipeline):  # resumed against another server: it ends there
-                meta["endpoint"] = endpoint(pipeline)
-                run.create(meta)
-            notes.append({"resume": f"resuming run {run.run_id}: {len(skip_ids or ())} records already done",
-                          "retry": f"retrying failed records of run {run.run_id}",
-                          "train": f"run {run.run_id}: its records are done; resuming its train: step"}[mode])
+        selection = select_run(self.root, self.pipeline, fresh=self.options.fresh,
+                               retry_failed=self.options.retry_failed)
+        run = selection.run
+        if selection.mode == "done":
+            return self._nothing_to_do(run, headline, notes)
+        self.warnings = prepare_run(selection, self.pipeline)
+        notes.extend(self.warnings)
+        if selection.mode != "new":
+            notes.append(_CONTINUED[selection.mode].format(run=run.run_id, done=len(selection.skip or ())))
         lock.update(run_id=run.run_id)
-        info = RunInfo(pipeline_name=pipeline.name, run_id=run.run_id, run_dir=str(run.path),
-                       backend=pipeline.backend.name, model=str(getattr(pipeline.backend.options, "model", "")),
-                       resumed=mode != "new")
-        self.info = info
-        self.errors_path = run.errors_path
-        if mode == "train":
-            self.reporter.start(headline, notes, None)
-            summary = {**(run.summary() or self._summary(run, "training", None)), "status": "training"}
-            pipeline.host.call_hook("oaipipe_run_start", run=info)
+        info = self._run_info(run, selection.mode)
+        if selection.mode == "train":
+            return await self._resume_training(run, info, headline, notes)
+        self._start(headline, notes)
+        summary, finish_error = await self._process_run(run, selection, info)
+        if summary["status"] == "training":
             return await self._train_step(run, summary, info)
-        self.stats.total = pipeline.source.count()
-        if self.stats.total is not None and self.options.limit is not None:
-            self.stats.total = min(self.stats.total, self.options.limit)
-        self.reporter.start(headline, notes, self.stats.total)
-        self._call = self._build_call()
+        if finish_error is not None:
+            raise finish_error
+        return summary
 
+    def _nothing_to_do(self, run: RunDir, headline: str, notes: list[str]) -> dict[str, Any]:
+        """The summary of a command that finds its run finished already: no call is made."""
+        previous = run.summary() or {}
+        summary = {"pipeline": self.pipeline.name, "run_id": run.run_id, "run_dir": str(run.path),
+                   "status": "nothing-to-do", "calls": 0, "records": previous.get("records", {}),
+                   "previous": previous,
+                   "message": f"run {run.run_id} already finished: nothing to do "
+                              f"(use --fresh to run again, --retry-failed to redo failed records)"}
+        self.reporter.start(headline, notes, None)
+        self.reporter.finish(summary)
+        return summary
+
+    def _run_info(self, run: RunDir, mode: Mode) -> RunInfo:
+        backend = self.pipeline.backend
+        self.info = RunInfo(pipeline_name=self.pipeline.name, run_id=run.run_id, run_dir=str(run.path),
+                            backend=backend.name, model=str(getattr(backend.options, "model", "")),
+                            resumed=mode != "new")
+        self.errors_path = run.errors_path
+        return self.info
+
+    async def _resume_training(self, run: RunDir, info: RunInfo, headline: str, notes: list[str]) -> dict[str, Any]:
+        """A run whose records are done and whose ``train:`` step is not: only the step runs."""
+        self.reporter.start(headline, notes, None)
+        summary = {**(run.summary() or self._summary(run, "training", None)), "status": "training"}
+        self.pipeline.host.call_hook("oaipipe_run_start", run=info)
+        return await self._train_step(run, summary, info)
+
+    def _start(self, headline: str, notes: list[str]) -> None:
+        """Count the input (for the progress line) and point the steps at the counted call chain."""
+        total = self.pipeline.source.count()
+        if total is not None and self.options.limit is not None:
+            total = min(total, self.options.limit)
+        self.stats.total = total
+        self.reporter.start(headline, notes, total)
+        self._call = self._counted(self.calls)
+
+    async def _process_run(self, run: RunDir, selection: Selection,
+                           info: RunInfo) -> tuple[dict[str, Any], PluginError | None]:
+        """Process the records, from opening the outputs to the written summary, whatever happens (the
+        exception, if any, goes on after the summary is written). Returns the summary and the error of a
+        plugin's ``oaipipe_run_finish`` hook."""
+        outputs = _Outputs()
         status = "finished"
         error: OaipipeError | None = None
-        finish_error: PluginError | None = None
-        opened: list[Any] = []
-        outputs: list[HeldLock] = []
-        journal = errors = None
         try:
-            # two runs (of any pipelines) never write one output file at once
-            outputs = _storage(lambda: lock_outputs(self._output_paths(), home_dir() / "locks",
-                                                    pipeline=pipeline.name, run_id=run.run_id), None)
-            for _, path in self._output_paths():
-                remove_stale_temps(path)  # an atomic rewrite cut short by a crash; the lock makes us the writer
-            # sinks keep what they wrote for the records this run skips, and drop the rest (partial output of
-            # records not journaled; on --retry-failed also the failed records' lines, as they are redone)
-            done_for_sinks = None if mode == "new" else (skip_ids or set())
-            for sink in pipeline.sinks:
-                _storage(lambda sink=sink: sink.open(info, done_for_sinks), _sink_path(self.pipeline, sink), "write")
-                opened.append(sink)
-            journal = run.open_state_file(run.journal_path)
-            errors = run.open_state_file(run.errors_path)
-            pipeline.host.call_hook("oaipipe_run_start", run=info)
-            await self._process_all(skip_ids or set(), journal, errors, info)
-            if self._abort is not None:
-                raise self._abort
-            if self._stop_scheduling:
-                status = "budget-reached"
-            elif self._limited:
-                status = "partial"
+            self._open_outputs(run, selection, info, outputs)
+            self.pipeline.host.call_hook("oaipipe_run_start", run=info)
+            await self._process_all(selection.skip or set(), outputs.journal, outputs.errors, info)
+            status = self._outcome()
         except (asyncio.CancelledError, KeyboardInterrupt):
             status = "interrupted"
             raise
@@ -288,30 +241,54 @@ class Runner:
             status = "crashed"  # not "finished": the next run resumes
             raise
         finally:
-            for closer in (journal, errors):
-                if closer is not None:
-                    with contextlib.suppress(OaipipeError):  # a deleted run directory is reported already
-                        closer.close()
-            for sink in opened:
-                try:
-                    sink.close()
-                except Exception as exc:  # noqa: BLE001 - report, but keep closing the others
-                    self.reporter.note(f"sink {sink.name} failed to close: {exc}")
-            for held in outputs:
-                held.release()
-            with contextlib.suppress(Exception):
-                await pipeline.backend.aclose()
-            if status == "finished" and pipeline.train is not None:
+            await self._close_outputs(outputs)
+            if status == "finished" and self.pipeline.train is not None:
                 status = "training"  # a run is finished only when its train: step is
             summary = self._summary(run, status, error)
             self._save_summary(run, summary, error)
-            if status != "training":
-                finish_error = self._finish(info, summary)
-        if status == "training":
-            return await self._train_step(run, summary, info)
-        if finish_error is not None:
-            raise finish_error
-        return summary
+            finish_error = self._finish(info, summary) if status != "training" else None
+        return summary, finish_error
+
+    def _outcome(self) -> str:
+        """The status of a run whose records were processed (raises the error that aborted it)."""
+        if self._abort is not None:
+            raise self._abort
+        if self._stop_scheduling:
+            return "budget-reached"
+        return "partial" if self._limited else "finished"
+
+    def _open_outputs(self, run: RunDir, selection: Selection, info: RunInfo, outputs: _Outputs) -> None:
+        """Lock and open every output (recorded in ``outputs`` as it goes, for :meth:`_close_outputs`)."""
+        pipeline = self.pipeline
+        # two runs (of any pipelines) never write one output file at once
+        outputs.locks = _storage(lambda: lock_outputs(self._output_paths(), home_dir() / "locks",
+                                                      pipeline=pipeline.name, run_id=run.run_id), None)
+        for _, path in self._output_paths():
+            remove_stale_temps(path)  # an atomic rewrite cut short by a crash; the lock makes us the writer
+        # sinks keep what they wrote for the records this run skips, and drop the rest (partial output of
+        # records not journaled; on --retry-failed also the failed records' lines, as they are redone)
+        done_for_sinks = None if selection.mode == "new" else (selection.skip or set())
+        for sink in pipeline.sinks:
+            _storage(lambda sink=sink: sink.open(info, done_for_sinks), _sink_path(pipeline, sink), "write")
+            outputs.sinks.append(sink)
+        outputs.journal = run.open_state_file(run.journal_path)
+        outputs.errors = run.open_state_file(run.errors_path)
+
+    async def _close_outputs(self, outputs: _Outputs) -> None:
+        """Close what :meth:`_open_outputs` opened, and the backend; a failing sink is reported, not raised."""
+        for closer in (outputs.journal, outputs.errors):
+            if closer is not None:
+                with contextlib.suppress(OaipipeError):  # a deleted run directory is reported already
+                    closer.close()
+        for sink in outputs.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001 - report, but keep closing the others
+                self.reporter.note(f"sink {sink.name} failed to close: {exc}")
+        for held in outputs.locks:
+            held.release()
+        with contextlib.suppress(Exception):
+            await self.pipeline.backend.aclose()
 
     def _output_paths(self) -> list[tuple[str, Path]]:
         """(sink name, file) of every sink that writes a file (``options.path``)."""
@@ -383,18 +360,14 @@ class Runner:
             summary["error"] = str(error)
         if self.warnings:
             summary["warnings"] = list(self.warnings)
-        setup = getattr(self.options, "_oaipipe_scale", None)
-        if setup is not None:
-            summary.update(setup.to_dict())
+        summary.update(self.calls.summary())  # what the call chain installed: cache, rate limits
         return summary
 
     async def _train(self, run: RunDir) -> dict[str, Any]:
         """Run the ``train:`` step in a worker thread. A cancellation (Ctrl-C, SIGTERM) stops the following of
         the job at once (the job keeps running at its provider); the thread ends at its next poll."""
-        try:
-            from .training import train_after_run
-        except ImportError:  # pragma: no cover - training ships with the package
-            return {"status": "skipped", "reason": "training support is not installed"}
+        from .training import train_after_run  # the training package is imported only when a run trains
+
         stop = threading.Event()
 
         def train() -> dict[str, Any]:
@@ -580,24 +553,13 @@ class Runner:
             else:
                 self._abort = RunAborted(message, hint=hint)
 
-    async def _dry_run(self, run: RunDir | None, headline: str, notes: list[str]) -> dict[str, Any]:
-        try:
-            from .dryrun import estimate
-        except ImportError:
-            estimate = None
+    async def _dry_run(self, headline: str, notes: list[str]) -> dict[str, Any]:
+        from .dryrun import estimate  # the tokenizer is imported only for a dry run
+
         self.reporter.start(headline + " (dry run: nothing is called)", notes, None)
         summary: dict[str, Any] = {"pipeline": self.pipeline.name, "status": "dry-run", "calls": 0,
                                    "backend": self.pipeline.backend.name}
-        if estimate is not None:
-            summary.update(await asyncio.to_thread(estimate, self.pipeline, limit=self.options.limit))
-        else:
-            count = 0
-            for batch in self._records():
-                count += len(batch)
-                if self.options.limit is not None and count >= self.options.limit:
-                    count = self.options.limit
-                    break
-            summary["records"] = {"total": count}
+        summary.update(await asyncio.to_thread(estimate, self.pipeline, limit=self.options.limit))
         self.reporter.finish(summary)
         return summary
 

@@ -40,9 +40,14 @@ class RunStats:
     by_step: dict[tuple[str, str], _Bucket] = field(default_factory=dict)
     #: the attempts and retries of the run's backend calls (set by the runner when it has them)
     retries: RetryStats | None = None
+    #: the backend's calls cost money (:attr:`oaipipe.base.Backend.priced`): a model without a price makes
+    #: the cost unknown (``priced: false`` in the summary). A free backend's calls cost nothing unless
+    #: ``prices:`` names the model id exactly.
+    priced: bool = True
 
     def add_call(self, step: str, response: ChatResponse, *, batch: bool = False) -> float:
-        """Count one answered call; cached answers cost nothing. Returns its cost in USD."""
+        """Count one answered call; cached answers cost nothing. Returns its cost in USD. ``batch``: the
+        call went through the Batch API (:attr:`oaipipe.base.Backend.batched`), at its discount."""
         bucket = self.by_step.setdefault((step, response.model), _Bucket())
         bucket.calls += 1
         cost = 0.0
@@ -51,11 +56,11 @@ class RunStats:
         else:
             bucket.prompt_tokens += response.usage.prompt_tokens
             bucket.completion_tokens += response.usage.completion_tokens
-            price = self.prices.lookup(response.model)
+            price = self.prices.lookup(response.model, priced=self.priced)
             if price.known:
                 cost = price.cost(response.usage.prompt_tokens, response.usage.completion_tokens, batch=batch)
                 bucket.cost_usd += cost
-            elif response.backend != "local":
+            elif self.priced:
                 bucket.priced = False
         return cost
 

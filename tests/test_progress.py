@@ -10,8 +10,6 @@ from _scale_util import write_pipeline
 
 from oaipipe.cli import main
 from oaipipe.progress import PlainReporter, RichReporter, SilentReporter, make_reporter, status_line
-from oaipipe.runner import RunOptions
-from oaipipe.scale import configure_run
 from oaipipe.stats import RunStats
 from oaipipe.types import ChatResponse, Usage
 
@@ -63,25 +61,6 @@ def test_plain_lines_when_not_a_terminal(tmp_path: Path) -> None:
     lines = stream.getvalue().splitlines()
     assert lines[0] == "headline"
     assert len(lines) == 3 and "\r" not in stream.getvalue() and "\x1b" not in stream.getvalue()
-
-
-def test_configure_run_upgrades_a_plain_terminal_reporter(tmp_path: Path) -> None:
-    from oaipipe.pipeline import load_pipeline
-
-    pipeline = load_pipeline(write_pipeline(tmp_path, "{type: local}", n=1))
-    assert isinstance(configure_run(pipeline, RunOptions(), PlainReporter(FakeTTY())), RichReporter)
-    plain = PlainReporter(io.StringIO())
-    assert configure_run(pipeline, RunOptions(), plain) is plain
-    options = RunOptions()
-    configure_run(pipeline, options, None)
-    count = len(options.call_wrappers)
-    configure_run(pipeline, options, None)
-    assert len(options.call_wrappers) == count  # idempotent
-    other = load_pipeline(write_pipeline(tmp_path, "{type: openai, base_url: 'http://127.0.0.1:9/v1'}", n=1))
-    configure_run(other, options, None)  # the same options for another pipeline: its own cache and limits
-    setup = options._oaipipe_scale  # type: ignore[attr-defined]
-    assert setup.cache is not None and setup.limiter is not None
-    assert len(options.call_wrappers) == 2
 
 
 def test_cli_progress_goes_to_stderr_and_json_to_stdout(tmp_path: Path, capsys) -> None:

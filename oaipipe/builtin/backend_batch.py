@@ -92,6 +92,7 @@ class BatchBackend(OpenAIBackend):
     Options = BatchOptions
     needs_api_key = True
     summary = "OpenAI Batch API (50% cheaper, slower): requests collected into batch files; resumable"
+    batched = True  # batch prices; no client-side rate limits (the Batch API queues)
 
     def __init__(self, options: Any = None, context: Any = None) -> None:
         super().__init__(options, context)

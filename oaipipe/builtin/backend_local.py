@@ -37,6 +37,13 @@ class LocalBackend(Backend):
     """The embedded offline engine: deterministic replies, real image measurements, local ft: models."""
 
     summary = "Embedded offline engine: deterministic chat, Pillow-measured vision, local fine-tunes"
+    offline = True
+    offline_note = "embedded offline engine: deterministic replies, not GPT"
+    priced = False  # free: only a `prices:` entry for its exact model label gives its calls a cost
+    cacheable = False  # free and deterministic: caching it would only cost disk
+
+    def model_label(self, model: str) -> str:
+        return engine_chat.engine_model_name(model)
 
     class Options(BackendOptions):
         latency: float = Field(0.0, ge=0, description="Seconds to wait per call (demos, benchmarks)")

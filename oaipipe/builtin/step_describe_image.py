@@ -36,6 +36,7 @@ class DescribeImageStep(ChatStepMixin, Step):
     """Describe images with a vision model (the seed's ``describe_image``)."""
 
     templates = ("image", "prompt", "system")
+    sends_images = True
 
     class Options(ChatStepOptions):
         image: str | list[str] = Field(

@@ -42,6 +42,7 @@ class SentimentStep(Step):
         score: bool = Field(True, description="Also write the score to '<output>_score'")
 
     templates: ClassVar[tuple[str, ...]] = ("input",)
+    writes_sentiment: ClassVar[bool] = True
 
     def outputs(self) -> list[str]:
         out = [self.options.output]

@@ -16,13 +16,13 @@ __all__ = ["models"]
 _PROBLEM_CODES = {"auth": ExitCode.AUTH_ERROR, "connection": ExitCode.BACKEND_ERROR}
 
 
-def _print_report(report: dict[str, Any], backend_name: str, where: str, fell_back: bool) -> None:
-    if backend_name != "local" or not fell_back:
+def _print_report(report: dict[str, Any], backend_name: str, where: str, fell_back: bool, offline: bool) -> None:
+    if not offline or not fell_back:
         click.echo(f"{backend_name} backend ({where}):")
         for m in report["models"]:
             click.echo(f"  {m['id']}" + (f"  ({m['owned_by']})" if m.get("owned_by") else ""))
-    if report["local_models"] or backend_name == "local":
-        listed = report["local_models"] if backend_name != "local" else report["models"]
+    if report["local_models"] or offline:
+        listed = report["local_models"] if not offline else report["models"]
         click.echo("local engine (offline, deterministic, not GPT):")
         for m in listed:
             click.echo(f"  {m['id']}")
@@ -46,5 +46,5 @@ def models(pipeline: str | None, backend_name: str | None, base_url: str | None,
     if as_json:
         click.echo(json.dumps({**report, "warnings": oneoff.warnings}, indent=2))
     else:
-        _print_report(report, oneoff.backend.name, where(oneoff.backend), bool(oneoff.note))
+        _print_report(report, oneoff.backend.name, where(oneoff.backend), bool(oneoff.note), oneoff.backend.offline)
     return _PROBLEM_CODES.get(report.get("problem_kind") or "", ExitCode.OK)

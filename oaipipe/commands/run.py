@@ -140,13 +140,7 @@ def run(pipeline: str, overrides: tuple[str, ...], resume: bool, limit: int | No
     built = load_pipeline(pipeline, list(overrides), disabled=list(disabled))
     options = RunOptions(fresh=not resume, limit=limit, dry_run=dry_run, max_failures=max_failures,
                          retry_failed=retry_failed, use_cache=not no_cache, max_cost=max_cost)
-    try:
-        from ..scale import configure_run  # cache, rate limits, rich progress (scale features)
-    except ImportError:
-        configure_run = None
-    reporter = make_reporter(quiet=quiet or as_json)
-    if configure_run is not None:
-        reporter = configure_run(built, options, reporter, quiet=quiet or as_json)
+    reporter = make_reporter(quiet=quiet or as_json)  # a live bar on a terminal, plain lines otherwise
     with log_records_to(reporter):  # -v: retries and rate-limit changes are logged above the progress display
         summary = asyncio.run(run_pipeline(built, options, reporter))
     if as_json:

@@ -20,9 +20,21 @@ from typing import Any
 from ..fsutil import write_text_atomic
 from ..home import home_dir
 
-__all__ = ["LocalModel", "list_local_models", "load_local_model", "model_store", "train_local_model"]
+__all__ = ["ENGINE_LABEL", "LocalModel", "is_engine_model", "list_local_models", "load_local_model", "model_store",
+           "train_local_model"]
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
+
+#: the engine's mark in the model ids it answers with: ``local:<model>``, and ``ft:<base>:local:<suffix>:<id>``
+#: for a model trained here
+ENGINE_LABEL = "local"
+
+
+def is_engine_model(model_id: str) -> bool:
+    """Whether ``model_id`` is one of the engine's own labels (``local:<model>``, ``ft:<base>:local:...``):
+    never an OpenAI model, so no list price applies to it."""
+    parts = model_id.split(":")
+    return parts[0] == ENGINE_LABEL or (parts[0] == "ft" and len(parts) > 2 and parts[2] == ENGINE_LABEL)
 
 
 def model_store(store: Path | None = None) -> Path:

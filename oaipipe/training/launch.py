@@ -42,6 +42,7 @@ __all__ = [
     "LaunchResult",
     "build_dataset",
     "follow_job",
+    "image_steps",
     "launch_job",
     "report_for",
     "trainer_for_job",
@@ -65,8 +66,25 @@ class FollowStopped(TrainingError):
     exit_code = ExitCode.INTERRUPTED
 
 
-#: exchanges of these steps are left out unless ``step:`` names them
-_VISION_STEPS = ("describe_image",)
+def image_steps(host: Any = None) -> Callable[[str], bool]:
+    """Whether the step that logged an exchange sends images (:attr:`oaipipe.base.Step.sends_images`), by
+    the exchange's step label: the step type its label names (``type:output``, the default label) is asked
+    in ``host``'s registry (a :class:`~oaipipe.plugins.PluginHost`; the installed plugins when None)."""
+    known: dict[str, bool] = {}
+
+    def sends_images(label: str) -> bool:
+        nonlocal host
+        kind = label.split(":", 1)[0]
+        if kind not in known:
+            if host is None:
+                from ..plugins import PluginHost
+
+                host = PluginHost()
+            registered = host.registry.get("step", {}).get(kind) if kind else None
+            known[kind] = bool(registered is not None and registered.cls.sends_images)
+        return known[kind]
+
+    return sends_images
 
 
 def _step_matches(ex: Any, step: str) -> bool:
@@ -81,13 +99,17 @@ def _quiet(_: str) -> None:
 
 def build_dataset(data: str | Path, *, method: str = "supervised", select: dict[str, Any] | None = None,
                   system: str | None = None, validation_fraction: float = 0.0, seed: int = 0,
-                  step: str | None = None) -> BuildResult:
-    """Read ``data`` (file or folder) and build fine-tuning rows (not written yet)."""
+                  step: str | None = None, host: Any = None) -> BuildResult:
+    """Read ``data`` (file or folder) and build fine-tuning rows (not written yet).
+
+    Exchanges of steps that send images are left out unless ``step`` names them (see :func:`image_steps`;
+    ``host`` holds the pipeline's plugins)."""
     examples = read_examples(data, system=system)
     if step:
         examples = [ex for ex in examples if ex.raw is not None or _step_matches(ex, step)]
     else:  # image exchanges are logged with a text placeholder for the image: not training material
-        examples = [ex for ex in examples if not str(ex.fields.get("step", "")).startswith(_VISION_STEPS)]
+        sends_images = image_steps(host)
+        examples = [ex for ex in examples if not sends_images(str(ex.fields.get("step", "")))]
     return build_rows(examples, method=method, select=select, validation_fraction=validation_fraction, seed=seed)
 
 

@@ -54,6 +54,18 @@ def build_train_block(train_block: dict[str, Any] | None, *, host: Any, context:
     return trainer, block
 
 
+def _not_trainable(report: Any, n_train: int, opts: Any, say: Callable[[str], None]) -> dict[str, Any]:
+    """The outcome of a dataset that fails validation: ``skipped`` (too few examples) or ``invalid``."""
+    if set(report.errors) == {"too_few_examples"}:
+        reason = (f"only {n_train} training example(s) matched select {dict(opts.select) or '{}'}; "
+                  f"at least {opts.min_examples} are needed: run on more records or loosen `train.select`")
+        say(f"training skipped: {reason}")
+        return {"status": "skipped", "reason": reason}
+    cats = ", ".join(f"{k} ({len(v)})" for k, v in report.errors.items())
+    say(f"training skipped: the dataset has format errors: {cats}")
+    return {"status": "invalid", "reason": f"the dataset has format errors: {cats}"}
+
+
 def train_after_run(train_block: dict[str, Any], *, records_path: Path, host: Any, context: Context,
                     backend_options: Any = None, registry: JobRegistry | None = None,
                     progress: Callable[[str], None] | None = None,
@@ -77,7 +89,8 @@ def train_after_run(train_block: dict[str, Any], *, records_path: Path, host: An
                                "select": dict(opts.select)}
     try:
         result = build_dataset(records_path, method=opts.method, select=opts.select, system=opts.system,
-                               validation_fraction=opts.validation_fraction, seed=opts.seed or 0, step=opts.step)
+                               validation_fraction=opts.validation_fraction, seed=opts.seed or 0, step=opts.step,
+                               host=host)
         files = write_dataset(result, records_path.parent / "train.jsonl")
         report = report_for(result, model=base_model, source=str(files.train_path),
                             token_limit=opts.max_tokens_per_example,
@@ -89,15 +102,7 @@ def train_after_run(train_block: dict[str, Any], *, records_path: Path, host: An
                     "validation_examples": files.n_validation, "build": result.stats,
                     "report": report.to_dict()})
     if not report.ok:
-        only_too_few = set(report.errors) == {"too_few_examples"}
-        if only_too_few:
-            reason = (f"only {files.n_train} training example(s) matched select {dict(opts.select) or '{}'}; "
-                      f"at least {opts.min_examples} are needed: run on more records or loosen `train.select`")
-            say(f"training skipped: {reason}")
-            return {**summary, "status": "skipped", "reason": reason}
-        cats = ", ".join(f"{k} ({len(v)})" for k, v in report.errors.items())
-        say(f"training skipped: the dataset has format errors: {cats}")
-        return {**summary, "status": "invalid", "reason": f"the dataset has format errors: {cats}"}
+        return {**summary, **_not_trainable(report, files.n_train, opts, say)}
     registry = registry or JobRegistry()
     base_url = getattr(opts, "base_url", None)
     try:
