@@ -123,12 +123,16 @@ def changed(meta: dict[str, Any], pipeline: Pipeline) -> str:
 
 def run_meta(pipeline: Pipeline) -> dict[str, Any]:
     """What ``pipeline.json`` of a new run holds: the pipeline as run (secrets masked), its fingerprint
-    and endpoint."""
+    and endpoint, and what its backend declares it can do (so that readers of old runs, such as the run
+    store, need not know plugin names)."""
     from .pipeline import public_config
 
+    backend = pipeline.backend
     return {"pipeline": pipeline.name, "file": pipeline.file, "fingerprint": fingerprint(pipeline),
             "fingerprint_parts": fingerprint_parts(pipeline), "endpoint": endpoint(pipeline),
-            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "config": public_config(pipeline)}
+            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "config": public_config(pipeline),
+            "backend_capabilities": {"offline": backend.offline, "priced": backend.priced,
+                                     "batched": backend.batched}}
 
 
 # --- which run a command continues ---------------------------------------------------------------------

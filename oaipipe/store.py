@@ -557,8 +557,10 @@ class _Ingest:
         self.run_id = run_id
         self.fields = SentimentField.from_config(config)
         self.prices = price_table(config.get("prices") or None)
-        backend = config.get("backend") or {}
-        self.batch = isinstance(backend, dict) and backend.get("type") == "batch"
+        # batch prices when the run's backend declared itself batched (runs made before backends declared
+        # their capabilities in pipeline.json are priced at standard rates here; summary.json has their cost)
+        capabilities = config.get("backend_capabilities")
+        self.batch = isinstance(capabilities, dict) and bool(capabilities.get("batched"))
         self.records: list[tuple[Any, ...]] = []
         self.sentiments: list[tuple[Any, ...]] = []
         self.exchanges: list[tuple[Any, ...]] = []
@@ -675,7 +677,9 @@ def _liveness(run_dir: Path) -> str:
 
 def _run_values(run_dir: Path, meta: dict[str, Any], summary: dict[str, Any] | None,
                 status: str | None) -> dict[str, Any]:
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    config = dict(meta["config"]) if isinstance(meta.get("config"), dict) else {}
+    if isinstance(meta.get("backend_capabilities"), dict):  # kept with the config: exchanges are priced by it
+        config["backend_capabilities"] = meta["backend_capabilities"]
     s = summary or {}
     records = s.get("records") if isinstance(s.get("records"), dict) else {}
     tokens = s.get("tokens") if isinstance(s.get("tokens"), dict) else {}
