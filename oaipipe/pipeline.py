@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Backend, BackendOptions, Context, Sink, Source, Step
+from .cache import check_cache
 from .config import LoadedConfig, load_config
 from .errors import ConfigError, OaipipeError, redact
 from .plugins import PluginHost
@@ -164,6 +165,7 @@ def load_pipeline(
     check_templates(pipeline)
     check_sink_paths(pipeline)
     check_train_select(pipeline)
+    check_cache(pipeline)  # run.cache names a registered store with valid options
     return pipeline
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .cache import ResponseCache, cache_wrapper
+from .cache import DEFAULT_CACHE_DIR, ResponseCache, cache_dir_for, cache_wrapper, open_response_cache
 from .progress import PlainReporter, Reporter, RichReporter, _is_tty
 from .ratelimit import RateLimiter, install_cooldown, rate_limit_wrapper
 
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_CACHE_DIR", "ScaleSetup", "cache_dir_for", "cache_namespace", "configure_run"]
 
-DEFAULT_CACHE_DIR = ".oaipipe/cache"
 _MARK = "_oaipipe_scale"
 
 
@@ -54,12 +53,6 @@ def cache_namespace(backend: Any) -> str:
     return "https://api.openai.com/v1" if getattr(backend, "needs_api_key", False) else f"backend:{backend.name}"
 
 
-def cache_dir_for(pipeline: Pipeline) -> Any:
-    """``run.cache_dir`` (relative to the pipeline file) or ``.oaipipe/cache`` next to the pipeline file."""
-    run = pipeline.loaded.config.run
-    return pipeline.context.path(run.cache_dir or DEFAULT_CACHE_DIR)
-
-
 def configure_run(pipeline: Pipeline, options: RunOptions, reporter: Reporter | None = None, *,
                   quiet: bool = False) -> Reporter:
     """Install the cache and rate limits on ``options``; return the reporter to use.
@@ -80,9 +73,11 @@ def configure_run(pipeline: Pipeline, options: RunOptions, reporter: Reporter | 
         wrappers = []
         backend = pipeline.backend
         # the local engine is free and deterministic: caching it would only cost disk
-        if options.use_cache and cfg.run.cache and backend.name != "local":
-            setup.cache = ResponseCache(cache_dir_for(pipeline), namespace=cache_namespace(backend))
-            wrappers.append(cache_wrapper(setup.cache))
+        if options.use_cache and cfg.run.cache is not False and backend.name != "local":
+            setup.cache = open_response_cache(pipeline, namespace=cache_namespace(backend),
+                                              notify=reporter.note if reporter is not None else None)
+            if setup.cache is not None:
+                wrappers.append(cache_wrapper(setup.cache))
         if backend.name != "batch":
             opts = backend.options
             limiter = RateLimiter(getattr(opts, "rpm", None), getattr(opts, "tpm", None))
