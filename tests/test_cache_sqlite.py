@@ -189,18 +189,28 @@ def test_the_key_covers_extra(tmp_path: Path) -> None:
 
 
 def test_one_file_and_compact_values(tmp_path: Path) -> None:
-    store = SqliteStore.at(tmp_path)
     value = {"format": 1, "response": {"text": "the same words again and again " * 20}}
-    store.put(_key(1), value)
-    assert store.get(_key(1)) == value
-    assert store.get(_key(2)) is None
-    store.close()
-    db = sqlite3.connect(tmp_path / DB_NAME)
-    (blob,) = db.execute("SELECT value FROM entries").fetchone()
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    db.close()
-    assert isinstance(blob, bytes) and len(blob) < len(json.dumps(value)) / 3  # stored compressed
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(DB_NAME)) == []
+    for folder, options in ((tmp_path / "plain", {}), (tmp_path / "z", {"compress": True})):
+        store = SqliteStore.at(folder, **options)
+        store.put(_key(1), value)
+        assert store.get(_key(1)) == value
+        assert store.get(_key(2)) is None
+        store.close()
+        db = sqlite3.connect(folder / DB_NAME)
+        (blob,) = db.execute("SELECT value FROM entries").fetchone()
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.close()
+        if options:
+            assert isinstance(blob, bytes) and len(blob) < len(json.dumps(value)) / 3  # stored compressed
+        else:
+            assert blob == json.dumps(value, separators=(",", ":"))  # compact JSON text
+        assert [p.name for p in folder.iterdir()] == [DB_NAME], "one file"
+    cache = ResponseCache(tmp_path / "front")
+    cache.put(_req(), _resp())
+    (stored,) = cache.store._conn().execute("SELECT value FROM entries").fetchone()
+    assert json.loads(stored) == {"format": 1, "response": {"text": "hello", "model": "gpt-4o-mini",
+                                                             "backend": "openai", "usage": {"prompt_tokens": 3,
+                                                             "completion_tokens": 4, "total_tokens": 7}}}
 
 
 def test_threads_share_one_store(tmp_path: Path) -> None:
