@@ -200,6 +200,9 @@ class Runner:
             return await self._run_locked(lock, headline, notes)
         finally:
             lock.release()
+            setup = getattr(self.options, "_oaipipe_scale", None)
+            if setup is not None and setup.cache is not None:
+                setup.cache.close()  # now, not whenever the garbage collector gets to it (mid-run of another)
 
     async def _run_locked(self, lock: HeldLock, headline: str, notes: list[str]) -> dict[str, Any]:
         pipeline = self.pipeline

@@ -530,3 +530,16 @@ def test_cache_stats_does_not_create_a_cache(tmp_path: Path, capsys) -> None:
     data = json.loads(capsys.readouterr().out)
     assert data["entries"] == 0 and data["enabled"] is False
     assert not (tmp_path / ".oaipipe").exists()
+
+
+def test_a_run_closes_its_cache_and_adds_its_hits_and_misses(tmp_path: Path, server, capsys) -> None:
+    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}'}}", n=3)
+    run_pipeline_file(path)
+    folder = tmp_path / ".oaipipe" / "cache"
+    # closed when the run ended (not whenever the garbage collector gets to it): its journal is folded in
+    assert (folder / DB_NAME).exists() and not (folder / f"{DB_NAME}-wal").exists()
+    run_pipeline_file(path, fresh=True)
+    assert not (folder / f"{DB_NAME}-wal").exists()
+    assert main(["cache", "stats", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["entries"], data["hits"], data["misses"]) == (3, 3, 3)
