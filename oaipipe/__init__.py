@@ -19,6 +19,7 @@ from .base import (
     SyncBackend,
     Trainer,
 )
+from .cache import CacheStore
 from .errors import (
     AuthenticationError,
     BackendConnectionError,
@@ -74,6 +75,7 @@ __all__ = [
     "BackendError",
     "BackendOptions",
     "BadRequestError",
+    "CacheStore",
     "ChatRequest",
     "ChatResponse",
     "ConfigError",

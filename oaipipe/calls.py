@@ -33,10 +33,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cache import ResponseCache, cache_wrapper
+from .cache import DEFAULT_CACHE_DIR, ResponseCache, cache_dir_for, cache_wrapper, open_response_cache
 from .ratelimit import RateLimiter, rate_limit_wrapper
 from .resume import backend_endpoint
 from .retry import RetryPolicy
@@ -51,8 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_CACHE_DIR", "CacheLayer", "Call", "CallChain", "Layer", "RateLimitLayer", "RetryLayer",
            "Transport", "cache_dir_for", "open_cache", "open_rate_limiter", "retry_policy"]
 
-#: the response cache's folder, next to the pipeline file, unless ``run.cache_dir`` says otherwise
-DEFAULT_CACHE_DIR = ".oaipipe/cache"
 
 Call = Callable[[ChatRequest], Awaitable[ChatResponse]]
 
@@ -144,18 +141,16 @@ class CacheLayer(Layer):
 # --- what the chain is built from ------------------------------------------------------------------------
 
 
-def cache_dir_for(pipeline: Pipeline) -> Path:
-    """``run.cache_dir`` (relative to the pipeline file) or ``.oaipipe/cache`` next to the pipeline file."""
-    return pipeline.context.path(pipeline.loaded.config.run.cache_dir or DEFAULT_CACHE_DIR)
-
-
-def open_cache(pipeline: Pipeline, options: RunOptions) -> ResponseCache | None:
+def open_cache(pipeline: Pipeline, options: RunOptions,
+               notify: Callable[[str], None] | None = None) -> ResponseCache | None:
     """The run's response cache, or None: not with ``--no-cache`` (``options.use_cache``) or
-    ``run.cache: false``, and only for a :attr:`~oaipipe.base.Backend.cacheable` backend. Its namespace is
-    the endpoint (:func:`oaipipe.resume.backend_endpoint`): answers of one server never serve another."""
-    if not (options.use_cache and pipeline.loaded.config.run.cache and pipeline.backend.cacheable):
+    ``run.cache: false``, and only for a :attr:`~oaipipe.base.Backend.cacheable` backend. The store is the
+    one ``run.cache`` names (SQLite by default; :func:`oaipipe.cache.store_for`). Its namespace is the
+    endpoint (:func:`oaipipe.resume.backend_endpoint`): answers of one server never serve another.
+    ``notify`` receives the cache's warnings (a damaged store degrades to misses)."""
+    if not (options.use_cache and pipeline.loaded.config.run.cache is not False and pipeline.backend.cacheable):
         return None
-    return ResponseCache(cache_dir_for(pipeline), namespace=backend_endpoint(pipeline.backend))
+    return open_response_cache(pipeline, namespace=backend_endpoint(pipeline.backend), notify=notify)
 
 
 def retry_policy(backend: Backend) -> RetryPolicy | None:
@@ -198,8 +193,10 @@ class CallChain:
         return await self._call(request)
 
     @classmethod
-    def build(cls, pipeline: Pipeline, options: RunOptions) -> CallChain:
-        """The chain of one run of ``pipeline`` (see the module docstring). ``options`` is only read."""
+    def build(cls, pipeline: Pipeline, options: RunOptions,
+              notify: Callable[[str], None] | None = None) -> CallChain:
+        """The chain of one run of ``pipeline`` (see the module docstring). ``options`` is only read;
+        ``notify`` receives the layers' warnings."""
         backend = pipeline.backend
         transport = Transport(backend)
         inner: Call = transport
@@ -210,7 +207,7 @@ class CallChain:
             return cls(innermost)
         policy = retry_policy(backend)
         limiter = open_rate_limiter(backend, policy)
-        cache = open_cache(pipeline, options)
+        cache = open_cache(pipeline, options, notify)
         retry = RetryLayer(inner, policy, limiter)
         layers: list[Layer] = [retry]
         if limiter is not None:
@@ -218,6 +215,12 @@ class CallChain:
         if cache is not None:
             layers.insert(0, CacheLayer(layers[0], cache))
         return cls([*layers, *innermost], retry.stats, cache, limiter)
+
+    def close(self) -> None:
+        """Release what the layers hold (the cache's store) now, not whenever the garbage collector gets to
+        it (mid-run of another)."""
+        if self.cache is not None:
+            self.cache.close()
 
     def describe(self) -> str:
         """The layers in words, outermost first: ``cache → rate limits → retries → transport``."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError, OaipipeError, Problem, register_secret
 
@@ -37,6 +37,9 @@ __all__ = [
 ]
 
 
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
 class RunSettings(BaseModel):
     """The optional ``run:`` block: where run directories go and when to give up."""
 
@@ -46,11 +49,28 @@ class RunSettings(BaseModel):
     max_failures: int | None = Field(None, ge=0, description="Abort after this many failed records")
     max_cost: float | None = Field(None, gt=0, allow_inf_nan=False,
                                    description="Stop scheduling records past this many USD (finite, > 0)")
-    cache: bool = Field(True, description="Reuse identical calls from the response cache")
+    cache: bool | dict[str, Any] = Field(
+        True, description="Reuse identical calls from the response cache: true (the default SQLite store), false, "
+                          "or a store block such as {type: sqlite, max_size: 1GB, max_age: 30d}",
+    )
     cache_dir: str | None = Field(None, description="Defaults to .oaipipe/cache next to the pipeline file")
     offline_fallback: bool = Field(
         True, description="Use the local engine when the backend needs an OpenAI key and none is set"
     )
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_block(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value is None:
+            return True if value is None else value
+        if isinstance(value, str | int) and str(value).strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[str(value).strip().lower()]  # ${env:...} gives text
+        if isinstance(value, dict):
+            if "type" in value and not isinstance(value["type"], str):
+                raise ValueError("`type` names a cache store (sqlite, files, or one a plugin registers)")
+            return value
+        raise ValueError("run.cache is true, false or a store block such as {type: sqlite, max_size: 1GB, "
+                         "max_age: 30d}")
 
 
 class PipelineConfig(BaseModel):

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import click
 
     from .base import Analyzer, Backend, Sink, Source, Step, Trainer
+    from .cache import CacheStore
     from .types import RecordResult, RunInfo
 
 PROJECT_NAME = "oaipipe"
@@ -154,4 +155,38 @@ def oaipipe_run_finish(run: RunInfo, summary: dict[str, Any]) -> None:
     """Called once when a run ends, with the summary that is written to ``summary.json``.
 
     Also called when the run was aborted (``summary["status"]`` then says why).
+    """
+
+
+# --- the response cache -------------------------------------------------------------------------
+
+
+@hookspec
+def register_cache_stores(register: Callable[[str, type[CacheStore]], None]) -> None:
+    """Register response-cache stores: ``register("redis", RedisStore)``.
+
+    Named by ``run.cache: {type: NAME, ...options}`` in the pipeline file (``run.cache: true``, the default,
+    is ``{type: sqlite}``: one SQLite file in ``run.cache_dir``). Subclass :class:`oaipipe.CacheStore`
+    (its ``Options`` are validated against the rest of the block, errors naming the file and line) and
+    implement:
+
+    * ``get(key) -> dict | None``: the dict ``put`` stored under ``key``, or ``None`` when it is missing or
+      past the store's age bound. ``put(key, value)`` stores (or replaces) a JSON-able dict. Keys are 64 hex
+      characters; they already cover the request and the server that answered, so keep them as they are.
+    * ``stats() -> dict`` for ``oaipipe cache stats``: ``entries`` at least; ``store``, ``path`` (or a
+      location without secrets), ``size_bytes``, ``oldest``/``newest`` (ISO 8601), ``hits``/``misses`` when
+      the store knows them. ``clear(older_than=None) -> int`` removes every entry, or those stored more
+      than ``older_than`` seconds ago, and returns how many (``oaipipe cache clear [--older-than 30d]``).
+    * ``evict() -> int`` (optional) applies the store's own bounds now (a size, an age); ``close()``
+      releases connections (it is also called when the store is garbage-collected: the store may be used
+      again after it).
+
+    ``get`` and ``put`` run in the event loop's thread on every call of a run, and several threads and
+    processes (two runs sharing a cache) may use one store at once: keep them quick and safe for that.
+    The constructor must not connect or open anything (``oaipipe validate`` builds the store only to check
+    its options): connect on the first call. ``context.settings["cache_dir"]`` is the pipeline's cache
+    folder. A store that fails (unreachable, locked, corrupt) raises any exception: oaipipe prints one
+    warning, stops using the store for the rest of the run and makes the calls uncached, so a broken cache
+    never fails a run; never raise for a missing key. The cache is not used with ``--no-cache``,
+    ``run.cache: false`` or on the ``local`` backend.
     """

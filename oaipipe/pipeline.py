@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Backend, BackendOptions, Context, Sink, Source, Step
+from .cache import check_cache
 from .config import LoadedConfig, Problems, load_config
 from .errors import ConfigError, OaipipeError, redact
 from .plugins import PluginHost
@@ -383,7 +384,7 @@ def _missing_field(pipeline: Pipeline, key: str, name: str, have: set[str]) -> C
 
 #: the checks across blocks :func:`load_pipeline` runs once every block is valid; each raises a
 #: :class:`ConfigError` (with every problem it found in ``problems``)
-CHECKS: tuple[Callable[[Pipeline], None], ...] = (check_name, check_templates, check_sink_paths,
+CHECKS: tuple[Callable[[Pipeline], None], ...] = (check_name, check_templates, check_sink_paths, check_cache,
                                                   check_train_select)
 
 

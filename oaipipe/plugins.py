@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from . import hookspecs
 from .base import Analyzer, Backend, Component, Context, Sink, Source, Step, Trainer
+from .cache import CacheStore
 from .errors import ConfigError, PluginError, PluginLoadError, UnknownPluginError
 
 __all__ = ["DEFAULT_PLUGINS", "KINDS", "PluginHost", "Registration", "get_plugin_manager"]
@@ -49,6 +50,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "oaipipe.builtin.sink_records",
     "oaipipe.builtin.trainer_local",
     "oaipipe.builtin.trainer_openai",
+    "oaipipe.builtin.cache_stores",
     "oaipipe.builtin.commands_core",
     "oaipipe.builtin.commands_chat",
     "oaipipe.builtin.commands_serve",
@@ -56,6 +58,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "oaipipe.builtin.commands_training",
     "oaipipe.builtin.run_store",
     "oaipipe.builtin.commands_results",
+    "oaipipe.builtin.commands_cache",
 )
 
 ENTRY_POINT_GROUP = "oaipipe"
@@ -68,6 +71,7 @@ KINDS: dict[str, tuple[str, type[Component]]] = {
     "step": ("register_steps", Step),
     "sink": ("register_sinks", Sink),
     "trainer": ("register_trainers", Trainer),
+    "cache_store": ("register_cache_stores", CacheStore),
 }
 
 

@@ -117,7 +117,7 @@ class Runner:
         self.stats = RunStats(prices=PriceTable(cfg.prices), priced=pipeline.backend.priced)
         self.root = pipeline.context.path(cfg.run.dir) / _safe_name(pipeline.name)
         #: the layers the run's calls go through (cache → rate limits → retries → transport)
-        self.calls = CallChain.build(pipeline, self.options)
+        self.calls = CallChain.build(pipeline, self.options, notify=lambda text: self.reporter.note(text))
         self.stats.retries = self.calls.retries  # attempts and retries of this run's calls
         self._call: Call = self.calls
         self._abort: OaipipeError | None = None
@@ -158,6 +158,7 @@ class Runner:
             return await self._run_locked(lock, headline, notes)
         finally:
             lock.release()
+            self.calls.close()
 
     async def _run_locked(self, lock: HeldLock, headline: str, notes: list[str]) -> dict[str, Any]:
         selection = select_run(self.root, self.pipeline, fresh=self.options.fresh,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -34,8 +35,8 @@ def test_round_trip_marks_hits_cached(tmp_path: Path) -> None:
     hit = cache.get(_req())
     assert hit is not None and hit.cached is True
     assert hit.text == "hello" and hit.usage.total_tokens == 7 and hit.latency == 0.0
-    key = _req().cache_key()
-    assert (tmp_path / "c" / key[:2] / f"{key}.json").is_file()
+    assert (tmp_path / "c" / "cache.sqlite3").is_file()  # one file, not one per entry
+    assert not [p for p in (tmp_path / "c").iterdir() if p.is_dir()]
     assert cache.stats.to_dict() == {"hits": 1, "misses": 1, "writes": 1, "errors": 0}
     assert len(cache) == 1
 
@@ -53,12 +54,18 @@ def test_key_covers_model_messages_params_and_step(tmp_path: Path, other: ChatRe
 def test_corrupt_or_foreign_entry_is_a_miss(tmp_path: Path) -> None:
     cache = ResponseCache(tmp_path)
     cache.put(_req(), _resp())
-    path = cache.path_for(_req().cache_key())
-    path.write_text("{not json", encoding="utf-8")
+    db = sqlite3.connect(tmp_path / "cache.sqlite3")
+    db.execute("UPDATE entries SET value = '{not json'")
+    db.commit()
+    assert cache.get(_req()) is None  # unreadable: a miss
+    db.execute("UPDATE entries SET value = ?", (json.dumps({"format": 99, "response": {}}),))
+    db.commit()
+    assert cache.get(_req()) is None  # another version: a miss
+    db.execute("UPDATE entries SET value = ?", (json.dumps({"format": 1, "response": {"nope": 1}}),))
+    db.commit()
+    db.close()
     assert cache.get(_req()) is None
-    path.write_text(json.dumps({"format": 1, "key": "other", "response": {}}), encoding="utf-8")
-    assert cache.get(_req()) is None
-    assert cache.stats.errors == 2
+    assert cache.stats.errors == 2 and cache.stats.misses == 3
 
 
 def test_only_successful_calls_are_stored(tmp_path: Path) -> None:
@@ -114,7 +121,6 @@ def test_concurrent_thread_writers_never_tear_an_entry(tmp_path: Path) -> None:
         t.join()
     assert errors == []
     assert len(cache) == 10
-    assert not list(tmp_path.glob("??/*.tmp")), "no temporary file may be left behind"
     for i in range(10):
         assert cache.get(_req(f"q{i}")).text == f"a{i}"
 

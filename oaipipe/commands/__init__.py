@@ -24,6 +24,7 @@ module                  commands
 ``logs``                ``oaipipe logs``
 ``report``              ``oaipipe report``
 ``sentiment``           ``oaipipe sentiment score``, ``sentiment eval``
+``cache``               ``oaipipe cache stats``, ``cache clear``
 ``common``              what several commands share: options, ``-v``/``-q``, JSON output
 ======================  ==========================================================================
 
