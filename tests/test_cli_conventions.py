@@ -228,7 +228,7 @@ def test_a_plugin_commands_own_flags_are_left_alone() -> None:
 # --- --json ----------------------------------------------------------------------------------------
 
 #: commands that only hold sub-commands (and print no data of their own)
-GROUPS_ONLY = {("dataset",), ("jobs",), ("sentiment",)}
+GROUPS_ONLY = {("dataset",), ("jobs",), ("sentiment",), ("cache",)}
 #: `oaipipe logs -q TEXT` searches, as `llm logs -q` does; its quiet flag is `--quiet` alone
 Q_IS_QUERY = {("logs",)}
 
@@ -260,6 +260,8 @@ ONE_OFF_CASES: dict[tuple[str, ...], list[str]] = {
     ("logs",): ["logs", "--pipeline", "{pipeline}"],
     ("report",): ["report", "--pipeline", "{pipeline}", "-o", "{report}"],
     ("sentiment", "score"): ["sentiment", "score", "I love it", "I hate it"],  # JSON lines, one per text
+    ("cache", "stats"): ["cache", "stats", "{pipeline}"],
+    ("cache", "clear"): ["cache", "clear", "{pipeline}"],
     ("sentiment", "eval"): ["sentiment", "eval", "{gold}", "--label-column", "gold", "--analyzer", "keyword"],
 }
 #: commands printing JSON lines (one object per item) rather than one document

@@ -137,8 +137,8 @@ import secrets
 
 import click
 
-from oaipipe import (Analyzer, Backend, ChatRequest, ChatResponse, Exchange, Record, Sentiment, Sink, Source,
-                     Step, Trainer, Usage, hookimpl)
+from oaipipe import (Analyzer, Backend, CacheStore, ChatRequest, ChatResponse, Exchange, Record, Sentiment, Sink,
+                     Source, Step, Trainer, Usage, hookimpl)
 
 
 def log(hook, **data):
@@ -207,6 +207,25 @@ class MetaTrainer(Trainer):
         return job
 
 
+class MetaStore(CacheStore):
+    entries = {}
+
+    def get(self, key):
+        return self.entries.get(key)
+
+    def put(self, key, value):
+        log("store_put", key=key)
+        self.entries[key] = value
+
+    def stats(self):
+        return {"store": self.name, "entries": len(self.entries)}
+
+    def clear(self, older_than=None):
+        n = len(self.entries)
+        self.entries.clear()
+        return n
+
+
 @click.command("meta-hello")
 def meta_hello():
     """Say hello (registered by the meta plugin)."""
@@ -256,6 +275,12 @@ def register_commands(cli):
 
 
 @hookimpl
+def register_cache_stores(register):
+    log("register_cache_stores")
+    register("meta-store", MetaStore)
+
+
+@hookimpl
 def oaipipe_run_start(run):
     log("oaipipe_run_start", run_id=run.run_id, resumed=run.resumed)
 
@@ -280,6 +305,7 @@ META_PIPELINE: dict[str, Any] = {
     ],
     "sinks": [{"type": "meta-sink"}, {"type": "jsonl", "path": "out/records.jsonl"}],
     "train": {"type": "meta-trainer", "min_examples": 3},
+    "run": {"cache": {"type": "meta-store"}},
 }
 
 
@@ -356,6 +382,7 @@ HOOK_CHECKS: dict[str, Callable[[Exercised], None]] = {
     "register_sinks": _registered("register_sinks", lambda ex: _check_sink(ex)),
     "register_trainers": _registered("register_trainers", lambda ex: _check_trainer(ex)),
     "register_commands": _registered("register_commands", lambda ex: _check_command(ex)),
+    "register_cache_stores": _registered("register_cache_stores", lambda ex: _check_store(ex)),
     "oaipipe_run_start": lambda ex: _check_lifecycle(ex, "oaipipe_run_start"),
     "oaipipe_record_done": lambda ex: _check_lifecycle(ex, "oaipipe_record_done"),
     "oaipipe_run_finish": lambda ex: _check_lifecycle(ex, "oaipipe_run_finish"),
@@ -394,6 +421,12 @@ def _check_trainer(ex: Exercised) -> None:
     train = _run_ok(ex)["train"]
     assert train["status"] == "succeeded" and train["fine_tuned_model"] == "ft:gpt-4o-mini:meta", train
     assert [c["n_train"] for c in ex.logged("launch")] == [3]
+
+
+def _check_store(ex: Exercised) -> None:
+    summary = _run_ok(ex)
+    assert len(ex.logged("store_put")) == 3, ex.logged("store_put")  # each of the 3 calls stored in it
+    assert summary["cache"]["writes"] == 3, summary["cache"]
 
 
 def _check_command(ex: Exercised) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from ..errors import ExitCode
+
 __all__ = ["cache", "clear", "stats"]
 
 _pipeline_argument = click.argument("pipeline", default="pipeline.yaml", type=click.Path(dir_okay=True))
@@ -55,14 +57,14 @@ def cache() -> None:
 @_set_option
 @_disable_option
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON on stdout")
-def stats(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...], as_json: bool) -> None:
+def stats(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...], as_json: bool) -> ExitCode:
     """Entries, size, age and hits of the response cache of PIPELINE (default: pipeline.yaml)."""
     from ..cache import cache_stats
 
     data = cache_stats(pipeline, list(overrides), disabled=list(disabled))
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
-        return
+        return ExitCode.OK
     where = data.get("path") or data.get("dir")
     click.echo(f"response cache of {data['pipeline']}: {where} ({data.get('store', '?')})"
                + ("" if data.get("enabled") else "  [off: run.cache is false]"))
@@ -77,6 +79,7 @@ def stats(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...], 
               f"max_age {data['max_age']}" if data.get("max_age") else ""]
     if any(bounds):
         click.echo(f"  bounds:  {', '.join(b for b in bounds if b)}")
+    return ExitCode.OK
 
 
 @cache.command("clear")
@@ -87,13 +90,14 @@ def stats(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...], 
 @_disable_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout")
 def clear(pipeline: str, older_than: float | None, overrides: tuple[str, ...], disabled: tuple[str, ...],
-          as_json: bool) -> None:
+          as_json: bool) -> ExitCode:
     """Remove the entries of the response cache of PIPELINE (default: pipeline.yaml)."""
     from ..cache import clear_cache
 
     data = clear_cache(pipeline, older_than, list(overrides), disabled=list(disabled))
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
-        return
+        return ExitCode.OK
     which = f" stored more than {data['older_than']} ago" if data.get("older_than") else ""
     click.echo(f"removed {data['removed']:,} entries{which} from {data['path']}")
+    return ExitCode.OK
