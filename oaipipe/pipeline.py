@@ -16,6 +16,7 @@ from typing import Any
 from .base import Backend, BackendOptions, Context, Sink, Source, Step
 from .config import LoadedConfig, Problems, load_config
 from .errors import ConfigError, OaipipeError, redact
+from .lifecycle import check_models
 from .plugins import PluginHost
 from .pricing import PriceTable
 
@@ -384,7 +385,7 @@ def _missing_field(pipeline: Pipeline, key: str, name: str, have: set[str]) -> C
 #: the checks across blocks :func:`load_pipeline` runs once every block is valid; each raises a
 #: :class:`ConfigError` (with every problem it found in ``problems``)
 CHECKS: tuple[Callable[[Pipeline], None], ...] = (check_name, check_templates, check_sink_paths,
-                                                  check_train_select)
+                                                  check_train_select, check_models)
 
 
 def public_data(data: Any) -> Any:

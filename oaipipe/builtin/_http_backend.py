@@ -12,7 +12,8 @@ from pydantic import Field
 from ..base import BackendOptions, PluginOptions
 from ..errors import AuthenticationError, BackendError, ServerError
 from ..keys import OPENAI_BASE_URL, KeyGate, is_openai_url, refusal_hint, resolve_api_key
-from ..openai_wire import chat_body, error_detail, parse_chat_reply, parse_responses_reply, responses_body
+from ..models_table import api_for
+from ..openai_wire import api_call, error_detail, parse_reply
 from ..retry import RetryPolicy, error_for_status, parse_retry_after
 from ..types import ChatRequest, ChatResponse
 
@@ -24,8 +25,22 @@ T = TypeVar("T")
 class HTTPBackendOptions(BackendOptions):
     """Options of the HTTP backends (``openai``, ``requests``), on top of every backend's options."""
 
-    api: Literal["chat", "responses"] = Field(
-        "chat", description="chat: POST /chat/completions; responses: POST /responses"
+    api: Literal["auto", "chat", "responses"] = Field(
+        "auto", description="auto: per model from oaipipe/models_table.py (gpt-5-class and o-series: Responses, "
+        "gpt-4o-class and unknown models: chat), overridden by api_models; chat: POST /chat/completions; "
+        "responses: POST /responses"
+    )
+    api_models: dict[str, Literal["chat", "responses"]] = Field(
+        default_factory=dict,
+        description="Which API `api: auto` uses for a model id or prefix, over the built-in table "
+        "(e.g. {my-proxy-model: responses})",
+    )
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = Field(
+        None, description="Reasoning models: sent as reasoning.effort (Responses) or reasoning_effort (chat)"
+    )
+    service_tier: Literal["auto", "default", "flex", "priority"] | None = Field(
+        None, description="Processing tier sent with every call (flex: cheaper, slower, may answer 429 "
+        "resource unavailable; priority: faster, dearer)"
     )
     organization: str | None = Field(None, description="Sent as OpenAI-Organization")
     project: str | None = Field(None, description="Sent as OpenAI-Project")
@@ -105,21 +120,23 @@ class HTTPBackendMixin:
             return str(choice)
         return "max_completion_tokens" if is_openai_url(self.options.base_url) else "max_tokens"
 
-    @property
-    def _responses_api(self) -> bool:
-        return bool(self.options.api == "responses")
+    def api_of(self, model: str) -> str:
+        """``"responses"`` or ``"chat"``: the API a call of ``model`` goes to (``api``, ``api_models``)."""
+        choice = self.options.api
+        if choice != "auto":
+            return str(choice)
+        return api_for(model, self.options.api_models)
 
     def _chat_call(self, request: ChatRequest) -> tuple[str, dict[str, Any]]:
-        """The endpoint path (below ``base_url``) and JSON body of a chat request, per ``options.api``."""
-        if self._responses_api:
-            return "/responses", responses_body(request)
-        return "/chat/completions", chat_body(request, max_tokens_param=self.max_tokens_param)
+        """The endpoint path (below ``base_url``) and JSON body of a chat request (:func:`api_call`)."""
+        return api_call(request, self.api_of(request.model), max_tokens_param=self.max_tokens_param,
+                        reasoning_effort=self.options.reasoning_effort, service_tier=self.options.service_tier)
 
     def _parse_reply(self, data: Any, request: ChatRequest, *, default_name: str, request_id: str | None,
                      latency: float) -> ChatResponse:
         """The decoded reply of :meth:`_chat_call`'s endpoint as a :class:`ChatResponse`."""
-        parse = parse_responses_reply if self._responses_api else parse_chat_reply
-        return parse(data, request, backend=self.name or default_name, request_id=request_id, latency=latency)
+        return parse_reply(self.api_of(request.model), data, request, backend=self.name or default_name,
+                           request_id=request_id, latency=latency)
 
     def _unset_key_var(self) -> str | None:
         """The variable of ``api_key: ${env:VAR}`` when VAR was not set (the pipeline file named a key)."""

@@ -32,8 +32,10 @@ from ._http_backend import HTTPBackendMixin, http_error, not_the_api
 
 __all__ = ["OpenAIBackend", "translate_sdk_error"]
 
-_CHAT_KWARGS = ("model", "messages", "temperature", "max_tokens", "max_completion_tokens", "response_format")
-_RESPONSES_KWARGS = ("model", "input", "instructions", "temperature", "max_output_tokens", "text")
+_CHAT_KWARGS = ("model", "messages", "temperature", "max_tokens", "max_completion_tokens", "response_format",
+                "reasoning_effort", "service_tier", "prompt_cache_key")
+_RESPONSES_KWARGS = ("model", "input", "instructions", "temperature", "max_output_tokens", "text", "reasoning",
+                     "service_tier", "prompt_cache_key")
 
 
 def _request_url(exc: Exception, fallback: str) -> str:
@@ -124,7 +126,7 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         self._check_key()
-        responses = self._responses_api
+        responses = self.api_of(request.model) == "responses"
         client = self.aclient
         path, body = self._chat_call(request)
         kwargs = _split(body, _RESPONSES_KWARGS if responses else _CHAT_KWARGS)

@@ -1,0 +1,221 @@
+"""The platform as it is in late 2026 (issue 11): Responses by default for gpt-5-class models, batches on
+/v1/responses, reasoning and cached-token usage, cached input billed at the cached price."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _scale_util import write_pipeline
+
+from oaipipe.base import Backend, Context
+from oaipipe.plugins import PluginHost
+from oaipipe.pricing import PriceTable
+from oaipipe.runner import run_pipeline_file
+from oaipipe.stats import RunStats
+from oaipipe.types import ChatRequest, ChatResponse, Usage
+
+TRANSPORTS = ["openai", "requests"]
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "review", "strict": True, "schema": {
+    "type": "object", "properties": {"summary": {"type": "string"}, "stars": {"type": "integer"}},
+    "required": ["summary", "stars"], "additionalProperties": False}}}
+
+
+def _make(host: PluginHost, kind: str, **options: Any) -> Backend:
+    backend = host.build("backend", {"type": kind, **options}, Context(host=host))
+    assert isinstance(backend, Backend)
+    return backend
+
+
+def _ask(backend: Backend, *requests: ChatRequest) -> list[ChatResponse]:
+    async def go() -> list[ChatResponse]:
+        try:
+            return [await backend.chat(r) for r in requests]
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(go())
+
+
+def _req(model: str, **kw: Any) -> ChatRequest:
+    return ChatRequest(messages=[{"role": "system", "content": "Be brief."},
+                                 {"role": "user", "content": "Say hello to the platform."}], model=model, **kw)
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_api_auto_sends_gpt5_to_responses_and_gpt4o_to_chat(host: PluginHost, server: Any, kind: str) -> None:
+    backend = _make(host, kind, base_url=server.base_url)  # api: auto is the default
+    five, four = _ask(backend, _req("gpt-5-mini"), _req("gpt-4o-mini"))
+    paths = server.stats()["by_path"]
+    assert paths.get("/v1/responses") == 1, paths
+    assert paths.get("/v1/chat/completions") == 1, paths
+    # the same record fields from either API
+    assert five.text and four.text and five.finish_reason == four.finish_reason == "stop"
+    assert five.usage.prompt_tokens > 0 and five.usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_api_models_overrides_the_table(host: PluginHost, server: Any, kind: str) -> None:
+    backend = _make(host, kind, base_url=server.base_url, api_models={"gpt-4o": "responses", "gpt-5": "chat"})
+    _ask(backend, _req("gpt-4o-mini"), _req("gpt-5-nano"))
+    paths = server.stats()["by_path"]
+    assert paths.get("/v1/responses") == 1 and paths.get("/v1/chat/completions") == 1, paths
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_structured_output_and_reasoning_on_responses(host: PluginHost, server: Any, kind: str) -> None:
+    backend = _make(host, kind, base_url=server.base_url, reasoning_effort="low")
+    (resp,) = _ask(backend, _req("gpt-5-mini", response_format=SCHEMA, max_tokens=400))
+    assert isinstance(resp.parsed, dict) and set(resp.parsed) == {"summary", "stars"}
+    assert server.stats()["by_path"].get("/v1/responses") == 1
+
+
+def test_one_wire_shapes_both_apis() -> None:
+    from oaipipe.openai_wire import api_call
+
+    request = _req("gpt-5", response_format=SCHEMA, max_tokens=50, extra={"prompt_cache_key": "k-1"})
+    path, body = api_call(request, "responses", reasoning_effort="high", service_tier="flex")
+    assert path == "/responses"
+    assert body["reasoning"] == {"effort": "high"} and body["max_output_tokens"] == 50
+    assert body["text"]["format"]["type"] == "json_schema" and body["text"]["format"]["strict"] is True
+    assert body["instructions"] == "Be brief." and body["service_tier"] == "flex"
+    assert body["prompt_cache_key"] == "k-1"
+    path, body = api_call(request, "chat", max_tokens_param="max_completion_tokens", reasoning_effort="high")
+    assert path == "/chat/completions"
+    assert body["reasoning_effort"] == "high" and body["max_completion_tokens"] == 50
+    assert body["response_format"] == SCHEMA and "max_tokens" not in body
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("OAIPIPE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_a_batch_run_on_responses_round_trips(tmp_path: Path, server: Any, home: Path) -> None:
+    backend = (f"{{type: batch, base_url: '{server.base_url}', model: gpt-5-mini, concurrency: 64, "
+               "poll_interval: 0.02, flush_after: 0.05}")
+    path = write_pipeline(tmp_path, backend, n=4)
+    summary = run_pipeline_file(path)
+    assert summary["status"] == "finished", summary.get("error")
+    assert summary["records"]["done"] == 4
+    with urllib.request.urlopen(f"{server.base_url}/batches?limit=10") as resp:
+        batches = json.loads(resp.read())["data"]
+    assert [b["endpoint"] for b in batches] == ["/v1/responses"]
+    assert batches[0]["request_counts"]["completed"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "out/records.jsonl").read_text().splitlines()]
+    assert all(r["reply"] for r in rows)
+
+
+# --- prompt caching counted ------------------------------------------------------------------------
+
+
+def test_cached_tokens_are_read_from_either_api(host: PluginHost, server: Any) -> None:
+    """A long shared prefix: the second call reports cached tokens on chat and on Responses."""
+    long_system = "You are a careful reviewer. " * 200
+    for model in ("gpt-4o-mini", "gpt-5-mini"):
+        backend = _make(host, "requests", base_url=server.base_url)
+        requests = [ChatRequest(messages=[{"role": "system", "content": long_system},
+                                          {"role": "user", "content": f"question {i}"}], model=model,
+                                extra={"prompt_cache_key": "reviews"}) for i in range(2)]
+        first, second = _ask(backend, *requests)
+        assert first.usage.cached_tokens == 0
+        assert 0 < second.usage.cached_tokens <= second.usage.prompt_tokens, (model, second.usage)
+
+
+def test_cached_input_is_billed_at_the_cached_price() -> None:
+    """A known usage block: 10,000 prompt tokens of which 8,000 cached, 1,000 out, on gpt-4.1-mini
+    (input 0.40, cached 0.10, output 1.60 USD per 1M)."""
+    stats = RunStats(prices=PriceTable())
+    usage = Usage(prompt_tokens=10_000, completion_tokens=1_000, total_tokens=11_000, cached_tokens=8_000)
+    cost = stats.add_call("ask", ChatResponse(text="x", model="gpt-4.1-mini", backend="openai", usage=usage))
+    expected = (2_000 * 0.40 + 8_000 * 0.10 + 1_000 * 1.60) / 1_000_000
+    assert cost == pytest.approx(expected, abs=1e-12)
+    summary = stats.to_dict()
+    assert summary["tokens"]["cached"] == 8_000
+    assert summary["prompt_cache"]["hit_rate"] == pytest.approx(0.8)
+    assert summary["prompt_cache"]["saved_usd"] == pytest.approx(8_000 * (0.40 - 0.10) / 1_000_000)
+    # at the batch discount too
+    batch_cost = stats.add_call("ask", ChatResponse(text="x", model="gpt-4.1-mini", backend="batch", usage=usage),
+                                batch=True)
+    assert batch_cost == pytest.approx(expected / 2, abs=1e-12)
+
+
+def test_cached_price_comes_from_the_pipeline_prices(tmp_path: Path) -> None:
+    table = PriceTable({"my-model": {"input": 2.0, "cached_input": 0.5, "output": 4.0}})
+    price = table.lookup("my-model")
+    assert price.cost(1_000_000, 0, cached_tokens=500_000) == pytest.approx(1.25)
+    # a model without a cached price bills cached tokens at the input price
+    plain = PriceTable({"plain": {"input": 2.0, "output": 4.0}}).lookup("plain")
+    assert plain.cost(1_000_000, 0, cached_tokens=500_000) == pytest.approx(2.0)
+
+
+# --- validate: lifecycle and the documented incompatibilities ----------------------------------------
+
+
+def _pipeline(tmp_path: Path, backend: str, step_extra: str = "") -> Path:
+    steps = f'- {{type: ask, prompt: "Reply to: {{text}}", output: reply{step_extra}}}\n'
+    return write_pipeline(tmp_path, backend, n=2, steps=steps, sinks="- {type: jsonl, path: out/r.jsonl}\n")
+
+
+class _Result:
+    def __init__(self, exit_code: int, output: str) -> None:
+        self.exit_code, self.output = exit_code, output
+
+
+def _validate(path: Path, monkeypatch: pytest.MonkeyPatch, today: str = "2026-11-30") -> _Result:
+    from oaipipe.cli import main
+
+    monkeypatch.setenv("OAIPIPE_TODAY", today)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-never-sent")  # nothing is called: validate only
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(["validate", str(path)])
+    return _Result(int(code), out.getvalue())
+
+
+def test_validate_refuses_a_model_past_its_shutdown_with_line_and_substitute(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _pipeline(tmp_path, "{type: openai, model: o4-mini}")
+    result = _validate(path, monkeypatch)
+    assert result.exit_code == 2, result.output
+    assert "o4-mini was shut down on 2026-10-23" in result.output
+    assert f"{path}:2" in result.output or "line 2" in result.output, result.output
+
+
+def test_validate_warns_within_60_days_of_shutdown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _pipeline(tmp_path, "{type: openai, model: gpt-4o-mini}")
+    result = _validate(path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "gpt-4o-mini shuts down on 2027-01-14, in 45 days" in result.output
+    assert "use gpt-6-luna instead" in result.output
+    far = _validate(path, monkeypatch, today="2026-06-01")
+    assert far.exit_code == 0 and "shuts down" not in far.output
+    gone = _validate(path, monkeypatch, today="2027-01-14")
+    assert gone.exit_code == 2 and "was shut down on 2027-01-14" in gone.output
+
+
+def test_validate_refuses_temperature_on_a_reasoning_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _pipeline(tmp_path, "{type: openai, model: gpt-6.1-sol}", ", temperature: 0.2")
+    result = _validate(path, monkeypatch)
+    assert result.exit_code == 2, result.output
+    assert "temperature is not supported by the reasoning model gpt-6.1-sol" in result.output
+    assert "steps.0.temperature" in result.output
+    chat = _pipeline(tmp_path, "{type: openai, model: gpt-6.1-sol, api: chat, max_tokens_param: max_tokens}")
+    result = _validate(chat, monkeypatch)
+    assert result.exit_code == 2 and "refuses `max_tokens` on Chat Completions" in result.output, result.output
+
+
+def test_lifecycle_is_openais_schedule_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Any) -> None:
+    """Another server (or the embedded engine) may serve an id OpenAI shut down: no refusal there."""
+    path = _pipeline(tmp_path, f"{{type: openai, model: o4-mini, base_url: '{server.base_url}'}}")
+    assert _validate(path, monkeypatch).exit_code == 0
+    local = _pipeline(tmp_path, "{type: local, model: o4-mini}")
+    assert _validate(local, monkeypatch).exit_code == 0
