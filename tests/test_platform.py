@@ -219,3 +219,25 @@ def test_lifecycle_is_openais_schedule_only(tmp_path: Path, monkeypatch: pytest.
     assert _validate(path, monkeypatch).exit_code == 0
     local = _pipeline(tmp_path, "{type: local, model: o4-mini}")
     assert _validate(local, monkeypatch).exit_code == 0
+
+
+@pytest.mark.parametrize(("key", "hits"), [("reviews", True), ("{id}", False)])
+def test_prompt_cache_key_is_a_step_template_and_the_run_bills_cached_tokens(
+        tmp_path: Path, server: Any, key: str, hits: bool) -> None:
+    """One key for every record shares the server's prompt cache (cached tokens after the first call); a
+    key per record (``{id}``) never does. The summary's cost is exact for the reported usage."""
+    long_system = "You are a careful reviewer of product reviews. " * 120
+    steps = (f'- {{type: ask, system: "{long_system}", prompt: "Reply to: {{text}}", output: reply, '
+             f'prompt_cache_key: "{key}"}}\n')
+    backend = f"{{type: requests, base_url: '{server.base_url}', model: gpt-4.1-mini, concurrency: 1}}"
+    prices = 'prices: {"local:gpt-4.1-mini": {input: 0.40, cached_input: 0.10, output: 1.60}}\n'  # serve's label
+    path = write_pipeline(tmp_path, backend, n=3, steps=steps, sinks="- {type: jsonl, path: out/r.jsonl}\n",
+                          extra=prices)
+    summary = run_pipeline_file(path)
+    assert summary["status"] == "finished", summary.get("error")
+    tokens = summary["tokens"]
+    assert (tokens["cached"] > 0) is hits, tokens
+    expected = ((tokens["prompt"] - tokens["cached"]) * 0.40 + tokens["cached"] * 0.10
+                + tokens["completion"] * 1.60) / 1_000_000
+    assert summary["cost_usd"] == pytest.approx(expected, abs=2e-6)
+    assert (summary["prompt_cache"]["saved_usd"] > 0) is hits
