@@ -241,3 +241,20 @@ def test_prompt_cache_key_is_a_step_template_and_the_run_bills_cached_tokens(
                 + tokens["completion"] * 1.60) / 1_000_000
     assert summary["cost_usd"] == pytest.approx(expected, abs=2e-6)
     assert (summary["prompt_cache"]["saved_usd"] > 0) is hits
+
+
+# --- service tiers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_flex_resource_unavailable_falls_back_to_standard_and_finishes(host: PluginHost, kind: str) -> None:
+    from oaipipe.testing import running_server
+
+    with running_server(flex_unavailable_rate=1.0) as srv:
+        backend = _make(host, kind, base_url=srv.base_url, service_tier="flex", max_retries=3)
+        answers = _ask(backend, _req("gpt-5-mini"), _req("gpt-4o-mini"))
+        stats = srv.stats()
+    assert all(a.text for a in answers)
+    assert backend.flex_fallbacks == 2  # type: ignore[attr-defined]
+    assert stats["by_status"].get("429") == 2, stats["by_status"]  # one flex try each, no flex retries
+    assert stats["by_status"].get("200") == 2

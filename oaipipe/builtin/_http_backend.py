@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import Field
 
 from ..base import BackendOptions, PluginOptions
-from ..errors import AuthenticationError, BackendError, ServerError
+from ..errors import AuthenticationError, BackendError, RateLimitError, ServerError
 from ..keys import OPENAI_BASE_URL, KeyGate, is_openai_url, refusal_hint, resolve_api_key
 from ..models_table import api_for
 from ..openai_wire import api_call, error_detail, parse_reply
@@ -138,6 +138,38 @@ class HTTPBackendMixin:
         return parse_reply(self.api_of(request.model), data, request, backend=self.name or default_name,
                            request_id=request_id, latency=latency)
 
+    #: calls that met flex's 429 "Resource Unavailable" and were sent again at the standard tier
+    flex_fallbacks: int = 0
+
+    @staticmethod
+    def flex_unavailable(error: BaseException) -> bool:
+        """A 429 "Resource Unavailable" of flex processing (not a rate limit: waiting does not help)."""
+        if not isinstance(error, RateLimitError):
+            return False
+        text = str(error).lower()
+        return "resource unavailable" in text or "resource_unavailable" in text
+
+    def _flex_fallback(self, body: dict[str, Any], send: Callable[[dict[str, Any]], T]) -> T:
+        """``send(body)``; when a flex call meets "Resource Unavailable", send it once more at the
+        standard tier (``service_tier: default``) instead of retrying flex."""
+        try:
+            return send(body)
+        except BackendError as exc:
+            if body.get("service_tier") != "flex" or not self.flex_unavailable(exc):
+                raise
+        self.flex_fallbacks += 1
+        return send({**body, "service_tier": "default"})
+
+    async def _aflex_fallback(self, body: dict[str, Any], send: Callable[[dict[str, Any]], Awaitable[T]]) -> T:
+        """:meth:`_flex_fallback` for an async ``send``."""
+        try:
+            return await send(body)
+        except BackendError as exc:
+            if body.get("service_tier") != "flex" or not self.flex_unavailable(exc):
+                raise
+        self.flex_fallbacks += 1
+        return await send({**body, "service_tier": "default"})
+
     def _unset_key_var(self) -> str | None:
         """The variable of ``api_key: ${env:VAR}`` when VAR was not set (the pipeline file named a key)."""
         settings = getattr(getattr(self, "context", None), "settings", None) or {}
@@ -158,6 +190,10 @@ class HTTPBackendMixin:
             except AuthenticationError as exc:
                 self._explain_refusal(exc)
                 raise
+            except RateLimitError as exc:
+                if self.flex_unavailable(exc):  # waiting does not help: fall back (see _flex_fallback)
+                    exc.retryable = False  # type: ignore[misc]
+                raise
         return self._gate.call(run)
 
     async def _agated(self, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -167,6 +203,10 @@ class HTTPBackendMixin:
                 return await attempt()
             except AuthenticationError as exc:
                 self._explain_refusal(exc)
+                raise
+            except RateLimitError as exc:
+                if self.flex_unavailable(exc):  # waiting does not help: fall back (see _flex_fallback)
+                    exc.retryable = False  # type: ignore[misc]
                 raise
         return await self._gate.acall(run)
 

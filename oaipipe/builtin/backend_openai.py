@@ -129,10 +129,10 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
         responses = self.api_of(request.model) == "responses"
         client = self.aclient
         path, body = self._chat_call(request)
-        kwargs = _split(body, _RESPONSES_KWARGS if responses else _CHAT_KWARGS)
         url = f"{self.base_url}{path}"
 
-        async def attempt() -> Any:
+        async def attempt(body: dict[str, Any]) -> Any:
+            kwargs = _split(body, _RESPONSES_KWARGS if responses else _CHAT_KWARGS)
             try:
                 if responses:
                     result = await client.responses.create(**kwargs)
@@ -145,7 +145,8 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
             return result
 
         start = time.perf_counter()
-        result = await self.policy.arun(lambda: self._agated(attempt))
+        result = await self._aflex_fallback(
+            body, lambda b: self.policy.arun(lambda: self._agated(lambda: attempt(b))))
         latency = time.perf_counter() - start
         request_id = getattr(result, "_request_id", None)
         data = result.model_dump(mode="json", exclude_unset=False)
