@@ -71,7 +71,12 @@ class Pipeline:
         if self.backend.offline:
             text += f" ({self.backend.offline_note})"
         elif where:
-            text += f" at {redact(str(where))}"
+            origin = getattr(opts, "origin_of", lambda name: None)("base_url")
+            text += f" at {redact(str(where))}" + (f" (from {origin})" if origin else "")
+        elif getattr(self.backend, "needs_api_key", False):
+            from .keys import OPENAI_BASE_URL
+
+            text += f" at {OPENAI_BASE_URL}"  # where the HTTP backends go when no base_url is set
         return text
 
 

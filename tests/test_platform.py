@@ -258,3 +258,29 @@ def test_flex_resource_unavailable_falls_back_to_standard_and_finishes(host: Plu
     assert backend.flex_fallbacks == 2  # type: ignore[attr-defined]
     assert stats["by_status"].get("429") == 2, stats["by_status"]  # one flex try each, no flex retries
     assert stats["by_status"].get("200") == 2
+
+
+# --- the SDK's environment variables ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_openai_base_url_org_and_project_from_the_environment(
+        host: PluginHost, server: Any, kind: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """OPENAI_BASE_URL points the backend at oaipipe serve; OPENAI_API_KEY is not sent there (not OpenAI);
+    OPENAI_ORG_ID / OPENAI_PROJECT_ID go out as headers; the run's headline says where requests go."""
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env-key-never-to-a-local-server")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-env")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-env")
+    backend = _make(host, kind)
+    assert backend.api_key is None  # type: ignore[attr-defined]
+    headers = backend._extra_headers()  # type: ignore[attr-defined]
+    assert headers["OpenAI-Organization"] == "org-env" and headers["OpenAI-Project"] == "proj-env"
+    (answer,) = _ask(backend, _req("gpt-4o-mini"))
+    assert answer.text and server.stats()["by_path"].get("/v1/chat/completions") == 1
+    from oaipipe.pipeline import load_pipeline
+
+    path = _pipeline(tmp_path, f"{{type: {kind}}}")
+    built = load_pipeline(path)
+    assert built.backend_note is None  # no offline fallback: OPENAI_BASE_URL names a server
+    assert built.describe_backend().endswith(f"at {server.base_url} (from OPENAI_BASE_URL)")

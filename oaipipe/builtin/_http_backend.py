@@ -3,11 +3,12 @@ the chat endpoint and body, reply parsing, and HTTP error answers as classified 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr, model_validator
 
 from ..base import BackendOptions, PluginOptions
 from ..errors import AuthenticationError, BackendError, RateLimitError, ServerError
@@ -20,6 +21,10 @@ from ..types import ChatRequest, ChatResponse
 __all__ = ["OPENAI_BASE_URL", "HTTPBackendMixin", "HTTPBackendOptions", "http_error", "not_the_api"]
 
 T = TypeVar("T")
+
+
+#: option of the HTTP backends -> the environment variable the official SDK reads for it
+SDK_ENVIRONMENT = {"base_url": "OPENAI_BASE_URL", "organization": "OPENAI_ORG_ID", "project": "OPENAI_PROJECT_ID"}
 
 
 class HTTPBackendOptions(BackendOptions):
@@ -56,6 +61,25 @@ class HTTPBackendOptions(BackendOptions):
     rate_limit_patience: float = Field(
         300.0, ge=0, description="Seconds a rate-limited call (429, not out of quota) keeps retrying past max_retries"
     )
+    #: the options filled from the SDK's environment variables (option name -> variable)
+    _from_env: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sdk_environment(self) -> HTTPBackendOptions:
+        """What the official SDK reads from the environment when an argument is left out:
+        ``OPENAI_BASE_URL``, ``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID`` fill ``base_url``, ``organization``,
+        ``project`` when the pipeline does not set them. The key rule is unchanged (oaipipe.keys):
+        ``OPENAI_API_KEY`` goes only to ``https://api.openai.com``, wherever the URL came from."""
+        for name, var in SDK_ENVIRONMENT.items():
+            value = os.environ.get(var)
+            if getattr(self, name) is None and value:
+                setattr(self, name, value)
+                self._from_env[name] = var
+        return self
+
+    def origin_of(self, name: str) -> str | None:
+        """The environment variable an option was taken from, or None (the pipeline set it, or nobody)."""
+        return self._from_env.get(name)
 
 
 def http_error(status: int, body: Any, fallback: str, *, url: str, request_id: str | None = None,

@@ -5,8 +5,9 @@ The SDK's own retries are switched off (``max_retries=0``) so that oaipipe's pol
 connection pool sized to ``concurrency``; :meth:`aclose` closes it. ``base_url`` selects any
 OpenAI-compatible server; when it is unset the backend talks to ``https://api.openai.com/v1``. Clients are
 made by :func:`oaipipe.keys.sdk_client`, which passes the key and the URL explicitly: the SDK's own
-``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` / ``OPENAI_ORG_ID``... lookups never apply (use
-``--set backend.base_url=...``).
+environment lookups never apply. ``OPENAI_BASE_URL`` / ``OPENAI_ORG_ID`` / ``OPENAI_PROJECT_ID`` are read
+by the options instead (:class:`~oaipipe.builtin._http_backend.HTTPBackendOptions`), under the key rule of
+:mod:`oaipipe.keys` (``OPENAI_API_KEY`` only to ``https://api.openai.com``).
 """
 
 from __future__ import annotations
