@@ -246,8 +246,9 @@ def parse_models(data: dict[str, Any]) -> list[ModelInfo]:
     out = []
     for item in data.get("data") or []:
         if isinstance(item, dict) and item.get("id"):
+            shutdown = item.get("shutdown_date")
             out.append(ModelInfo(id=str(item["id"]), owned_by=str(item.get("owned_by") or ""),
-                                 created=item.get("created")))
+                                 created=item.get("created"), shutdown_date=str(shutdown) if shutdown else None))
     return sorted(out, key=lambda m: m.id)
 
 

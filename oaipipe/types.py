@@ -137,6 +137,8 @@ class ModelInfo:
     id: str
     owned_by: str = ""
     created: int | None = None
+    #: YYYY-MM-DD the server says the model shuts down (``GET /v1/models``), or None when none is announced
+    shutdown_date: str | None = None
 
 
 @dataclass

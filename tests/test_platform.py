@@ -284,3 +284,27 @@ def test_openai_base_url_org_and_project_from_the_environment(
     built = load_pipeline(path)
     assert built.backend_note is None  # no offline fallback: OPENAI_BASE_URL names a server
     assert built.describe_backend().endswith(f"at {server.base_url} (from OPENAI_BASE_URL)")
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_models_warns_of_the_shutdown_date_the_server_gives(kind: str, monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    import contextlib
+    import io
+
+    from oaipipe.cli import main
+    from oaipipe.testing import running_server
+
+    monkeypatch.setenv("OAIPIPE_TODAY", "2026-11-30")
+    monkeypatch.chdir(tmp_path)
+    with running_server(model_shutdowns={"gpt-4o-mini": "2027-01-14"}) as srv:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["models", "--backend", kind, "--base-url", srv.base_url, "--json"])
+    assert code == 0, err.getvalue()
+    report = json.loads(out.getvalue())
+    listed = {m["id"]: m for m in report["models"]}
+    assert listed["gpt-4o-mini"]["shutdown_date"] == "2027-01-14"
+    (warning,) = report["lifecycle"]
+    assert warning["model"] == "gpt-4o-mini" and warning["level"] == "warning"
+    assert "shuts down on 2027-01-14, in 45 days" in warning["message"]
