@@ -53,6 +53,7 @@ MODELS: dict[str, ModelInfo] = {
     "gpt-5-mini": ModelInfo("responses", reasoning=True, context=400_000, shutdown="2026-12-11",
                             substitute="gpt-6.1-terra"),
     "gpt-5-nano": ModelInfo("responses", reasoning=True, context=400_000, shutdown="2026-12-11"),
+    "gpt-6-luna": ModelInfo("responses", reasoning=True),  # reasons by default, not fine-tunable
     # newer gpt-5.x and gpt-6 families: Responses, reasoning; no shutdown announced in the sources
     "gpt-5.": ModelInfo("responses", reasoning=True),
     "gpt-6": ModelInfo("responses", reasoning=True),

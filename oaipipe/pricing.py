@@ -44,6 +44,8 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "gpt-5": {"input": 1.25, "cached_input": 0.125, "output": 10.00},
     "gpt-5-mini": {"input": 0.25, "cached_input": 0.025, "output": 2.00},
     "gpt-5-nano": {"input": 0.05, "cached_input": 0.005, "output": 0.40},
+    # the replacement OpenAI names for gpt-4o/4.1(-mini); price as reported by third parties (docs/platform.md)
+    "gpt-6-luna": {"input": 0.10, "cached_input": 0.01, "output": 0.50},
 }
 
 #: the fields a price entry may have (USD per 1M tokens); a model must end up with the required ones
