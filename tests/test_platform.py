@@ -308,3 +308,35 @@ def test_models_warns_of_the_shutdown_date_the_server_gives(kind: str, monkeypat
     (warning,) = report["lifecycle"]
     assert warning["model"] == "gpt-4o-mini" and warning["level"] == "warning"
     assert "shuts down on 2027-01-14, in 45 days" in warning["message"]
+
+
+# --- fine-tuning after OpenAI's wind-down -----------------------------------------------------------
+
+
+def test_openai_trainer_says_plainly_when_new_jobs_are_not_accepted(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from oaipipe.cli import main
+    from oaipipe.server.errors import ApiError
+    from oaipipe.server.finetune import FineTuningJobs
+    from oaipipe.testing import running_server
+
+    def refuse(self: Any, body: dict[str, Any]) -> dict[str, Any]:
+        raise ApiError(403, "New fine-tuning jobs are no longer accepted for this organization.",
+                       code="fine_tuning_unavailable", type="invalid_request_error")
+
+    monkeypatch.setattr(FineTuningJobs, "create", refuse)
+    qa = Path(__file__).resolve().parents[1] / "examples" / "data" / "qa.csv"
+    with running_server() as srv:
+        code = main(["train", str(qa), "--trainer", "openai", "--base-url", srv.base_url])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "does not accept new fine-tuning jobs" in err
+    assert "existing ft: models keep answering" in err and "type: local" in err and "--format dpo" in err
+
+
+def test_an_ordinary_bad_request_is_not_taken_for_the_wind_down() -> None:
+    from oaipipe.builtin.trainer_openai import jobs_not_accepted
+    from oaipipe.errors import BadRequestError
+
+    assert not jobs_not_accepted(BadRequestError("training_file: the file has fewer than 10 examples", status=400))
+    assert jobs_not_accepted(BadRequestError("Fine-tuning is not available for your organization", status=403))
