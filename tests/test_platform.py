@@ -241,6 +241,11 @@ def test_prompt_cache_key_is_a_step_template_and_the_run_bills_cached_tokens(
                 + tokens["completion"] * 1.60) / 1_000_000
     assert summary["cost_usd"] == pytest.approx(expected, abs=2e-6)
     assert (summary["prompt_cache"]["saved_usd"] > 0) is hits
+    from oaipipe.store import open_store
+
+    with open_store(tmp_path / "runs", sync=False) as store:  # the run store prices exchanges the same way
+        (stored,) = store.query("SELECT sum(cost_usd) FROM exchanges")[0]
+    assert stored == pytest.approx(summary["cost_usd"], abs=2e-6)
 
 
 # --- service tiers ----------------------------------------------------------------------------------
