@@ -20,7 +20,9 @@ case-sensitive, so that is the same host.
 The official SDK reads ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID``
 (and in newer versions more) from the environment whenever an argument is left out: every SDK client
 oaipipe makes is built by :func:`sdk_client`, which always passes the key and the URL and resets what the
-SDK took from the environment on its own.
+SDK took from the environment on its own. The HTTP backends' options read ``OPENAI_BASE_URL``,
+``OPENAI_ORG_ID`` and ``OPENAI_PROJECT_ID`` themselves (when the pipeline leaves ``base_url`` /
+``organization`` / ``project`` unset), so the rule above decides the key for that URL like for any other.
 
 A key the server refused (HTTP 401) is never sent again by that backend, and the first request of a
 backend goes alone, so that a wrong key costs one request, not one per worker: :class:`KeyGate`.

@@ -172,6 +172,7 @@ def list_models_report(backend: Backend, note: str | None, context: Context) -> 
                              f"at that address)? ({exc.message})")
         report["problem_kind"] = "connection"
     report["models"] = [m.__dict__ for m in models]
+    report["lifecycle"] = _lifecycle(models)
     if note and backend.offline:
         report["problem"] = report["problem"] or ("no API key: set OPENAI_API_KEY to list OpenAI's models; "
                                                   "showing the local engine's")
@@ -182,6 +183,21 @@ def list_models_report(backend: Backend, note: str | None, context: Context) -> 
         report["problem"] = f"{where(backend)} answered with an empty model list"
         report["problem_kind"] = "empty"
     return report
+
+
+def _lifecycle(models: list[ModelInfo]) -> list[dict[str, str]]:
+    """The listed models past or within 60 days of the ``shutdown_date`` the server gave them."""
+    from .lifecycle import shutdown_problem
+    from .models_table import model_info
+
+    out = []
+    for m in models:
+        info = model_info(m.id)
+        found = shutdown_problem(m.id, m.shutdown_date, info.substitute if info else None)
+        if found is not None:
+            out.append({"model": m.id, "level": found[0], "shutdown_date": str(m.shutdown_date),
+                        "message": found[1]})
+    return out
 
 
 def _offline(host: Any, block: dict[str, Any]) -> bool:

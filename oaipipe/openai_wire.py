@@ -14,11 +14,14 @@ from .errors import BadRequestError, ServerError
 from .types import ChatRequest, ChatResponse, ModelInfo, Usage
 
 __all__ = [
+    "API_PATHS",
+    "api_call",
     "chat_body",
     "error_detail",
     "parse_chat_reply",
     "parse_json_reply",
     "parse_models",
+    "parse_reply",
     "parse_responses_reply",
     "responses_body",
 ]
@@ -64,10 +67,18 @@ def chat_body(request: ChatRequest, *, max_tokens_param: str = "max_tokens") -> 
 
 
 def _usage(data: dict[str, Any] | None, prompt: str, completion: str) -> Usage:
+    """Usage of either API: ``prompt``/``completion`` name the counts (``prompt_tokens`` / ``input_tokens``),
+    and the ``*_details`` blocks give the cached input and reasoning output tokens."""
     data = data or {}
     p = int(data.get(prompt) or 0)
     c = int(data.get(completion) or 0)
-    return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=int(data.get("total_tokens") or p + c))
+    stem_in, stem_out = prompt.removesuffix("_tokens"), completion.removesuffix("_tokens")
+    in_details = data.get(f"{stem_in}_tokens_details") or {}
+    out_details = data.get(f"{stem_out}_tokens_details") or {}
+    cached = int((in_details.get("cached_tokens") if isinstance(in_details, dict) else 0) or 0)
+    reasoning = int((out_details.get("reasoning_tokens") if isinstance(out_details, dict) else 0) or 0)
+    return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=int(data.get("total_tokens") or p + c),
+                 cached_tokens=min(cached, p), reasoning_tokens=reasoning)
 
 
 def _reply(data: dict[str, Any], request: ChatRequest, text: str, usage: Usage, finish_reason: Any, *,
@@ -189,6 +200,44 @@ def parse_responses_reply(data: dict[str, Any], request: ChatRequest, *, backend
                   backend=backend, request_id=request_id, latency=latency)
 
 
+# --- one call, either API ----------------------------------------------------------------------
+
+#: the endpoint (below ``base_url``, which ends in /v1) of each API
+API_PATHS: dict[str, str] = {"chat": "/chat/completions", "responses": "/responses"}
+
+
+def api_call(request: ChatRequest, api: str, *, max_tokens_param: str = "max_tokens",
+             reasoning_effort: str | None = None, service_tier: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The endpoint path and JSON body of ``request`` on ``api`` ("chat" or "responses"): the one place
+    every transport (SDK, raw HTTP, batch lines) shapes a call.
+
+    ``reasoning_effort`` becomes ``reasoning_effort`` on chat and ``reasoning.effort`` on Responses;
+    ``service_tier`` is top-level on both (so is ``prompt_cache_key``, which a step puts in ``extra``). ``request.extra`` is applied last (it
+    wins, e.g. a full ``reasoning`` block).
+    """
+    if api == "responses":
+        body = responses_body(request)
+    else:
+        body = chat_body(request, max_tokens_param=max_tokens_param)
+    extra = request.extra or {}
+    if reasoning_effort is not None:
+        if api == "responses":
+            if "reasoning" not in extra:
+                body["reasoning"] = {**(body.get("reasoning") or {}), "effort": reasoning_effort}
+        elif "reasoning_effort" not in extra:
+            body["reasoning_effort"] = reasoning_effort
+    if service_tier is not None and "service_tier" not in extra:
+        body["service_tier"] = service_tier
+    return API_PATHS["responses" if api == "responses" else "chat"], body
+
+
+def parse_reply(api: str, data: dict[str, Any], request: ChatRequest, *, backend: str, request_id: str | None,
+                latency: float) -> ChatResponse:
+    """The reply of :func:`api_call`'s endpoint as a :class:`ChatResponse` (same fields from either API)."""
+    parse = parse_responses_reply if api == "responses" else parse_chat_reply
+    return parse(data, request, backend=backend, request_id=request_id, latency=latency)
+
+
 # --- models and errors --------------------------------------------------------------------------
 
 
@@ -197,8 +246,9 @@ def parse_models(data: dict[str, Any]) -> list[ModelInfo]:
     out = []
     for item in data.get("data") or []:
         if isinstance(item, dict) and item.get("id"):
+            shutdown = item.get("shutdown_date")
             out.append(ModelInfo(id=str(item["id"]), owned_by=str(item.get("owned_by") or ""),
-                                 created=item.get("created")))
+                                 created=item.get("created"), shutdown_date=str(shutdown) if shutdown else None))
     return sorted(out, key=lambda m: m.id)
 
 

@@ -17,6 +17,7 @@ from .base import Backend, BackendOptions, Context, Sink, Source, Step
 from .cache import check_cache
 from .config import LoadedConfig, Problems, load_config
 from .errors import ConfigError, OaipipeError, redact
+from .lifecycle import check_models
 from .plugins import PluginHost
 from .pricing import PriceTable
 
@@ -71,7 +72,12 @@ class Pipeline:
         if self.backend.offline:
             text += f" ({self.backend.offline_note})"
         elif where:
-            text += f" at {redact(str(where))}"
+            origin = getattr(opts, "origin_of", lambda name: None)("base_url")
+            text += f" at {redact(str(where))}" + (f" (from {origin})" if origin else "")
+        elif getattr(self.backend, "needs_api_key", False):
+            from .keys import OPENAI_BASE_URL
+
+            text += f" at {OPENAI_BASE_URL}"  # where the HTTP backends go when no base_url is set
         return text
 
 
@@ -385,7 +391,7 @@ def _missing_field(pipeline: Pipeline, key: str, name: str, have: set[str]) -> C
 #: the checks across blocks :func:`load_pipeline` runs once every block is valid; each raises a
 #: :class:`ConfigError` (with every problem it found in ``problems``)
 CHECKS: tuple[Callable[[Pipeline], None], ...] = (check_name, check_templates, check_sink_paths, check_cache,
-                                                  check_train_select)
+                                                  check_train_select, check_models)
 
 
 def public_data(data: Any) -> Any:

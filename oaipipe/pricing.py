@@ -44,6 +44,8 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "gpt-5": {"input": 1.25, "cached_input": 0.125, "output": 10.00},
     "gpt-5-mini": {"input": 0.25, "cached_input": 0.025, "output": 2.00},
     "gpt-5-nano": {"input": 0.05, "cached_input": 0.005, "output": 0.40},
+    # the replacement OpenAI names for gpt-4o/4.1(-mini); price as reported by third parties (docs/platform.md)
+    "gpt-6-luna": {"input": 0.10, "cached_input": 0.01, "output": 0.50},
 }
 
 #: the fields a price entry may have (USD per 1M tokens); a model must end up with the required ones
@@ -144,8 +146,21 @@ class Price:
     training: float | None = None
     known: bool = True
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False) -> float:
-        usd = (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+    def cost(self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False,
+             cached_tokens: int = 0) -> float:
+        """USD of one call. ``cached_tokens`` (part of ``prompt_tokens``, served from the prompt cache) are
+        billed at ``cached_input`` (the input price when the model has none)."""
+        cached = max(0, min(cached_tokens, prompt_tokens))
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        usd = ((prompt_tokens - cached) * self.input + cached * cached_price
+               + completion_tokens * self.output) / 1_000_000
+        return usd * BATCH_DISCOUNT if batch else usd
+
+    def cache_saving(self, cached_tokens: int, *, batch: bool = False) -> float:
+        """USD the prompt cache saved on ``cached_tokens`` (full input price minus the cached price)."""
+        if self.cached_input is None or cached_tokens <= 0:
+            return 0.0
+        usd = cached_tokens * (self.input - self.cached_input) / 1_000_000
         return usd * BATCH_DISCOUNT if batch else usd
 
     def training_cost(self, trained_tokens: int) -> float | None:

@@ -573,7 +573,10 @@ def _exchange_dict(exchange: Any, result: RecordResult) -> dict[str, Any]:
                 "messages": [dict(m) for m in exchange.messages], "model": exchange.model,
                 "backend": exchange.backend,
                 "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                          "total_tokens": usage.total_tokens},
+                          "total_tokens": usage.total_tokens,
+                          # cached / reasoning tokens only when the API reported some (Usage.to_dict)
+                          **({"cached_tokens": usage.cached_tokens} if usage.cached_tokens else {}),
+                          **({"reasoning_tokens": usage.reasoning_tokens} if usage.reasoning_tokens else {})},
                 "latency": exchange.latency, "request_id": exchange.request_id, "cached": exchange.cached}
     else:
         data = exchange.to_dict()

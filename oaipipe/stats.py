@@ -22,11 +22,17 @@ class _Bucket:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     priced: bool = True
+    #: prompt tokens the provider served from its prompt cache (billed at the cached price)
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    #: USD the prompt cache saved (full input price minus cached price, on cached_tokens)
+    saved_usd: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "cached": self.cached, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 6),
-                "priced": self.priced}
+                "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens,
+                "reasoning_tokens": self.reasoning_tokens, "cost_usd": round(self.cost_usd, 6),
+                "saved_usd": round(self.saved_usd, 6), "priced": self.priced}
 
 
 @dataclass
@@ -56,10 +62,14 @@ class RunStats:
         else:
             bucket.prompt_tokens += response.usage.prompt_tokens
             bucket.completion_tokens += response.usage.completion_tokens
+            bucket.cached_tokens += response.usage.cached_tokens
+            bucket.reasoning_tokens += response.usage.reasoning_tokens
             price = self.prices.lookup(response.model, priced=self.priced)
             if price.known:
-                cost = price.cost(response.usage.prompt_tokens, response.usage.completion_tokens, batch=batch)
+                cost = price.cost(response.usage.prompt_tokens, response.usage.completion_tokens, batch=batch,
+                                  cached_tokens=response.usage.cached_tokens)
                 bucket.cost_usd += cost
+                bucket.saved_usd += price.cache_saving(response.usage.cached_tokens, batch=batch)
             elif self.priced:
                 bucket.priced = False
         return cost
@@ -83,6 +93,21 @@ class RunStats:
     @property
     def cost_usd(self) -> float:
         return sum(b.cost_usd for b in self.by_step.values())
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens served from the provider's prompt cache."""
+        return sum(b.cached_tokens for b in self.by_step.values())
+
+    @property
+    def saved_usd(self) -> float:
+        """USD the provider's prompt cache saved."""
+        return sum(b.saved_usd for b in self.by_step.values())
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        """Cached prompt tokens / prompt tokens (None before any prompt token)."""
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None
 
     @property
     def elapsed(self) -> float:
@@ -109,8 +134,12 @@ class RunStats:
             "calls": self.calls,
             "cached": self.cached,
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
-                       "total": self.prompt_tokens + self.completion_tokens},
+                       "total": self.prompt_tokens + self.completion_tokens,
+                       "cached": self.cached_tokens,
+                       "reasoning": sum(b.reasoning_tokens for b in self.by_step.values())},
             "cost_usd": round(self.cost_usd, 6),
+            "prompt_cache": {"hit_rate": None if self.cache_hit_rate is None else round(self.cache_hit_rate, 4),
+                             "saved_usd": round(self.saved_usd, 6)},
             "elapsed_s": round(self.elapsed, 3),
             "records_per_s": round(self.rate(), 2),
             "by_step": [{"step": s, "model": m, **b.to_dict()} for (s, m), b in self.by_step.items()],

@@ -605,7 +605,8 @@ class _Ingest:
         if not cached:
             price = self.prices.lookup(model)
             if price.known:
-                cost = price.cost(prompt, completion, batch=self.batch)
+                cost = price.cost(prompt, completion, batch=self.batch,
+                                  cached_tokens=int(usage.get("cached_tokens") or 0))
         self.exchanges.append(
             (self.run_id, rid, number, idx, ex.get("step"), model, ex.get("backend"), system, user_text,
              reply_text, _json(messages), in_label, in_score, out_label, out_score, prompt, completion,

@@ -34,21 +34,36 @@ class Sentiment:
 
 @dataclass
 class Usage:
-    """Token counts of one call, as the API reports them."""
+    """Token counts of one call, as the API reports them.
+
+    ``cached_tokens`` is the part of ``prompt_tokens`` served from the provider's prompt cache (billed at the
+    cached price); ``reasoning_tokens`` the part of ``completion_tokens`` a reasoning model spent thinking
+    (billed as output). Both APIs report them (``prompt_tokens_details`` / ``input_tokens_details``,
+    ``completion_tokens_details`` / ``output_tokens_details``); :func:`oaipipe.openai_wire` reads either.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
             self.total_tokens + other.total_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """The counts; ``cached_tokens`` / ``reasoning_tokens`` only when the API reported some."""
+        data = asdict(self)
+        for name in ("cached_tokens", "reasoning_tokens"):
+            if not data[name]:
+                del data[name]
+        return data
 
 
 @dataclass
@@ -122,6 +137,8 @@ class ModelInfo:
     id: str
     owned_by: str = ""
     created: int | None = None
+    #: YYYY-MM-DD the server says the model shuts down (``GET /v1/models``), or None when none is announced
+    shutdown_date: str | None = None
 
 
 @dataclass

@@ -50,7 +50,7 @@ def test_demo_runs_offline_and_logs_every_record(demo: Path, capsys: pytest.Capt
     assert {"role", "content", "sentiment"} <= set(seed_format[0])
     summary = json.loads(next((demo.parent / "runs/reviews-demo").glob("*/summary.json")).read_text())
     assert summary["train"]["status"] == "succeeded"
-    assert summary["train"]["fine_tuned_model"].startswith("ft:gpt-4o-mini:local:")
+    assert summary["train"]["fine_tuned_model"].startswith("ft:gpt-6-luna:local:")
 
 
 def test_demo_survives_a_corrupt_and_a_missing_image(demo: Path) -> None:

@@ -101,18 +101,26 @@ def make(host: PluginHost, kind: str, **options: Any) -> Backend:
 
 
 @pytest.mark.parametrize("kind", ["openai", "batch"])
-def test_sdk_clients_take_key_and_url_from_us_not_from_the_environment(
+def test_sdk_clients_follow_the_sdk_environment_under_the_key_rule(
         host: PluginHost, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/elsewhere/v1")
     monkeypatch.setenv("OPENAI_ORG_ID", "org-from-env")
     monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-from-env")
-    # OpenAI itself: the env key, OpenAI's URL (never OPENAI_BASE_URL's), no org/project we were not given
+    # OPENAI_BASE_URL / OPENAI_ORG_ID / OPENAI_PROJECT_ID are honoured like the SDK does (issue 11 item 6),
+    # but the key rule holds: that URL is not OpenAI, so OPENAI_API_KEY is not sent there
+    backend = make(host, kind)
+    client = backend.client  # type: ignore[attr-defined]
+    assert str(client.base_url).rstrip("/") == "http://127.0.0.1:9/elsewhere/v1"
+    assert client.api_key != ENV_KEY
+    assert client.organization == "org-from-env" and client.project == "proj-from-env"
+    asyncio.run(backend.aclose())
+    # OPENAI_BASE_URL naming OpenAI itself: the env key goes there
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://api.openai.com/v1")
     backend = make(host, kind)
     client = backend.client  # type: ignore[attr-defined]
     assert client.api_key == ENV_KEY
     assert str(client.base_url).rstrip("/") == "https://api.openai.com/v1"
-    assert client.organization is None and client.project is None
     # another server: not the env key (a placeholder the SDK insists on), that server's URL
     other = make(host, kind, base_url="http://127.0.0.1:9/api.openai.com/v1")
     assert other.client.api_key != ENV_KEY  # type: ignore[attr-defined]

@@ -58,7 +58,7 @@ def test_offline_loop_from_the_shipped_demo(demo: Path, capsys: pytest.CaptureFi
     assert train["status"] == "succeeded", train
     assert train["examples"] >= 10 and train["select"] == {"reply_sentiment": "positive"}
     model = train["fine_tuned_model"]
-    assert model.startswith("ft:gpt-4o-mini:local:") and model in out
+    assert model.startswith("ft:gpt-6-luna:local:") and model in out
     dataset = Path(train["dataset"])
     assert dataset.parent.parent.parent.name == "runs" and dataset.name == "train.jsonl"
     # every exchange kept had a positive reply and no image placeholder

@@ -30,6 +30,10 @@ class ChatStepOptions(StepOptions):
         None, description="Ask for JSON following this schema (bare schema or {name, schema, strict})"
     )
     flatten: bool = Field(False, description="With json_schema: also write each key as field {output}_{key}")
+    prompt_cache_key: str | None = Field(
+        None, description="Sent as prompt_cache_key (a {field} template): calls sharing a long prompt prefix "
+        "and this key are routed to the same prompt cache (cached input is billed at the cached price)"
+    )
 
 
 class ChatStepMixin:
@@ -116,15 +120,22 @@ class ChatStepMixin:
 
     # --- the call and the reply -----------------------------------------------------------------------
 
-    async def _call(self, ctx: StepContext, system: str | None, user_content: Any, logged_text: str) -> dict[str, Any]:
-        """Send ``system`` + ``user_content``; returns the output fields and records the exchange (with
-        ``logged_text`` as the user message) once the reply was decoded."""
+    def _cache_key(self, fields: dict[str, Any], where: str) -> dict[str, Any]:
+        """``{"prompt_cache_key": ...}`` rendered over the record when the step sets one (the request's extra)."""
+        tpl = self.options.prompt_cache_key
+        return {"prompt_cache_key": render(tpl, fields, where=where)} if tpl else {}
+
+    async def _call(self, ctx: StepContext, system: str | None, user_content: Any, logged_text: str,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send ``system`` + ``user_content`` (``extra``: more request fields, e.g. ``prompt_cache_key``);
+        returns the output fields and records the exchange (with ``logged_text`` as the user message) once
+        the reply was decoded."""
         messages: list[dict[str, Any]] = []
         if system:
             messages.append({"role": "system", "content": system})
         messages.append({"role": "user", "content": user_content})
         params = self._params(ctx)
-        resp = await ctx.chat(ChatRequest(messages=messages, step=self.label, **params))
+        resp = await ctx.chat(ChatRequest(messages=messages, step=self.label, extra=dict(extra or {}), **params))
         outputs = self._outputs(resp, params["response_format"])
         self._exchange(ctx, system, logged_text, resp)
         return outputs

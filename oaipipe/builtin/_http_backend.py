@@ -3,16 +3,18 @@ the chat endpoint and body, reply parsing, and HTTP error answers as classified 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr, model_validator
 
 from ..base import BackendOptions, PluginOptions
-from ..errors import AuthenticationError, BackendError, ServerError
+from ..errors import AuthenticationError, BackendError, RateLimitError, ServerError
 from ..keys import OPENAI_BASE_URL, KeyGate, is_openai_url, refusal_hint, resolve_api_key
-from ..openai_wire import chat_body, error_detail, parse_chat_reply, parse_responses_reply, responses_body
+from ..models_table import api_for
+from ..openai_wire import api_call, error_detail, parse_reply
 from ..retry import RetryPolicy, error_for_status, parse_retry_after
 from ..types import ChatRequest, ChatResponse
 
@@ -21,11 +23,29 @@ __all__ = ["OPENAI_BASE_URL", "HTTPBackendMixin", "HTTPBackendOptions", "http_er
 T = TypeVar("T")
 
 
+#: option of the HTTP backends -> the environment variable the official SDK reads for it
+SDK_ENVIRONMENT = {"base_url": "OPENAI_BASE_URL", "organization": "OPENAI_ORG_ID", "project": "OPENAI_PROJECT_ID"}
+
+
 class HTTPBackendOptions(BackendOptions):
     """Options of the HTTP backends (``openai``, ``requests``), on top of every backend's options."""
 
-    api: Literal["chat", "responses"] = Field(
-        "chat", description="chat: POST /chat/completions; responses: POST /responses"
+    api: Literal["auto", "chat", "responses"] = Field(
+        "auto", description="auto: per model from oaipipe/models_table.py (gpt-5-class and o-series: Responses, "
+        "gpt-4o-class and unknown models: chat), overridden by api_models; chat: POST /chat/completions; "
+        "responses: POST /responses"
+    )
+    api_models: dict[str, Literal["chat", "responses"]] = Field(
+        default_factory=dict,
+        description="Which API `api: auto` uses for a model id or prefix, over the built-in table "
+        "(e.g. {my-proxy-model: responses})",
+    )
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = Field(
+        None, description="Reasoning models: sent as reasoning.effort (Responses) or reasoning_effort (chat)"
+    )
+    service_tier: Literal["auto", "default", "flex", "priority"] | None = Field(
+        None, description="Processing tier sent with every call (flex: cheaper, slower, may answer 429 "
+        "resource unavailable; priority: faster, dearer)"
     )
     organization: str | None = Field(None, description="Sent as OpenAI-Organization")
     project: str | None = Field(None, description="Sent as OpenAI-Project")
@@ -41,6 +61,25 @@ class HTTPBackendOptions(BackendOptions):
     rate_limit_patience: float = Field(
         300.0, ge=0, description="Seconds a rate-limited call (429, not out of quota) keeps retrying past max_retries"
     )
+    #: the options filled from the SDK's environment variables (option name -> variable)
+    _from_env: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sdk_environment(self) -> HTTPBackendOptions:
+        """What the official SDK reads from the environment when an argument is left out:
+        ``OPENAI_BASE_URL``, ``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID`` fill ``base_url``, ``organization``,
+        ``project`` when the pipeline does not set them. The key rule is unchanged (oaipipe.keys):
+        ``OPENAI_API_KEY`` goes only to ``https://api.openai.com``, wherever the URL came from."""
+        for name, var in SDK_ENVIRONMENT.items():
+            value = os.environ.get(var)
+            if getattr(self, name) is None and value:
+                setattr(self, name, value)
+                self._from_env[name] = var
+        return self
+
+    def origin_of(self, name: str) -> str | None:
+        """The environment variable an option was taken from, or None (the pipeline set it, or nobody)."""
+        return self._from_env.get(name)
 
 
 def http_error(status: int, body: Any, fallback: str, *, url: str, request_id: str | None = None,
@@ -105,21 +144,55 @@ class HTTPBackendMixin:
             return str(choice)
         return "max_completion_tokens" if is_openai_url(self.options.base_url) else "max_tokens"
 
-    @property
-    def _responses_api(self) -> bool:
-        return bool(self.options.api == "responses")
+    def api_of(self, model: str) -> str:
+        """``"responses"`` or ``"chat"``: the API a call of ``model`` goes to (``api``, ``api_models``)."""
+        choice = self.options.api
+        if choice != "auto":
+            return str(choice)
+        return api_for(model, self.options.api_models)
 
     def _chat_call(self, request: ChatRequest) -> tuple[str, dict[str, Any]]:
-        """The endpoint path (below ``base_url``) and JSON body of a chat request, per ``options.api``."""
-        if self._responses_api:
-            return "/responses", responses_body(request)
-        return "/chat/completions", chat_body(request, max_tokens_param=self.max_tokens_param)
+        """The endpoint path (below ``base_url``) and JSON body of a chat request (:func:`api_call`)."""
+        return api_call(request, self.api_of(request.model), max_tokens_param=self.max_tokens_param,
+                        reasoning_effort=self.options.reasoning_effort, service_tier=self.options.service_tier)
 
     def _parse_reply(self, data: Any, request: ChatRequest, *, default_name: str, request_id: str | None,
                      latency: float) -> ChatResponse:
         """The decoded reply of :meth:`_chat_call`'s endpoint as a :class:`ChatResponse`."""
-        parse = parse_responses_reply if self._responses_api else parse_chat_reply
-        return parse(data, request, backend=self.name or default_name, request_id=request_id, latency=latency)
+        return parse_reply(self.api_of(request.model), data, request, backend=self.name or default_name,
+                           request_id=request_id, latency=latency)
+
+    #: calls that met flex's 429 "Resource Unavailable" and were sent again at the standard tier
+    flex_fallbacks: int = 0
+
+    @staticmethod
+    def flex_unavailable(error: BaseException) -> bool:
+        """A 429 "Resource Unavailable" of flex processing (not a rate limit: waiting does not help)."""
+        if not isinstance(error, RateLimitError):
+            return False
+        text = str(error).lower()
+        return "resource unavailable" in text or "resource_unavailable" in text
+
+    def _flex_fallback(self, body: dict[str, Any], send: Callable[[dict[str, Any]], T]) -> T:
+        """``send(body)``; when a flex call meets "Resource Unavailable", send it once more at the
+        standard tier (``service_tier: default``) instead of retrying flex."""
+        try:
+            return send(body)
+        except BackendError as exc:
+            if body.get("service_tier") != "flex" or not self.flex_unavailable(exc):
+                raise
+        self.flex_fallbacks += 1
+        return send({**body, "service_tier": "default"})
+
+    async def _aflex_fallback(self, body: dict[str, Any], send: Callable[[dict[str, Any]], Awaitable[T]]) -> T:
+        """:meth:`_flex_fallback` for an async ``send``."""
+        try:
+            return await send(body)
+        except BackendError as exc:
+            if body.get("service_tier") != "flex" or not self.flex_unavailable(exc):
+                raise
+        self.flex_fallbacks += 1
+        return await send({**body, "service_tier": "default"})
 
     def _unset_key_var(self) -> str | None:
         """The variable of ``api_key: ${env:VAR}`` when VAR was not set (the pipeline file named a key)."""
@@ -141,6 +214,10 @@ class HTTPBackendMixin:
             except AuthenticationError as exc:
                 self._explain_refusal(exc)
                 raise
+            except RateLimitError as exc:
+                if self.flex_unavailable(exc):  # waiting does not help: fall back (see _flex_fallback)
+                    exc.retryable = False  # type: ignore[misc]
+                raise
         return self._gate.call(run)
 
     async def _agated(self, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -150,6 +227,10 @@ class HTTPBackendMixin:
                 return await attempt()
             except AuthenticationError as exc:
                 self._explain_refusal(exc)
+                raise
+            except RateLimitError as exc:
+                if self.flex_unavailable(exc):  # waiting does not help: fall back (see _flex_fallback)
+                    exc.retryable = False  # type: ignore[misc]
                 raise
         return await self._gate.acall(run)
 

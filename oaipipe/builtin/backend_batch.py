@@ -2,7 +2,11 @@
 
 Each ``chat()`` call becomes one line of a JSONL batch file::
 
-    {"custom_id": "<cache key of the request>", "method": "POST", "url": "/v1/chat/completions", "body": {...}}
+    {"custom_id": "<cache key of the request>", "method": "POST", "url": "/v1/responses", "body": {...}}
+
+The ``url`` (and the batch's ``endpoint``) is ``/v1/responses`` or ``/v1/chat/completions``, chosen per
+model like the other HTTP backends (``api: auto | responses | chat``, :func:`oaipipe.openai_wire.api_call`
+shapes the body); a batch holds one endpoint, so requests of both APIs go out as separate batches.
 
 and waits until its batch is done. How requests become batches (the **flush rule**):
 
@@ -50,7 +54,7 @@ from .. import hookimpl
 from ..errors import BackendError, ServerError, mask_secrets
 from ..fsutil import write_text_atomic
 from ..home import home_dir
-from ..openai_wire import chat_body, parse_chat_reply
+from ..openai_wire import parse_reply
 from ..types import ChatRequest, ChatResponse
 from ._http_backend import HTTPBackendOptions, http_error, not_the_api
 from .backend_openai import OpenAIBackend, translate_sdk_error
@@ -60,7 +64,8 @@ __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "BatchBackend", "BatchOption
 #: limits of the OpenAI Batch API per input file
 MAX_BATCH_REQUESTS = 50_000
 MAX_BATCH_BYTES = 200 * 1024 * 1024
-ENDPOINT = "/v1/chat/completions"
+#: the Batch API endpoint of each API (the batch's ``endpoint`` and every line's ``url``)
+ENDPOINTS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _RAISE = object()  # _api(not_found=...) default: a 404 is an error
 
@@ -78,12 +83,14 @@ class BatchOptions(HTTPBackendOptions):
 
 
 class _Pending:
-    __slots__ = ("future", "line", "request")
+    __slots__ = ("api", "future", "line", "request")
 
-    def __init__(self, request: ChatRequest, line: bytes, future: asyncio.Future[ChatResponse]) -> None:
+    def __init__(self, request: ChatRequest, line: bytes, future: asyncio.Future[ChatResponse],
+                 api: str = "chat") -> None:
         self.request = request
         self.line = line
         self.future = future
+        self.api = api
 
 
 class BatchBackend(OpenAIBackend):
@@ -177,9 +184,11 @@ class BatchBackend(OpenAIBackend):
                 first = waiting[0] if isinstance(waiting, list) else waiting
                 return await asyncio.shield(first.future)
         future: asyncio.Future[ChatResponse] = loop.create_future()
-        line = json.dumps({"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": chat_body(request, max_tokens_param=self.max_tokens_param)},
+        api = self.api_of(request.model)
+        _, body = self._chat_call(request)
+        line = json.dumps({"custom_id": custom_id, "method": "POST", "url": ENDPOINTS[api], "body": body},
                           ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-        pending = _Pending(request, line, future)
+        pending = _Pending(request, line, future, api)
         if len(line) > self.options.max_bytes:
             raise BackendError(f"one request is {len(line)} bytes, more than a batch file may hold "
                                f"({self.options.max_bytes})", hint="send smaller images or prompts")
@@ -250,6 +259,14 @@ class BatchBackend(OpenAIBackend):
         return await self.policy.arun(lambda: self._agated(attempt))
 
     async def _submit(self, queue: dict[str, _Pending]) -> None:
+        """Submit the queue: one batch per endpoint (a batch file holds lines of one endpoint only)."""
+        by_api: dict[str, dict[str, _Pending]] = {}
+        for custom_id, p in queue.items():
+            by_api.setdefault(p.api, {})[custom_id] = p
+        for api, part in by_api.items():
+            await self._submit_one(part, ENDPOINTS[api])
+
+    async def _submit_one(self, queue: dict[str, _Pending], endpoint: str) -> None:
         if not queue:
             return
         client = self.aclient
@@ -258,7 +275,8 @@ class BatchBackend(OpenAIBackend):
             uploaded = await self._api("files", lambda: client.files.create(
                 file=("oaipipe-batch.jsonl", data, "application/jsonl"), purpose="batch"))
             batch = await self._api("batches", lambda: client.batches.create(
-                input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window=self.options.completion_window,
+                input_file_id=uploaded.id, endpoint=endpoint,  # type: ignore[arg-type]
+                completion_window=self.options.completion_window,
                 metadata={"source": "oaipipe", "pipeline": self.context.pipeline_name[:500]}))
         except Exception as exc:  # noqa: BLE001 - every waiting call gets the reason
             for p in queue.values():
@@ -370,8 +388,8 @@ class BatchBackend(OpenAIBackend):
                         raise http_error(status or 500, body, str(err.get("message") or err or ""),
                                          request_id=response.get("request_id"), url=f"batch {batch_id}",
                                          model=p.request.model)
-                    reply = parse_chat_reply(body, p.request, backend=self.name or "batch",
-                                             request_id=response.get("request_id"), latency=0.0)
+                    reply = parse_reply(p.api, body, p.request, backend=self.name or "batch",
+                                        request_id=response.get("request_id"), latency=0.0)
                 except Exception as exc:  # noqa: BLE001 - delivered to the waiting call
                     _fail(p, exc)
                 else:

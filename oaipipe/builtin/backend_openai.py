@@ -5,8 +5,9 @@ The SDK's own retries are switched off (``max_retries=0``) so that oaipipe's pol
 connection pool sized to ``concurrency``; :meth:`aclose` closes it. ``base_url`` selects any
 OpenAI-compatible server; when it is unset the backend talks to ``https://api.openai.com/v1``. Clients are
 made by :func:`oaipipe.keys.sdk_client`, which passes the key and the URL explicitly: the SDK's own
-``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` / ``OPENAI_ORG_ID``... lookups never apply (use
-``--set backend.base_url=...``).
+environment lookups never apply. ``OPENAI_BASE_URL`` / ``OPENAI_ORG_ID`` / ``OPENAI_PROJECT_ID`` are read
+by the options instead (:class:`~oaipipe.builtin._http_backend.HTTPBackendOptions`), under the key rule of
+:mod:`oaipipe.keys` (``OPENAI_API_KEY`` only to ``https://api.openai.com``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from ._http_backend import HTTPBackendMixin, http_error, not_the_api
 
 __all__ = ["OpenAIBackend", "translate_sdk_error"]
 
-_CHAT_KWARGS = ("model", "messages", "temperature", "max_tokens", "max_completion_tokens", "response_format")
-_RESPONSES_KWARGS = ("model", "input", "instructions", "temperature", "max_output_tokens", "text")
+_CHAT_KWARGS = ("model", "messages", "temperature", "max_tokens", "max_completion_tokens", "response_format",
+                "reasoning_effort", "service_tier", "prompt_cache_key")
+_RESPONSES_KWARGS = ("model", "input", "instructions", "temperature", "max_output_tokens", "text", "reasoning",
+                     "service_tier", "prompt_cache_key")
 
 
 def _request_url(exc: Exception, fallback: str) -> str:
@@ -124,13 +127,13 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         self._check_key()
-        responses = self._responses_api
+        responses = self.api_of(request.model) == "responses"
         client = self.aclient
         path, body = self._chat_call(request)
-        kwargs = _split(body, _RESPONSES_KWARGS if responses else _CHAT_KWARGS)
         url = f"{self.base_url}{path}"
 
-        async def attempt() -> Any:
+        async def attempt(body: dict[str, Any]) -> Any:
+            kwargs = _split(body, _RESPONSES_KWARGS if responses else _CHAT_KWARGS)
             try:
                 if responses:
                     result = await client.responses.create(**kwargs)
@@ -143,7 +146,8 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
             return result
 
         start = time.perf_counter()
-        result = await self.policy.arun(lambda: self._agated(attempt))
+        result = await self._aflex_fallback(
+            body, lambda b: self.policy.arun(lambda: self._agated(lambda: attempt(b))))
         latency = time.perf_counter() - start
         request_id = getattr(result, "_request_id", None)
         data = result.model_dump(mode="json", exclude_unset=False)

@@ -88,7 +88,8 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
         self._check_key()
         path, body = self._chat_call(request)
         start = time.perf_counter()
-        data, request_id = self.policy.run(lambda: self._once("POST", path, body, request.model))
+        data, request_id = self._flex_fallback(
+            body, lambda b: self.policy.run(lambda: self._once("POST", path, b, request.model)))
         latency = time.perf_counter() - start
         return self._parse_reply(data, request, default_name="requests", request_id=request_id, latency=latency)
 

@@ -25,7 +25,7 @@ __all__ = ["AskStep"]
 class AskStep(ChatStepMixin, Step):
     """Send a templated prompt to the backend and keep the reply (the seed's ``ask``)."""
 
-    templates = ("prompt", "system")
+    templates = ("prompt", "system", "prompt_cache_key")
 
     class Options(ChatStepOptions):
         prompt: str = Field(..., description="User message, a {field} template over the record")
@@ -34,7 +34,7 @@ class AskStep(ChatStepMixin, Step):
         where = ctx.record.where
         user_text = render(self.options.prompt, fields, where=where)
         system = self._system(fields, where)
-        return await self._call(ctx, system, user_text, user_text)
+        return await self._call(ctx, system, user_text, user_text, self._cache_key(fields, where))
 
 
 @hookimpl

@@ -35,7 +35,7 @@ DEFAULT_PROMPT = "What's in this image?"
 class DescribeImageStep(ChatStepMixin, Step):
     """Describe images with a vision model (the seed's ``describe_image``)."""
 
-    templates = ("image", "prompt", "system")
+    templates = ("image", "prompt", "system", "prompt_cache_key")
     sends_images = True
 
     class Options(ChatStepOptions):
@@ -84,7 +84,7 @@ class DescribeImageStep(ChatStepMixin, Step):
         images = await asyncio.to_thread(self._prepare, sources)
         parts: list[dict[str, Any]] = [{"type": "text", "text": prompt}] + [img.part() for img in images]
         user_text = prompt + "".join(f" [image: {img.source_label}]" for img in images)
-        outputs = await self._call(ctx, system, parts, user_text)
+        outputs = await self._call(ctx, system, parts, user_text, self._cache_key(fields, where))
         model = self._params(ctx)["model"]
         tokens = [img.tokens_for(model) for img in images]  # the model's own image rule
         outputs[f"{self.options.output}_image_tokens"] = None if None in tokens else sum(t or 0 for t in tokens)

@@ -8,18 +8,22 @@ Uploads the training (and validation) file with purpose ``fine-tune``, creates t
 server's error message, which ``oaipipe train --wait`` / ``oaipipe jobs wait`` raise as a
 :class:`~oaipipe.errors.TrainingError`.
 
-OpenAI is winding its fine-tuning platform down (new jobs stop early in 2027); the datasets oaipipe
-writes are plain JSONL in OpenAI's format and stay usable by other trainers.
+OpenAI is winding its self-serve fine-tuning down: new jobs stop on 2027-01-06 for active customers
+(since 2026-07-02 for the others); existing ``ft:`` models keep answering until their base model shuts
+down (docs/platform.md). A create call refused for that reason (:func:`jobs_not_accepted`) says so
+plainly and names the alternatives (:data:`WIND_DOWN_HINT`); the datasets oaipipe writes are plain JSONL
+in OpenAI's format and stay usable by other trainers.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import Field, SecretStr
 
 from ..base import Trainer
-from ..errors import AuthenticationError, BadRequestError, OaipipeError, TrainingError
+from ..errors import AuthenticationError, BackendError, BadRequestError, OaipipeError, TrainingError
 from ..hookspecs import hookimpl
 from ..keys import OPENAI_BASE_URL, is_openai_url, resolve_api_key, sdk_client
 
@@ -30,6 +34,32 @@ _HYPERPARAMETERS = {
     "supervised": {"n_epochs", "batch_size", "learning_rate_multiplier"},
     "dpo": {"n_epochs", "batch_size", "learning_rate_multiplier", "beta"},
 }
+
+
+
+#: what a refusal of new fine-tuning jobs says (OpenAI documents the dates, not the wording: match broadly)
+_NOT_ACCEPTED = re.compile(
+    r"(fine[- ]?tun\w*|new jobs?).{0,80}(no longer|not (be )?(accepted|available|allowed|supported)|"
+    r"unavailable|disabled|discontinued|wind(ing)?[- ]down|not eligible|ineligible)"
+    r"|(no longer|not) (accept\w*|allow\w*|creat\w*) new (fine[- ]?tuning )?jobs",
+    re.IGNORECASE | re.DOTALL)
+
+WIND_DOWN_HINT = (
+    "OpenAI stopped accepting new self-serve fine-tuning jobs (2027-01-06 for active customers, 2026-07-02 "
+    "for the others); your existing ft: models keep answering until their base model shuts down. "
+    "Alternatives: `train: {type: local}` (the embedded trainer), another OpenAI-compatible fine-tuning "
+    "server (`--base-url`), or the dataset in other trainers' formats: `oaipipe dataset build --format sft` "
+    "(messages JSONL, what Hugging Face TRL's SFTTrainer reads) and `--format dpo` (preference pairs); "
+    "see docs/training.md and docs/platform.md"
+)
+
+
+def jobs_not_accepted(error: BaseException) -> bool:
+    """A refusal of the create call because the platform takes no new fine-tuning jobs (not a bad request)."""
+    status = getattr(error, "status", None)
+    if status not in (400, 403, 404, 409, 410, 422):
+        return False
+    return bool(_NOT_ACCEPTED.search(str(getattr(error, "message", "") or error)))
 
 
 class OpenAITrainer(Trainer):
@@ -128,8 +158,14 @@ class OpenAITrainer(Trainer):
         if launch_key:  # lets find_launched() recognise the job after a crash (extra_body: any SDK version)
             kwargs["extra_body"] = {"metadata": {LAUNCH_KEY_METADATA: launch_key}}
         job.remote["creating"] = True
-        remote = self._call("creating the fine-tuning job", client.fine_tuning.jobs.create,
-                            model=job.base_model, training_file=train_file.id, method=spec, **kwargs)
+        try:
+            remote = self._call("creating the fine-tuning job", client.fine_tuning.jobs.create,
+                                model=job.base_model, training_file=train_file.id, method=spec, **kwargs)
+        except BackendError as exc:
+            if jobs_not_accepted(exc):
+                exc.message = (f"{self.url} does not accept new fine-tuning jobs: {exc.message}")
+                exc.hint = WIND_DOWN_HINT
+            raise
         job.id = remote.id
         self._apply(job, remote)
         return job

@@ -20,7 +20,10 @@ def _print_report(report: dict[str, Any], backend_name: str, where: str, fell_ba
     if not offline or not fell_back:
         click.echo(f"{backend_name} backend ({where}):")
         for m in report["models"]:
-            click.echo(f"  {m['id']}" + (f"  ({m['owned_by']})" if m.get("owned_by") else ""))
+            click.echo(f"  {m['id']}" + (f"  ({m['owned_by']})" if m.get("owned_by") else "")
+                       + (f"  shuts down {m['shutdown_date']}" if m.get("shutdown_date") else ""))
+    for item in report.get("lifecycle") or []:
+        click.echo(f"{item['level']}: {item['message']}", err=True)
     if report["local_models"] or offline:
         listed = report["local_models"] if not offline else report["models"]
         click.echo("local engine (offline, deterministic, not GPT):")

@@ -68,6 +68,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
     retried = retries_text(summary)
     if retried:
         click.echo(f"  {retried}")
+    cache = summary.get("prompt_cache") or {}
+    if tokens.get("cached"):
+        click.echo(f"  prompt cache: {tokens['cached']} of {tokens.get('prompt', 0)} prompt tokens cached "
+                   f"({100 * float(cache.get('hit_rate') or 0):.1f}% hit rate), "
+                   f"${float(cache.get('saved_usd') or 0):.4f} saved")
     unpriced = sorted({row["model"] for row in summary.get("by_step", []) if not row.get("priced", True)})
     if unpriced:
         click.echo(f"  note: no price known for {', '.join(unpriced)}, counted as $0 "
