@@ -150,6 +150,39 @@ def test_a_torn_tail_is_cut_back_to_the_last_whole_entry(host: PluginHost, tmp_p
         assert not (tmp_path / ".d.json.writing").exists()
 
 
+@pytest.mark.parametrize("repair_fails", [False, True])
+def test_a_failed_write_leaves_a_document_the_next_run_opens(host: PluginHost, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             repair_fails: bool) -> None:
+    path = tmp_path / "d.json"
+    sink = build(host, tmp_path, type="dialogue-json", path="d.json")
+    sink.open(run_info("R1"), None)
+    sink.write(result("a"))
+    real = _sink_files.JsonArrayLog._write_at
+    calls = []
+
+    def disk_full(self: _sink_files.JsonArrayLog, offset: int, data: bytes) -> None:
+        calls.append(offset)
+        if len(calls) == 1 or repair_fails:
+            real(self, offset, data[:len(data) // 2])  # half of it reached the disk
+            raise OSError(28, "No space left on device")
+        real(self, offset, data)
+
+    monkeypatch.setattr(_sink_files.JsonArrayLog, "_write_at", disk_full)
+    with pytest.raises(OSError):
+        sink.write(result("b"))
+    monkeypatch.undo()
+    sink.close()  # as the runner does when a sink fails
+    if not repair_fails:
+        assert ids(path) == ["a"] * 3  # the closing bracket was put back at once
+    again = build(host, tmp_path, type="dialogue-json", path="d.json")
+    again.open(run_info("R1"), {"a"})
+    assert ids(path) == ["a"] * 3
+    again.write(result("b"))
+    again.close()
+    assert ids(path) == ["a"] * 3 + ["b"] * 3
+
+
 def test_a_resume_drops_an_unfinished_record_in_the_middle(host: PluginHost, tmp_path: Path) -> None:
     # a record of this run that is not in the journal, followed by ones that are (a journal line was lost)
     path = tmp_path / "d.json"

@@ -344,6 +344,7 @@ class JsonArrayLog:
         self.is_entry = is_entry
         self._fh: Any = None
         self._runs: set[Any] = set()
+        self._torn = False  # a failed write left a tail the marker must still cover
         self._end = 0  # where the closing bracket starts: just after the last entry, or after "["
         self._empty = True
         pad = " " * (indent or 0)
@@ -376,12 +377,23 @@ class JsonArrayLog:
             raise RuntimeError(f"{self.label}: append() before open()")
         if not entries:
             return 0
-        text = (self._first_sep if self._empty else self._sep) + self._sep.join(map(self._render, entries))
+        was_empty = self._empty
+        text = (self._first_sep if was_empty else self._sep) + self._sep.join(map(self._render, entries))
         data = text.encode("utf-8")
         self._empty = False
-        self._write_at(self._end, data + self._closing())
+        closing = self._closing()
+        try:
+            self._write_at(self._end, data + closing)
+        except BaseException:  # a full disk, Ctrl-C mid-write: put the closing bracket back if we can
+            self._empty = was_empty
+            try:
+                self._fh.truncate(self._end)
+                self._write_at(self._end, self._closing())
+            except OSError:
+                self._torn = True  # the marker stays: the next open cuts the tail
+            raise
         self._end += len(data)
-        return len(data) + len(self._closing())
+        return len(data) + len(closing)
 
     def close(self) -> None:
         if self._fh is None:
@@ -391,7 +403,8 @@ class JsonArrayLog:
         finally:
             self._fh.close()  # releases the lock
             self._fh = None
-        self.marker.unlink(missing_ok=True)
+        if not self._torn:
+            self.marker.unlink(missing_ok=True)
 
     # -- opening ------------------------------------------------------------------------------------------
 

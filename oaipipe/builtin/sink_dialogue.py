@@ -7,9 +7,9 @@ The sentiment comes from a ``sentiment`` step that scored exactly that text, els
 * ``dialogue-jsonl``: one JSON line per exchange, appended and flushed after each record. Safe at any
   size; the format to prefer.
 * ``dialogue-json``: the original single-document format, a JSON array of ``{role, content, sentiment}``
-  entries (plus ``record_id``, ``run_id``, ``step`` and ``time``), rewritten atomically every ``flush_every``
-  records and at the end. The file is a log across runs: existing entries are kept. It holds every entry
-  in memory, so prefer ``dialogue-jsonl`` for big runs.
+  entries (plus ``record_id``, ``run_id``, ``step`` and ``time``). Each record's entries are written at
+  once over the closing bracket (:class:`JsonArrayLog`): a write costs the record, not the document, and
+  the file is valid JSON after each. The file is a log across runs: existing entries are kept.
 
 Both honour ``done_ids`` on resume: what this run wrote for records that did not finish is removed, so
 each record ends up in the file exactly once. Image data URLs are never written: an image part of a
