@@ -469,8 +469,10 @@ class JsonArrayLog:
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise InputError(f"{self.label}: {self.path} is being written by another oaipipe process",
+            raise InputError(f"{self.label}: {self.path} is being written by another run (it is locked)",
                              hint="wait until that run ends, or point this sink's `path:` at another file") from None
+        except OSError:  # a file system without locks: go on unlocked
+            pass
 
     def _size(self) -> int:
         return os.fstat(self._fh.fileno()).st_size
@@ -615,8 +617,10 @@ class JsonArrayLog:
         with atomic_file(self.path, "wb") as out:
             self._fh.seek(0)
             remaining = head
-            while remaining:
+            while remaining > 0:
                 block = self._fh.read(min(remaining, 1 << 20))
+                if not block:
+                    raise InputError(f"{self.label}: {self.path} changed while it was being read", hint="rerun")
                 out.fh.write(block)
                 remaining -= len(block)
             empty = kept_end is None
