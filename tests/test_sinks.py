@@ -164,21 +164,20 @@ def test_dialogue_never_writes_image_data_urls(host: PluginHost, tmp_path: Path)
 # --- dialogue-json ----------------------------------------------------------------------------------
 
 
-def test_dialogue_json_format_and_atomic_rewrite(host: PluginHost, tmp_path: Path) -> None:
+def test_dialogue_json_format_and_valid_after_every_record(host: PluginHost, tmp_path: Path) -> None:
     path = tmp_path / "logs" / "dialogue.json"
-    sink = build(host, tmp_path, type="dialogue-json", path="logs/dialogue.json", flush_every=2)
+    sink = build(host, tmp_path, type="dialogue-json", path="logs/dialogue.json")
     sink.open(run_info(), None)
-    sink.write(result("a"))
-    assert not path.exists()  # not yet flushed
-    sink.write(result("b"))
-    entries = json.loads(path.read_text(encoding="utf-8"))  # valid JSON after the periodic rewrite
-    assert len(entries) == 6
-    sink.write(result("c"))
-    assert len(json.loads(path.read_text(encoding="utf-8"))) == 6
+    assert json.loads(path.read_text(encoding="utf-8")) == []
+    for n, rid in enumerate("abc", 1):
+        sink.write(result(rid))
+        entries = json.loads(path.read_text(encoding="utf-8"))  # valid JSON after each record
+        assert len(entries) == 3 * n
     sink.close()
     sink.close()
-    entries = json.loads(path.read_text(encoding="utf-8"))
-    assert len(entries) == 9
+    text = path.read_text(encoding="utf-8")
+    entries = json.loads(text)
+    assert text == json.dumps(entries, indent=2, ensure_ascii=False) + "\n"  # laid out as json.dump would
     first = entries[0]
     assert set(first) == {"role", "content", "sentiment", "record_id", "run_id", "step", "time"}
     assert (first["role"], first["record_id"], first["run_id"], first["step"]) == ("system", "a", "R1", "ask:reply")
@@ -210,40 +209,43 @@ def test_dialogue_json_keeps_old_entries_and_resumes_exactly_once(host: PluginHo
     assert [e.get("record_id") for e in entries[1:]] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
 
 
-def test_dialogue_json_crash_between_rewrites_loses_nothing(host: PluginHost, tmp_path: Path) -> None:
+def killed(sink: Sink) -> None:
+    """What SIGKILL leaves of an open dialogue-json sink: its file closed by the OS, nothing else done."""
+    sink._log._fh.close()  # type: ignore[attr-defined]
+
+
+def test_dialogue_json_crash_after_writing_before_journaling_loses_nothing(host: PluginHost,
+                                                                            tmp_path: Path) -> None:
     path = tmp_path / "d.json"
-    crashed = build(host, tmp_path, type="dialogue-json", path="d.json", flush_every=50)
+    crashed = build(host, tmp_path, type="dialogue-json", path="d.json")
     crashed.open(run_info("R1"), None)
     for rid in "abc":
         crashed.write(result(rid))
-    # SIGKILL here: no close(), the document was never rewritten; the side file holds a, b, c
-    side = tmp_path / ".d.json.pending.jsonl"
-    with side.open("a", encoding="utf-8") as fh:
-        fh.write('{"run_id": "R1", "record_id": "d", "entr')  # and a record cut short
+    killed(crashed)  # SIGKILL after writing c, before the runner journaled it
     resumed = build(host, tmp_path, type="dialogue-json", path="d.json")
     resumed.open(run_info("R1"), {"a", "b"})  # the runner journaled a and b only
     entries = json.loads(path.read_text(encoding="utf-8"))
     assert [e["record_id"] for e in entries] == ["a"] * 3 + ["b"] * 3
     resumed.write(result("c"))
     resumed.close()
-    assert not side.exists()
     entries = json.loads(path.read_text(encoding="utf-8"))
     assert [e["record_id"] for e in entries] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    assert not list(tmp_path.glob(".d.json.*"))
 
 
-def test_dialogue_json_side_file_already_in_document_is_not_merged_twice(host: PluginHost, tmp_path: Path) -> None:
-    sink = build(host, tmp_path, type="dialogue-json", path="d.json", flush_every=1)
-    sink.open(run_info("R1"), None)
-    sink.write(result("a"))
-    # a crash between the rewrite and the side file's truncation: both hold record a
+def test_dialogue_json_adopts_the_side_file_of_an_older_version_once(host: PluginHost, tmp_path: Path) -> None:
+    # oaipipe before tail appends kept records between two rewrites in a side file, merged by the next open
+    write_run(host, tmp_path, [result("a")], type="dialogue-json", path="d.json")
     side = tmp_path / ".d.json.pending.jsonl"
-    side.write_text(json.dumps({"run_id": "R1", "record_id": "a", "entries": [{"role": "user"}]}) + "\n",
-                    encoding="utf-8")
+    side.write_text("".join(json.dumps({"run_id": "R1", "record_id": rid, "entries": [{"role": "user", "record_id": rid,
+                                                                                   "run_id": "R1"}]}) + "\n"
+                            for rid in "abc") + '{"run_id": "R1", "record_id": "d", "entr', encoding="utf-8")
     again = build(host, tmp_path, type="dialogue-json", path="d.json")
-    again.open(run_info("R1"), {"a"})
+    again.open(run_info("R1"), {"a", "b"})  # a is in the document already, c was not journaled, d cut short
     again.close()
     entries = json.loads((tmp_path / "d.json").read_text(encoding="utf-8"))
-    assert [e["record_id"] for e in entries] == ["a"] * 3
+    assert [e["record_id"] for e in entries] == ["a"] * 3 + ["b"]
+    assert not side.exists()
 
 
 @pytest.mark.parametrize("content", ["[{\"role\": \"user\",", "{\"role\": \"user\"}"])

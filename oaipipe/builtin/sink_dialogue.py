@@ -7,9 +7,9 @@ The sentiment comes from a ``sentiment`` step that scored exactly that text, els
 * ``dialogue-jsonl``: one JSON line per exchange, appended and flushed after each record. Safe at any
   size; the format to prefer.
 * ``dialogue-json``: the original single-document format, a JSON array of ``{role, content, sentiment}``
-  entries (plus ``record_id``, ``run_id``, ``step`` and ``time``), rewritten atomically every ``flush_every``
-  records and at the end. The file is a log across runs: existing entries are kept. It holds every entry
-  in memory, so prefer ``dialogue-jsonl`` for big runs.
+  entries (plus ``record_id``, ``run_id``, ``step`` and ``time``). Each record's entries are written at
+  once over the closing bracket (:class:`JsonArrayLog`): a write costs the record, not the document, and
+  the file is valid JSON after each. The file is a log across runs: existing entries are kept.
 
 Both honour ``done_ids`` on resume: what this run wrote for records that did not finish is removed, so
 each record ends up in the file exactly once. Image data URLs are never written: an image part of a
@@ -19,17 +19,16 @@ message is kept with its URL shortened to ``data:image/png;base64,... (N chars)`
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from ..base import Analyzer, PluginOptions, Sink
-from ..errors import InputError
-from ..fsutil import write_text_atomic
 from ..hookspecs import hookimpl
 from ..types import Exchange, RecordResult, RunInfo, Sentiment
-from ._sink_files import MODE_FIELD_DOC, JsonlAppendingSink, start_over, unfinished, utc_now
+from ._sink_files import MODE_FIELD_DOC, JsonArrayLog, JsonlAppendingSink, start_over, utc_now
 from ._sink_files import reconcile_jsonl as reconcile_jsonl  # documented import path (docs/plugins.md)
 
 # --- shared helpers ------------------------------------------------------------------------------------
@@ -75,6 +74,10 @@ def content_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+#: recent results of each (shared) analyzer instance: both dialogue sinks score a record's messages once
+_RECENT: weakref.WeakKeyDictionary[Analyzer, dict[str, dict[str, Any]]] = weakref.WeakKeyDictionary()
+
+
 class _SentimentFiller:
     """Finds the sentiment of a message: the sentiment step's result, else the sink's analyzer."""
 
@@ -110,12 +113,16 @@ class _SentimentFiller:
         analyzer = self.analyzer()
         if analyzer is None or not text:
             return None
-        cached = self._cache.get(text)
+        try:
+            recent = _RECENT.setdefault(analyzer, {})
+        except TypeError:  # an analyzer that cannot be weakly referenced: a cache of this sink's own
+            recent = self._cache
+        cached = recent.get(text)
         if cached is None:
             cached = analyzer.analyze(text).to_dict()
-            if len(self._cache) >= 256:  # system prompts repeat on every record: keep a few
-                self._cache.clear()
-            self._cache[text] = cached
+            if len(recent) >= 256:  # system prompts repeat on every record: keep a few
+                recent.clear()
+            recent[text] = cached
         return dict(cached)
 
     def messages(self, exchange: Exchange, sentiments: dict[str, Sentiment]) -> list[dict[str, Any]]:
@@ -185,27 +192,22 @@ class DialogueJsonlSink(JsonlAppendingSink):
 class DialogueJsonSink(Sink):
     """Dialogue log as ONE JSON array of {role, content, sentiment} entries (the original format).
 
-    Between two rewrites of the document, each record's entries are also appended (and flushed) to a
-    hidden side file, ``.<name>.pending.jsonl`` next to it, so that a crash loses nothing the runner
-    already counted as done: the next ``open`` merges the side file into the document (once), then
-    removes it.
+    Each record's entries are appended at once over the closing bracket (:class:`JsonArrayLog`): a write
+    costs the size of the record, the document is valid JSON after each one, and nothing is held in memory.
     """
 
     class Options(_DialogueOptions):
         path: str = Field("out/dialogue.json", description="Output .json file, relative to the pipeline file")
-        flush_every: int = Field(50, ge=1, description="Rewrite the file after this many records")
+        flush_every: int = Field(
+            50, ge=1, description="No effect (kept so older pipelines load): each record is appended at once")
         indent: int | None = Field(2, ge=0, description="JSON indentation; null for one compact line")
 
     options: Options
 
     def __init__(self, options: Any = None, context: Any = None) -> None:
         super().__init__(options, context)
-        self._entries: list[Any] = []
         self._run: RunInfo | None = None
-        self._pending = 0
-        self._dirty = False
-        self._open = False
-        self._side: Any = None
+        self._log: JsonArrayLog | None = None
         self._fill = _SentimentFiller(self, self.options.analyzer)
 
     def prepare(self) -> None:
@@ -217,39 +219,26 @@ class DialogueJsonSink(Sink):
 
     @property
     def side_file(self) -> Path:
+        """Where oaipipe before 0.x kept records between two rewrites; adopted (once) by the next open."""
         path = self.file
         return path.with_name(f".{path.name}.pending.jsonl")
 
-    def _load(self, path: Path) -> list[Any]:
-        if not path.is_file():
-            return []
-        raw = path.read_text(encoding="utf-8")
-        if not raw.strip():
-            return []
-        move = f"move it away (e.g. `mv {path} {path}.bak`) or point `path:` at another file"
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise InputError(
-                f"dialogue-json: {path} exists but is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                f"{exc.msg}); it will not be overwritten",
-                hint=move,
-            ) from None
-        if not isinstance(data, list):
-            raise InputError(
-                f"dialogue-json: {path} exists but holds a JSON {type(data).__name__}, not an array of "
-                f"dialogue entries; it will not be overwritten",
-                hint=move,
-            )
-        return data
+    def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
+        path = self.file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log = JsonArrayLog(path, indent=self.options.indent, label="dialogue-json", run_key="run_id",
+                           id_key="record_id", is_entry=_is_dialogue_entry)
+        start_over(path, self.side_file, log.marker, mode=self.options.mode, done_ids=done_ids,
+                   ours=log.written_by_us)
+        log.open(run_id=run.run_id, done_ids=done_ids, adopt=self._side_records())
+        self.side_file.unlink(missing_ok=True)
+        self._log, self._run = log, run
 
-    def _merge_side_file(self, entries: list[Any]) -> int:
-        """Add the records of the side file that the document does not hold yet; returns how many."""
+    def _side_records(self) -> list[tuple[Any, Any, list[Any]]]:
         side = self.side_file
         if not side.is_file():
-            return 0
-        present = {(e.get("run_id"), str(e.get("record_id"))) for e in entries if isinstance(e, dict)}
-        merged = 0
+            return []
+        found = []
         with side.open("rb") as fh:
             for line in fh:
                 if not line.endswith(b"\n"):
@@ -258,39 +247,12 @@ class DialogueJsonSink(Sink):
                     item = json.loads(line)
                 except ValueError:
                     continue
-                key = (item.get("run_id"), str(item.get("record_id")))
-                if key in present or not isinstance(item.get("entries"), list):
-                    continue
-                entries.extend(item["entries"])
-                present.add(key)
-                merged += 1
-        return merged
-
-    def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
-        path = self.file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        start_over(path, self.side_file, mode=self.options.mode, done_ids=done_ids, ours=_json_log_written_by_us)
-        entries = self._load(path)
-        had_side = self.side_file.exists()
-        self._dirty = self._merge_side_file(entries) > 0
-        if done_ids is not None:
-            kept = [
-                e for e in entries
-                if not (isinstance(e, dict)
-                        and unfinished(e.get("run_id"), e.get("record_id"), run_id=run.run_id, done_ids=done_ids))
-            ]
-            self._dirty = self._dirty or len(kept) != len(entries)
-            entries = kept
-        self._entries = entries
-        self._run = run
-        self._pending = 0
-        self._side = self.side_file.open("a", encoding="utf-8", newline="\n")
-        self._open = True
-        if self._dirty or had_side:
-            self._flush()
+                if isinstance(item, dict) and isinstance(item.get("entries"), list):
+                    found.append((item.get("run_id"), item.get("record_id"), item["entries"]))
+        return found
 
     def write(self, result: RecordResult) -> None:
-        if not self._open or self._run is None:
+        if self._log is None or self._run is None:
             raise RuntimeError("dialogue-json sink: write() before open()")
         if result.error is not None or not result.exchanges:
             return
@@ -300,40 +262,16 @@ class DialogueJsonSink(Sink):
             for message in self._fill.messages(ex, result.sentiments):
                 message.update(record_id=result.record.id, run_id=self._run.run_id, step=ex.step, time=now)
                 new.append(message)
-        side = {"run_id": self._run.run_id, "record_id": result.record.id, "entries": new}
-        self._side.write(json.dumps(side, ensure_ascii=False, default=str) + "\n")
-        self._side.flush()
-        self._entries.extend(new)
-        self._dirty = True
-        self._pending += 1
-        if self._pending >= self.options.flush_every:
-            self._flush()
-
-    def _flush(self) -> None:
-        text = json.dumps(self._entries, ensure_ascii=False, indent=self.options.indent, default=str) + "\n"
-        write_text_atomic(self.file, text)
-        if self._side is not None:  # everything is in the document now
-            self._side.seek(0)
-            self._side.truncate()
-        self._pending = 0
-        self._dirty = False
+        self._log.append(new)
 
     def close(self) -> None:
-        if self._open and (self._dirty or not self.file.exists()):
-            self._flush()
-        self._open = False
-        if self._side is not None:
-            self._side.close()
-            self._side = None
-            self.side_file.unlink(missing_ok=True)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
-def _json_log_written_by_us(path: Path) -> bool:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, list) and all(isinstance(e, dict) and "role" in e for e in data[:5])
+def _is_dialogue_entry(entry: Any) -> bool:
+    return isinstance(entry, dict) and "role" in entry
 
 
 @hookimpl
