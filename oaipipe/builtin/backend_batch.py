@@ -52,7 +52,7 @@ from ..fsutil import write_text_atomic
 from ..home import home_dir
 from ..openai_wire import chat_body, parse_chat_reply
 from ..types import ChatRequest, ChatResponse
-from ._http_backend import HTTPBackendOptions, http_error, not_the_api
+from ..kit.http import HTTPBackendOptions, http_error, not_the_api
 from .backend_openai import OpenAIBackend, translate_sdk_error
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "BatchBackend", "BatchOptions"]

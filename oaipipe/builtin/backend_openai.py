@@ -28,7 +28,7 @@ from ..openai_wire import (
 )
 from ..retry import connection_error
 from ..types import ChatRequest, ChatResponse, ModelInfo
-from ._http_backend import HTTPBackendMixin, http_error, not_the_api
+from ..kit.http import HTTPBackendMixin, http_error, not_the_api
 
 __all__ = ["OpenAIBackend", "translate_sdk_error"]
 

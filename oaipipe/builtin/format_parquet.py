@@ -6,7 +6,7 @@ the file one record batch at a time (memory stays flat whatever its size); value
 an empty or duplicate id fails alone, naming its row.
 
 Sink: ``{type: parquet, path: out/records.parquet, mode: overwrite}`` writes the enriched records, with
-``_id`` and ``_run`` columns first, the record's fields after them; see :mod:`._columnar` for how it
+``_id`` and ``_run`` columns first, the record's fields after them; see :mod:`oaipipe.kit.columnar` for how it
 survives a kill (a row log next to the file, turned into Parquet on close).
 """
 
@@ -25,9 +25,9 @@ from ..fsutil import atomic_file
 from ..hookspecs import hookimpl
 from ..idset import SeenIds
 from ..types import Record
-from ._columnar import ColumnarSink
-from ._sink_files import MODE_FIELD_DOC
-from ._source_files import FileSource, guarded_record, unique_id_record
+from ..kit.columnar import ColumnarSink
+from ..kit.sinks import MODE_FIELD_DOC
+from ..kit.sources import FileSource, guarded_record, unique_id_record
 
 __all__ = ["ParquetSink", "ParquetSource", "numbered", "records_of_batches"]
 

@@ -28,8 +28,8 @@ from ..base import PluginOptions, Sink
 from ..errors import InputError
 from ..hookspecs import hookimpl
 from ..types import Record, RecordResult, RunInfo
-from ._sink_files import MODE_FIELD_DOC
-from ._source_files import FileSource
+from ..kit.sinks import MODE_FIELD_DOC
+from ..kit.sources import FileSource
 from .format_parquet import check_columns, records_of_batches, wanted_columns
 
 __all__ = ["SqliteSink", "SqliteSource", "quote"]

@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..fsutil import atomic_file
 from ..hookspecs import hookimpl
 from ..types import RecordResult, RunInfo
-from ._sink_files import MODE_FIELD_DOC, AppendingSink, JsonlAppendingSink, first_line, start_over, unfinished
+from ..kit.sinks import MODE_FIELD_DOC, AppendingSink, JsonlAppendingSink, first_line, start_over, unfinished
 
 ID_COLUMN = "record_id"
 RUN_COLUMN = "run_id"

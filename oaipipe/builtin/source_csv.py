@@ -5,7 +5,7 @@ empty cell is ``""``. Memory stays flat however long the file is: one row is rea
 thing that grows with the file is the set of ids seen so far (to report duplicates), kept compactly
 (8 bytes an id, see ``oaipipe.idset``).
 
-One bad row fails that row alone (a record with ``error`` set, see ``_source_files.guarded_record``), with
+One bad row fails that row alone (a record with ``error`` set, see ``oaipipe.kit.sources.guarded_record``), with
 the data row number, the physical line and, for an undecodable byte, its byte offset in the file:
 
 - an undecodable byte, a NUL byte, or a byte-order mark at the start of a line other than the first;
@@ -38,7 +38,7 @@ from ..errors import InputError, RecordError
 from ..hookspecs import hookimpl
 from ..idset import SeenIds
 from ..types import Record
-from ._source_files import (
+from ..kit.sources import (
     FileSource,
     count_lines,
     guarded_record,

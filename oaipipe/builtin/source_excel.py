@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..extras import require
 from ..hookspecs import hookimpl
 from ..types import Record
-from ._source_files import FileSource
+from ..kit.sources import FileSource
 from .format_parquet import check_columns, records_of_batches, wanted_columns
 
 __all__ = ["ExcelSource"]

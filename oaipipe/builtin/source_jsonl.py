@@ -19,7 +19,7 @@ from ..errors import InputError, RecordError
 from ..hookspecs import hookimpl
 from ..idset import SeenIds
 from ..types import Record
-from ._source_files import (
+from ..kit.sources import (
     MAX_NESTING,
     FileSource,
     count_lines,

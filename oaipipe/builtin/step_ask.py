@@ -17,7 +17,7 @@ from pydantic import Field
 from .. import hookimpl
 from ..base import Step, StepContext
 from ..templates import render
-from ._chat_step import ChatStepMixin, ChatStepOptions
+from ..kit.chat import ChatStepMixin, ChatStepOptions
 
 __all__ = ["AskStep"]
 

@@ -25,7 +25,7 @@ from ..base import Step, StepContext
 from ..errors import ImageError
 from ..images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreparedImage, load_image
 from ..templates import fields_of, render
-from ._chat_step import ChatStepMixin, ChatStepOptions
+from ..kit.chat import ChatStepMixin, ChatStepOptions
 
 __all__ = ["DescribeImageStep"]
 
