@@ -41,19 +41,24 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 from pydantic import Field
 
 from .. import hookimpl
 from ..errors import BackendError, ServerError, mask_secrets
 from ..fsutil import write_text_atomic
 from ..home import home_dir
+from ..kit.http import HTTPBackendOptions, http_error, not_the_api
+from ..lazy import lazy_module
 from ..openai_wire import chat_body, parse_chat_reply
 from ..types import ChatRequest, ChatResponse
-from ..kit.http import HTTPBackendOptions, http_error, not_the_api
 from .backend_openai import OpenAIBackend, translate_sdk_error
+
+if TYPE_CHECKING:
+    import openai
+else:  # imported on first use
+    openai = lazy_module("openai")
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "BatchBackend", "BatchOptions"]
 

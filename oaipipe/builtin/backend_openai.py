@@ -14,21 +14,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
-
-import httpx2
-import openai
+from typing import TYPE_CHECKING, Any
 
 from .. import hookimpl
 from ..base import Backend
 from ..errors import BackendError, ServerError
 from ..keys import sdk_client
+from ..kit.http import HTTPBackendMixin, http_error, not_the_api
+from ..lazy import lazy_module
 from ..openai_wire import (
     parse_models,
 )
 from ..retry import connection_error
 from ..types import ChatRequest, ChatResponse, ModelInfo
-from ..kit.http import HTTPBackendMixin, http_error, not_the_api
+
+if TYPE_CHECKING:
+    import httpx2
+    import openai
+else:  # imported on first use: `oaipipe --help` and `validate` never load the SDK
+    httpx2 = lazy_module("httpx2")
+    openai = lazy_module("openai")
 
 __all__ = ["OpenAIBackend", "translate_sdk_error"]
 
