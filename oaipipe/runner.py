@@ -205,7 +205,7 @@ class Runner:
         """A run whose records are done and whose ``train:`` step is not: only the step runs."""
         self.reporter.start(headline, notes, None)
         summary = {**(run.summary() or self._summary(run, "training", None)), "status": "training"}
-        self.pipeline.host.call_hook("oaipipe_run_start", run=info)
+        self.pipeline.host.run_start(info)
         return await self._train_step(run, summary, info)
 
     def _start(self, headline: str, notes: list[str]) -> None:
@@ -227,7 +227,7 @@ class Runner:
         error: OaipipeError | None = None
         try:
             self._open_outputs(run, selection, info, outputs)
-            self.pipeline.host.call_hook("oaipipe_run_start", run=info)
+            self.pipeline.host.run_start(info)
             await self._process_all(selection.skip or set(), outputs.journal, outputs.errors, info)
             status = self._outcome()
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -307,7 +307,7 @@ class Runner:
         """The end of a run: the plugins' hook, then the reporter. A plugin failing in the hook is returned."""
         finish_error = None
         try:
-            self.pipeline.host.call_hook("oaipipe_run_finish", run=info, summary=summary)
+            self.pipeline.host.run_finish(info, summary)
         except PluginError as exc:
             finish_error = exc
         self.summary = summary
@@ -528,7 +528,7 @@ class Runner:
             self.stats.done += 1
         journal.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
         journal.flush()
-        self.pipeline.host.call_hook("oaipipe_record_done", run=info, result=result)
+        self.pipeline.host.record_done(info, result)
         self.reporter.update(self.stats)
         if not ok:
             self._check_failures(result)

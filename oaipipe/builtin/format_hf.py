@@ -27,11 +27,10 @@ from ..base import PluginOptions, Source
 from ..errors import InputError
 from ..extras import require
 from ..hookspecs import hookimpl
-from ..types import Record, RunInfo
 from ..kit.columnar import ColumnarSink
 from ..kit.sinks import MODE_FIELD_DOC
-from ..kit.sources import checked_path
-from .format_parquet import check_columns, numbered, records_of_batches, wanted_columns
+from ..kit.sources import check_columns, checked_path, numbered, records_of_batches, wanted_columns
+from ..types import Record, RunInfo
 
 __all__ = ["HfDatasetSink", "HfDatasetSource"]
 

@@ -28,9 +28,9 @@ from ..base import Analyzer, PluginOptions, Sink
 from ..errors import InputError
 from ..fsutil import write_text_atomic
 from ..hookspecs import hookimpl
-from ..types import Exchange, RecordResult, RunInfo, Sentiment
 from ..kit.sinks import MODE_FIELD_DOC, JsonlAppendingSink, start_over, unfinished, utc_now
 from ..kit.sinks import reconcile_jsonl as reconcile_jsonl  # documented import path (docs/plugins.md)
+from ..types import Exchange, RecordResult, RunInfo, Sentiment
 
 # --- shared helpers ------------------------------------------------------------------------------------
 

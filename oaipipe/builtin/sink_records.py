@@ -25,8 +25,8 @@ from ..base import PluginOptions
 from ..errors import InputError
 from ..fsutil import atomic_file
 from ..hookspecs import hookimpl
-from ..types import RecordResult, RunInfo
 from ..kit.sinks import MODE_FIELD_DOC, AppendingSink, JsonlAppendingSink, first_line, start_over, unfinished
+from ..types import RecordResult, RunInfo
 
 ID_COLUMN = "record_id"
 RUN_COLUMN = "run_id"

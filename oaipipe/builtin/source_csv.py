@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import difflib
 from collections import deque
 from collections.abc import Iterator
 from functools import partial
@@ -37,15 +36,16 @@ from ..base import PluginOptions
 from ..errors import InputError, RecordError
 from ..hookspecs import hookimpl
 from ..idset import SeenIds
-from ..types import Record
 from ..kit.sources import (
     FileSource,
     count_lines,
+    did_you_mean,
     guarded_record,
     line_too_long,
     read_lines,
     unique_id_record,
 )
+from ..types import Record
 
 #: longest row (characters) read: an unclosed quote swallows lines up to here at most, then they are read again
 ROW_LIMIT = 16 * 1024 * 1024
@@ -64,15 +64,6 @@ def _lines(lines: list[_Line]) -> str:
 #: what an undecodable byte turns into when an encoding cannot be split into lines as bytes (utf-16, utf-32)
 _MARK = "\udbff"  # a lone surrogate: no strict decoder ever produces one
 codecs.register_error("oaipipe.undecodable", lambda exc: (_MARK, exc.end))  # type: ignore[arg-type, return-value]
-
-
-def did_you_mean(name: str, choices: list[str]) -> str:
-    """`` (did you mean 'X'?)`` for the closest of ``choices``, or ``""``."""
-    lowered = {c.lower(): c for c in choices}
-    if name.lower() in lowered:
-        return f" (did you mean '{lowered[name.lower()]}'?)"
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 class _Line(NamedTuple):

@@ -14,8 +14,8 @@ from pydantic import Field, field_validator
 
 from ..base import PluginOptions, Source
 from ..hookspecs import hookimpl
-from ..types import Record
 from ..kit.sources import checked_path
+from ..types import Record
 
 DEFAULT_EXTENSIONS = ["png", "jpg", "jpeg", "gif", "webp", "bmp", "tiff", "tif"]
 

@@ -18,7 +18,6 @@ from ..base import PluginOptions
 from ..errors import InputError, RecordError
 from ..hookspecs import hookimpl
 from ..idset import SeenIds
-from ..types import Record
 from ..kit.sources import (
     MAX_NESTING,
     FileSource,
@@ -29,6 +28,7 @@ from ..kit.sources import (
     too_deep,
     unique_id_record,
 )
+from ..types import Record
 
 
 class JsonlSource(FileSource):

@@ -16,8 +16,8 @@ from pydantic import Field
 
 from .. import hookimpl
 from ..base import Step, StepContext
-from ..templates import render
 from ..kit.chat import ChatStepMixin, ChatStepOptions
+from ..templates import render
 
 __all__ = ["AskStep"]
 
