@@ -73,6 +73,7 @@ def _untag(obj: dict[str, Any]) -> Any:
 
 
 def decode_row(line: bytes | str) -> dict[str, Any] | None:
+    """One line of the row log as a row (tagged values decoded), or ``None`` for a line cut short by a crash."""
     try:
         row = json.loads(line, object_hook=_untag)
     except ValueError:

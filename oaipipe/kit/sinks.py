@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..base import Sink
+from ..base import Context, Sink
 from ..errors import InputError
 from ..fsutil import atomic_file
 from ..types import RunInfo
+from .sources import FileOptionsT
 
 __all__ = ["AppendingSink", "JsonlAppendingSink", "MODE_FIELD_DOC", "first_line", "jsonl_written_by", "reconcile_jsonl", "start_over", "unfinished", "utc_now"]
 
@@ -49,6 +50,7 @@ def start_over(path: Path, *extra: Path, mode: str, done_ids: set[str] | None,
 
 
 def first_line(path: Path) -> str:
+    """The first line of the text file ``path`` (undecodable bytes replaced), ``""`` when it is empty."""
     with path.open("r", encoding="utf-8", errors="replace") as fh:
         return fh.readline()
 
@@ -100,7 +102,7 @@ def reconcile_jsonl(path: Path, *, run_id: str, done_ids: set[str] | None, run_k
     return dropped
 
 
-class AppendingSink(Sink):
+class AppendingSink(Sink[FileOptionsT]):
     """A sink that appends to the file ``options.path``, flushing after each record and fsync'ing on close.
 
     Subclasses open with :meth:`_open_for_append`, check with :meth:`_open_run` and write with
@@ -108,9 +110,8 @@ class AppendingSink(Sink):
     """
 
     kind: ClassVar[str] = "sink"
-    options: Any
 
-    def __init__(self, options: Any = None, context: Any = None) -> None:
+    def __init__(self, options: FileOptionsT | None = None, context: Context | None = None) -> None:
         super().__init__(options, context)
         self._fh: Any = None
         self._run: RunInfo | None = None
@@ -143,7 +144,7 @@ class AppendingSink(Sink):
                 self._fh = None
 
 
-class JsonlAppendingSink(AppendingSink):
+class JsonlAppendingSink(AppendingSink[FileOptionsT]):
     """An :class:`AppendingSink` of JSON lines that carry the run id (``run_key``) and record id (``id_key``)."""
 
     run_key: ClassVar[str]

@@ -10,9 +10,11 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, TypeVar
 
-from ..base import Source
+from pydantic import Field
+
+from ..base import PluginOptions, Source
 from ..errors import InputError, OaipipeError
 from ..idset import SeenIds
 from ..types import Record
@@ -21,6 +23,8 @@ __all__ = [
     "COUNT_LIMIT_BYTES",
     "MAX_LINE_BYTES",
     "MAX_NESTING",
+    "FileOptions",
+    "FileOptionsT",
     "FileSource",
     "check_columns",
     "checked_path",
@@ -50,6 +54,7 @@ MAX_NESTING = 256
 
 
 def missing_file_error(kind: str, path: Path, given: str, base_dir: Path, *, folder: bool = False) -> InputError:
+    """The :class:`InputError` for a ``path`` that does not exist: says where it was looked for and why."""
     what = "folder" if folder else "file"
     return InputError(
         f"{kind} {what} not found: {given} (looked for {path}, resolved against {base_dir})",
@@ -91,12 +96,24 @@ def checked_path(kind: str, given: str, context: Any, *, hint: str, folder: bool
                      "(resuming needs to read the input again)")
 
 
-class FileSource(Source):
-    """A source that reads the one file ``options.path``; ``kind`` and ``wrong_kind_hint`` word the errors."""
+class FileOptions(PluginOptions):
+    """Options of a component that reads or writes one file: ``path``, relative to the pipeline file."""
 
-    kind: ClassVar[str]
-    wrong_kind_hint: ClassVar[str]
-    options: Any
+    path: str = Field(description="The file, relative to the pipeline file")
+
+
+#: the options of a file source or sink: :class:`FileOptions` or a subclass
+FileOptionsT = TypeVar("FileOptionsT", bound=FileOptions)
+
+
+class FileSource(Source[FileOptionsT]):
+    """A source that reads the one file ``options.path``; ``kind`` and ``wrong_kind_hint`` word the errors.
+
+    Generic over its options (a :class:`FileOptions` subclass): ``class TsvSource(FileSource[TsvOptions])``
+    makes ``self.options.delimiter`` type-check."""
+
+    kind: ClassVar[str] = "input"
+    wrong_kind_hint: ClassVar[str] = "give the path of a file"
 
     @property
     def file(self) -> Path:
@@ -260,6 +277,7 @@ def records_of_batches(rows: Iterator[tuple[int, dict[str, Any]]], *, label: str
 
 
 def check_columns(label: str, available: list[str], id_column: str | None, columns: list[str] | None) -> None:
+    """Raise an :class:`InputError` (with a did-you-mean) when ``id_column`` or a wanted column is not in ``available``."""
     for key, col in ([("id_column", id_column)] if id_column else []) + [("columns", c) for c in columns or []]:
         if col not in available:
             raise InputError(f"{label}: column '{col}' (source.{key}) is not in the data{did_you_mean(col, available)}",
@@ -267,6 +285,7 @@ def check_columns(label: str, available: list[str], id_column: str | None, colum
 
 
 def wanted_columns(id_column: str | None, columns: list[str] | None) -> list[str] | None:
+    """The columns to read: ``columns`` with ``id_column`` first when it is not among them; ``None`` for all."""
     if columns is None:
         return None
     wanted = list(columns)
