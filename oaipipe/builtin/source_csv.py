@@ -154,6 +154,52 @@ def _lines_as_text(fh: IO[bytes], encoding: str) -> Iterator[_Line]:
         yield _Line(number, -1, text, problem)
 
 
+def _feed(lines: Iterator[_Line], replay: deque[_Line], taken: list[_Line], flagged: list[_Line],
+          state: dict[str, int]) -> Iterator[str]:
+    """The text lines csv reads for :meth:`CsvSource._rows`: the replayed ones first, then the file's; each
+    line is noted in ``taken`` (and ``flagged`` if it has a problem); a row past ``ROW_LIMIT`` stops it."""
+    while True:
+        if replay:
+            line = replay.popleft()
+        else:
+            line = next(lines, None)
+            if line is None:
+                # csv asks for another line only inside a quoted value: at the end of the file, the
+                # quote is not closed
+                state["eof"] = bool(taken)
+                return
+        taken.append(line)
+        if line.problem:
+            flagged.append(line)
+        state["chars"] += len(line.text)
+        if state["chars"] > ROW_LIMIT:
+            raise _RowTooLong
+        yield line.text
+
+
+def _parse_failure(exc: Exception, got: list[_Line]) -> str:
+    """The problem of a row csv could not parse (``got``: its lines; all but the first are read again)."""
+    if isinstance(exc, _RowTooLong):
+        problem = f"the row is longer than {ROW_LIMIT:,} characters"
+        if len(got) > 1:
+            problem += f": is the quote opened on line {got[0].number} never closed?"
+    else:
+        problem = f"cannot parse the row: {exc}"
+    if len(got) > 1:
+        problem += f" (the lines taken into this row, {_lines(got[1:])}, are read again as rows)"
+    return problem
+
+
+def _unclosed_quote(got: list[_Line]) -> str:
+    """The problem of a row whose quote runs to the end of the file (all its lines but the first are read
+    again)."""
+    problem = f"the quote opened on line {got[0].number} is never closed"
+    if len(got) > 1:
+        problem += (f": the rest of the file ({_lines(got[1:])}) would be one value; those lines are "
+                    f"read again as rows")
+    return problem + '; close the quote, or write a quote inside a value as ""'
+
+
 class CsvSource(FileSource):
     """Rows of a CSV file (read row by row); values are kept as the strings written in the file."""
 
@@ -200,27 +246,9 @@ class CsvSource(FileSource):
         flagged: list[_Line] = []  # those of them with a problem
         state = {"chars": 0, "eof": False}  # characters taken into the row; the file ended inside it
 
-        def feed() -> Iterator[str]:
-            while True:
-                if replay:
-                    line = replay.popleft()
-                else:
-                    line = next(lines, None)
-                    if line is None:
-                        # csv asks for another line only inside a quoted value: at the end of the file, the
-                        # quote is not closed
-                        state["eof"] = bool(taken)
-                        return
-                taken.append(line)
-                if line.problem:
-                    flagged.append(line)
-                state["chars"] += len(line.text)
-                if state["chars"] > ROW_LIMIT:
-                    raise _RowTooLong
-                yield line.text
-
         def new_reader() -> Iterator[list[str]]:
-            return csv.reader(feed(), delimiter=self.options.delimiter, strict=False)
+            feed = _feed(lines, replay, taken, flagged, state)
+            return csv.reader(feed, delimiter=self.options.delimiter, strict=False)
 
         def take() -> tuple[list[_Line], str | None]:
             """The lines of the row just read, and the first problem among them."""
@@ -243,15 +271,8 @@ class CsvSource(FileSource):
                 got, _ = take()
                 if not got:  # pragma: no cover - csv fails only on a line it has read
                     continue
-                if isinstance(exc, _RowTooLong):
-                    problem = f"the row is longer than {ROW_LIMIT:,} characters"
-                    if len(got) > 1:
-                        problem += f": is the quote opened on line {got[0].number} never closed?"
-                else:
-                    problem = f"cannot parse the row: {exc}"
-                if len(got) > 1:
-                    problem += f" (the lines taken into this row, {_lines(got[1:])}, are read again as rows)"
-                    replay.extendleft(reversed(got[1:]))
+                problem = _parse_failure(exc, got)
+                replay.extendleft(reversed(got[1:]))  # the lines taken into the row are read again as rows
                 if len(got) > 1 or isinstance(exc, _RowTooLong):
                     reader = new_reader()  # the feed ended with the exception, or it must start on the replay
                 yield _Row(None, got, problem)
@@ -259,13 +280,9 @@ class CsvSource(FileSource):
             got, line_problem = take()
             if state["eof"]:
                 state["eof"] = False
-                problem = f"the quote opened on line {got[0].number} is never closed"
-                if len(got) > 1:
-                    problem += (f": the rest of the file ({_lines(got[1:])}) would be one value; those lines are "
-                                f"read again as rows")
-                    replay.extend(got[1:])
+                replay.extend(got[1:])  # the rest of the file is read again as rows
                 reader = new_reader()  # the feed ended with the file: start a new one on the replayed lines
-                yield _Row(None, got, problem + '; close the quote, or write a quote inside a value as ""')
+                yield _Row(None, got, _unclosed_quote(got))
                 continue
             yield _Row(fields, got, line_problem)
 
