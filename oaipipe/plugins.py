@@ -265,7 +265,7 @@ class PluginHost:
             bad = next((name for name in dir(exc.plugin) if name not in known
                         and getattr(getattr(exc.plugin, name, None), "oaipipe_impl", None) is not None), "")
             close = difflib.get_close_matches(bad, known, n=1)
-            origin = self.info.get(plugin).origin if plugin in self.info else "plugin"
+            origin = self.info[plugin].origin if plugin in self.info else "plugin"
             raise PluginLoadError(
                 f"plugin '{plugin}' ({origin}) implements an unknown hook '{bad}'",
                 hint=(f"did you mean '{close[0]}'? " if close else "") + f"the hooks are: {', '.join(sorted(known))}",
@@ -289,7 +289,7 @@ class PluginHost:
             for impl in reversed(hook.get_hookimpls()):
                 plugin_name = self.pm.get_name(impl.plugin) or "?"
 
-                def register(name: str, cls: type, _kind: str = kind, _base: type = base,
+                def register(name: str, cls: Any, _kind: str = kind, _base: type[Component] = base,
                              _plugin: str = plugin_name) -> None:
                     if not (isinstance(cls, type) and issubclass(cls, _base)):
                         raise PluginLoadError(

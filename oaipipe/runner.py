@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as _dt
+import functools
 import json
 import threading
 import traceback
@@ -269,7 +270,7 @@ class Runner:
         # records not journaled; on --retry-failed also the failed records' lines, as they are redone)
         done_for_sinks = None if selection.mode == "new" else (selection.skip or set())
         for sink in pipeline.sinks:
-            _storage(lambda sink=sink: sink.open(info, done_for_sinks), _sink_path(pipeline, sink), "write")
+            _storage(functools.partial(sink.open, info, done_for_sinks), _sink_path(pipeline, sink), "write")
             outputs.sinks.append(sink)
         outputs.journal = run.open_state_file(run.journal_path)
         outputs.errors = run.open_state_file(run.errors_path)
@@ -426,7 +427,8 @@ class Runner:
                 batch = await asyncio.to_thread(next, batches, sentinel)
                 if batch is sentinel:
                     break
-                for record in batch:  # type: ignore[union-attr]
+                assert isinstance(batch, list)
+                for record in batch:
                     if record.id in skip:
                         self.stats.skipped += 1
                         continue
@@ -510,7 +512,7 @@ class Runner:
                     hint="fix the cause (disk space, permissions, the sink's plugin) and rerun the same command: "
                          "finished records are kept, this one is written again",
                 ) from exc
-        entry = {
+        entry: dict[str, Any] = {
             "id": result.record.id,
             "status": "done" if ok else "failed",
             "where": result.record.where,
@@ -568,7 +570,7 @@ def _exchange_dict(exchange: Any, result: RecordResult) -> dict[str, Any]:
     if isinstance(exchange, Exchange):
         # hot path (one per call): a shallow build is several times cheaper than dataclasses.asdict
         usage = exchange.usage
-        data = {"record_id": exchange.record_id, "step": exchange.step,
+        data: dict[str, Any] = {"record_id": exchange.record_id, "step": exchange.step,
                 "messages": [dict(m) for m in exchange.messages], "model": exchange.model,
                 "backend": exchange.backend,
                 "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,

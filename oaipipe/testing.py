@@ -357,7 +357,8 @@ class PipelineProject:
     def run_dirs(self) -> list[Path]:
         """This pipeline's run directories, oldest first."""
         root = self.path / str((self.config().get("run") or {}).get("dir") or "runs")
-        mine, others = [], []
+        mine: list[Path] = []
+        others: list[Path] = []
         for meta in root.glob("*/*/pipeline.json"):
             try:
                 file = json.loads(meta.read_text(encoding="utf-8")).get("file")

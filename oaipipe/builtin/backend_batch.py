@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import Field
 
@@ -65,7 +66,7 @@ __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "BatchBackend", "BatchOption
 #: limits of the OpenAI Batch API per input file
 MAX_BATCH_REQUESTS = 50_000
 MAX_BATCH_BYTES = 200 * 1024 * 1024
-ENDPOINT = "/v1/chat/completions"
+ENDPOINT: Final = "/v1/chat/completions"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _RAISE = object()  # _api(not_found=...) default: a 404 is an error
 
@@ -340,7 +341,7 @@ class BatchBackend(OpenAIBackend):
                 continue
             first, *others = waiting
             for p in others:
-                first.future.add_done_callback(lambda f, p=p: _copy_outcome(f, p))
+                first.future.add_done_callback(functools.partial(_copy_outcome, pending=p))
             self._enqueue(custom_id, first)
 
     def _deliver(self, data: bytes, batch_id: str) -> tuple[set[str], set[str]]:

@@ -229,7 +229,7 @@ class DialogueJsonSink(Sink):
         move = f"move it away (e.g. `mv {path} {path}.bak`) or point `path:` at another file"
         try:
             data = json.loads(raw)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise InputError(
                 f"dialogue-json: {path} exists but is not valid JSON (line {exc.lineno}, column {exc.colno}: "
                 f"{exc.msg}); it will not be overwritten",

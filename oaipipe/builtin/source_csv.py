@@ -63,7 +63,13 @@ def _lines(lines: list[_Line]) -> str:
 
 #: what an undecodable byte turns into when an encoding cannot be split into lines as bytes (utf-16, utf-32)
 _MARK = "\udbff"  # a lone surrogate: no strict decoder ever produces one
-codecs.register_error("oaipipe.undecodable", lambda exc: (_MARK, exc.end))  # type: ignore[arg-type, return-value]
+def _undecodable(exc: UnicodeError) -> tuple[str, int]:
+    """Each undecodable byte sequence becomes :data:`_MARK` (the codec error handler)."""
+    assert isinstance(exc, UnicodeDecodeError)
+    return _MARK, exc.end
+
+
+codecs.register_error("oaipipe.undecodable", _undecodable)
 
 
 class _Line(NamedTuple):
@@ -162,12 +168,13 @@ def _feed(lines: Iterator[_Line], replay: deque[_Line], taken: list[_Line], flag
         if replay:
             line = replay.popleft()
         else:
-            line = next(lines, None)
-            if line is None:
+            got = next(lines, None)
+            if got is None:
                 # csv asks for another line only inside a quoted value: at the end of the file, the
                 # quote is not closed
                 state["eof"] = bool(taken)
                 return
+            line = got
         taken.append(line)
         if line.problem:
             flagged.append(line)
@@ -383,7 +390,7 @@ class CsvSource(FileSource):
         wanted = self._wanted(header)
         columns = wanted if wanted is not None else header
         picks = [(c, header.index(c)) for c in columns]
-        state = {"row": 0, "seen": SeenIds()}
+        state: dict[str, Any] = {"row": 0, "seen": SeenIds()}
         for row in rows:
             if row.problem is None and row.fields is not None and self._blank(row.fields):
                 continue  # blank lines are skipped (they are not rows)

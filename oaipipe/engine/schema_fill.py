@@ -144,10 +144,10 @@ def _fill(schema: Any, name: str, known: dict[str, Any], root: dict[str, Any], d
         options = schema.get(key)
         if isinstance(options, list) and options:
             resolved = [_resolve(o, root) for o in options if isinstance(o, dict)]
-            non_null = [o for o in resolved if _types(o) != ["null"]]
-            if value is None and len(non_null) < len(resolved) and depth > _MAX_DEPTH:
+            usable = [o for o in resolved if _types(o) != ["null"]]
+            if value is None and len(usable) < len(resolved) and depth > _MAX_DEPTH:
                 return None
-            return _fill(non_null[0] if non_null else resolved[0], name, known, root, depth + 1)
+            return _fill(usable[0] if usable else resolved[0], name, known, root, depth + 1)
     if isinstance(schema.get("allOf"), list) and schema["allOf"]:
         merged: dict[str, Any] = {}
         for part in schema["allOf"]:

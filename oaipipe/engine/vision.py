@@ -12,7 +12,7 @@ import base64
 import binascii
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..lazy import lazy_module
 from ..pixels import TooManyPixels, decode
@@ -117,12 +117,13 @@ def measure(data: bytes, *, colors: int = 4) -> ImageFacts:
     small.thumbnail((96, 96))
     brightness = ImageStat.Stat(small.convert("L")).mean[0] / 255.0
     quant = small.quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
-    palette = quant.getpalette() or []
+    palette: list[int] = quant.getpalette() or []
     counts = sorted(quant.getcolors() or [], key=lambda c: (-c[0], c[1]))
     total = sum(c for c, _ in counts) or 1
     merged: dict[str, list[Any]] = {}
     for count, index in counts:
-        rgb_val = tuple(palette[index * 3: index * 3 + 3])
+        start = cast(int, index) * 3  # a palette image's colours are palette indexes
+        rgb_val = tuple(palette[start: start + 3])
         name = color_name(rgb_val)  # type: ignore[arg-type]
         if name in merged:
             merged[name][1] += count

@@ -58,7 +58,7 @@ def _untag(obj: dict[str, Any]) -> Any:
     kind = obj.get(_TAG)
     if kind is None or len(obj) != 2:
         return obj
-    value = obj.get("v")
+    value = obj["v"]  # len(obj) == 2: the tag and the value
     if kind == "datetime":
         return _dt.datetime.fromisoformat(value)
     if kind == "date":

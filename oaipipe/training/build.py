@@ -34,7 +34,8 @@ class BuildResult:
     """Rows ready to write, plus counts that explain what was kept and why."""
 
     method: str
-    train: list[dict[str, Any]] = field(default_factory=list)
+    #: the rows; a line that did not parse stays as its ParseError (reported by validation, never written)
+    train: list[dict[str, Any] | ParseError] = field(default_factory=list)
     validation: list[dict[str, Any]] = field(default_factory=list)
     #: where each train row came from (same order), for the validation report
     train_where: list[str] = field(default_factory=list)
