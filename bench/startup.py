@@ -1,7 +1,7 @@
 """Start-up time of the CLI: ``oaipipe --help``, ``oaipipe validate``, and a one-record run on the local engine.
 
 Each command runs in a fresh process, ``--repeat`` times (hyperfine-style: one warm-up run first, then the
-median, min and max of the wall times), plus which heavy libraries each one imported::
+median and min of the wall times, and the median CPU time, which a loaded machine disturbs less), plus which heavy libraries each one imported::
 
     python bench/startup.py                      # this checkout
     python bench/startup.py --source /tmp/before # another checkout of oaipipe (e.g. `git archive` of a
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -34,9 +35,9 @@ try:
     main()
 except SystemExit:
     pass
-heavy = sorted({m.split(".")[0] for m in sys.modules} & set(%r))
+heavy = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY_NAMES))
 print("HEAVY=" + json.dumps(heavy), file=sys.stderr)
-""" % (HEAVY,)
+""".replace("HEAVY_NAMES", repr(HEAVY))
 
 PIPELINE = """\
 name: startup
@@ -49,14 +50,20 @@ sinks:
 """
 
 
-def _once(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, list[str]]:
-    start = time.perf_counter()
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _once(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, list[str]]:
+    """Wall time and CPU time (user + system: less sensitive to a loaded machine) of one run."""
+    start, cpu = time.perf_counter(), _cpu()
     proc = subprocess.run([sys.executable, "-c", RUNNER, *args], cwd=cwd, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu_used = time.perf_counter() - start, _cpu() - cpu
     heavy = next((json.loads(line[6:]) for line in proc.stderr.splitlines() if line.startswith("HEAVY=")), None)
     if heavy is None:
         raise SystemExit(f"`oaipipe {' '.join(args)}` failed:\n{proc.stdout}\n{proc.stderr}")
-    return elapsed, heavy
+    return elapsed, cpu_used, heavy
 
 
 def main() -> None:
@@ -77,15 +84,18 @@ def main() -> None:
             "oaipipe validate pipeline.yaml": ["validate", "pipeline.yaml"],
             "oaipipe run (1 record, local engine)": ["run", "pipeline.yaml", "--fresh"],
         }
-        print("| command | median (s) | min (s) | max (s) | heavy libraries imported |")
+        print("| command | wall median (s) | wall min (s) | CPU median (s) | heavy libraries imported |")
         print("|---|---|---|---|---|")
         for label, args in commands.items():
             _once(args, work, env)  # warm-up: byte-code and file caches
-            times, heavy = [], []
+            times: list[float] = []
+            cpus: list[float] = []
+            heavy: list[str] = []
             for _ in range(opts.repeat):
-                elapsed, heavy = _once(args, work, env)
+                elapsed, cpu, heavy = _once(args, work, env)
                 times.append(elapsed)
-            print(f"| `{label}` | {statistics.median(times):.2f} | {min(times):.2f} | {max(times):.2f} | "
+                cpus.append(cpu)
+            print(f"| `{label}` | {statistics.median(times):.2f} | {min(times):.2f} | {statistics.median(cpus):.2f} | "
                   f"{', '.join(heavy) or '(none)'} |", flush=True)
 
 

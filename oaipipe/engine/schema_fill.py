@@ -186,8 +186,9 @@ def _fill(schema: Any, name: str, known: dict[str, Any], root: dict[str, Any], d
         return out
     if kind == "array":
         items = schema.get("items") or {}
-        min_items = schema.get("minItems") if isinstance(schema.get("minItems"), int) else 0
-        max_items = schema.get("maxItems") if isinstance(schema.get("maxItems"), int) else None
+        low, high = schema.get("minItems"), schema.get("maxItems")
+        min_items = low if isinstance(low, int) else 0
+        max_items = high if isinstance(high, int) else None
         if isinstance(value, list) and value:
             item_schema = _resolve(items, root) if isinstance(items, dict) else {}
             values = [_fill(item_schema, "", {"": v}, root, depth + 1) if _types(item_schema)[0] != "object"
