@@ -80,3 +80,38 @@ def test_the_base_classes_are_generic_over_their_options() -> None:
     assert Sized().options.size == 3  # built from Options when none is given
     hints = typing.get_type_hints(Source.__init__)
     assert OptionsT in typing.get_args(hints["options"])
+
+
+def test_the_core_calls_hooks_through_the_typed_methods_of_the_plugin_host() -> None:
+    """Only oaipipe/plugins.py touches ``pm.hook``; the rest of the core calls ``host.run_start(info)`` and
+    friends (tox 4's typed front over pluggy), never a hook by a name string."""
+    import ast
+
+    offenders = []
+    for path in sorted((REPO / "oaipipe").rglob("*.py")):
+        if path.name == "plugins.py" and path.parent.name == "oaipipe":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("hook", "call_hook"):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} .{node.attr}")
+    assert offenders == [], offenders
+
+    from oaipipe import hookspecs
+    from oaipipe.plugins import PluginHost
+
+    typed = {"oaipipe_run_start": "run_start", "oaipipe_record_done": "record_done",
+             "oaipipe_run_finish": "run_finish", "register_commands": "add_commands"}
+    for hook, method in typed.items():
+        assert hasattr(hookspecs, hook) and callable(getattr(PluginHost, method)), method
+
+
+def test_a_failing_lifecycle_hook_is_reported_with_its_plugin(tmp_path: Path) -> None:
+    from oaipipe.errors import PluginError
+    from oaipipe.plugins import PluginHost
+    from oaipipe.types import RunInfo
+
+    (tmp_path / "broken.py").write_text("from oaipipe import hookimpl\n\n@hookimpl\ndef oaipipe_run_start(run):\n"
+                                        "    raise ValueError('boom')\n", encoding="utf-8")
+    host = PluginHost(["broken.py"], base_dir=tmp_path, entry_points=False)
+    with pytest.raises(PluginError, match=r"plugin 'broken' failed in its oaipipe_run_start hook: ValueError: boom"):
+        host.run_start(RunInfo(pipeline_name="p", run_id="r", run_dir=str(tmp_path), backend="local", model="m"))
