@@ -43,7 +43,7 @@ class BuildResult:
     stats: dict[str, int] = field(default_factory=dict)
 
     def rows_with_where(self, which: str = "train") -> list[tuple[str, Any]]:
-        rows = self.train if which == "train" else self.validation
+        rows: list[Any] = self.train if which == "train" else self.validation
         where = self.train_where if which == "train" else self.validation_where
         return list(zip(where, rows, strict=True))
 
