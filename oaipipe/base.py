@@ -24,7 +24,7 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -39,6 +39,7 @@ __all__ = [
     "BackendOptions",
     "Component",
     "Context",
+    "OptionsT",
     "PluginOptions",
     "Sink",
     "Source",
@@ -74,8 +75,23 @@ class Context:
         return p if p.is_absolute() else (self.base_dir / p)
 
 
-class Component:
-    """Common base: ``Options`` model, ``name`` (the registered name) and the two constructor args."""
+#: the ``Options`` model of a component; ``Source[CsvOptions]`` makes ``self.options.path`` type-check
+OptionsT = TypeVar("OptionsT", bound=PluginOptions)
+
+
+class Component(Generic[OptionsT]):
+    """Common base: ``Options`` model, ``name`` (the registered name) and the two constructor args.
+
+    Generic over its options model so that ``self.options.x`` type-checks in a plugin::
+
+        class ShoutyOptions(PluginOptions):
+            threshold: float = 0.5
+
+        class Shouty(Analyzer[ShoutyOptions]):
+            Options = ShoutyOptions
+
+    A bare ``Analyzer`` (no ``[...]``) still works: its ``self.options`` is then untyped.
+    """
 
     Options: ClassVar[type[PluginOptions]] = PluginOptions
     #: the name it was registered under; set by the registry
@@ -83,15 +99,15 @@ class Component:
     #: one line shown by ``oaipipe plugins``; defaults to the first docstring line
     summary: ClassVar[str] = ""
 
-    def __init__(self, options: PluginOptions | None = None, context: Context | None = None) -> None:
-        self.options = options if options is not None else self.Options()
+    def __init__(self, options: OptionsT | None = None, context: Context | None = None) -> None:
+        self.options: OptionsT = options if options is not None else cast(OptionsT, self.Options())
         self.context = context if context is not None else Context()
 
 
 # --- sources ------------------------------------------------------------------------------------
 
 
-class Source(Component):
+class Source(Component[OptionsT]):
     """Yields :class:`~oaipipe.types.Record` objects one at a time (stream; never load everything).
 
     Raise :class:`~oaipipe.errors.InputError` when the input as a whole cannot be read (missing file,
@@ -116,7 +132,7 @@ class Source(Component):
 # --- analyzers ----------------------------------------------------------------------------------
 
 
-class Analyzer(Component):
+class Analyzer(Component[OptionsT]):
     """Scores the sentiment of a text. Synchronous; the runner calls it off the event loop.
 
     An analyzer that asks a model (``needs_backend = True``, e.g. the built-in ``llm``) implements
@@ -156,7 +172,7 @@ class BackendOptions(PluginOptions):
     record_timeout: float | None = Field(None, gt=0, description="Seconds for all steps of one record")
 
 
-class Backend(Component):
+class Backend(Component[OptionsT]):
     """A chat/vision transport. Implement :meth:`chat` (async) and :meth:`list_models`.
 
     Retries belong inside the backend (it knows its transport). Raise the
@@ -201,7 +217,7 @@ class Backend(Component):
         """Release connections. Called once when the run ends."""
 
 
-class SyncBackend(Backend):
+class SyncBackend(Backend[OptionsT]):
     """A backend written with blocking I/O: implement :meth:`chat_sync`; it runs in a worker thread."""
 
     def chat_sync(self, request: ChatRequest) -> ChatResponse:
@@ -264,7 +280,7 @@ class StepContext:
         return await self.backend.chat(request)
 
 
-class Step(Component):
+class Step(Component[OptionsT]):
     """One transformation of a record. :meth:`run` returns the fields to add (usually ``{output: value}``)."""
 
     Options: ClassVar[type[PluginOptions]] = StepOptions
@@ -316,7 +332,7 @@ class Step(Component):
 # --- sinks --------------------------------------------------------------------------------------
 
 
-class Sink(Component):
+class Sink(Component[OptionsT]):
     """Receives each finished record, in input order.
 
     ``open`` is called once before the first record; ``close`` once at the end (also after a failure).
@@ -341,7 +357,7 @@ class Sink(Component):
 # --- trainers -----------------------------------------------------------------------------------
 
 
-class Trainer(Component):
+class Trainer(Component[OptionsT]):
     """Launches and follows fine-tuning jobs. See :mod:`oaipipe.training` for the dataset side.
 
     oaipipe builds and validates the dataset, then calls :meth:`launch` with the written files

@@ -54,7 +54,7 @@ class OaipipeGroup(click.Group):
         from .plugins import PluginHost
 
         host = PluginHost()
-        host.hook.register_commands(cli=self)
+        host.add_commands(self)
         logging.getLogger("oaipipe.cli").debug("commands: %s", ", ".join(sorted(self.commands)))
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,7 +297,7 @@ class EnvUse:
     value: str
 
 
-def interpolate_env(value: Any, *, key: str = "", environ: dict[str, str] | None = None,
+def interpolate_env(value: Any, *, key: str = "", environ: Mapping[str, str] | None = None,
                     missing: list[str] | None = None, unset: dict[str, str] | None = None,
                     used: list[EnvUse] | None = None) -> Any:
     """Replace ``${env:VAR}`` (and ``${env:VAR:-default}``) in every string of ``value``.

@@ -542,7 +542,7 @@ def _walk(obj: Any, forms: tuple[str, ...], keep: frozenset[str]) -> Any:
         return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)  # a namedtuple, or a tuple
     if obj is None or isinstance(obj, int | float):
         return obj
-    names = _dataclass_fields(type(obj))
+    names = _dataclass_fields(type(obj))  # type: ignore[arg-type]  # typeshed: a class is Hashable, type[Any] is not seen so
     if names:
         changes = {}
         for name in names:

@@ -228,7 +228,7 @@ async def _score(data: Labelled, analyzer: Any, calls: _Counted | None, pipeline
     answers = await asyncio.gather(*(one(i) for i in range(len(data.texts))))
     errors = [e for _, _, e in answers if e]
     scored = [(g, a[0]) for g, a in zip(data.gold, answers, strict=True) if a[0] is not None]
-    result = metrics([g for g, _ in scored], [p for _, p in scored]) if scored else {"n": 0}
+    result: dict[str, Any] = metrics([g for g, _ in scored], [p for _, p in scored]) if scored else {"n": 0}
     result["errors"] = len(errors)
     result["error_examples"] = errors[:5]
     result["predictions"] = [a[0] for a in answers]

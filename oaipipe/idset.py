@@ -9,8 +9,10 @@ a billion pairs); it would be reported as a duplicate.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["SeenIds"]
 
@@ -27,15 +29,19 @@ class SeenIds:
     def __init__(self, recent: int = 65_536) -> None:
         self._recent: dict[str, object] = {}
         self._limit = recent
-        self._old = np.empty(0, dtype=np.int64)
+        #: the folded hashes, sorted (a numpy array); None until the first fold, so that an input of fewer
+        #: than ``recent`` ids never imports numpy
+        self._old: np.ndarray[Any, Any] | None = None
 
     def __len__(self) -> int:
-        return len(self._recent) + len(self._old)
+        return len(self._recent) + (0 if self._old is None else len(self._old))
 
     def check_add(self, value: str, where: object) -> object | None:
         if value in self._recent:
             return self._recent[value]
-        if len(self._old):
+        if self._old is not None and len(self._old):
+            import numpy as np
+
             h = _hash(value)
             i = int(np.searchsorted(self._old, h))
             if i < len(self._old) and int(self._old[i]) == h:
@@ -46,8 +52,11 @@ class SeenIds:
         return None
 
     def _fold(self) -> None:
+        import numpy as np
+
         hashes = np.fromiter((_hash(k) for k in self._recent), dtype=np.int64, count=len(self._recent))
         hashes.sort()
         # one new array per fold (np.union1d would allocate several full-size temporaries)
-        self._old = np.insert(self._old, np.searchsorted(self._old, hashes), hashes)
+        old = np.empty(0, dtype=np.int64) if self._old is None else self._old
+        self._old = np.insert(old, np.searchsorted(old, hashes), hashes)
         self._recent.clear()

@@ -29,12 +29,17 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-from PIL import Image, UnidentifiedImageError
+from typing import TYPE_CHECKING
 
 from .errors import ImageError
+from .lazy import lazy_module
 from .pixels import TooManyPixels, decode
 from .tokens import image_rule, image_tokens
+
+if TYPE_CHECKING:
+    from PIL import Image
+else:  # Pillow is imported on first use
+    Image = lazy_module("PIL.Image")
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -169,7 +174,7 @@ def load_image(
         raise ImageError(f"image {where} has {exc}",
                          hint=f"downscale it first, or raise the step's max_pixels (default {DEFAULT_MAX_PIXELS:,})"
                          if exc.width is not None else "downscale it first") from None
-    except UnidentifiedImageError:
+    except Image.UnidentifiedImageError:
         raise ImageError(f"not an image (Pillow cannot identify it): {where}",
                          hint="use a PNG, JPEG, GIF or WebP file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

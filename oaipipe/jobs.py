@@ -15,6 +15,7 @@ While a job is being launched its entry has the status ``launching`` (see
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 from collections.abc import Iterator
@@ -213,7 +214,7 @@ class JobRegistry:
                 self._write(kept)
 
     def pending(self, *, dataset_sha256: str, trainer: str, base_model: str, method: str,
-                base_url: str | None) -> list[Job]:
+                base_url: str | None) -> builtins.list[Job]:
         """Entries still ``launching`` on this dataset/trainer/base model/method/server (a launch in progress,
         or one cut short by a crash)."""
         return [job for job in self._read()

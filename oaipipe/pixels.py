@@ -28,6 +28,7 @@ This module imports nothing from oaipipe (the engine uses it too).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import threading
@@ -35,8 +36,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from PIL import Image
+from .lazy import lazy_module
+
+if TYPE_CHECKING:
+    from PIL import Image
+else:
+    Image = lazy_module("PIL.Image")
 
 __all__ = ["BUDGET", "DEFAULT_DECODE_PIXELS", "Decoded", "PixelBudget", "TooManyPixels", "decode"]
 
@@ -51,14 +58,15 @@ STRIP_PIXELS = 1_000_000
 PILLOW_BLOCK_SIZE = 64 * 1024 * 1024
 
 #: EXIF orientation -> the transpose that makes the image upright (as ``ImageOps.exif_transpose``)
+#: (names of ``Image.Transpose`` members: Pillow is imported on first use)
 _UPRIGHT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
 }
 
 
@@ -121,9 +129,10 @@ class PixelBudget:
                 self._cond.notify_all()
 
 
+@functools.cache
 def _map_big_blocks() -> None:
     """Raise Pillow's block size to :data:`PILLOW_BLOCK_SIZE` (never lower it: a process that chose a
-    larger one keeps it)."""
+    larger one keeps it). Done once, before the first decode (Pillow is imported on first use)."""
     core = Image.core
     try:
         if core.get_block_size() < PILLOW_BLOCK_SIZE:
@@ -131,8 +140,6 @@ def _map_big_blocks() -> None:
     except (AttributeError, ValueError):  # pragma: no cover - a Pillow without the block allocator
         pass
 
-
-_map_big_blocks()
 
 
 def _budget_from_env() -> int:
@@ -214,6 +221,7 @@ def decode(
     ``lambda im: im.convert("RGB")``. Raises :class:`TooManyPixels`, and Pillow's own errors for what is
     not an image (``UnidentifiedImageError``) or is corrupt (``OSError``, ``SyntaxError``, ``ValueError``).
     """
+    _map_big_blocks()
     try:
         img = Image.open(io.BytesIO(data))  # the header only
     except Image.DecompressionBombError as exc:
@@ -238,7 +246,7 @@ def decode(
             img.close()
     assert out is not None
     if orientation != 1:
-        out = out.transpose(_UPRIGHT[orientation])
+        out = out.transpose(Image.Transpose[_UPRIGHT[orientation]])
     turned = orientation in (5, 6, 7, 8)
     return Decoded(image=out, size=(height, width) if turned else (width, height), format=fmt, mode=mode,
                    decoded_size=decoded_size, exif_rotated=turned)

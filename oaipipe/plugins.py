@@ -10,12 +10,12 @@ import difflib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 from pydantic import ValidationError
@@ -24,6 +24,12 @@ from . import hookspecs
 from .base import Analyzer, Backend, Component, Context, Sink, Source, Step, Trainer
 from .cache import CacheStore
 from .errors import ConfigError, PluginError, PluginLoadError, UnknownPluginError
+from .lazy import missing_libraries
+
+if TYPE_CHECKING:
+    import click
+
+    from .types import RecordResult, RunInfo
 
 __all__ = ["DEFAULT_PLUGINS", "KINDS", "PluginHost", "Registration", "get_plugin_manager"]
 
@@ -140,6 +146,9 @@ class PluginHost:
             short = name.rsplit(".", 1)[-1]
             try:
                 module = importlib.import_module(name)
+                lazy = missing_libraries(module)  # what it imports on first use must be there too
+                if lazy:
+                    raise ModuleNotFoundError(f"No module named '{lazy[0]}'", name=lazy[0])
             except ImportError as exc:  # a missing or too old third-party library: the others still work
                 missing = (exc.name or "").split(".")[0]
                 if not missing or missing == "oaipipe":
@@ -260,7 +269,7 @@ class PluginHost:
             bad = next((name for name in dir(exc.plugin) if name not in known
                         and getattr(getattr(exc.plugin, name, None), "oaipipe_impl", None) is not None), "")
             close = difflib.get_close_matches(bad, known, n=1)
-            origin = self.info.get(plugin).origin if plugin in self.info else "plugin"
+            origin = self.info[plugin].origin if plugin in self.info else "plugin"
             raise PluginLoadError(
                 f"plugin '{plugin}' ({origin}) implements an unknown hook '{bad}'",
                 hint=(f"did you mean '{close[0]}'? " if close else "") + f"the hooks are: {', '.join(sorted(known))}",
@@ -284,7 +293,7 @@ class PluginHost:
             for impl in reversed(hook.get_hookimpls()):
                 plugin_name = self.pm.get_name(impl.plugin) or "?"
 
-                def register(name: str, cls: type, _kind: str = kind, _base: type = base,
+                def register(name: str, cls: Any, _kind: str = kind, _base: type[Component] = base,
                              _plugin: str = plugin_name) -> None:
                     if not (isinstance(cls, type) and issubclass(cls, _base)):
                         raise PluginLoadError(
@@ -370,13 +379,33 @@ class PluginHost:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def call_hook(self, name: str, **kwargs: Any) -> Any:
+    # The typed front over ``pm.hook`` (tox 4's plugin manager is the model): the core calls these
+    # methods, never a hook by a name string, so a renamed or mistyped hook is a type error, not a no-op.
+
+    def add_commands(self, cli: click.Group) -> None:
+        """``register_commands``: every plugin adds its commands to ``cli``."""
+        self.pm.hook.register_commands(cli=cli)
+
+    def run_start(self, run: RunInfo) -> None:
+        """``oaipipe_run_start``: a run begins (its outputs are open)."""
+        self._guarded("oaipipe_run_start", lambda: self.pm.hook.oaipipe_run_start(run=run))
+
+    def record_done(self, run: RunInfo, result: RecordResult) -> None:
+        """``oaipipe_record_done``: one record is finished (done or failed) and journaled."""
+        self._guarded("oaipipe_record_done", lambda: self.pm.hook.oaipipe_record_done(run=run, result=result))
+
+    def run_finish(self, run: RunInfo, summary: dict[str, Any]) -> None:
+        """``oaipipe_run_finish``: the run's summary is written."""
+        self._guarded("oaipipe_run_finish", lambda: self.pm.hook.oaipipe_run_finish(run=run, summary=summary))
+
+    def _guarded(self, hook_name: str, call: Callable[[], object]) -> None:
         """Call a lifecycle hook; an exception in a plugin becomes a :class:`PluginError` naming it."""
         try:
-            return getattr(self.pm.hook, name)(**kwargs)
+            call()
         except Exception as exc:  # noqa: BLE001 - any plugin bug, reported with its origin
             raise PluginError(
-                f"plugin '{self._plugin_of(exc, name)}' failed in its {name} hook: {type(exc).__name__}: {exc}",
+                f"plugin '{self._plugin_of(exc, hook_name)}' failed in its {hook_name} hook: "
+                f"{type(exc).__name__}: {exc}",
                 hint="fix the plugin, or switch it off with --disable-plugin NAME",
             ) from exc
 

@@ -212,9 +212,9 @@ class PriceTable:
         (:attr:`oaipipe.base.Backend.priced`), which only an explicit price of this exact id gives a cost."""
         if model and model in self.overridden:
             # an explicit price for this exact id wins, also for local models (try --max-cost offline)
-            entry = self.prices[model]
-            return Price(model=model, input=entry.get("input", 0.0), output=entry.get("output", 0.0),
-                         cached_input=entry.get("cached_input"), training=entry.get("training"))
+            exact = self.prices[model]
+            return Price(model=model, input=exact.get("input", 0.0), output=exact.get("output", 0.0),
+                         cached_input=exact.get("cached_input"), training=exact.get("training"))
         if not model or not priced or is_engine_model(model):
             return Price(model=model, known=False)
         fine_tuned = model.startswith("ft:")

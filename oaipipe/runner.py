@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as _dt
+import functools
 import json
 import threading
 import traceback
@@ -206,7 +207,7 @@ class Runner:
         """A run whose records are done and whose ``train:`` step is not: only the step runs."""
         self.reporter.start(headline, notes, None)
         summary = {**(run.summary() or self._summary(run, "training", None)), "status": "training"}
-        self.pipeline.host.call_hook("oaipipe_run_start", run=info)
+        self.pipeline.host.run_start(info)
         return await self._train_step(run, summary, info)
 
     def _start(self, headline: str, notes: list[str]) -> None:
@@ -228,7 +229,7 @@ class Runner:
         error: OaipipeError | None = None
         try:
             self._open_outputs(run, selection, info, outputs)
-            self.pipeline.host.call_hook("oaipipe_run_start", run=info)
+            self.pipeline.host.run_start(info)
             await self._process_all(selection.skip or set(), outputs.journal, outputs.errors, info)
             status = self._outcome()
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -270,7 +271,7 @@ class Runner:
         # records not journaled; on --retry-failed also the failed records' lines, as they are redone)
         done_for_sinks = None if selection.mode == "new" else (selection.skip or set())
         for sink in pipeline.sinks:
-            _storage(lambda sink=sink: sink.open(info, done_for_sinks), _sink_path(pipeline, sink), "write")
+            _storage(functools.partial(sink.open, info, done_for_sinks), _sink_path(pipeline, sink), "write")
             outputs.sinks.append(sink)
         outputs.journal = run.open_state_file(run.journal_path)
         outputs.errors = run.open_state_file(run.errors_path)
@@ -308,7 +309,7 @@ class Runner:
         """The end of a run: the plugins' hook, then the reporter. A plugin failing in the hook is returned."""
         finish_error = None
         try:
-            self.pipeline.host.call_hook("oaipipe_run_finish", run=info, summary=summary)
+            self.pipeline.host.run_finish(info, summary)
         except PluginError as exc:
             finish_error = exc
         self.summary = summary
@@ -427,7 +428,8 @@ class Runner:
                 batch = await asyncio.to_thread(next, batches, sentinel)
                 if batch is sentinel:
                     break
-                for record in batch:  # type: ignore[union-attr]
+                assert isinstance(batch, list)
+                for record in batch:
                     if record.id in skip:
                         self.stats.skipped += 1
                         continue
@@ -511,7 +513,7 @@ class Runner:
                     hint="fix the cause (disk space, permissions, the sink's plugin) and rerun the same command: "
                          "finished records are kept, this one is written again",
                 ) from exc
-        entry = {
+        entry: dict[str, Any] = {
             "id": result.record.id,
             "status": "done" if ok else "failed",
             "where": result.record.where,
@@ -529,7 +531,7 @@ class Runner:
             self.stats.done += 1
         journal.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
         journal.flush()
-        self.pipeline.host.call_hook("oaipipe_record_done", run=info, result=result)
+        self.pipeline.host.record_done(info, result)
         self.reporter.update(self.stats)
         if not ok:
             self._check_failures(result)
@@ -569,7 +571,7 @@ def _exchange_dict(exchange: Any, result: RecordResult) -> dict[str, Any]:
     if isinstance(exchange, Exchange):
         # hot path (one per call): a shallow build is several times cheaper than dataclasses.asdict
         usage = exchange.usage
-        data = {"record_id": exchange.record_id, "step": exchange.step,
+        data: dict[str, Any] = {"record_id": exchange.record_id, "step": exchange.step,
                 "messages": [dict(m) for m in exchange.messages], "model": exchange.model,
                 "backend": exchange.backend,
                 "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,

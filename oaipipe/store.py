@@ -161,6 +161,11 @@ def find_run_dirs(runs_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: (p.name, str(p)))
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else an empty one (a field missing or of the wrong type)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
 
@@ -574,7 +579,7 @@ class _Ingest:
             return
         rid = entry["id"]
         status = entry.get("status", "done")
-        fields = entry.get("fields") if isinstance(entry.get("fields"), dict) else {}
+        fields = _mapping(entry.get("fields"))
         error = entry.get("error")
         self.records.append((self.run_id, rid, number, status, entry.get("where"), error, error_class(error),
                              _json(fields), entry.get("time")))
@@ -595,9 +600,9 @@ class _Ingest:
         reply = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
         user_text = _text(user.get("content")) if user else None
         reply_text = _text(reply.get("content")) if reply else None
-        in_label, in_score = self._sentiment(user, fields, lambda text: bool(user_text) and text in user_text)
+        in_label, in_score = self._sentiment(user, fields, lambda text: bool(user_text) and text in (user_text or ""))
         out_label, out_score = self._sentiment(reply, fields, lambda text: text == reply_text)
-        usage = ex.get("usage") if isinstance(ex.get("usage"), dict) else {}
+        usage = _mapping(ex.get("usage"))
         prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         cached = bool(ex.get("cached"))
         model = str(ex.get("model") or "")
@@ -682,11 +687,11 @@ def _run_values(run_dir: Path, meta: dict[str, Any], summary: dict[str, Any] | N
     if isinstance(meta.get("backend_capabilities"), dict):  # kept with the config: exchanges are priced by it
         config["backend_capabilities"] = meta["backend_capabilities"]
     s = summary or {}
-    records = s.get("records") if isinstance(s.get("records"), dict) else {}
-    tokens = s.get("tokens") if isinstance(s.get("tokens"), dict) else {}
+    records = _mapping(s.get("records"))
+    tokens = _mapping(s.get("tokens"))
     retries = s.get("retries")
     retries_total = retries.get("total") if isinstance(retries, dict) else retries
-    backend = config.get("backend") if isinstance(config.get("backend"), dict) else {}
+    backend = _mapping(config.get("backend"))
     return {
         "run_id": run_dir.name,
         "pipeline": meta.get("pipeline") or s.get("pipeline") or run_dir.parent.name,

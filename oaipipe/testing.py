@@ -41,10 +41,11 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .server.app import OaipipeServer, make_server
-from .server.config import Faults, ServerConfig
+if TYPE_CHECKING:  # the server is imported when a test starts one: a pytest plugin loads this module
+    from .server.app import OaipipeServer
+    from .server.config import Faults, ServerConfig
 
 __all__ = [
     "CliResult",
@@ -102,12 +103,16 @@ class ServerHandle:
         return self.server.set_faults(faults, **changes)
 
     def clear_faults(self) -> Faults:
+        from .server.config import Faults
+
         return self.server.set_faults(Faults())
 
 
 @contextmanager
 def running_server(config: ServerConfig | None = None, **settings: Any) -> Iterator[ServerHandle]:
     """Start the server on ``127.0.0.1`` and a free port in a daemon thread; stop it on exit."""
+    from .server.app import make_server
+
     if config is None:
         settings.setdefault("port", 0)
         settings.setdefault("host", "127.0.0.1")
@@ -128,6 +133,8 @@ def running_server(config: ServerConfig | None = None, **settings: Any) -> Itera
 
 def serve_forever(config: ServerConfig, *, ready: Callable[[ServerHandle], None] | None = None) -> None:
     """Serve in the current thread until Ctrl-C or SIGTERM (used by ``oaipipe serve``)."""
+    from .server.app import make_server
+
     server = make_server(config)
     handle = ServerHandle(server)
     if ready is not None:
@@ -350,7 +357,8 @@ class PipelineProject:
     def run_dirs(self) -> list[Path]:
         """This pipeline's run directories, oldest first."""
         root = self.path / str((self.config().get("run") or {}).get("dir") or "runs")
-        mine, others = [], []
+        mine: list[Path] = []
+        others: list[Path] = []
         for meta in root.glob("*/*/pipeline.json"):
             try:
                 file = json.loads(meta.read_text(encoding="utf-8")).get("file")

@@ -298,9 +298,9 @@ def test_options_reject_unknown_api(host: PluginHost) -> None:
 
 
 def test_resolve_api_key_rules(host: PluginHost, monkeypatch: pytest.MonkeyPatch) -> None:
-    from oaipipe.builtin._http_backend import OPENAI_BASE_URL
     from oaipipe.errors import redact
     from oaipipe.keys import resolve_api_key
+    from oaipipe.kit.http import OPENAI_BASE_URL
 
     def opts(**block: Any) -> Any:
         return make(host, "requests", **block).options

@@ -146,7 +146,7 @@ def test_csv_unclosed_quote_mid_file_gives_back_the_lines_it_swallowed(tmp_path:
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
 def test_a_line_too_long_to_hold_fails_that_record_alone(tmp_path: Path, kind: str, monkeypatch) -> None:
     """A giant line (a file without line breaks, /dev/zero copied to disk) is skipped, not read into memory."""
-    from oaipipe.builtin import _source_files
+    from oaipipe.kit import sources as _source_files
 
     monkeypatch.setattr(_source_files, "MAX_LINE_BYTES", 1000)
     if kind == "csv":

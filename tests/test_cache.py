@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from _scale_util import chat_requests, write_pipeline
 
-from oaipipe.builtin._http_backend import OPENAI_BASE_URL
 from oaipipe.cache import ResponseCache, cache_wrapper
 from oaipipe.cli import main
 from oaipipe.errors import ServerError
+from oaipipe.kit.http import OPENAI_BASE_URL
 from oaipipe.runner import run_pipeline_file
 from oaipipe.types import ChatRequest, ChatResponse, Usage
 

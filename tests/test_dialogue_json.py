@@ -20,8 +20,8 @@ import pytest
 from _scale_util import read_jsonl, write_pipeline
 from test_sinks import build, killed, result, run_info
 
-from oaipipe.builtin import _sink_files
 from oaipipe.errors import InputError
+from oaipipe.kit import sinks as _sink_files
 from oaipipe.plugins import PluginHost
 
 OAIPIPE = str(Path(sys.executable).parent / "oaipipe")

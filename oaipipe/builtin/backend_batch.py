@@ -41,23 +41,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 from pydantic import Field
 
 from .. import hookimpl
 from ..errors import BackendError, ServerError, mask_secrets
 from ..fsutil import write_text_atomic
 from ..home import home_dir
+from ..kit.http import HTTPBackendOptions, http_error, not_the_api
+from ..lazy import lazy_module
 from ..openai_wire import parse_reply
 from ..types import ChatRequest, ChatResponse
-from ._http_backend import HTTPBackendOptions, http_error, not_the_api
 from .backend_openai import OpenAIBackend, translate_sdk_error
+
+if TYPE_CHECKING:
+    import openai
+else:  # imported on first use
+    openai = lazy_module("openai")
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "BatchBackend", "BatchOptions"]
 
@@ -353,7 +359,7 @@ class BatchBackend(OpenAIBackend):
                 continue
             first, *others = waiting
             for p in others:
-                first.future.add_done_callback(lambda f, p=p: _copy_outcome(f, p))
+                first.future.add_done_callback(functools.partial(_copy_outcome, pending=p))
             self._enqueue(custom_id, first)
 
     def _deliver(self, data: bytes, batch_id: str) -> tuple[set[str], set[str]]:

@@ -6,7 +6,7 @@ connection pool sized to ``concurrency``; :meth:`aclose` closes it. ``base_url``
 OpenAI-compatible server; when it is unset the backend talks to ``https://api.openai.com/v1``. Clients are
 made by :func:`oaipipe.keys.sdk_client`, which passes the key and the URL explicitly: the SDK's own
 environment lookups never apply. ``OPENAI_BASE_URL`` / ``OPENAI_ORG_ID`` / ``OPENAI_PROJECT_ID`` are read
-by the options instead (:class:`~oaipipe.builtin._http_backend.HTTPBackendOptions`), under the key rule of
+by the options instead (:class:`~oaipipe.kit.http.HTTPBackendOptions`), under the key rule of
 :mod:`oaipipe.keys` (``OPENAI_API_KEY`` only to ``https://api.openai.com``).
 """
 
@@ -15,21 +15,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
-
-import httpx2
-import openai
+from typing import TYPE_CHECKING, Any
 
 from .. import hookimpl
 from ..base import Backend
 from ..errors import BackendError, ServerError
 from ..keys import sdk_client
+from ..kit.http import HTTPBackendMixin, http_error, not_the_api
+from ..lazy import lazy_module
 from ..openai_wire import (
     parse_models,
 )
 from ..retry import connection_error
 from ..types import ChatRequest, ChatResponse, ModelInfo
-from ._http_backend import HTTPBackendMixin, http_error, not_the_api
+
+if TYPE_CHECKING:
+    import httpx2
+    import openai
+else:  # imported on first use: `oaipipe --help` and `validate` never load the SDK
+    httpx2 = lazy_module("httpx2")
+    openai = lazy_module("openai")
 
 __all__ = ["OpenAIBackend", "translate_sdk_error"]
 

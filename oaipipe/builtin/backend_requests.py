@@ -13,19 +13,23 @@ import asyncio
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
-import requests
-from requests.adapters import HTTPAdapter
+from typing import TYPE_CHECKING, Any
 
 from .. import hookimpl
 from ..base import SyncBackend
+from ..kit.http import HTTPBackendMixin, http_error, not_the_api
+from ..lazy import lazy_module
 from ..openai_wire import (
     parse_models,
 )
 from ..retry import connection_error
 from ..types import ChatRequest, ChatResponse, ModelInfo
-from ._http_backend import HTTPBackendMixin, http_error, not_the_api
+
+if TYPE_CHECKING:
+    import requests
+    import requests.adapters
+else:  # imported on first use
+    requests = lazy_module("requests")
 
 __all__ = ["RequestsBackend"]
 
@@ -46,7 +50,7 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
             if self._session is None:
                 session = requests.Session()
                 size = max(1, self.options.concurrency)
-                adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
+                adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
                 session.mount("http://", adapter)
                 session.mount("https://", adapter)
                 session.headers.update({"Content-Type": "application/json", "Accept": "application/json",

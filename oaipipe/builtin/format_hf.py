@@ -7,7 +7,7 @@ nothing is loaded whole, nothing is downloaded. Values keep their types (an ``Im
 its stored ``{bytes, path}``).
 
 Sink: ``{type: hf-dataset, path: out/records_ds}`` writes the enriched records as a dataset folder that
-``datasets.load_from_disk`` opens, ``_id`` and ``_run`` columns first; see :mod:`._columnar` for how it
+``datasets.load_from_disk`` opens, ``_id`` and ``_run`` columns first; see :mod:`oaipipe.kit.columnar` for how it
 survives a kill. The folder is replaced whole on close (written beside it, then swapped in).
 """
 
@@ -27,11 +27,10 @@ from ..base import PluginOptions, Source
 from ..errors import InputError
 from ..extras import require
 from ..hookspecs import hookimpl
+from ..kit.columnar import ColumnarSink
+from ..kit.sinks import MODE_FIELD_DOC
+from ..kit.sources import check_columns, checked_path, numbered, records_of_batches, wanted_columns
 from ..types import Record, RunInfo
-from ._columnar import ColumnarSink
-from ._sink_files import MODE_FIELD_DOC
-from ._source_files import checked_path
-from .format_parquet import check_columns, numbered, records_of_batches, wanted_columns
 
 __all__ = ["HfDatasetSink", "HfDatasetSource"]
 

@@ -6,7 +6,7 @@ the file one record batch at a time (memory stays flat whatever its size); value
 an empty or duplicate id fails alone, naming its row.
 
 Sink: ``{type: parquet, path: out/records.parquet, mode: overwrite}`` writes the enriched records, with
-``_id`` and ``_run`` columns first, the record's fields after them; see :mod:`._columnar` for how it
+``_id`` and ``_run`` columns first, the record's fields after them; see :mod:`oaipipe.kit.columnar` for how it
 survives a kill (a row log next to the file, turned into Parquet on close).
 """
 
@@ -23,65 +23,12 @@ from ..errors import InputError
 from ..extras import require
 from ..fsutil import atomic_file
 from ..hookspecs import hookimpl
-from ..idset import SeenIds
+from ..kit.columnar import ColumnarSink
+from ..kit.sinks import MODE_FIELD_DOC
+from ..kit.sources import FileSource, check_columns, numbered, records_of_batches, wanted_columns
 from ..types import Record
-from ._columnar import ColumnarSink
-from ._sink_files import MODE_FIELD_DOC
-from ._source_files import FileSource, guarded_record, unique_id_record
 
-__all__ = ["ParquetSink", "ParquetSource", "numbered", "records_of_batches"]
-
-
-def numbered(batches: Iterator[list[dict[str, Any]]]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(row number from 1, row)`` over batches of rows."""
-    number = 0
-    for batch in batches:
-        for data in batch:
-            number += 1
-            yield number, data
-
-
-def records_of_batches(rows: Iterator[tuple[int, dict[str, Any]]], *, label: str, id_column: str | None,
-                       unit: str = "row") -> Iterator[Record]:
-    """Records of ``(row number, row)`` pairs: ids from ``id_column`` or the row number (``row-N``), one
-    bad row (an empty or duplicate id) failing alone, naming ``label`` and its row. Shared by the
-    columnar sources."""
-    seen = SeenIds()
-    for number, data in rows:
-        where = f"{label} {unit} {number}"
-
-        def parse(data: dict[str, Any] = data, number: int = number, where: str = where) -> Record:
-            if id_column is None:
-                return Record(f"row-{number}", data, where)
-            value = data.get(id_column)
-            if value is None or value == "":
-                return Record(f"row-{number}", data, where, error=(
-                    f"{where}: empty id in column '{id_column}'; give every row an id "
-                    f"(this record was named row-{number})"))
-            return unique_id_record(str(value), data, where, seen, number, unit=unit,
-                                    holder=f"column '{id_column}'")
-
-        record = guarded_record(parse, where=where, default_id=f"row-{number}")
-        if record is not None:
-            yield record
-
-
-def check_columns(label: str, available: list[str], id_column: str | None, columns: list[str] | None) -> None:
-    from .source_csv import did_you_mean
-
-    for key, col in ([("id_column", id_column)] if id_column else []) + [("columns", c) for c in columns or []]:
-        if col not in available:
-            raise InputError(f"{label}: column '{col}' (source.{key}) is not in the data{did_you_mean(col, available)}",
-                             hint=f"columns: {', '.join(available) or '(none)'}")
-
-
-def wanted_columns(id_column: str | None, columns: list[str] | None) -> list[str] | None:
-    if columns is None:
-        return None
-    wanted = list(columns)
-    if id_column is not None and id_column not in wanted:
-        wanted.insert(0, id_column)
-    return wanted
+__all__ = ["ParquetSink", "ParquetSource"]
 
 
 class ParquetSource(FileSource):

@@ -27,10 +27,9 @@ from pydantic import Field, model_validator
 from ..base import PluginOptions, Sink
 from ..errors import InputError
 from ..hookspecs import hookimpl
+from ..kit.sinks import MODE_FIELD_DOC
+from ..kit.sources import FileSource, check_columns, records_of_batches, wanted_columns
 from ..types import Record, RecordResult, RunInfo
-from ._sink_files import MODE_FIELD_DOC
-from ._source_files import FileSource
-from .format_parquet import check_columns, records_of_batches, wanted_columns
 
 __all__ = ["SqliteSink", "SqliteSource", "quote"]
 
@@ -79,7 +78,7 @@ class SqliteSource(FileSource):
         table = self.options.table or ""
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
         if table not in names:
-            from .source_csv import did_you_mean
+            from ..kit.sources import did_you_mean
 
             raise InputError(f"{self.options.path}: no table '{table}'{did_you_mean(table, names)}",
                              hint=f"tables: {', '.join(names) or '(none)'}")

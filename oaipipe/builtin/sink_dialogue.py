@@ -27,9 +27,9 @@ from pydantic import Field
 
 from ..base import Analyzer, PluginOptions, Sink
 from ..hookspecs import hookimpl
+from ..kit.sinks import MODE_FIELD_DOC, JsonArrayLog, JsonlAppendingSink, start_over, utc_now
+from ..kit.sinks import reconcile_jsonl as reconcile_jsonl  # documented import path (docs/plugins.md)
 from ..types import Exchange, RecordResult, RunInfo, Sentiment
-from ._sink_files import MODE_FIELD_DOC, JsonArrayLog, JsonlAppendingSink, start_over, utc_now
-from ._sink_files import reconcile_jsonl as reconcile_jsonl  # documented import path (docs/plugins.md)
 
 # --- shared helpers ------------------------------------------------------------------------------------
 

@@ -25,8 +25,8 @@ from ..base import PluginOptions
 from ..errors import InputError
 from ..fsutil import atomic_file
 from ..hookspecs import hookimpl
+from ..kit.sinks import MODE_FIELD_DOC, AppendingSink, JsonlAppendingSink, first_line, start_over, unfinished
 from ..types import RecordResult, RunInfo
-from ._sink_files import MODE_FIELD_DOC, AppendingSink, JsonlAppendingSink, first_line, start_over, unfinished
 
 ID_COLUMN = "record_id"
 RUN_COLUMN = "run_id"
@@ -103,8 +103,8 @@ class CsvRecordsSink(AppendingSink):
         with path.open("rb") as fh:
             fh.seek(size - 1)
             truncated = fh.read(1) not in (b"\n", b"\r")
-        with path.open("r", encoding="utf-8", newline="") as fh:
-            header = next(csv.reader(fh, delimiter=self.options.delimiter), [])
+        with path.open("r", encoding="utf-8", newline="") as text:
+            header = next(csv.reader(text, delimiter=self.options.delimiter), [])
         if not header:
             return
         if ID_COLUMN not in header or RUN_COLUMN not in header:

@@ -5,7 +5,7 @@ empty cell is ``""``. Memory stays flat however long the file is: one row is rea
 thing that grows with the file is the set of ids seen so far (to report duplicates), kept compactly
 (8 bytes an id, see ``oaipipe.idset``).
 
-One bad row fails that row alone (a record with ``error`` set, see ``_source_files.guarded_record``), with
+One bad row fails that row alone (a record with ``error`` set, see ``oaipipe.kit.sources.guarded_record``), with
 the data row number, the physical line and, for an undecodable byte, its byte offset in the file:
 
 - an undecodable byte, a NUL byte, or a byte-order mark at the start of a line other than the first;
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import difflib
 from collections import deque
 from collections.abc import Iterator
 from functools import partial
@@ -37,15 +36,16 @@ from ..base import PluginOptions
 from ..errors import InputError, RecordError
 from ..hookspecs import hookimpl
 from ..idset import SeenIds
-from ..types import Record
-from ._source_files import (
+from ..kit.sources import (
     FileSource,
     count_lines,
+    did_you_mean,
     guarded_record,
     line_too_long,
     read_lines,
     unique_id_record,
 )
+from ..types import Record
 
 #: longest row (characters) read: an unclosed quote swallows lines up to here at most, then they are read again
 ROW_LIMIT = 16 * 1024 * 1024
@@ -63,16 +63,13 @@ def _lines(lines: list[_Line]) -> str:
 
 #: what an undecodable byte turns into when an encoding cannot be split into lines as bytes (utf-16, utf-32)
 _MARK = "\udbff"  # a lone surrogate: no strict decoder ever produces one
-codecs.register_error("oaipipe.undecodable", lambda exc: (_MARK, exc.end))  # type: ignore[arg-type, return-value]
+def _undecodable(exc: UnicodeError) -> tuple[str, int]:
+    """Each undecodable byte sequence becomes :data:`_MARK` (the codec error handler)."""
+    assert isinstance(exc, UnicodeDecodeError)
+    return _MARK, exc.end
 
 
-def did_you_mean(name: str, choices: list[str]) -> str:
-    """`` (did you mean 'X'?)`` for the closest of ``choices``, or ``""``."""
-    lowered = {c.lower(): c for c in choices}
-    if name.lower() in lowered:
-        return f" (did you mean '{lowered[name.lower()]}'?)"
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+codecs.register_error("oaipipe.undecodable", _undecodable)
 
 
 class _Line(NamedTuple):
@@ -163,6 +160,53 @@ def _lines_as_text(fh: IO[bytes], encoding: str) -> Iterator[_Line]:
         yield _Line(number, -1, text, problem)
 
 
+def _feed(lines: Iterator[_Line], replay: deque[_Line], taken: list[_Line], flagged: list[_Line],
+          state: dict[str, int]) -> Iterator[str]:
+    """The text lines csv reads for :meth:`CsvSource._rows`: the replayed ones first, then the file's; each
+    line is noted in ``taken`` (and ``flagged`` if it has a problem); a row past ``ROW_LIMIT`` stops it."""
+    while True:
+        if replay:
+            line = replay.popleft()
+        else:
+            got = next(lines, None)
+            if got is None:
+                # csv asks for another line only inside a quoted value: at the end of the file, the
+                # quote is not closed
+                state["eof"] = bool(taken)
+                return
+            line = got
+        taken.append(line)
+        if line.problem:
+            flagged.append(line)
+        state["chars"] += len(line.text)
+        if state["chars"] > ROW_LIMIT:
+            raise _RowTooLong
+        yield line.text
+
+
+def _parse_failure(exc: Exception, got: list[_Line]) -> str:
+    """The problem of a row csv could not parse (``got``: its lines; all but the first are read again)."""
+    if isinstance(exc, _RowTooLong):
+        problem = f"the row is longer than {ROW_LIMIT:,} characters"
+        if len(got) > 1:
+            problem += f": is the quote opened on line {got[0].number} never closed?"
+    else:
+        problem = f"cannot parse the row: {exc}"
+    if len(got) > 1:
+        problem += f" (the lines taken into this row, {_lines(got[1:])}, are read again as rows)"
+    return problem
+
+
+def _unclosed_quote(got: list[_Line]) -> str:
+    """The problem of a row whose quote runs to the end of the file (all its lines but the first are read
+    again)."""
+    problem = f"the quote opened on line {got[0].number} is never closed"
+    if len(got) > 1:
+        problem += (f": the rest of the file ({_lines(got[1:])}) would be one value; those lines are "
+                    f"read again as rows")
+    return problem + '; close the quote, or write a quote inside a value as ""'
+
+
 class CsvSource(FileSource):
     """Rows of a CSV file (read row by row); values are kept as the strings written in the file."""
 
@@ -209,27 +253,9 @@ class CsvSource(FileSource):
         flagged: list[_Line] = []  # those of them with a problem
         state = {"chars": 0, "eof": False}  # characters taken into the row; the file ended inside it
 
-        def feed() -> Iterator[str]:
-            while True:
-                if replay:
-                    line = replay.popleft()
-                else:
-                    line = next(lines, None)
-                    if line is None:
-                        # csv asks for another line only inside a quoted value: at the end of the file, the
-                        # quote is not closed
-                        state["eof"] = bool(taken)
-                        return
-                taken.append(line)
-                if line.problem:
-                    flagged.append(line)
-                state["chars"] += len(line.text)
-                if state["chars"] > ROW_LIMIT:
-                    raise _RowTooLong
-                yield line.text
-
         def new_reader() -> Iterator[list[str]]:
-            return csv.reader(feed(), delimiter=self.options.delimiter, strict=False)
+            feed = _feed(lines, replay, taken, flagged, state)
+            return csv.reader(feed, delimiter=self.options.delimiter, strict=False)
 
         def take() -> tuple[list[_Line], str | None]:
             """The lines of the row just read, and the first problem among them."""
@@ -252,15 +278,8 @@ class CsvSource(FileSource):
                 got, _ = take()
                 if not got:  # pragma: no cover - csv fails only on a line it has read
                     continue
-                if isinstance(exc, _RowTooLong):
-                    problem = f"the row is longer than {ROW_LIMIT:,} characters"
-                    if len(got) > 1:
-                        problem += f": is the quote opened on line {got[0].number} never closed?"
-                else:
-                    problem = f"cannot parse the row: {exc}"
-                if len(got) > 1:
-                    problem += f" (the lines taken into this row, {_lines(got[1:])}, are read again as rows)"
-                    replay.extendleft(reversed(got[1:]))
+                problem = _parse_failure(exc, got)
+                replay.extendleft(reversed(got[1:]))  # the lines taken into the row are read again as rows
                 if len(got) > 1 or isinstance(exc, _RowTooLong):
                     reader = new_reader()  # the feed ended with the exception, or it must start on the replay
                 yield _Row(None, got, problem)
@@ -268,13 +287,9 @@ class CsvSource(FileSource):
             got, line_problem = take()
             if state["eof"]:
                 state["eof"] = False
-                problem = f"the quote opened on line {got[0].number} is never closed"
-                if len(got) > 1:
-                    problem += (f": the rest of the file ({_lines(got[1:])}) would be one value; those lines are "
-                                f"read again as rows")
-                    replay.extend(got[1:])
+                replay.extend(got[1:])  # the rest of the file is read again as rows
                 reader = new_reader()  # the feed ended with the file: start a new one on the replayed lines
-                yield _Row(None, got, problem + '; close the quote, or write a quote inside a value as ""')
+                yield _Row(None, got, _unclosed_quote(got))
                 continue
             yield _Row(fields, got, line_problem)
 
@@ -375,7 +390,7 @@ class CsvSource(FileSource):
         wanted = self._wanted(header)
         columns = wanted if wanted is not None else header
         picks = [(c, header.index(c)) for c in columns]
-        state = {"row": 0, "seen": SeenIds()}
+        state: dict[str, Any] = {"row": 0, "seen": SeenIds()}
         for row in rows:
             if row.problem is None and row.fields is not None and self._blank(row.fields):
                 continue  # blank lines are skipped (they are not rows)

@@ -19,9 +19,8 @@ from ..base import PluginOptions
 from ..errors import InputError
 from ..extras import require
 from ..hookspecs import hookimpl
+from ..kit.sources import FileSource, check_columns, records_of_batches, wanted_columns
 from ..types import Record
-from ._source_files import FileSource
-from .format_parquet import check_columns, records_of_batches, wanted_columns
 
 __all__ = ["ExcelSource"]
 
@@ -57,7 +56,7 @@ class ExcelSource(FileSource):
         if name is None:
             return book.worksheets[0]
         if name not in book.sheetnames:
-            from .source_csv import did_you_mean
+            from ..kit.sources import did_you_mean
 
             raise InputError(f"{self.options.path}: no sheet '{name}'{did_you_mean(name, book.sheetnames)}",
                              hint=f"sheets: {', '.join(book.sheetnames)}")

@@ -14,8 +14,8 @@ from pydantic import Field, field_validator
 
 from ..base import PluginOptions, Source
 from ..hookspecs import hookimpl
+from ..kit.sources import checked_path
 from ..types import Record
-from ._source_files import checked_path
 
 DEFAULT_EXTENSIONS = ["png", "jpg", "jpeg", "gif", "webp", "bmp", "tiff", "tif"]
 

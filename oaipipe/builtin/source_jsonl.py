@@ -18,8 +18,7 @@ from ..base import PluginOptions
 from ..errors import InputError, RecordError
 from ..hookspecs import hookimpl
 from ..idset import SeenIds
-from ..types import Record
-from ._source_files import (
+from ..kit.sources import (
     MAX_NESTING,
     FileSource,
     count_lines,
@@ -29,6 +28,7 @@ from ._source_files import (
     too_deep,
     unique_id_record,
 )
+from ..types import Record
 
 
 class JsonlSource(FileSource):

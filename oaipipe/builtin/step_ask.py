@@ -16,8 +16,8 @@ from pydantic import Field
 
 from .. import hookimpl
 from ..base import Step, StepContext
+from ..kit.chat import ChatStepMixin, ChatStepOptions
 from ..templates import render
-from ._chat_step import ChatStepMixin, ChatStepOptions
 
 __all__ = ["AskStep"]
 

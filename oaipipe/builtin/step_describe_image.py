@@ -24,8 +24,8 @@ from .. import hookimpl
 from ..base import Step, StepContext
 from ..errors import ImageError
 from ..images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreparedImage, load_image
+from ..kit.chat import ChatStepMixin, ChatStepOptions
 from ..templates import fields_of, render
-from ._chat_step import ChatStepMixin, ChatStepOptions
 
 __all__ = ["DescribeImageStep"]
 

@@ -105,7 +105,7 @@ class OpenAITrainer(Trainer):
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         import openai
 
-        from ._http_backend import not_the_api
+        from ..kit.http import not_the_api
         from .backend_openai import translate_sdk_error
 
         try:

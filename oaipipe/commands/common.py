@@ -119,7 +119,7 @@ def add_verbosity_options(command: click.Command) -> click.Command:
     """
     names = {p.name for p in command.params}
     taken = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
-    wanted = ((_VERBOSE, ("-v", "--verbose"), {"count": True, "callback": _on_verbose,
+    wanted: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = ((_VERBOSE, ("-v", "--verbose"), {"count": True, "callback": _on_verbose,
                                                "help": "Log more (-v: info, -vv: debug) to stderr"}),
               (_QUIET, ("-q", "--quiet"), {"is_flag": True, "callback": _on_quiet,
                                            "help": "No progress output or notes; data, warnings and errors only"}))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,7 @@ def _print_table(result: dict[str, Any]) -> None:
             click.echo(f"  error: {example}")
 
 
-def _table(rows: list[tuple[str, ...]], indent: str = "") -> None:
+def _table(rows: Sequence[tuple[str, ...]], indent: str = "") -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo(indent + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)

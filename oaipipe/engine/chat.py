@@ -227,6 +227,7 @@ def _text_reply(a: Analysis, model: str, seed: int) -> str:
         return f"Summary: {first}" if first else "Summary: (nothing to summarise)"
     if not a.user.strip() or re.fullmatch(r"\s*(hi|hello|hey|good (morning|afternoon|evening))\W*", a.user, re.I):
         return "Hello! How can we help you today?"
+    templates: tuple[str, ...]
     if a.is_question and a.sentiment_label != "negative":
         templates = _QUESTION
     elif a.sentiment_label == "positive":

@@ -144,10 +144,10 @@ def _fill(schema: Any, name: str, known: dict[str, Any], root: dict[str, Any], d
         options = schema.get(key)
         if isinstance(options, list) and options:
             resolved = [_resolve(o, root) for o in options if isinstance(o, dict)]
-            non_null = [o for o in resolved if _types(o) != ["null"]]
-            if value is None and len(non_null) < len(resolved) and depth > _MAX_DEPTH:
+            usable = [o for o in resolved if _types(o) != ["null"]]
+            if value is None and len(usable) < len(resolved) and depth > _MAX_DEPTH:
                 return None
-            return _fill(non_null[0] if non_null else resolved[0], name, known, root, depth + 1)
+            return _fill(usable[0] if usable else resolved[0], name, known, root, depth + 1)
     if isinstance(schema.get("allOf"), list) and schema["allOf"]:
         merged: dict[str, Any] = {}
         for part in schema["allOf"]:
@@ -186,8 +186,9 @@ def _fill(schema: Any, name: str, known: dict[str, Any], root: dict[str, Any], d
         return out
     if kind == "array":
         items = schema.get("items") or {}
-        min_items = schema.get("minItems") if isinstance(schema.get("minItems"), int) else 0
-        max_items = schema.get("maxItems") if isinstance(schema.get("maxItems"), int) else None
+        low, high = schema.get("minItems"), schema.get("maxItems")
+        min_items = low if isinstance(low, int) else 0
+        max_items = high if isinstance(high, int) else None
         if isinstance(value, list) and value:
             item_schema = _resolve(items, root) if isinstance(items, dict) else {}
             values = [_fill(item_schema, "", {"": v}, root, depth + 1) if _types(item_schema)[0] != "object"

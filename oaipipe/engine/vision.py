@@ -12,12 +12,17 @@ import base64
 import binascii
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from PIL import Image, ImageStat, UnidentifiedImageError
-
+from ..lazy import lazy_module
 from ..pixels import TooManyPixels, decode
 from .errors import ImageURLNotSupported, InvalidImage
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageStat
+else:  # Pillow is imported on first use
+    Image = lazy_module("PIL.Image")
+    ImageStat = lazy_module("PIL.ImageStat")
 
 __all__ = ["ColorShare", "ImageFacts", "color_name", "describe", "load_image_url", "measure"]
 
@@ -101,8 +106,8 @@ def measure(data: bytes, *, colors: int = 4) -> ImageFacts:
     except TooManyPixels as exc:
         size = f"{exc.width}x{exc.height} pixels" if exc.width is not None else str(exc)
         raise InvalidImage(f"The image is too large ({size}); downscale it below 80 megapixels.") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        detail = "unrecognised format" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
+    except (Image.UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        detail = "unrecognised format" if isinstance(exc, Image.UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
         raise InvalidImage(f"The image cannot be read ({detail}); it is corrupt or not an image. "
                            "Pass a valid PNG, JPEG, GIF or WebP file.") from exc
     rgb, fmt, mode, rotated = decoded.image, decoded.format, decoded.mode, decoded.exif_rotated
@@ -112,12 +117,13 @@ def measure(data: bytes, *, colors: int = 4) -> ImageFacts:
     small.thumbnail((96, 96))
     brightness = ImageStat.Stat(small.convert("L")).mean[0] / 255.0
     quant = small.quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
-    palette = quant.getpalette() or []
+    palette: list[int] = quant.getpalette() or []
     counts = sorted(quant.getcolors() or [], key=lambda c: (-c[0], c[1]))
     total = sum(c for c, _ in counts) or 1
     merged: dict[str, list[Any]] = {}
     for count, index in counts:
-        rgb_val = tuple(palette[index * 3: index * 3 + 3])
+        start = cast(int, index) * 3  # a palette image's colours are palette indexes
+        rgb_val = tuple(palette[start: start + 3])
         name = color_name(rgb_val)  # type: ignore[arg-type]
         if name in merged:
             merged[name][1] += count

@@ -199,7 +199,7 @@ class OaipipeServer(ThreadingHTTPServer):
         self.route("POST", "/v1/chat/completions", self._chat)
         self.route("POST", "/v1/responses", self._responses)
         self.route("GET", "/_oaipipe/stats", lambda req: Reply(self.stats()))
-        self.route("POST", "/_oaipipe/stats/reset", lambda req: Reply(self.reset_stats() or self.stats()))
+        self.route("POST", "/_oaipipe/stats/reset", lambda req: self._reset_stats())
         self.route("GET", "/_oaipipe/faults", lambda req: Reply(self.faults.to_dict()))
         self.route("POST", "/_oaipipe/faults", self._set_faults_route)
         self.route("GET", "/_oaipipe/health", lambda req: Reply({"status": "ok"}))
@@ -315,6 +315,10 @@ class OaipipeServer(ThreadingHTTPServer):
                     "connections": {"open": self._connections_open, "refused": self._connections_refused},
                     "streams": streams}
 
+    def _reset_stats(self) -> Reply:
+        self.reset_stats()
+        return Reply(self.stats())
+
     def reset_stats(self) -> None:
         with self._lock:
             self._stats_total = 0
@@ -381,8 +385,9 @@ class OaipipeServer(ThreadingHTTPServer):
     @property
     def base_url(self) -> str:
         host, port = self.server_address[:2]
-        host = f"[{host}]" if ":" in str(host) else host
-        return f"http://{host}:{port}/v1"
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        name = f"[{name}]" if ":" in name else name
+        return f"http://{name}:{port}/v1"
 
     def server_close(self) -> None:
         self.stopping.set()
@@ -427,6 +432,7 @@ def extension(func: Callable[[OaipipeServer], None]) -> Callable[[OaipipeServer]
 
 
 class Handler(BaseHTTPRequestHandler):
+    _headers_buffer: list[bytes]  # BaseHTTPRequestHandler's own (send_header), not in typeshed
     protocol_version = "HTTP/1.1"
     server_version = "oaipipe-serve/0.1"
     server: OaipipeServer
@@ -533,9 +539,9 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
         self._reader.deadline = time.monotonic() + self.server.config.client_timeout
         if length is not None:
-            body = self._read_exactly(length)
+            exact = self._read_exactly(length)
             self._body_unread = False
-            return body
+            return exact
         body = bytearray()  # not a list of pieces: a million one-byte chunks must cost a megabyte, not 50
         while True:
             line = self.rfile.readline(1026)

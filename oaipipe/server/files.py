@@ -91,7 +91,8 @@ def _parse_multipart(req: Request) -> tuple[dict[str, str], tuple[str, bytes] | 
         name = part.get_param("name", header="content-disposition")
         if not name:
             continue
-        data = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
         filename = part.get_filename()
         if name == "file":
             upload = (filename or "upload", data)

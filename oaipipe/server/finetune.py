@@ -143,7 +143,7 @@ class FineTuningJobs:
         if seed is None:
             seed = int(self.server.random() * 2**31)
         job_id = "ftjob-" + secrets.token_hex(12)
-        job = {
+        job: dict[str, Any] = {
             "id": job_id, "object": "fine_tuning.job", "created_at": int(time.time()), "error": None,
             "fine_tuned_model": None, "finished_at": None, "hyperparameters": {k: v for k, v in resolved.items()
                                                                              if k != "beta"},

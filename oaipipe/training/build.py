@@ -34,7 +34,8 @@ class BuildResult:
     """Rows ready to write, plus counts that explain what was kept and why."""
 
     method: str
-    train: list[dict[str, Any]] = field(default_factory=list)
+    #: the rows; a line that did not parse stays as its ParseError (reported by validation, never written)
+    train: list[dict[str, Any] | ParseError] = field(default_factory=list)
     validation: list[dict[str, Any]] = field(default_factory=list)
     #: where each train row came from (same order), for the validation report
     train_where: list[str] = field(default_factory=list)
@@ -42,7 +43,7 @@ class BuildResult:
     stats: dict[str, int] = field(default_factory=dict)
 
     def rows_with_where(self, which: str = "train") -> list[tuple[str, Any]]:
-        rows = self.train if which == "train" else self.validation
+        rows: list[Any] = self.train if which == "train" else self.validation
         where = self.train_where if which == "train" else self.validation_where
         return list(zip(where, rows, strict=True))
 

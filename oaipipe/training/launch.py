@@ -157,7 +157,7 @@ def launch_job(trainer: Trainer, files: DatasetFiles, *, base_model: str, descri
     """
     registry = registry or JobRegistry()
     name = trainer.name or getattr(trainer.options, "type", "trainer")
-    key = {"dataset_sha256": files.sha256, "trainer": name, "base_model": base_model, "method": files.method,
+    key: dict[str, Any] = {"dataset_sha256": files.sha256, "trainer": name, "base_model": base_model, "method": files.method,
            "base_url": base_url}
     with _launch_lock(registry, key):
         recovered = _settle_interrupted(trainer, registry, key, force=force, progress=progress)

@@ -183,6 +183,25 @@ def _check_output(report: ValidationReport, row: dict[str, Any], key: str, where
     return [m for m in value if isinstance(m, dict)]
 
 
+def _conversation(report: ValidationReport, row: dict[str, Any], method: str,
+                  where: str) -> tuple[list[Any], list[Any]] | None:
+    """(every message of the example, the replies whose tokens are trained on), or ``None`` when its
+    messages are unusable (the problems are added to ``report``)."""
+    if method == "dpo":
+        inp = row.get("input")
+        messages = inp.get("messages") if isinstance(inp, dict) else None
+        usable = _check_messages(report, messages, where, need_assistant=False)
+        preferred = _check_output(report, row, "preferred_output", where)
+        rejected = _check_output(report, row, "non_preferred_output", where)
+        if not usable or not isinstance(messages, list):
+            return None
+        return list(messages) + preferred + rejected, preferred + rejected
+    messages = row.get("messages")
+    if not _check_messages(report, messages, where, need_assistant=True) or not isinstance(messages, list):
+        return None
+    return list(messages), [m for m in messages if m.get("role") == "assistant"]
+
+
 def validate_rows(rows: list[tuple[str, Any]], *, method: str = "supervised", model: str = "gpt-4o-mini",
                   source: str = "dataset", token_limit: int | None = None, n_epochs: int | str | None = None,
                   prices: PriceTable | None = None, min_examples: int = MIN_EXAMPLES) -> ValidationReport:
@@ -203,22 +222,10 @@ def validate_rows(rows: list[tuple[str, Any]], *, method: str = "supervised", mo
         if not isinstance(row, dict):
             report.add("data_type", where)
             continue
-        if method == "dpo":
-            inp = row.get("input")
-            messages = inp.get("messages") if isinstance(inp, dict) else None
-            usable = _check_messages(report, messages, where, need_assistant=False)
-            preferred = _check_output(report, row, "preferred_output", where)
-            rejected = _check_output(report, row, "non_preferred_output", where)
-            if not usable:
-                continue
-            convo = list(messages) + preferred + rejected
-            replies = preferred + rejected
-        else:
-            messages = row.get("messages")
-            if not _check_messages(report, messages, where, need_assistant=True):
-                continue
-            convo = list(messages)
-            replies = [m for m in messages if m.get("role") == "assistant"]
+        example = _conversation(report, row, method, where)
+        if example is None:
+            continue
+        convo, replies = example
         try:
             n = count_message_tokens(convo, model, image_model=model)
             a = sum(count_message_tokens([m], model, image_model=model) - REPLY_PRIMING - PER_MESSAGE_OVERHEAD

@@ -92,6 +92,7 @@ class ChatStepMixin:
                 value = getattr(backend_opts, name, None)
             return value
 
+        response_format: dict[str, Any] | None
         if opts.json_schema is not None:
             response_format = schema_response_format(opts.json_schema, default_name=opts.output)
         else:

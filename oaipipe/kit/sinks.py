@@ -17,10 +17,11 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..base import Sink
+from ..base import Context, Sink
 from ..errors import InputError
 from ..fsutil import atomic_file, write_text_atomic
 from ..types import RunInfo
+from .sources import FileOptionsT
 
 __all__ = ["AppendingSink", "JsonArrayLog", "JsonlAppendingSink", "MODE_FIELD_DOC", "dumps_indented", "first_line", "jsonl_written_by", "reconcile_jsonl", "start_over", "unfinished", "utc_now"]
 
@@ -51,6 +52,7 @@ def start_over(path: Path, *extra: Path, mode: str, done_ids: set[str] | None,
 
 
 def first_line(path: Path) -> str:
+    """The first line of the text file ``path`` (undecodable bytes replaced), ``""`` when it is empty."""
     with path.open("r", encoding="utf-8", errors="replace") as fh:
         return fh.readline()
 
@@ -102,7 +104,7 @@ def reconcile_jsonl(path: Path, *, run_id: str, done_ids: set[str] | None, run_k
     return dropped
 
 
-class AppendingSink(Sink):
+class AppendingSink(Sink[FileOptionsT]):
     """A sink that appends to the file ``options.path``, flushing after each record and fsync'ing on close.
 
     Subclasses open with :meth:`_open_for_append`, check with :meth:`_open_run` and write with
@@ -110,9 +112,8 @@ class AppendingSink(Sink):
     """
 
     kind: ClassVar[str] = "sink"
-    options: Any
 
-    def __init__(self, options: Any = None, context: Any = None) -> None:
+    def __init__(self, options: FileOptionsT | None = None, context: Context | None = None) -> None:
         super().__init__(options, context)
         self._fh: Any = None
         self._run: RunInfo | None = None
@@ -145,7 +146,7 @@ class AppendingSink(Sink):
                 self._fh = None
 
 
-class JsonlAppendingSink(AppendingSink):
+class JsonlAppendingSink(AppendingSink[FileOptionsT]):
     """An :class:`AppendingSink` of JSON lines that carry the run id (``run_key``) and record id (``id_key``)."""
 
     run_key: ClassVar[str]

@@ -3,7 +3,7 @@ conversion to Arrow in batches.
 
 A Parquet file or a saved dataset cannot be appended to in place, so these sinks write each finished
 record, as it comes, to a hidden JSON-lines row log next to the output (``.<name>.rows.jsonl``: append
-and flush, with the resume rules of every file sink, see :mod:`._sink_files`), and on ``close()`` turn
+and flush, with the resume rules of every file sink, see :mod:`oaipipe.kit.sinks`), and on ``close()`` turn
 the row log into the output in batches (two passes: one to find a schema every batch fits, one to
 write), replacing the output atomically. A run killed before ``close()`` leaves the row log complete; the
 resumed run's ``close()`` writes the output with every record exactly once.
@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from ..errors import InputError
 from ..extras import require
 from ..types import RecordResult, RunInfo
-from ._sink_files import JsonlAppendingSink, jsonl_written_by, reconcile_jsonl, start_over
+from .sinks import JsonlAppendingSink, jsonl_written_by, reconcile_jsonl, start_over
 
 __all__ = ["ColumnarSink", "arrow_batches", "decode_row", "encode_value"]
 
@@ -58,7 +58,7 @@ def _untag(obj: dict[str, Any]) -> Any:
     kind = obj.get(_TAG)
     if kind is None or len(obj) != 2:
         return obj
-    value = obj.get("v")
+    value = obj["v"]  # len(obj) == 2: the tag and the value
     if kind == "datetime":
         return _dt.datetime.fromisoformat(value)
     if kind == "date":
@@ -73,6 +73,7 @@ def _untag(obj: dict[str, Any]) -> Any:
 
 
 def decode_row(line: bytes | str) -> dict[str, Any] | None:
+    """One line of the row log as a row (tagged values decoded), or ``None`` for a line cut short by a crash."""
     try:
         row = json.loads(line, object_hook=_untag)
     except ValueError:

@@ -5,13 +5,16 @@ goes on (:func:`guarded_record`)."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, TypeVar
 
-from ..base import Source
+from pydantic import Field
+
+from ..base import PluginOptions, Source
 from ..errors import InputError, OaipipeError
 from ..idset import SeenIds
 from ..types import Record
@@ -20,16 +23,23 @@ __all__ = [
     "COUNT_LIMIT_BYTES",
     "MAX_LINE_BYTES",
     "MAX_NESTING",
+    "FileOptions",
+    "FileOptionsT",
     "FileSource",
+    "check_columns",
     "checked_path",
     "count_lines",
     "describe_parse_failure",
+    "did_you_mean",
     "guarded_record",
     "line_too_long",
     "missing_file_error",
+    "numbered",
     "read_lines",
+    "records_of_batches",
     "too_deep",
     "unique_id_record",
+    "wanted_columns",
 ]
 
 #: above this size ``count()`` answers None instead of scanning the file
@@ -44,6 +54,7 @@ MAX_NESTING = 256
 
 
 def missing_file_error(kind: str, path: Path, given: str, base_dir: Path, *, folder: bool = False) -> InputError:
+    """The :class:`InputError` for a ``path`` that does not exist: says where it was looked for and why."""
     what = "folder" if folder else "file"
     return InputError(
         f"{kind} {what} not found: {given} (looked for {path}, resolved against {base_dir})",
@@ -85,12 +96,24 @@ def checked_path(kind: str, given: str, context: Any, *, hint: str, folder: bool
                      "(resuming needs to read the input again)")
 
 
-class FileSource(Source):
-    """A source that reads the one file ``options.path``; ``kind`` and ``wrong_kind_hint`` word the errors."""
+class FileOptions(PluginOptions):
+    """Options of a component that reads or writes one file: ``path``, relative to the pipeline file."""
 
-    kind: ClassVar[str]
-    wrong_kind_hint: ClassVar[str]
-    options: Any
+    path: str = Field(description="The file, relative to the pipeline file")
+
+
+#: the options of a file source or sink: :class:`FileOptions` or a subclass
+FileOptionsT = TypeVar("FileOptionsT", bound=FileOptions)
+
+
+class FileSource(Source[FileOptionsT]):
+    """A source that reads the one file ``options.path``; ``kind`` and ``wrong_kind_hint`` word the errors.
+
+    Generic over its options (a :class:`FileOptions` subclass): ``class TsvSource(FileSource[TsvOptions])``
+    makes ``self.options.delimiter`` type-check."""
+
+    kind: ClassVar[str] = "input"
+    wrong_kind_hint: ClassVar[str] = "give the path of a file"
 
     @property
     def file(self) -> Path:
@@ -205,3 +228,67 @@ def unique_id_record(rid: str, data: dict[str, Any], where: str, seen: SeenIds, 
     earlier = f"{unit} {first}" if first != "earlier" else f"an earlier {unit}"
     return Record(rid, data, where, error=(f"{where}: duplicate id '{rid}' in {holder}, also at {earlier}; "
                                            f"ids must be unique (the resume journal keys on them)"))
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """`` (did you mean 'X'?)`` for the closest of ``choices``, or ``""``."""
+    lowered = {c.lower(): c for c in choices}
+    if name.lower() in lowered:
+        return f" (did you mean '{lowered[name.lower()]}'?)"
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# --- sources of rows in batches (parquet, sqlite, excel, hf-dataset) -------------------------------
+
+
+def numbered(batches: Iterator[list[dict[str, Any]]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(row number from 1, row)`` over batches of rows."""
+    number = 0
+    for batch in batches:
+        for data in batch:
+            number += 1
+            yield number, data
+
+
+def records_of_batches(rows: Iterator[tuple[int, dict[str, Any]]], *, label: str, id_column: str | None,
+                       unit: str = "row") -> Iterator[Record]:
+    """Records of ``(row number, row)`` pairs: ids from ``id_column`` or the row number (``row-N``), one
+    bad row (an empty or duplicate id) failing alone, naming ``label`` and its row. Shared by the
+    columnar sources."""
+    seen = SeenIds()
+    for number, data in rows:
+        where = f"{label} {unit} {number}"
+
+        def parse(data: dict[str, Any] = data, number: int = number, where: str = where) -> Record:
+            if id_column is None:
+                return Record(f"row-{number}", data, where)
+            value = data.get(id_column)
+            if value is None or value == "":
+                return Record(f"row-{number}", data, where, error=(
+                    f"{where}: empty id in column '{id_column}'; give every row an id "
+                    f"(this record was named row-{number})"))
+            return unique_id_record(str(value), data, where, seen, number, unit=unit,
+                                    holder=f"column '{id_column}'")
+
+        record = guarded_record(parse, where=where, default_id=f"row-{number}")
+        if record is not None:
+            yield record
+
+
+def check_columns(label: str, available: list[str], id_column: str | None, columns: list[str] | None) -> None:
+    """Raise an :class:`InputError` (with a did-you-mean) when ``id_column`` or a wanted column is not in ``available``."""
+    for key, col in ([("id_column", id_column)] if id_column else []) + [("columns", c) for c in columns or []]:
+        if col not in available:
+            raise InputError(f"{label}: column '{col}' (source.{key}) is not in the data{did_you_mean(col, available)}",
+                             hint=f"columns: {', '.join(available) or '(none)'}")
+
+
+def wanted_columns(id_column: str | None, columns: list[str] | None) -> list[str] | None:
+    """The columns to read: ``columns`` with ``id_column`` first when it is not among them; ``None`` for all."""
+    if columns is None:
+        return None
+    wanted = list(columns)
+    if id_column is not None and id_column not in wanted:
+        wanted.insert(0, id_column)
+    return wanted
