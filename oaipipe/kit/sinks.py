@@ -308,9 +308,10 @@ class _ArrayWalk:
                 expect = "value"
                 continue
             found = self._element()
-            if found is _FAILED:
+            if not isinstance(found, tuple):  # _FAILED: the walk stopped
                 return
-            value, end = found  # type: ignore[misc]
+            value: Any = found[0]
+            end: int = found[1]
             start, self.pos = self.base + self.pos, end
             self.end = self.base + end
             self.count += 1
