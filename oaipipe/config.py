@@ -51,6 +51,10 @@ class RunSettings(BaseModel):
     offline_fallback: bool = Field(
         True, description="Use the local engine when the backend needs an OpenAI key and none is set"
     )
+    workers: int | None = Field(None, ge=1, le=1024, description=(
+        "Worker processes for CPU-bound steps (analyzers); default: the number of cores; 1 = in the driver"))
+    pool_min_records: int = Field(2000, ge=0, description=(
+        "Start the worker processes only for an input of at least this many records (or of unknown size)"))
 
 
 class PipelineConfig(BaseModel):

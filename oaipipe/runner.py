@@ -89,6 +89,9 @@ class RunOptions:
     call_wrappers: list[CallWrapper] = field(default_factory=list)
     #: build the call chain with the response cache, rate limits and retry counters (:mod:`oaipipe.calls`)
     scale: bool = True
+    #: ``(I, N)``: process only shard I of N (a stable hash of the record id), as its own run whose run
+    #: directory and sink files are named ``...shard-I-of-N`` (see :mod:`oaipipe.shards`)
+    shard: tuple[int, int] | None = None
 
 
 @dataclass
@@ -116,6 +119,15 @@ class Runner:
         self.max_cost = self.options.max_cost if self.options.max_cost is not None else cfg.run.max_cost
         self.stats = RunStats(prices=PriceTable(cfg.prices), priced=pipeline.backend.priced)
         self.root = pipeline.context.path(cfg.run.dir) / _safe_name(pipeline.name)
+        if self.options.shard is not None:
+            from .shards import apply_shard
+
+            self.root = self.root.with_name(apply_shard(pipeline, self.options.shard, self.root.name))
+        #: True in a worker process of the pool (:mod:`oaipipe.executors`): steps may block the event loop
+        self.inline = False
+        #: the worker processes of this run, if its steps run in a pool (:mod:`oaipipe.executors`)
+        self.pool_workers = 0
+        self.pool_restarts = 0
         #: the layers the run's calls go through (cache → rate limits → retries → transport)
         self.calls = CallChain.build(pipeline, self.options)
         self.stats.retries = self.calls.retries  # attempts and retries of this run's calls
@@ -210,7 +222,7 @@ class Runner:
 
     def _start(self, headline: str, notes: list[str]) -> None:
         """Count the input (for the progress line) and point the steps at the counted call chain."""
-        total = self.pipeline.source.count()
+        total = self.pipeline.source.count() if self.options.shard is None else None
         if total is not None and self.options.limit is not None:
             total = min(total, self.options.limit)
         self.stats.total = total
@@ -361,6 +373,10 @@ class Runner:
         if self.warnings:
             summary["warnings"] = list(self.warnings)
         summary.update(self.calls.summary())  # what the call chain installed: cache, rate limits
+        if self.pool_workers:
+            summary["workers"] = {"processes": self.pool_workers, "restarts": self.pool_restarts}
+        if self.options.shard is not None:
+            summary["shard"] = {"index": self.options.shard[0], "count": self.options.shard[1]}
         return summary
 
     async def _train(self, run: RunDir) -> dict[str, Any]:
@@ -393,7 +409,12 @@ class Runner:
 
     def _records(self) -> Iterator[list[Record]]:
         batch: list[Record] = []
-        for record in self.pipeline.source.records():
+        records = self.pipeline.source.records()
+        if self.options.shard is not None:
+            from .shards import in_shard
+
+            records = in_shard(records, self.options.shard)
+        for record in records:
             batch.append(record)
             if len(batch) >= _SOURCE_BATCH:
                 yield batch
@@ -402,6 +423,63 @@ class Runner:
             yield batch
 
     async def _process_all(self, skip: set[str], journal: Any, errors: Any, info: RunInfo) -> None:
+        from .executors import pool_plan
+
+        workers, why = pool_plan(self.pipeline)
+        if workers:
+            self.reporter.note(f"steps run in {why}")
+            return await self._process_pooled(workers, skip, journal, errors, info)
+        await self._process_in_driver(skip, journal, errors, info)
+
+    async def _process_pooled(self, workers: int, skip: set[str], journal: Any, errors: Any, info: RunInfo) -> None:
+        """The records in batches, each batch's steps in a worker process; written here, in input order."""
+        from .executors import ProcessPool
+
+        pool = ProcessPool(self.pipeline, workers)
+        self.pool_workers = workers
+        window = 2 * workers  # batches in flight: memory stays flat whatever the input's size
+        batches = self._records()
+        scheduled = 0
+        limit = self.options.limit
+        sentinel = object()
+
+        async def emit_head() -> None:
+            results, kinds = await pool.take()
+            for kind, n in kinds.items():
+                self._failure_kinds[kind] += n
+            for result in results:
+                self._emit(result, journal, errors, info)
+
+        try:
+            while self._abort is None and not self._limited:
+                batch = await asyncio.to_thread(next, batches, sentinel)
+                if batch is sentinel:
+                    break
+                todo: list[Record] = []
+                for record in batch:  # type: ignore[union-attr]
+                    if record.id in skip:
+                        self.stats.skipped += 1
+                        continue
+                    if limit is not None and scheduled >= limit:
+                        self._limited = True  # a record is left over: the next run resumes it
+                        break
+                    todo.append(record)
+                    scheduled += 1
+                if todo:
+                    while pool.in_flight >= window:
+                        await emit_head()
+                    pool.submit(todo)
+                while pool.head_done() and self._abort is None:
+                    await emit_head()
+            while pool.in_flight and self._abort is None:
+                await emit_head()
+        finally:
+            self.pool_restarts = pool.restarts
+            await pool.close()
+            with contextlib.suppress(Exception):
+                batches.close()  # type: ignore[attr-defined]
+
+    async def _process_in_driver(self, skip: set[str], journal: Any, errors: Any, info: RunInfo) -> None:
         concurrency = int(getattr(self.pipeline.backend.options, "concurrency", 8) or 8)
         gate = asyncio.Semaphore(concurrency)
         window = max(4 * concurrency, 64)
@@ -457,7 +535,8 @@ class Runner:
         if record.error:
             self._failure_kinds[RecordError] += 1  # the source could not read it
             return RecordResult(record, fields, error=record.error)
-        ctx = StepContext(record=record, backend=self.pipeline.backend, host=self.pipeline.host, call=self._call)
+        ctx = StepContext(record=record, backend=self.pipeline.backend, host=self.pipeline.host, call=self._call,
+                          inline=self.inline)
         timeout = getattr(self.pipeline.backend.options, "record_timeout", None)
         step_label = ""
         try:
