@@ -448,7 +448,10 @@ class Runner:
             for kind, n in kinds.items():
                 self._failure_kinds[kind] += n
             for result in results:
-                self._emit(result, journal, errors, info)
+                self._emit(result, journal, errors, info, flush=False)
+            # one flush per batch: each sink flushed its lines already, so the journal still comes last
+            journal.flush()
+            errors.flush()
 
         try:
             while self._abort is None and not self._limited:
@@ -571,7 +574,8 @@ class Runner:
                            RecordError(f"unexpected {type(exc).__name__} in step {step_label}{at}: {exc}"))
         return RecordResult(record, fields, ctx.exchanges, ctx.sentiments)
 
-    def _emit(self, result: RecordResult, journal: Any, errors: Any, info: RunInfo) -> None:
+    def _emit(self, result: RecordResult, journal: Any, errors: Any, info: RunInfo, *, flush: bool = True) -> None:
+        """Hand a result to every sink, then journal it (flushed unless the caller flushes a batch at once)."""
         result = redact_data(result)  # no secret (a ${env:...} value in a prompt, say) reaches sinks or files
         ok = result.error is None
         for sink in self.pipeline.sinks:
@@ -601,12 +605,14 @@ class Runner:
             entry["error"] = result.error
             errors.write(json.dumps({"id": result.record.id, "where": result.record.where, "error": result.error,
                                      "time": _now()}, ensure_ascii=False, default=str) + "\n")
-            errors.flush()
+            if flush:
+                errors.flush()
             self.stats.failed += 1
         else:
             self.stats.done += 1
         journal.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
-        journal.flush()
+        if flush:
+            journal.flush()
         self.pipeline.host.call_hook("oaipipe_record_done", run=info, result=result)
         self.reporter.update(self.stats)
         if not ok:
