@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .types import Record, RecordResult
 
-__all__ = ["MAX_POOL_RESTARTS", "ProcessPool", "pool_plan"]
+__all__ = ["MAX_POOL_RESTARTS", "ProcessPool", "RayPool", "pool_plan"]
 
 #: times in a row the same batch may break the pool before the run gives up on it
 MAX_POOL_RESTARTS = 3
@@ -50,11 +51,11 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def pool_plan(pipeline: Pipeline) -> tuple[int, str]:
-    """(worker processes to start, why): 0 when the steps run in the driver, with the reason in words."""
+def pool_plan(pipeline: Pipeline, executor: str = "local") -> tuple[int, str]:
+    """(workers to start, why): 0 when the steps run in the driver, with the reason in words."""
     run = pipeline.loaded.config.run
     workers = run.workers or default_workers()
-    if workers <= 1:
+    if workers <= 1 and executor == "local":
         return 0, "run.workers is 1"
     if not pipeline.steps:
         return 0, "the pipeline has no step"
@@ -64,13 +65,22 @@ def pool_plan(pipeline: Pipeline) -> tuple[int, str]:
     if pipeline.load_args is None:
         return 0, "the pipeline was not loaded from its file (a worker could not load it)"
     count = pipeline.source.count()
-    if count is not None and count < run.pool_min_records:
+    if count is not None and count < run.pool_min_records and executor == "local":
         return 0, f"{count} records are fewer than run.pool_min_records={run.pool_min_records}"
+    if executor == "ray":
+        return workers, f"{workers} Ray actors"
     return workers, f"{workers} worker processes"
 
 
 def _start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _pipeline_file(pipeline: Pipeline) -> str:
+    """The pipeline file, absolute: a worker may start in another folder."""
+    from pathlib import Path
+
+    return str(Path(pipeline.file).resolve())
 
 
 # --- in a worker process ------------------------------------------------------------------------------
@@ -124,7 +134,7 @@ class ProcessPool:
         ctx = multiprocessing.get_context(_start_method())
         assert self.pipeline.load_args is not None
         return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(self.pipeline.file, self.pipeline.load_args))
+                                   initargs=(_pipeline_file(self.pipeline), self.pipeline.load_args))
 
     def _submit(self, records: list[Record]) -> asyncio.Future[Any]:
         return asyncio.wrap_future(self._pool.submit(_run_batch, records))
@@ -175,3 +185,91 @@ class ProcessPool:
             future.cancel()
         self._pending.clear()
         await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+
+
+# --- on Ray -------------------------------------------------------------------------------------------
+
+
+class BatchActor:
+    """A Ray actor: loads the pipeline from its file once, then processes batches (``run.executor: ray``)."""
+
+    def __init__(self, file: str, load_args: dict[str, Any]) -> None:
+        _init_worker(file, load_args)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run_batch(self, records: list[Record]) -> tuple[list[RecordResult], dict[type, int]]:
+        return _run_batch(records)
+
+
+class RayPool(ProcessPool):
+    """The same batches on a pool of Ray actors (one CPU each). Joins the cluster at ``address``, else the
+    Ray already initialised in this process, else starts a local one (shut down again at the end).
+
+    An actor that dies (its process killed, its node lost) fails the batches it held: each is submitted
+    again, in order, to a new actor when it reaches the head of the queue; nothing of it was written."""
+
+    def __init__(self, pipeline: Pipeline, workers: int, address: str | None = None) -> None:
+        from .extras import require
+
+        self.ray = require("ray", extra="ray", feature="run.executor: ray")
+        self._started = False
+        if not self.ray.is_initialized():
+            kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
+            self.ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+            self._started = True
+        self._remote = self.ray.remote(num_cpus=1, max_restarts=0)(BatchActor)
+        self._next = 0
+        self._actor_errors = (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError)
+        super().__init__(pipeline, workers)
+
+    def _new_actor(self) -> Any:
+        return self._remote.remote(_pipeline_file(self.pipeline), self.pipeline.load_args)
+
+    def _new_pool(self) -> Any:
+        self.actors = [self._new_actor() for _ in range(self.workers)]
+        return None
+
+    def _submit(self, records: list[Record]) -> asyncio.Future[Any]:
+        index = self._next % len(self.actors)
+        self._next += 1
+        future: asyncio.Future[Any] = asyncio.wrap_future(self.actors[index].run_batch.remote(records).future())
+        future.actor_index = index  # type: ignore[attr-defined]
+        return future
+
+    async def take(self) -> tuple[list[RecordResult], dict[type, int]]:
+        while True:
+            records, future = self._pending[0]
+            try:
+                out = await future
+            except self._actor_errors:
+                self._replace(records, future)
+                continue
+            self._pending.popleft()
+            self._breaks = 0
+            return out
+
+    def _replace(self, records: list[Record], future: Any) -> None:
+        """The actor of the head batch died: a new actor in its place, the head batch sent again."""
+        self._breaks += 1
+        if self._breaks >= MAX_POOL_RESTARTS:
+            raise PluginError(
+                f"a Ray actor died {self._breaks} times in a row on the batch starting at record {records[0].id}",
+                hint="run with `--executor local --set run.workers=1` to see the error in the driver")
+        self.restarts += 1
+        index = future.actor_index
+        with contextlib.suppress(Exception):
+            self.ray.kill(self.actors[index])
+        self.actors[index] = self._new_actor()
+        self._pending[0] = (records, self._submit(records))
+
+    async def close(self) -> None:
+        for _, future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor)
+        if self._started:
+            self.ray.shutdown()

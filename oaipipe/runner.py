@@ -92,6 +92,10 @@ class RunOptions:
     #: ``(I, N)``: process only shard I of N (a stable hash of the record id), as its own run whose run
     #: directory and sink files are named ``...shard-I-of-N`` (see :mod:`oaipipe.shards`)
     shard: tuple[int, int] | None = None
+    #: where process-safe CPU-bound steps run: ``local`` (a process pool) or ``ray``; None = ``run.executor``
+    executor: str | None = None
+    #: the Ray cluster to join (``ray://host:10001`` or ``auto``); None = ``run.ray_address``, else a local Ray
+    ray_address: str | None = None
 
 
 @dataclass
@@ -128,6 +132,7 @@ class Runner:
         #: the worker processes of this run, if its steps run in a pool (:mod:`oaipipe.executors`)
         self.pool_workers = 0
         self.pool_restarts = 0
+        self.pool_executor = "local"
         #: the layers the run's calls go through (cache → rate limits → retries → transport)
         self.calls = CallChain.build(pipeline, self.options)
         self.stats.retries = self.calls.retries  # attempts and retries of this run's calls
@@ -374,7 +379,8 @@ class Runner:
             summary["warnings"] = list(self.warnings)
         summary.update(self.calls.summary())  # what the call chain installed: cache, rate limits
         if self.pool_workers:
-            summary["workers"] = {"processes": self.pool_workers, "restarts": self.pool_restarts}
+            summary["workers"] = {"processes": self.pool_workers, "restarts": self.pool_restarts,
+                                  "executor": self.pool_executor}
         if self.options.shard is not None:
             summary["shard"] = {"index": self.options.shard[0], "count": self.options.shard[1]}
         return summary
@@ -425,7 +431,9 @@ class Runner:
     async def _process_all(self, skip: set[str], journal: Any, errors: Any, info: RunInfo) -> None:
         from .executors import pool_plan
 
-        workers, why = pool_plan(self.pipeline)
+        cfg = self.pipeline.loaded.config.run
+        executor = self.options.executor or cfg.executor
+        workers, why = pool_plan(self.pipeline, executor)
         if workers:
             self.reporter.note(f"steps run in {why}")
             return await self._process_pooled(workers, skip, journal, errors, info)
@@ -433,10 +441,15 @@ class Runner:
 
     async def _process_pooled(self, workers: int, skip: set[str], journal: Any, errors: Any, info: RunInfo) -> None:
         """The records in batches, each batch's steps in a worker process; written here, in input order."""
-        from .executors import ProcessPool
+        from .executors import ProcessPool, RayPool
 
-        pool = ProcessPool(self.pipeline, workers)
+        cfg = self.pipeline.loaded.config.run
+        if (self.options.executor or cfg.executor) == "ray":
+            pool: ProcessPool = RayPool(self.pipeline, workers, self.options.ray_address or cfg.ray_address)
+        else:
+            pool = ProcessPool(self.pipeline, workers)
         self.pool_workers = workers
+        self.pool_executor = "ray" if isinstance(pool, RayPool) else "local"
         window = 2 * workers  # batches in flight: memory stays flat whatever the input's size
         batches = self._records()
         scheduled = 0
