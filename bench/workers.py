@@ -39,14 +39,14 @@ steps:
   - {{type: sentiment, analyzer: vader, input: "{{text}}", output: mood}}
 sinks:
   - {{type: jsonl, path: out-{workers}.jsonl}}
-run: {{workers: {workers}, cache: false}}
+run: {{workers: {workers}, cache: false, executor: {executor}}}
 """
 
 
-def one(folder: Path, workers: int) -> None:
+def one(folder: Path, workers: int, executor: str = "local") -> None:
     """In a fresh process: run the pipeline, print seconds and the peak RSS (MB) of its processes."""
-    file = folder / f"pipeline-{workers}.yaml"
-    file.write_text(PIPELINE.format(workers=workers), encoding="utf-8")
+    file = folder / f"pipeline-{workers}-{executor}.yaml"
+    file.write_text(PIPELINE.format(workers=workers, executor=executor), encoding="utf-8")
     exe = str(Path(sys.executable).with_name("oaipipe"))
     start = time.perf_counter()
     subprocess.run([exe, "run", str(file), "--fresh", "-q"], check=True, stdout=subprocess.DEVNULL)
@@ -58,11 +58,12 @@ def one(folder: Path, workers: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--workers", nargs="+", default=["1", "2"],
+                    help="worker counts; WORKERS:ray runs that many Ray actors (e.g. 1 2:ray)")
+    ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        one(Path(args.one[0]), int(args.one[1]))
+        one(Path(args.one[0]), int(args.one[1]), args.one[2])
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -74,13 +75,14 @@ def main() -> None:
         print("| workers | seconds | records/s | speed-up | peak RSS MB | load before/after |")
         print("|---|---|---|---|---|---|")
         base = None
-        for workers in args.workers:
+        for spec in args.workers:
+            workers, _, executor = spec.partition(":")
             load = os.getloadavg()[0]
-            out = subprocess.run([sys.executable, __file__, "--one", str(folder), str(workers)], check=True,
-                                 capture_output=True, text=True).stdout.split()
+            out = subprocess.run([sys.executable, __file__, "--one", str(folder), workers, executor or "local"],
+                                 check=True, capture_output=True, text=True).stdout.split()
             seconds, peak = float(out[0]), out[1]
             base = base or seconds
-            print(f"| {workers} | {seconds:.1f} | {args.rows / seconds:,.0f} | {base / seconds:.2f}x | {peak} "
+            print(f"| {spec} | {seconds:.1f} | {args.rows / seconds:,.0f} | {base / seconds:.2f}x | {peak} "
                   f"| {load:.1f}/{os.getloadavg()[0]:.1f} |", flush=True)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from test_scale_out import DYING, _project, _strip
+from test_scale_out import SENTIMENT as SENTIMENT_STEPS
 
 from oaipipe.testing import PipelineProject
 
@@ -50,3 +51,24 @@ def test_an_actor_killed_mid_batch_has_its_records_redone_exactly_once(oaipipe_p
     assert ids == [f"r{i}" for i in range(600)]
     journal = Path(summary["journal"]).read_text(encoding="utf-8").splitlines()
     assert sorted(json.loads(line)["id"] for line in journal) == sorted(ids)
+
+
+def test_with_ray_the_calls_stay_under_the_configured_rpm_counted_at_the_server(
+        oaipipe_project: PipelineProject, tmp_path: Path) -> None:
+    from oaipipe.testing import running_server
+
+    # the server lets 1200 RPM through, enforced per second (20 a second, no burst); the pipeline is
+    # configured at 600 RPM: one limiter (in the driver, where every backend call is made) keeps the whole
+    # run under it, so the server never answers 429
+    with running_server(rpm=1200, rate_burst=1) as srv:
+        project = _project(tmp_path, n=30, workers=2,
+                           backend={"type": "openai", "base_url": srv.base_url, "concurrency": 16, "rpm": 600},
+                           steps=[{"type": "ask", "prompt": "Reply to: {text}", "output": "reply"},
+                                  *SENTIMENT_STEPS])
+        result = project.run("--executor", "ray")
+        stats = srv.stats()
+    assert result.exit_code == 0, result.err
+    assert result.summary["records"]["done"] == 30
+    assert stats["requests"] == 30 and not stats["by_status"].get("429")
+    assert result.summary["rate_limit"]["rpm"] == 600
+    assert "workers" not in result.summary  # a step calls the backend: the steps stay in the driver
