@@ -8,8 +8,7 @@ The pool is used when every step of the pipeline is local CPU work that can be r
 (:meth:`Step.process_safe <oaipipe.base.Step.process_safe>`: a ``sentiment`` step whose analyzer has
 ``process_safe = True`` and no backend), ``run.workers`` is above 1 (default: the number of cores), and
 the input has at least ``run.pool_min_records`` records (starting processes costs about a second).
-Each worker (started with ``spawn``, or ``forkserver`` where available: never a fork of the driver's
-threads) loads the pipeline from its file with the same ``--set``/``--disable`` arguments, so plugins
+Each worker (started with ``spawn``: never a fork of the driver's threads, and it ends with the driver) loads the pipeline from its file with the same ``--set``/``--disable`` arguments, so plugins
 named by the file are loaded there too, and runs each record's steps exactly as the driver would.
 
 Faults: a worker that dies mid-batch breaks the pool; the driver starts a new pool and submits again every
@@ -27,6 +26,8 @@ import collections
 import contextlib
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
@@ -73,7 +74,9 @@ def pool_plan(pipeline: Pipeline, executor: str = "local") -> tuple[int, str]:
 
 
 def _start_method() -> str:
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    """``spawn``: a worker's parent is the driver itself, so a worker sees the driver end (a forkserver
+    outlives a driver killed with SIGKILL, and so would its workers)."""
+    return "spawn"
 
 
 def _pipeline_file(pipeline: Pipeline) -> str:
@@ -89,9 +92,24 @@ _runner: Any = None
 _loop: asyncio.AbstractEventLoop | None = None
 
 
-def _init_worker(file: str, load_args: dict[str, Any]) -> None:
+def _exit_with_parent() -> None:
+    """End this worker when its parent (the driver) ends: a
+    driver killed with SIGKILL leaves no worker behind holding its terminal or pipes."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="oaipipe-parent-watch", daemon=True).start()
+
+
+def _init_worker(file: str, load_args: dict[str, Any], watch_parent: bool = False) -> None:
     """Load the pipeline from its file (its plugins too) and keep one runner to process records with."""
     global _runner, _loop
+    if watch_parent:
+        _exit_with_parent()
     from .pipeline import load_pipeline
     from .runner import Runner, RunOptions
 
@@ -134,7 +152,7 @@ class ProcessPool:
         ctx = multiprocessing.get_context(_start_method())
         assert self.pipeline.load_args is not None
         return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(_pipeline_file(self.pipeline), self.pipeline.load_args))
+                                   initargs=(_pipeline_file(self.pipeline), self.pipeline.load_args, True))
 
     def _submit(self, records: list[Record]) -> asyncio.Future[Any]:
         return asyncio.wrap_future(self._pool.submit(_run_batch, records))

@@ -152,3 +152,31 @@ def test_merge_refuses_missing_and_overlapping_shards(oaipipe_project: PipelineP
     assert overlap.exit_code != 0 and "overlap" in overlap.err
     assert "test.shard-2-of-3" in overlap.err and "test.shard-0-of-2" in overlap.err
     assert not (project.path / "out/records.jsonl").exists()  # nothing merged
+
+
+def test_the_driver_killed_mid_run_resumes_with_the_pool_exactly_once(oaipipe_project: PipelineProject,
+                                                                       tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from oaipipe.testing import wait_until
+
+    n = 4000
+    project = _project(tmp_path, n=n)
+
+    def journaled() -> int:
+        files = list((tmp_path / "runs").glob("*/*/journal.jsonl"))
+        return sum(1 for _ in files[0].open(encoding="utf-8")) if files else 0
+
+    proc = project.start_cli("-q")
+    wait_until(lambda: journaled() >= 256 or proc.poll() is not None, timeout=60, message="a batch journaled")
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    done_before = journaled()
+    assert 256 <= done_before < n
+    result = project.run_cli(timeout=120)
+    assert result.exit_code == 0, result.err
+    assert result.summary["status"] == "finished" and result.summary["workers"]["processes"] == 2
+    assert result.summary["records"]["skipped"] >= done_before - 1  # a torn last journal line is redone
+    assert [r["_id"] for r in project.records()] == [f"r{i}" for i in range(n)]
