@@ -142,6 +142,10 @@ class Analyzer(Component[OptionsT]):
 
     #: True when the analyzer calls the pipeline's backend: it is used through :meth:`analyze_with`
     needs_backend: ClassVar[bool] = False
+    #: Its :meth:`analyze` may run in a worker process (``run.workers``): the worker loads the plugin from
+    #: the pipeline file and builds its own analyzer. Set False for an analyzer that is only thread-safe
+    #: (it holds a handle that cannot be rebuilt in another process): it then runs in the driver.
+    process_safe: ClassVar[bool] = True
 
     def analyze(self, text: str) -> Sentiment:
         raise NotImplementedError
@@ -149,6 +153,8 @@ class Analyzer(Component[OptionsT]):
     async def analyze_with(self, text: str, ctx: StepContext) -> Sentiment:
         """Score ``text`` during a run (a ``sentiment`` step calls this). By default :meth:`analyze` in a
         worker thread; an analyzer with ``needs_backend = True`` overrides it and uses ``await ctx.chat()``."""
+        if ctx.inline:  # in a worker process of the pool: nothing else shares this event loop
+            return self.analyze(text)
         return await asyncio.to_thread(self.analyze, text)
 
 
@@ -273,6 +279,8 @@ class StepContext:
     sentiments: dict[str, Sentiment] = field(default_factory=dict)
     #: awaitable wrapper the runner installs (cache, rate limit, cost); steps call this, not backend.chat
     call: Any = None
+    #: True in a worker process of ``run.workers``: blocking work may run on the event loop itself
+    inline: bool = False
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         if self.call is not None:
@@ -295,6 +303,14 @@ class Step(Component[OptionsT]):
     #: Its exchanges carry images (logged with a ``[image: ...]`` text placeholder instead): building a
     #: fine-tuning dataset leaves them out unless ``step:`` names them.
     sends_images: ClassVar[bool] = False
+    #: Its work is local CPU work (no backend call): with ``run.workers`` above 1 it may run in a pool of
+    #: worker processes, on batches of records, when :meth:`process_safe` says so too.
+    cpu_bound: ClassVar[bool] = False
+
+    def process_safe(self) -> bool:
+        """Whether this step, as configured, may run in a worker process: it is :attr:`cpu_bound` and what
+        it uses can be rebuilt there from the pipeline file (a step using an analyzer asks the analyzer)."""
+        return self.cpu_bound
 
     def template_fields(self) -> dict[str, list[str]]:
         """For each template option: the record fields it reads (used by ``oaipipe validate``)."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -57,6 +57,13 @@ class RunSettings(BaseModel):
     offline_fallback: bool = Field(
         True, description="Use the local engine when the backend needs an OpenAI key and none is set"
     )
+    workers: int | None = Field(None, ge=1, le=1024, description=(
+        "Worker processes for CPU-bound steps (analyzers); default: the number of cores; 1 = in the driver"))
+    executor: Literal["local", "ray"] = Field("local", description=(
+        "Where process-safe CPU-bound steps run: local worker processes, or Ray actors (the `ray` extra)"))
+    ray_address: str | None = Field(None, description="Ray cluster to join (e.g. ray://head:10001); else a local Ray")
+    pool_min_records: int = Field(2000, ge=0, description=(
+        "Start the worker processes only for an input of at least this many records (or of unknown size)"))
 
     @field_validator("cache", mode="before")
     @classmethod

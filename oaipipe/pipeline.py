@@ -47,6 +47,9 @@ class Pipeline:
     #: one line saying the backend fell back to the local engine, and why (or None)
     backend_note: str | None = None
     warnings: list[str] = field(default_factory=list)
+    #: how the pipeline was loaded (``load_pipeline``'s arguments but the path): a worker process loads the
+    #: same pipeline from its file with them (``run.workers``); None for a pipeline built another way
+    load_args: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -201,6 +204,8 @@ def load_pipeline(
         with problems.collect():
             check(pipeline)
     problems.raise_if_any()
+    pipeline.load_args = {"overrides": list(overrides or []), "disabled": list(disabled or []),
+                          "entry_points": entry_points}
     return pipeline
 
 

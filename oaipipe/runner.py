@@ -90,6 +90,13 @@ class RunOptions:
     call_wrappers: list[CallWrapper] = field(default_factory=list)
     #: build the call chain with the response cache, rate limits and retry counters (:mod:`oaipipe.calls`)
     scale: bool = True
+    #: ``(I, N)``: process only shard I of N (a stable hash of the record id), as its own run whose run
+    #: directory and sink files are named ``...shard-I-of-N`` (see :mod:`oaipipe.shards`)
+    shard: tuple[int, int] | None = None
+    #: where process-safe CPU-bound steps run: ``local`` (a process pool) or ``ray``; None = ``run.executor``
+    executor: str | None = None
+    #: the Ray cluster to join (``ray://host:10001`` or ``auto``); None = ``run.ray_address``, else a local Ray
+    ray_address: str | None = None
 
 
 @dataclass
@@ -117,6 +124,16 @@ class Runner:
         self.max_cost = self.options.max_cost if self.options.max_cost is not None else cfg.run.max_cost
         self.stats = RunStats(prices=PriceTable(cfg.prices), priced=pipeline.backend.priced)
         self.root = pipeline.context.path(cfg.run.dir) / _safe_name(pipeline.name)
+        if self.options.shard is not None:
+            from .shards import apply_shard
+
+            self.root = self.root.with_name(apply_shard(pipeline, self.options.shard, self.root.name))
+        #: True in a worker process of the pool (:mod:`oaipipe.executors`): steps may block the event loop
+        self.inline = False
+        #: the worker processes of this run, if its steps run in a pool (:mod:`oaipipe.executors`)
+        self.pool_workers = 0
+        self.pool_restarts = 0
+        self.pool_executor = "local"
         #: the layers the run's calls go through (cache → rate limits → retries → transport)
         self.calls = CallChain.build(pipeline, self.options, notify=lambda text: self.reporter.note(text))
         self.stats.retries = self.calls.retries  # attempts and retries of this run's calls
@@ -212,7 +229,7 @@ class Runner:
 
     def _start(self, headline: str, notes: list[str]) -> None:
         """Count the input (for the progress line) and point the steps at the counted call chain."""
-        total = self.pipeline.source.count()
+        total = self.pipeline.source.count() if self.options.shard is None else None
         if total is not None and self.options.limit is not None:
             total = min(total, self.options.limit)
         self.stats.total = total
@@ -363,6 +380,11 @@ class Runner:
         if self.warnings:
             summary["warnings"] = list(self.warnings)
         summary.update(self.calls.summary())  # what the call chain installed: cache, rate limits
+        if self.pool_workers:
+            summary["workers"] = {"processes": self.pool_workers, "restarts": self.pool_restarts,
+                                  "executor": self.pool_executor}
+        if self.options.shard is not None:
+            summary["shard"] = {"index": self.options.shard[0], "count": self.options.shard[1]}
         return summary
 
     async def _train(self, run: RunDir) -> dict[str, Any]:
@@ -395,7 +417,12 @@ class Runner:
 
     def _records(self) -> Iterator[list[Record]]:
         batch: list[Record] = []
-        for record in self.pipeline.source.records():
+        records = self.pipeline.source.records()
+        if self.options.shard is not None:
+            from .shards import in_shard
+
+            records = in_shard(records, self.options.shard)
+        for record in records:
             batch.append(record)
             if len(batch) >= _SOURCE_BATCH:
                 yield batch
@@ -404,6 +431,73 @@ class Runner:
             yield batch
 
     async def _process_all(self, skip: set[str], journal: Any, errors: Any, info: RunInfo) -> None:
+        from .executors import pool_plan
+
+        cfg = self.pipeline.loaded.config.run
+        executor = self.options.executor or cfg.executor
+        workers, why = pool_plan(self.pipeline, executor)
+        if workers:
+            self.reporter.note(f"steps run in {why}")
+            return await self._process_pooled(workers, skip, journal, errors, info)
+        await self._process_in_driver(skip, journal, errors, info)
+
+    async def _process_pooled(self, workers: int, skip: set[str], journal: Any, errors: Any, info: RunInfo) -> None:
+        """The records in batches, each batch's steps in a worker process; written here, in input order."""
+        from .executors import ProcessPool, RayPool
+
+        cfg = self.pipeline.loaded.config.run
+        if (self.options.executor or cfg.executor) == "ray":
+            pool: ProcessPool = RayPool(self.pipeline, workers, self.options.ray_address or cfg.ray_address)
+        else:
+            pool = ProcessPool(self.pipeline, workers)
+        self.pool_workers = workers
+        self.pool_executor = "ray" if isinstance(pool, RayPool) else "local"
+        window = 2 * workers  # batches in flight: memory stays flat whatever the input's size
+        batches = self._records()
+        scheduled = 0
+        limit = self.options.limit
+        sentinel = object()
+
+        async def emit_head() -> None:
+            results, kinds = await pool.take()
+            for kind, n in kinds.items():
+                self._failure_kinds[kind] += n
+            for result in results:
+                self._emit(result, journal, errors, info, flush=False)
+            # one flush per batch: each sink flushed its lines already, so the journal still comes last
+            journal.flush()
+            errors.flush()
+
+        try:
+            while self._abort is None and not self._limited:
+                batch = await asyncio.to_thread(next, batches, sentinel)
+                if not isinstance(batch, list):  # the sentinel: the source is exhausted
+                    break
+                todo: list[Record] = []
+                for record in batch:
+                    if record.id in skip:
+                        self.stats.skipped += 1
+                        continue
+                    if limit is not None and scheduled >= limit:
+                        self._limited = True  # a record is left over: the next run resumes it
+                        break
+                    todo.append(record)
+                    scheduled += 1
+                if todo:
+                    while pool.in_flight >= window:
+                        await emit_head()
+                    pool.submit(todo)
+                while pool.head_done() and self._abort is None:
+                    await emit_head()
+            while pool.in_flight and self._abort is None:
+                await emit_head()
+        finally:
+            self.pool_restarts = pool.restarts
+            await pool.close()
+            with contextlib.suppress(Exception):
+                batches.close()  # type: ignore[attr-defined]
+
+    async def _process_in_driver(self, skip: set[str], journal: Any, errors: Any, info: RunInfo) -> None:
         concurrency = int(getattr(self.pipeline.backend.options, "concurrency", 8) or 8)
         gate = asyncio.Semaphore(concurrency)
         window = max(4 * concurrency, 64)
@@ -460,7 +554,8 @@ class Runner:
         if record.error:
             self._failure_kinds[RecordError] += 1  # the source could not read it
             return RecordResult(record, fields, error=record.error)
-        ctx = StepContext(record=record, backend=self.pipeline.backend, host=self.pipeline.host, call=self._call)
+        ctx = StepContext(record=record, backend=self.pipeline.backend, host=self.pipeline.host, call=self._call,
+                          inline=self.inline)
         timeout = getattr(self.pipeline.backend.options, "record_timeout", None)
         step_label = ""
         try:
@@ -495,7 +590,8 @@ class Runner:
                            RecordError(f"unexpected {type(exc).__name__} in step {step_label}{at}: {exc}"))
         return RecordResult(record, fields, ctx.exchanges, ctx.sentiments)
 
-    def _emit(self, result: RecordResult, journal: Any, errors: Any, info: RunInfo) -> None:
+    def _emit(self, result: RecordResult, journal: Any, errors: Any, info: RunInfo, *, flush: bool = True) -> None:
+        """Hand a result to every sink, then journal it (flushed unless the caller flushes a batch at once)."""
         result = redact_data(result)  # no secret (a ${env:...} value in a prompt, say) reaches sinks or files
         ok = result.error is None
         for sink in self.pipeline.sinks:
@@ -525,12 +621,14 @@ class Runner:
             entry["error"] = result.error
             errors.write(json.dumps({"id": result.record.id, "where": result.record.where, "error": result.error,
                                      "time": _now()}, ensure_ascii=False, default=str) + "\n")
-            errors.flush()
+            if flush:
+                errors.flush()
             self.stats.failed += 1
         else:
             self.stats.done += 1
         journal.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
-        journal.flush()
+        if flush:
+            journal.flush()
         self.pipeline.host.record_done(info, result)
         self.reporter.update(self.stats)
         if not ok:

@@ -43,6 +43,13 @@ class SentimentStep(Step):
 
     templates: ClassVar[tuple[str, ...]] = ("input",)
     writes_sentiment: ClassVar[bool] = True
+    cpu_bound: ClassVar[bool] = True
+
+    def process_safe(self) -> bool:
+        """Local work with an analyzer that can be rebuilt in a worker and calls no backend."""
+        if not hasattr(self, "_analyzer"):
+            self.prepare()
+        return bool(self._analyzer.process_safe and not self._analyzer.needs_backend)
 
     def outputs(self) -> list[str]:
         out = [self.options.output]

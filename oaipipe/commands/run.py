@@ -104,6 +104,18 @@ def _budget(ctx: click.Context, param: click.Parameter, value: float | None) -> 
         raise click.BadParameter(str(exc).removeprefix("--max-cost "), ctx=ctx, param=param) from None
 
 
+def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """``--shard I/N``: shard I (0..N-1) of N."""
+    from ..shards import parse_shard
+
+    if value is None:
+        return None
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 def summary_exit_code(summary: dict[str, Any]) -> ExitCode:
     """The exit code a finished run's summary calls for (the last rule that applies wins)."""
     code = ExitCode.OK
@@ -130,11 +142,17 @@ def summary_exit_code(summary: dict[str, Any]) -> ExitCode:
 @click.option("--retry-failed", is_flag=True, help="Rerun only the records that failed in the last run")
 @click.option("--no-cache", is_flag=True, help="Do not reuse cached responses")
 @click.option("--max-cost", type=float, callback=_budget, help="Stop starting records past this many USD")
+@click.option("--shard", callback=_shard, metavar="I/N",
+              help="Process only shard I of N (0..N-1, by record id) as its own run; then `oaipipe merge`")
+@click.option("--executor", type=click.Choice(["local", "ray"]),
+              help="Where CPU-bound steps run (default: run.executor, local): worker processes, or Ray actors")
+@click.option("--ray-address", metavar="ADDR", help="With --executor ray: the cluster to join (default: a local Ray)")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout")
 @disable_option
 def run(pipeline: str, overrides: tuple[str, ...], resume: bool, limit: int | None, dry_run: bool,
         max_failures: int | None, retry_failed: bool, no_cache: bool, max_cost: float | None,
-        as_json: bool, disabled: tuple[str, ...]) -> ExitCode:
+        shard: tuple[int, int] | None, executor: str | None, ray_address: str | None, as_json: bool,
+        disabled: tuple[str, ...]) -> ExitCode:
     """Run a pipeline file (default: pipeline.yaml)."""
     from ..pipeline import load_pipeline
     from ..progress import make_reporter
@@ -144,7 +162,8 @@ def run(pipeline: str, overrides: tuple[str, ...], resume: bool, limit: int | No
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run like Ctrl-C: summary written, resumable
     built = load_pipeline(pipeline, list(overrides), disabled=list(disabled))
     options = RunOptions(fresh=not resume, limit=limit, dry_run=dry_run, max_failures=max_failures,
-                         retry_failed=retry_failed, use_cache=not no_cache, max_cost=max_cost)
+                         retry_failed=retry_failed, use_cache=not no_cache, max_cost=max_cost, shard=shard,
+                         executor=executor, ray_address=ray_address)
     reporter = make_reporter(quiet=quiet or as_json)  # a live bar on a terminal, plain lines otherwise
     with log_records_to(reporter):  # -v: retries and rate-limit changes are logged above the progress display
         summary = asyncio.run(run_pipeline(built, options, reporter))
