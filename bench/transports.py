@@ -13,10 +13,14 @@ CPU (``os.wait4``) / calls. Contenders:
   cache off) on backend ``openai`` with ``transport: aiohttp`` (the default, ``auto``), ``transport: sdk``,
   and on backend ``requests``. ``ideal`` is C / L.
 
+* ``--suite startup``: wall and CPU time of ``oaipipe --help`` and of a one-record ``oaipipe run`` on each
+  transport (the pipeline above, C = 1).
+
 Runs are interleaved (each repeat runs every contender once) and each figure is the median of ``--repeat``.
 
     python bench/transports.py --suite clients   [--concurrency 16 64 256] [--per-slot 20] [--repeat 3]
     python bench/transports.py --suite pipelines [--concurrency 16 64 256] [--per-slot 20] [--repeat 3]
+    python bench/transports.py --suite startup   [--repeat 5]
 """
 
 from __future__ import annotations
@@ -166,6 +170,35 @@ def write_pipeline(work: Path, base: str, c: int, n: int, kind: str) -> Path:
     return work / "p.yaml"
 
 
+def startup(args: argparse.Namespace) -> None:
+    """Start-up (transport): ``oaipipe --help`` and a one-record run per transport, wall and CPU."""
+    load_before = os.getloadavg()
+    proc, base = start_server(args.latency)
+    kinds = ["openai", "openai-sdk", "requests"]
+    runs: dict[str, list[tuple[float, float]]] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(args.repeat):
+                rate, cpu = measure([EXE, "--help"], 1, Path(tmp))
+                runs.setdefault("oaipipe --help", []).append((1 / rate, cpu))
+                for kind in kinds:
+                    work = Path(tmp) / f"{kind}-{r}"
+                    rate, cpu = measure(command(kind, base, 1, 1, work), 1, work)
+                    runs.setdefault(f"one-record run, {kind}", []).append((1 / rate, cpu))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    load_after = os.getloadavg()
+    print(f"Start-up (transport); python {sys.version.split()[0]}; {os.cpu_count()} cores; load average before "
+          f"{load_before[0]:.2f}, after {load_after[0]:.2f}; median of {args.repeat}; one-record runs include "
+          f"one call to oaipipe serve --latency {args.latency}")
+    print("| command | wall (s) | CPU (s) |")
+    print("|---|---|---|")
+    for name, values in runs.items():
+        print(f"| {name} | {statistics.median(v[0] for v in values):.2f} "
+              f"| {statistics.median(v[1] for v in values) / 1000:.2f} |")
+
+
 def measure(cmd: list[str], n: int, cwd: Path) -> tuple[float, float]:
     """records/s and CPU-ms per record of one whole process."""
     start = time.perf_counter()
@@ -189,7 +222,7 @@ def command(kind: str, base: str, c: int, n: int, work: Path) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", choices=["clients", "pipelines"], default="pipelines")
+    ap.add_argument("--suite", choices=["clients", "pipelines", "startup"], default="pipelines")
     ap.add_argument("--latency", type=float, default=0.1)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256])
     ap.add_argument("--per-slot", type=int, default=20, help="calls per process = per-slot × concurrency")
@@ -202,6 +235,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         child(args.child, args.base, args.concurrency[0], args.n, Path(args.out))
+        return
+    if args.suite == "startup":
+        startup(args)
         return
     kinds = (["sdk", "httpx2", "aiohttp-json", "aiohttp-orjson"] if args.suite == "clients"
              else ["hand", "openai-sdk", "requests", "openai"])
