@@ -78,7 +78,8 @@ def messages(text: str) -> list[dict[str, str]]:
 async def loop_sdk(base: str, c: int, items: list[str], out: Path) -> None:
     from openai import AsyncOpenAI
 
-    client = AsyncOpenAI(base_url=base, api_key="bench", max_retries=0)
+    # timeout 60 s as oaipipe's default (the SDK's connect timeout of 5 s fails at C = 256 on a loaded machine)
+    client = AsyncOpenAI(base_url=base, api_key="bench", max_retries=0, timeout=60)
     sem = asyncio.Semaphore(c)
     with out.open("w", encoding="utf-8") as fh:
         async def one(i: int, text: str) -> None:
