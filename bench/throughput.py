@@ -2,15 +2,19 @@
 
 For each concurrency C (default 8, 16, 32) and in the same run, against the same server process:
 
-* ``oaipipe``: a pipeline with one ``ask`` step on the ``openai`` backend (``base_url`` = the server,
+* ``oaipipe``: a pipeline with one ``ask`` step on the ``openai`` backend (``transport: --transport``,
+  default ``auto`` = the lean aiohttp transport; ``base_url`` = the server,
   ``concurrency: C``, response cache off) and a ``jsonl`` sink (the run directory and journal included);
 * ``hand``: ``AsyncOpenAI`` + ``asyncio.Semaphore(C)`` sending the same messages and appending each
   reply to a JSONL file;
 * ``one-at-a-time``: the same calls, awaited one after the other (once, not per C).
 
 Each figure is the median of ``--repeat`` runs of ``--per-slot`` × C requests. ``ideal`` is C / latency.
+Both contenders run inside this process (start-up excluded); ``bench/transports.py`` measures every
+transport as whole processes, start-up and CPU per record included.
 
     python bench/throughput.py [--latency 0.1] [--concurrency 8 16 32] [--per-slot 25] [--repeat 3]
+                               [--transport auto|aiohttp|sdk]
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ async def sequential(base: str, items: list[str]) -> float:
     return len(items) / (time.perf_counter() - start)
 
 
-def oaipipe_run(base: str, concurrency: int, items: list[str], work: Path) -> float:
+def oaipipe_run(base: str, concurrency: int, items: list[str], work: Path, transport: str = "auto") -> float:
     import csv
 
     from oaipipe.pipeline import load_pipeline
@@ -102,7 +106,8 @@ def oaipipe_run(base: str, concurrency: int, items: list[str], work: Path) -> fl
         writer.writerows((i, t) for i, t in enumerate(items))
     (work / "p.yaml").write_text(
         "name: bench\n"
-        f"backend: {{type: openai, base_url: '{base}', api_key: bench, concurrency: {concurrency}}}\n"
+        f"backend: {{type: openai, transport: {transport}, base_url: '{base}', api_key: bench, "
+        f"concurrency: {concurrency}}}\n"
         "source: {type: csv, path: in.csv, id_column: id}\n"
         f"steps:\n  - {{type: ask, system: '{SYSTEM}', prompt: 'Reply to: {{text}}', output: reply}}\n"
         "sinks:\n  - {type: jsonl, path: out.jsonl}\n"
@@ -123,6 +128,8 @@ def main() -> None:
     ap.add_argument("--per-slot", type=int, default=25, help="requests per run = per-slot × concurrency")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--sequential", type=int, default=20, help="requests of the one-at-a-time loop")
+    ap.add_argument("--transport", default="auto", choices=["auto", "aiohttp", "sdk"],
+                    help="transport of the openai backend in the oaipipe contender")
     args = ap.parse_args()
     proc, base = start_server(args.latency)
     rows = []
@@ -135,7 +142,7 @@ def main() -> None:
                 hand, ours = [], []
                 for r in range(args.repeat):  # interleaved, so both see the same machine state
                     hand.append(asyncio.run(hand_loop(base, c, items, root / f"hand-{c}-{r}.jsonl")))
-                    ours.append(oaipipe_run(base, c, items, root / f"oaipipe-{c}-{r}"))
+                    ours.append(oaipipe_run(base, c, items, root / f"oaipipe-{c}-{r}", args.transport))
                 h, o = statistics.median(hand), statistics.median(ours)
                 ideal = c / args.latency
                 rows.append({"concurrency": c, "requests": len(items), "ideal": ideal, "hand": h, "oaipipe": o,

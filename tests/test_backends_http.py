@@ -1,4 +1,5 @@
-"""Backends ``openai`` (SDK) and ``requests`` (raw HTTP) against the embedded server over real loopback HTTP."""
+"""Backends ``openai`` (lean aiohttp transport by default, ``openai-sdk`` = ``transport: sdk``) and ``requests``
+(raw HTTP) against the embedded server over real loopback HTTP."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from oaipipe.plugins import PluginHost
 from oaipipe.testing import running_server
 from oaipipe.types import ChatRequest, ChatResponse
 
-TRANSPORTS = ["openai", "requests"]
+TRANSPORTS = ["openai", "openai-sdk", "requests"]
 SCHEMA = {
     "type": "json_schema",
     "json_schema": {
@@ -40,6 +41,9 @@ SCHEMA = {
 
 
 def make(host: PluginHost, kind: str, **options: Any) -> Backend:
+    if kind == "openai-sdk":  # the openai backend through the official SDK instead of the lean transport
+        kind = "openai"
+        options.setdefault("transport", "sdk")
     backend = host.build("backend", {"type": kind, **options}, Context(host=host))
     assert isinstance(backend, Backend)
     return backend
@@ -79,7 +83,7 @@ def test_chat_round_trip_matches_local_engine(host: PluginHost, server: Any, kin
     local = call(make(host, "local"), req())
     assert remote.text == local.text
     assert remote.text
-    assert remote.backend == kind
+    assert remote.backend == kind.removesuffix("-sdk")
     assert remote.usage.prompt_tokens > 0 and remote.usage.completion_tokens > 0
     assert remote.usage.total_tokens == remote.usage.prompt_tokens + remote.usage.completion_tokens
     assert remote.request_id and remote.request_id.startswith("req_")
@@ -325,8 +329,35 @@ def test_requests_sends_no_authorization_to_a_keyless_server(host: PluginHost, s
     assert keyed.session.headers["Authorization"] == "Bearer server-key-123456"
     sdk = make(host, "openai", base_url=server.base_url)
     assert sdk.client.api_key == "sk-no-key"
-    for b in (backend, keyed, sdk):
+    lean = make(host, "openai", base_url=server.base_url)  # the lean transport: the same rule
+    assert "Authorization" not in lean._lean_headers()
+    lean_keyed = make(host, "openai", base_url=server.base_url, api_key="server-key-123456")
+    assert lean_keyed._lean_headers()["Authorization"] == "Bearer server-key-123456"
+    for b in (backend, keyed, sdk, lean, lean_keyed):
         asyncio.run(b.aclose())
+
+
+def test_openai_pipelines_take_the_lean_transport_unless_told_sdk(host: PluginHost, server: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``transport: auto`` (the default) sends chat, Responses and model listings without the SDK;
+    ``transport: sdk`` goes through it."""
+    import oaipipe.builtin.backend_openai as backend_openai
+
+    def no_sdk(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the openai SDK was used")
+
+    monkeypatch.setattr(backend_openai, "sdk_client", no_sdk)
+    default = make(host, "openai", base_url=server.base_url)
+    assert default.options.transport == "auto"
+    replies = many(default, [req(f"lean {i}") for i in range(4)])
+    assert [r.text for r in replies] == [call(make(host, "local"), req(f"lean {i}")).text for i in range(4)]
+    assert call(make(host, "openai", base_url=server.base_url, api="responses"), req()).text
+    lean = make(host, "openai", base_url=server.base_url, transport="aiohttp")
+    assert "gpt-4o-mini" in [m.id for m in asyncio.run(lean.list_models())]
+    asyncio.run(lean.aclose())
+    assert server.stats()["by_path"] == {"/v1/chat/completions": 4, "/v1/responses": 1, "/v1/models": 1}
+    with pytest.raises(AssertionError, match="SDK was used"):
+        call(make(host, "openai", base_url=server.base_url, transport="sdk"), req())
 
 
 @pytest.mark.parametrize("kind", TRANSPORTS)

@@ -1,5 +1,6 @@
-"""The same pipeline file through ``local``, and through ``openai`` and ``requests`` against ``oaipipe serve``,
-gives the same replies, sentiments, structured fields and dialogue messages."""
+"""The same pipeline file through ``local``, and through ``openai`` (its default lean aiohttp transport and
+``transport: sdk``) and ``requests`` against ``oaipipe serve``, gives the same replies, sentiments, structured
+fields and dialogue messages."""
 
 from __future__ import annotations
 
@@ -63,8 +64,17 @@ def project(oaipipe_project: PipelineProject) -> PipelineProject:
     return oaipipe_project
 
 
+#: the remote transports compared: name -> backend settings (the ``backend`` field of the dialogue is the type)
+REMOTE = {
+    "openai": ["backend.type=openai"],  # transport auto: the lean aiohttp transport
+    "openai-sdk": ["backend.type=openai", "backend.transport=sdk"],
+    "openai-aiohttp": ["backend.type=openai", "backend.transport=aiohttp"],
+    "requests": ["backend.type=requests"],
+}
+
+
 def run_with(project: PipelineProject, kind: str, base_url: str | None) -> tuple[dict[str, Any], list[dict], list[dict]]:
-    overrides = [f"backend.type={kind}", f"sinks.0.path=out_{kind}/dialogue.jsonl",
+    overrides = [*REMOTE.get(kind, [f"backend.type={kind}"]), f"sinks.0.path=out_{kind}/dialogue.jsonl",
                  f"sinks.1.path=out_{kind}/records.jsonl", f"run.dir=runs_{kind}"]
     if base_url:
         overrides += [f"backend.base_url={base_url}", "backend.retry_base=0.01", "backend.max_retries=10"]
@@ -91,7 +101,7 @@ def test_same_results_on_every_transport(project: PipelineProject) -> None:
     results = {}
     results["local"] = run_with(project, "local", None)
     with running_server(error_rates={429: 0.1, 500: 0.05, 503: 0.05}, retry_after=0.01, seed=11) as srv:
-        for kind in ("openai", "requests"):
+        for kind in REMOTE:
             results[kind] = run_with(project, kind, srv.base_url)
         stats = srv.stats()
     assert sum(stats["injected"].values()) > 0  # the remote runs went through injected errors
@@ -99,13 +109,13 @@ def test_same_results_on_every_transport(project: PipelineProject) -> None:
     local_summary, local_dialogue, local_records = results["local"]
     assert local_summary["records"]["done"] == len(ROWS) and local_summary["records"]["failed"] == 0
     assert len(local_dialogue) == 2 * len(ROWS)
-    for kind in ("openai", "requests"):
+    for kind in REMOTE:
         summary, dialogue, records = results[kind]
         assert summary["records"]["done"] == len(ROWS), (kind, summary)
         assert summary["records"]["failed"] == 0
         assert comparable_records(records) == comparable_records(local_records), kind
         assert comparable_dialogue(dialogue) == comparable_dialogue(local_dialogue), kind
-        assert {line["backend"] for line in dialogue} == {kind}
+        assert {line["backend"] for line in dialogue} == {kind.split("-")[0]}
         assert all(line["request_id"] for line in dialogue)
         assert "base64" not in json.dumps(dialogue)
 
@@ -117,11 +127,12 @@ def test_same_results_on_every_transport(project: PipelineProject) -> None:
     assert labels  # sentiments are part of the compared records
 
 
-@pytest.mark.parametrize("kind", ["openai", "requests"])
+@pytest.mark.parametrize("kind", list(REMOTE))
 def test_a_refused_key_stops_the_run_after_one_request(project: PipelineProject, kind: str) -> None:
     wrong = "sk-wrong-0123456789abcdef"
     with running_server(api_key="sk-right-0123456789abcdef") as srv:
-        result = project.run("--set", f"backend.type={kind}", "--set", f"backend.base_url={srv.base_url}",
+        backend = [arg for o in REMOTE[kind] for arg in ("--set", o)]
+        result = project.run(*backend, "--set", f"backend.base_url={srv.base_url}",
                              "--set", f"backend.api_key={wrong}", "--set", "backend.concurrency=1", "--fresh",
                              as_json=False)
         # the run is over and the server counts a request before it replies: the count is final once seen

@@ -102,7 +102,7 @@ class _Pending:
 class BatchBackend(OpenAIBackend):
     """The OpenAI Batch API: requests collected into JSONL batches, uploaded, followed, mapped back."""
 
-    Options = BatchOptions
+    Options = BatchOptions  # type: ignore[assignment]  # no `transport`: the Batch API goes through the SDK
     needs_api_key = True
     summary = "OpenAI Batch API (50% cheaper, slower): requests collected into batch files; resumable"
     batched = True  # batch prices; no client-side rate limits (the Batch API queues)

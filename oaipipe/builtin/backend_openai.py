@@ -15,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
 
 from .. import hookimpl
 from ..base import Backend
 from ..errors import BackendError, ServerError
 from ..keys import sdk_client
-from ..kit.http import HTTPBackendMixin, http_error, not_the_api
+from ..kit.aiohttp import AiohttpTransportMixin
+from ..kit.http import HTTPBackendMixin, HTTPBackendOptions, http_error, not_the_api
 from ..lazy import lazy_module
 from ..openai_wire import (
     parse_models,
@@ -36,7 +39,7 @@ else:  # imported on first use: `oaipipe --help` and `validate` never load the S
     httpx2 = lazy_module("httpx2")
     openai = lazy_module("openai")
 
-__all__ = ["OpenAIBackend", "translate_sdk_error"]
+__all__ = ["OpenAIBackend", "OpenAIOptions", "translate_sdk_error"]
 
 _CHAT_KWARGS = ("model", "messages", "temperature", "max_tokens", "max_completion_tokens", "response_format",
                 "reasoning_effort", "service_tier", "prompt_cache_key")
@@ -78,8 +81,21 @@ def _split(body: dict[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
     return kwargs
 
 
-class OpenAIBackend(HTTPBackendMixin, Backend):
-    """OpenAI (or any compatible server) through the official SDK; chat or Responses API."""
+class OpenAIOptions(HTTPBackendOptions):
+    """Options of the ``openai`` backend: the HTTP backends' options and the transport."""
+
+    transport: Literal["auto", "sdk", "aiohttp"] = Field(
+        "auto",
+        description="How pipeline calls travel. auto: the lean aiohttp transport (raw HTTP, orjson; "
+        "docs/transports.md); sdk: the official openai SDK (AsyncOpenAI); aiohttp: the lean one, always",
+    )
+
+
+class OpenAIBackend(AiohttpTransportMixin, HTTPBackendMixin, Backend):
+    """OpenAI (or any compatible server): chat or Responses API over the lean aiohttp transport, or through
+    the official SDK with ``transport: sdk``."""
+
+    Options = OpenAIOptions
 
     def __init__(self, options: Any = None, context: Any = None) -> None:
         super().__init__(options, context)
@@ -130,7 +146,23 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
 
     # --- the contract ---------------------------------------------------------------------------
 
+    @property
+    def lean(self) -> bool:
+        """True when pipeline calls take the lean aiohttp transport (``transport: auto`` or ``aiohttp``).
+
+        Nothing of the chat and Responses calls needs the SDK: the bodies and the parsing are
+        :mod:`oaipipe.openai_wire`'s for both. The SDK stays for ``transport: sdk``, the blocking calls
+        (:meth:`list_models_sync`: ``oaipipe models``) and the subclasses that use its other endpoints
+        (the ``batch`` backend's files and batches, whose options have no ``transport``).
+        """
+        return getattr(self.options, "transport", "sdk") in ("auto", "aiohttp")
+
     async def chat(self, request: ChatRequest) -> ChatResponse:
+        if self.lean:
+            return await self._lean_chat(request, default_name="openai")
+        return await self._sdk_chat(request)
+
+    async def _sdk_chat(self, request: ChatRequest) -> ChatResponse:
         self._check_key()
         responses = self.api_of(request.model) == "responses"
         client = self.aclient
@@ -175,9 +207,12 @@ class OpenAIBackend(HTTPBackendMixin, Backend):
         return parse_models(self.policy.run(lambda: self._gated(attempt)))
 
     async def list_models(self) -> list[ModelInfo]:
+        if self.lean:
+            return await self._lean_models()
         return await asyncio.to_thread(self.list_models_sync)
 
     async def aclose(self) -> None:
+        await self._lean_close()
         if self._aclient is not None:
             with contextlib.suppress(RuntimeError):  # created in a loop that is gone
                 await self._aclient.close()
