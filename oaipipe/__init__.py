@@ -43,7 +43,10 @@ from .errors import (
     TrainingError,
     UnknownPluginError,
 )
+from .api import Pipeline
+from .client import Client, Reply
 from .hookspecs import hookimpl
+from .results import RunResult
 from .types import (
     ChatRequest,
     ChatResponse,
@@ -60,10 +63,13 @@ __version__ = "0.1.0"
 
 
 def run(pipeline: str, **kwargs):  # type: ignore[no-untyped-def]
-    """Run a pipeline file; see :func:`oaipipe.runner.run_pipeline_file` for the options."""
-    from .runner import run_pipeline_file
-
-    return run_pipeline_file(pipeline, **kwargs)
+    """Run a pipeline file and return its summary: a thin alias of ``Pipeline.from_yaml(pipeline).run(...)``
+    (works inside a running event loop too); see :meth:`oaipipe.Pipeline.run` for the options (``use_cache``
+    is accepted for ``cache``)."""
+    overrides = kwargs.pop("overrides", None)
+    if "use_cache" in kwargs:
+        kwargs["cache"] = kwargs.pop("use_cache")
+    return Pipeline.from_yaml(pipeline, overrides).run(**kwargs).summary
 
 
 __all__ = [
@@ -76,6 +82,7 @@ __all__ = [
     "BadRequestError",
     "ChatRequest",
     "ChatResponse",
+    "Client",
     "ConfigError",
     "Context",
     "DatasetError",
@@ -85,6 +92,7 @@ __all__ = [
     "InputError",
     "ModelInfo",
     "OaipipeError",
+    "Pipeline",
     "PluginError",
     "PluginLoadError",
     "PluginOptions",
@@ -93,9 +101,11 @@ __all__ = [
     "Record",
     "RecordError",
     "RecordResult",
+    "Reply",
     "RunAborted",
     "RunInfo",
     "RunLockedError",
+    "RunResult",
     "Sentiment",
     "ServerError",
     "Sink",

@@ -45,7 +45,7 @@ from .types import ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
     from .base import Backend
-    from .pipeline import Pipeline
+    from .pipeline import BuiltPipeline
     from .runner import RunOptions
 
 __all__ = ["DEFAULT_CACHE_DIR", "CacheLayer", "Call", "CallChain", "Layer", "RateLimitLayer", "RetryLayer",
@@ -144,12 +144,12 @@ class CacheLayer(Layer):
 # --- what the chain is built from ------------------------------------------------------------------------
 
 
-def cache_dir_for(pipeline: Pipeline) -> Path:
+def cache_dir_for(pipeline: BuiltPipeline) -> Path:
     """``run.cache_dir`` (relative to the pipeline file) or ``.oaipipe/cache`` next to the pipeline file."""
     return pipeline.context.path(pipeline.loaded.config.run.cache_dir or DEFAULT_CACHE_DIR)
 
 
-def open_cache(pipeline: Pipeline, options: RunOptions) -> ResponseCache | None:
+def open_cache(pipeline: BuiltPipeline, options: RunOptions) -> ResponseCache | None:
     """The run's response cache, or None: not with ``--no-cache`` (``options.use_cache``) or
     ``run.cache: false``, and only for a :attr:`~oaipipe.base.Backend.cacheable` backend. Its namespace is
     the endpoint (:func:`oaipipe.resume.backend_endpoint`): answers of one server never serve another."""
@@ -198,7 +198,7 @@ class CallChain:
         return await self._call(request)
 
     @classmethod
-    def build(cls, pipeline: Pipeline, options: RunOptions) -> CallChain:
+    def build(cls, pipeline: BuiltPipeline, options: RunOptions) -> CallChain:
         """The chain of one run of ``pipeline`` (see the module docstring). ``options`` is only read."""
         backend = pipeline.backend
         transport = Transport(backend)
@@ -208,9 +208,25 @@ class CallChain:
         innermost: list[Layer] = [transport] if inner is transport else [_Wrapped(inner), transport]
         if not options.scale:
             return cls(innermost)
+        return cls._assemble(backend, inner, innermost, open_cache(pipeline, options))
+
+    @classmethod
+    def for_backend(cls, backend: Backend, *, cache_dir: Path | None = None) -> CallChain:
+        """The chain of one-off calls outside a run (:class:`oaipipe.Client`, ``oaipipe ask``): the same
+        retries and rate limits as a run's, and the response cache in ``cache_dir`` (None: no cache; only for
+        a :attr:`~oaipipe.base.Backend.cacheable` backend, namespaced by its endpoint)."""
+        transport = Transport(backend)
+        cache = None
+        if cache_dir is not None and backend.cacheable:
+            cache = ResponseCache(cache_dir, namespace=backend_endpoint(backend))
+        return cls._assemble(backend, transport, [transport], cache)
+
+    @classmethod
+    def _assemble(cls, backend: Backend, inner: Call, innermost: list[Layer],
+                  cache: ResponseCache | None) -> CallChain:
+        """cache → rate limits → retries around ``inner`` (whose layers are ``innermost``)."""
         policy = retry_policy(backend)
         limiter = open_rate_limiter(backend, policy)
-        cache = open_cache(pipeline, options)
         retry = RetryLayer(inner, policy, limiter)
         layers: list[Layer] = [retry]
         if limiter is not None:
