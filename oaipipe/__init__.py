@@ -43,7 +43,7 @@ from .errors import (
     TrainingError,
     UnknownPluginError,
 )
-from .api import Pipeline
+from .api import Pipeline, run_sync
 from .client import Client, Reply
 from .hookspecs import hookimpl
 from .results import RunResult
@@ -123,4 +123,5 @@ __all__ = [
     "__version__",
     "hookimpl",
     "run",
+    "run_sync",
 ]

@@ -62,7 +62,8 @@ class Client:
     else the embedded offline engine); ``model``/``system``: defaults of every call; ``analyzer``: the
     sentiment analyzer (a name such as ``vader``/``keyword``/``llm``, ``{type: ..., ...}``, or None for no
     scoring); ``dialogue``: a dialogue log (.jsonl) every exchange is appended to; ``assistant``: the name
-    of an assistant preset (its instructions, model and parameters are the defaults); ``pipeline``: use a
+    of an assistant preset (its instructions, model and parameters are the defaults), looked up in
+    ``assistants`` (a file) or the usual places (``assistants.yaml`` here, ``$OAIPIPE_HOME``); ``pipeline``: use a
     pipeline file's backend block and presets; ``cache``: reuse identical calls from the response cache in
     ``cache_dir`` (default ``.oaipipe/cache`` in the current folder).
     """
@@ -72,7 +73,7 @@ class Client:
                  assistant: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
                  pipeline: str | Path | None = None, cache: bool = True, cache_dir: str | Path | None = None,
                  temperature: float | None = None, max_tokens: int | None = None,
-                 registry: str | Path | None = None) -> None:
+                 registry: str | Path | None = None, assistants: str | Path | None = None) -> None:
         from .oneoff import load_backend, preset_for
         from .pricing import PriceTable
         from .stats import RunStats
@@ -89,6 +90,10 @@ class Client:
         self.context = self._oneoff.context
         #: one line saying the backend fell back to the offline engine, and why (or None)
         self.note = self._oneoff.note
+        #: the pipeline file's warnings (unset ``${env:VAR}``...), when ``pipeline`` is given
+        self.warnings = list(self._oneoff.warnings)
+        if assistants is not None:  # the assistants file to look presets up in (`oaipipe assistants --file`)
+            self.context.settings["assistants"] = str(Path(assistants).resolve())
         self.preset = preset_for(assistant, self.context)
         self.cache_dir = (Path(cache_dir) if cache_dir is not None else Path.cwd() / ".oaipipe" / "cache") \
             if cache else None
@@ -215,6 +220,20 @@ class Client:
         """Send one message; the reply with the sentiment of both sides (``sentiment=False``: not scored),
         appended to the dialogue log when one is set."""
         return run_sync(self.aask(message, system, model=model, sentiment=sentiment))
+
+    # --- sentiment ------------------------------------------------------------------------------------
+
+    async def asentiment(self, text: str) -> Sentiment | None:
+        """Async :meth:`sentiment`."""
+
+        async def go(backend: Any, chain: Any) -> Sentiment | None:
+            return await self._score(text, backend, chain)
+
+        return await self._with_backend(go)
+
+    def sentiment(self, text: str) -> Sentiment | None:
+        """The sentiment of ``text`` by the client's analyzer (``oaipipe sentiment TEXT``)."""
+        return run_sync(self.asentiment(text))
 
     # --- images ---------------------------------------------------------------------------------------
 
