@@ -127,6 +127,12 @@ class Pipeline:
         """Run the pipeline on the caller's event loop; see :meth:`run`."""
         from .runner import RunOptions, Runner
 
+        if records is None and self._path is None and "source" not in (self._data or {}):
+            from .errors import ConfigError
+
+            raise ConfigError("this pipeline has no source and no records were given", key="source",
+                              hint="pass them: run(records=[{...}, ...]) (a list of dicts, a DataFrame or any "
+                                   "iterable of dicts), or give the pipeline a source block")
         built = self._build(records, id_field, input_key)
         options = RunOptions(fresh=fresh, limit=limit, dry_run=dry_run, max_failures=max_failures,
                              retry_failed=retry_failed, use_cache=cache, max_cost=max_cost)
