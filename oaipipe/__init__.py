@@ -5,6 +5,7 @@ Read ``README.md``, then ``pipeline.yaml``, then :mod:`oaipipe.hookspecs`.
 
 from __future__ import annotations
 
+from .api import Pipeline, run_sync
 from .base import (
     Analyzer,
     Backend,
@@ -19,6 +20,7 @@ from .base import (
     SyncBackend,
     Trainer,
 )
+from .client import Client, Reply
 from .errors import (
     AuthenticationError,
     BackendConnectionError,
@@ -43,8 +45,6 @@ from .errors import (
     TrainingError,
     UnknownPluginError,
 )
-from .api import Pipeline, run_sync
-from .client import Client, Reply
 from .hookspecs import hookimpl
 from .results import RunResult
 from .types import (

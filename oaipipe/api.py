@@ -19,11 +19,15 @@ import concurrent.futures
 import contextvars
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import Problems, load_config
 from .pipeline import BuiltPipeline, build_pipeline, load_pipeline, load_pipeline_data
 from .results import RunResult
+
+if TYPE_CHECKING:
+    from .progress import Reporter
+    from .runner import RunOptions
 
 __all__ = ["Pipeline", "run_sync"]
 
@@ -123,9 +127,10 @@ class Pipeline:
     async def arun(self, records: Any = None, *, id_field: str | None = None, input_key: str | None = None,
                    fresh: bool = False, limit: int | None = None, max_failures: int | None = None,
                    retry_failed: bool = False, cache: bool = True, max_cost: float | None = None,
-                   dry_run: bool = False, progress: bool = False) -> RunResult:
+                   dry_run: bool = False, progress: bool = False, options: RunOptions | None = None,
+                   reporter: Reporter | None = None) -> RunResult:
         """Run the pipeline on the caller's event loop; see :meth:`run`."""
-        from .runner import RunOptions, Runner
+        from .runner import Runner, RunOptions
 
         if records is None and self._path is None and "source" not in (self._data or {}):
             from .errors import ConfigError
@@ -134,10 +139,10 @@ class Pipeline:
                               hint="pass them: run(records=[{...}, ...]) (a list of dicts, a DataFrame or any "
                                    "iterable of dicts), or give the pipeline a source block")
         built = self._build(records, id_field, input_key)
-        options = RunOptions(fresh=fresh, limit=limit, dry_run=dry_run, max_failures=max_failures,
-                             retry_failed=retry_failed, use_cache=cache, max_cost=max_cost)
-        reporter = None
-        if progress:
+        if options is None:
+            options = RunOptions(fresh=fresh, limit=limit, dry_run=dry_run, max_failures=max_failures,
+                                 retry_failed=retry_failed, use_cache=cache, max_cost=max_cost)
+        if progress and reporter is None:
             from .progress import make_reporter
 
             reporter = make_reporter()
@@ -147,7 +152,8 @@ class Pipeline:
     def run(self, records: Any = None, *, id_field: str | None = None, input_key: str | None = None,
             fresh: bool = False, limit: int | None = None, max_failures: int | None = None,
             retry_failed: bool = False, cache: bool = True, max_cost: float | None = None,
-            dry_run: bool = False, progress: bool = False) -> RunResult:
+            dry_run: bool = False, progress: bool = False, options: RunOptions | None = None,
+            reporter: Reporter | None = None) -> RunResult:
         """Run the pipeline to its end and return its :class:`~oaipipe.results.RunResult`.
 
         ``records``: a list of dicts, a pandas DataFrame or any iterable of dicts (an iterator is streamed,
@@ -155,8 +161,10 @@ class Pipeline:
         (``0``, ``1``...). A run that did not finish is resumed by the same call (a list or DataFrame is
         recognized by its content; an iterator only with ``input_key=``). The other options are ``oaipipe
         run``'s flags. Works in scripts, notebooks, async code (it blocks the loop: prefer ``await arun()``)
-        and threads. Errors raise the :mod:`oaipipe.errors` exception the CLI would exit with.
+        and threads. ``options`` (a :class:`~oaipipe.runner.RunOptions`, e.g. with ``call_wrappers``) replaces
+        the flags; ``reporter`` receives the progress. Errors raise the :mod:`oaipipe.errors` exception the CLI would exit with.
         """
         return run_sync(self.arun(records, id_field=id_field, input_key=input_key, fresh=fresh, limit=limit,
                                   max_failures=max_failures, retry_failed=retry_failed, cache=cache,
-                                  max_cost=max_cost, dry_run=dry_run, progress=progress))
+                                  max_cost=max_cost, dry_run=dry_run, progress=progress, options=options,
+                                  reporter=reporter))

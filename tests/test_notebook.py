@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from test_python_api import REPO, demo_dir, python_blocks
 
 nbformat = pytest.importorskip("nbformat")
