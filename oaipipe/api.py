@@ -113,6 +113,7 @@ class Pipeline:
                 data["source"] = block
             elif "source" not in data:
                 data["source"] = {"type": "records"}  # handed over by run(records=...)
+                settings["records"] = None
             return load_pipeline_data(data, self._base_dir, self._overrides, settings=settings)
         if block is None:
             return load_pipeline(self._path, self._overrides)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import oaipipe
-from oaipipe.errors import ConfigError, ExitCode, RunAborted
+from oaipipe.errors import ConfigError, ExitCode, OaipipeError, RunAborted
 
 REPO = Path(__file__).resolve().parent.parent
 REPLY = {"type": "ask", "prompt": "Reply to: {text}", "output": "reply"}
@@ -53,6 +53,9 @@ def test_dict_pipeline_is_validated_like_a_file_with_key_paths(tmp_path: Path, m
     with pytest.raises(ConfigError, match=r"steps\.1\.prompt: template names field 'nope'"):
         oaipipe.Pipeline(steps=[REPLY, {"type": "ask", "prompt": "S {nope}", "output": "b"}]).run(
             records=[{"text": "x"}])
+    (tmp_path / "p.yaml").write_text("source: {type: records}\n")
+    with pytest.raises(OaipipeError, match="a pipeline file has none"):  # `oaipipe validate` says so too
+        oaipipe.Pipeline.from_yaml(tmp_path / "p.yaml")
     with pytest.raises(ConfigError, match="unknown pipeline block"):
         oaipipe.Pipeline(stepz=[])
     with pytest.raises(ConfigError, match="source: this pipeline has no source and no records were given"):

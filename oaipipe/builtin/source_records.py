@@ -86,7 +86,11 @@ class RecordsSource(Source):
         return records
 
     def fields(self) -> list[str] | None:
-        records = self.context.settings.get("records")
+        if "records" not in self.context.settings:  # a pipeline file on its own: there is nothing to read
+            raise InputError("the records source reads records handed over by Python code, and a pipeline "
+                             "file has none", hint="run it from Python: oaipipe.Pipeline.from_yaml(path)"
+                                                   ".run(records=[...]), or use a file source (csv, jsonl...)")
+        records = self.context.settings["records"]
         if records is None:
             return None  # handed over at run time
         if is_dataframe(records):
