@@ -5,6 +5,7 @@ Read ``README.md``, then ``pipeline.yaml``, then :mod:`oaipipe.hookspecs`.
 
 from __future__ import annotations
 
+from .api import Pipeline, run_sync
 from .base import (
     Analyzer,
     Backend,
@@ -20,6 +21,7 @@ from .base import (
     Trainer,
 )
 from .cache import CacheStore
+from .client import Client, Reply
 from .errors import (
     AuthenticationError,
     BackendConnectionError,
@@ -45,6 +47,7 @@ from .errors import (
     UnknownPluginError,
 )
 from .hookspecs import hookimpl
+from .results import RunResult
 from .types import (
     ChatRequest,
     ChatResponse,
@@ -61,10 +64,13 @@ __version__ = "0.1.0"
 
 
 def run(pipeline: str, **kwargs):  # type: ignore[no-untyped-def]
-    """Run a pipeline file; see :func:`oaipipe.runner.run_pipeline_file` for the options."""
-    from .runner import run_pipeline_file
-
-    return run_pipeline_file(pipeline, **kwargs)
+    """Run a pipeline file and return its summary: a thin alias of ``Pipeline.from_yaml(pipeline).run(...)``
+    (works inside a running event loop too); see :meth:`oaipipe.Pipeline.run` for the options (``use_cache``
+    is accepted for ``cache``)."""
+    overrides = kwargs.pop("overrides", None)
+    if "use_cache" in kwargs:
+        kwargs["cache"] = kwargs.pop("use_cache")
+    return Pipeline.from_yaml(pipeline, overrides).run(**kwargs).summary
 
 
 __all__ = [
@@ -78,6 +84,7 @@ __all__ = [
     "CacheStore",
     "ChatRequest",
     "ChatResponse",
+    "Client",
     "ConfigError",
     "Context",
     "DatasetError",
@@ -87,6 +94,7 @@ __all__ = [
     "InputError",
     "ModelInfo",
     "OaipipeError",
+    "Pipeline",
     "PluginError",
     "PluginLoadError",
     "PluginOptions",
@@ -95,9 +103,11 @@ __all__ = [
     "Record",
     "RecordError",
     "RecordResult",
+    "Reply",
     "RunAborted",
     "RunInfo",
     "RunLockedError",
+    "RunResult",
     "Sentiment",
     "ServerError",
     "Sink",
@@ -115,4 +125,5 @@ __all__ = [
     "__version__",
     "hookimpl",
     "run",
+    "run_sync",
 ]

@@ -42,7 +42,7 @@ from .fsutil import write_text_atomic
 from .types import ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
+    from .pipeline import BuiltPipeline
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
@@ -501,13 +501,13 @@ def cache_wrapper(cache: ResponseCache) -> Callable[[Call], Call]:
 # --- from the pipeline file ---------------------------------------------------------------------
 
 
-def cache_dir_for(pipeline: Pipeline) -> Path:
+def cache_dir_for(pipeline: BuiltPipeline) -> Path:
     """``run.cache_dir`` (relative to the pipeline file) or ``.oaipipe/cache`` next to the pipeline file."""
     run = pipeline.loaded.config.run
     return pipeline.context.path(run.cache_dir or DEFAULT_CACHE_DIR)
 
 
-def cache_spec(pipeline: Pipeline) -> dict[str, Any] | None:
+def cache_spec(pipeline: BuiltPipeline) -> dict[str, Any] | None:
     """The store block of ``run.cache``: ``None`` when it is ``false``; ``true`` means ``{type: sqlite}``."""
     value = pipeline.loaded.config.run.cache
     if value is False:
@@ -517,7 +517,7 @@ def cache_spec(pipeline: Pipeline) -> dict[str, Any] | None:
     return block
 
 
-def store_for(pipeline: Pipeline, *, enabled_only: bool = True) -> CacheStore | None:
+def store_for(pipeline: BuiltPipeline, *, enabled_only: bool = True) -> CacheStore | None:
     """Build the store ``run.cache`` names (its options validated, errors naming the file and line); nothing
     is opened yet. ``None`` when ``run.cache: false`` (unless ``enabled_only=False``: then the default
     store in the cache folder, for ``oaipipe cache stats|clear``)."""
@@ -535,13 +535,13 @@ def store_for(pipeline: Pipeline, *, enabled_only: bool = True) -> CacheStore | 
     return store
 
 
-def check_cache(pipeline: Pipeline) -> None:
+def check_cache(pipeline: BuiltPipeline) -> None:
     """Validate ``run.cache`` while the pipeline is built (an unknown store type or a bad option is a
     :class:`~oaipipe.errors.ConfigError` naming the file and line, before anything runs)."""
     store_for(pipeline)
 
 
-def open_response_cache(pipeline: Pipeline, *, namespace: str = "",
+def open_response_cache(pipeline: BuiltPipeline, *, namespace: str = "",
                         notify: Callable[[str], None] | None = None) -> ResponseCache | None:
     """The response cache of a run of ``pipeline`` (``None`` when ``run.cache: false``)."""
     store = store_for(pipeline)
@@ -554,7 +554,7 @@ def open_response_cache(pipeline: Pipeline, *, namespace: str = "",
 
 
 def _pipeline_store(path: str | Path, overrides: list[str] | None, disabled: list[str] | None
-                    ) -> tuple[Pipeline, CacheStore]:
+                    ) -> tuple[BuiltPipeline, CacheStore]:
     from .pipeline import load_pipeline
 
     pipeline = load_pipeline(path, overrides, disabled=disabled)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cache import DEFAULT_CACHE_DIR, ResponseCache, cache_dir_for, cache_wrapper, open_response_cache
@@ -44,7 +45,7 @@ from .types import ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
     from .base import Backend
-    from .pipeline import Pipeline
+    from .pipeline import BuiltPipeline
     from .runner import RunOptions
 
 __all__ = ["DEFAULT_CACHE_DIR", "CacheLayer", "Call", "CallChain", "Layer", "RateLimitLayer", "RetryLayer",
@@ -141,7 +142,7 @@ class CacheLayer(Layer):
 # --- what the chain is built from ------------------------------------------------------------------------
 
 
-def open_cache(pipeline: Pipeline, options: RunOptions,
+def open_cache(pipeline: BuiltPipeline, options: RunOptions,
                notify: Callable[[str], None] | None = None) -> ResponseCache | None:
     """The run's response cache, or None: not with ``--no-cache`` (``options.use_cache``) or
     ``run.cache: false``, and only for a :attr:`~oaipipe.base.Backend.cacheable` backend. The store is the
@@ -193,7 +194,7 @@ class CallChain:
         return await self._call(request)
 
     @classmethod
-    def build(cls, pipeline: Pipeline, options: RunOptions,
+    def build(cls, pipeline: BuiltPipeline, options: RunOptions,
               notify: Callable[[str], None] | None = None) -> CallChain:
         """The chain of one run of ``pipeline`` (see the module docstring). ``options`` is only read;
         ``notify`` receives the layers' warnings."""
@@ -205,9 +206,25 @@ class CallChain:
         innermost: list[Layer] = [transport] if inner is transport else [_Wrapped(inner), transport]
         if not options.scale:
             return cls(innermost)
+        return cls._assemble(backend, inner, innermost, open_cache(pipeline, options, notify))
+
+    @classmethod
+    def for_backend(cls, backend: Backend, *, cache_dir: Path | None = None) -> CallChain:
+        """The chain of one-off calls outside a run (:class:`oaipipe.Client`, ``oaipipe ask``): the same
+        retries and rate limits as a run's, and the response cache in ``cache_dir`` (None: no cache; only for
+        a :attr:`~oaipipe.base.Backend.cacheable` backend, namespaced by its endpoint)."""
+        transport = Transport(backend)
+        cache = None
+        if cache_dir is not None and backend.cacheable:
+            cache = ResponseCache(cache_dir, namespace=backend_endpoint(backend))
+        return cls._assemble(backend, transport, [transport], cache)
+
+    @classmethod
+    def _assemble(cls, backend: Backend, inner: Call, innermost: list[Layer],
+                  cache: ResponseCache | None) -> CallChain:
+        """cache → rate limits → retries around ``inner`` (whose layers are ``innermost``)."""
         policy = retry_policy(backend)
         limiter = open_rate_limiter(backend, policy)
-        cache = open_cache(pipeline, options, notify)
         retry = RetryLayer(inner, policy, limiter)
         layers: list[Layer] = [retry]
         if limiter is not None:

@@ -32,6 +32,7 @@ __all__ = [
     "interpolate_env",
     "is_setting_value",
     "load_config",
+    "load_config_data",
     "register_env_secrets",
     "validation_error",
 ]
@@ -177,6 +178,8 @@ class LoadedConfig:
     warnings: list[str] = field(default_factory=list)
     #: top-level keys whose value failed validation (reported, left out of ``config``; their blocks are not built)
     invalid: set[str] = field(default_factory=set)
+    #: built from data given in code (``oaipipe.Pipeline({...})``): no file, messages name key paths only
+    in_code: bool = False
 
     @property
     def base_dir(self) -> Path:
@@ -588,6 +591,32 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
     if not isinstance(data, dict):
         raise ConfigError(f"the top level must be a mapping of keys, not a {type(data).__name__}",
                           file=file, line=1, hint="start from the shipped pipeline.yaml")
+    return _load_data(data, positions, path, file, overrides, environ=environ, problems=problems)
+
+
+def load_config_data(data: dict[str, Any], base_dir: str | Path | None = None, overrides: list[str] | None = None,
+                     *, environ: dict[str, str] | None = None, problems: Problems | None = None) -> LoadedConfig:
+    """Validate pipeline data given in code (``oaipipe.Pipeline({...})``) exactly as a file's: the same
+    ``${env:VAR}``, overrides and checks. There are no lines: each problem names its key path
+    (``steps.1.prompt``). Relative paths are resolved against ``base_dir`` (the current folder by default).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"a pipeline is a mapping of blocks (source, steps, sinks...), not a {type(data).__name__}",
+                          hint="pass a dict such as {'source': {...}, 'steps': [...]}")
+    import copy
+
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    name = str(data.get("name") or "pipeline")
+    virtual = base / f"{''.join(c if c.isalnum() or c in '-_.' else '-' for c in name)}.pipeline (python)"
+    loaded = _load_data(copy.deepcopy(data), {}, virtual, "", overrides, environ=environ, problems=problems)
+    loaded.in_code = True
+    return loaded
+
+
+def _load_data(data: dict[str, Any], positions: dict[str, tuple[int, int]], path: Path, file: str,
+               overrides: list[str] | None, *, environ: dict[str, str] | None,
+               problems: Problems | None) -> LoadedConfig:
+    """The shared part of :func:`load_config` and :func:`load_config_data`: interpolate, override, validate."""
     if overrides:  # before interpolation, so that `--set backend.api_key='${env:MY_KEY}'` works too
         data = apply_overrides(data, list(overrides))
     own = problems if problems is not None else Problems(file)

@@ -28,7 +28,7 @@ from .types import ChatRequest, ChatResponse, Usage
 
 if TYPE_CHECKING:
     from .base import Backend
-    from .pipeline import Pipeline
+    from .pipeline import BuiltPipeline
 
 __all__ = ["DEFAULT_COMPLETION_TOKENS", "estimate"]
 
@@ -77,13 +77,13 @@ class _Counter:
                             parsed={} if json_reply else None)
 
 
-def estimate(pipeline: Pipeline, limit: int | None = None, *,
+def estimate(pipeline: BuiltPipeline, limit: int | None = None, *,
              completion_tokens: int = DEFAULT_COMPLETION_TOKENS) -> dict[str, Any]:
     """The dry-run part of a summary: ``records`` and ``estimate`` (tokens, cost, per step and model)."""
     return asyncio.run(_estimate(pipeline, limit, completion_tokens))
 
 
-async def _estimate(pipeline: Pipeline, limit: int | None, completion_tokens: int) -> dict[str, Any]:
+async def _estimate(pipeline: BuiltPipeline, limit: int | None, completion_tokens: int) -> dict[str, Any]:
     backend = pipeline.backend
     counter = _Counter(PriceTable(pipeline.loaded.config.prices), completion_tokens, backend)
     total = failed = 0

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import PluginError
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
+    from .pipeline import BuiltPipeline
     from .types import Record, RecordResult
 
 __all__ = ["MAX_POOL_RESTARTS", "ProcessPool", "RayPool", "pool_plan"]
@@ -52,7 +52,7 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def pool_plan(pipeline: Pipeline, executor: str = "local") -> tuple[int, str]:
+def pool_plan(pipeline: BuiltPipeline, executor: str = "local") -> tuple[int, str]:
     """(workers to start, why): 0 when the steps run in the driver, with the reason in words."""
     run = pipeline.loaded.config.run
     workers = run.workers or default_workers()
@@ -79,7 +79,7 @@ def _start_method() -> str:
     return "spawn"
 
 
-def _pipeline_file(pipeline: Pipeline) -> str:
+def _pipeline_file(pipeline: BuiltPipeline) -> str:
     """The pipeline file, absolute: a worker may start in another folder."""
     from pathlib import Path
 
@@ -138,7 +138,7 @@ def _run_batch(records: list[Record]) -> tuple[list[RecordResult], dict[type, in
 class ProcessPool:
     """Batches of records processed by worker processes; results come back in submission order."""
 
-    def __init__(self, pipeline: Pipeline, workers: int) -> None:
+    def __init__(self, pipeline: BuiltPipeline, workers: int) -> None:
         self.pipeline = pipeline
         self.workers = workers
         #: batches submitted and not yet taken back, oldest first: (records, future)
@@ -228,7 +228,7 @@ class RayPool(ProcessPool):
     An actor that dies (its process killed, its node lost) fails the batches it held: each is submitted
     again, in order, to a new actor when it reaches the head of the queue; nothing of it was written."""
 
-    def __init__(self, pipeline: Pipeline, workers: int, address: str | None = None) -> None:
+    def __init__(self, pipeline: BuiltPipeline, workers: int, address: str | None = None) -> None:
         from .extras import require
 
         self.ray = require("ray", extra="ray", feature="run.executor: ray")

@@ -19,6 +19,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "hf": ("datasets", "pyarrow"),
     "excel": ("openpyxl",),
     "report": ("plotly",),
+    "pandas": ("pandas",),
     "ray": ("ray",),
 }
 

@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .models_table import model_info
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
+    from .pipeline import BuiltPipeline
 
 __all__ = ["WARN_DAYS", "check_models", "shutdown_problem", "today"]
 
@@ -69,7 +69,7 @@ def _openai(backend: Any) -> bool:
     return options is not None and hasattr(options, "base_url") and is_openai_url(options.base_url)
 
 
-def check_models(pipeline: Pipeline) -> None:
+def check_models(pipeline: BuiltPipeline) -> None:
     """The models of the backend and of each step, against the table: see the module's docstring."""
     from .config import Problems
 

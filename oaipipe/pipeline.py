@@ -15,7 +15,7 @@ from typing import Any
 
 from .base import Backend, BackendOptions, Context, Sink, Source, Step
 from .cache import check_cache
-from .config import LoadedConfig, Problems, load_config
+from .config import LoadedConfig, Problems, load_config, load_config_data
 from .errors import ConfigError, OaipipeError, redact
 from .lifecycle import check_models
 from .plugins import PluginHost
@@ -23,9 +23,11 @@ from .pricing import PriceTable
 
 __all__ = [
     "CHECKS",
-    "Pipeline",
+    "BuiltPipeline",
     "build_backend",
+    "build_pipeline",
     "load_pipeline",
+    "load_pipeline_data",
     "pipeline_context",
     "plugin_host",
     "public_config",
@@ -34,7 +36,7 @@ __all__ = [
 
 
 @dataclass
-class Pipeline:
+class BuiltPipeline:
     """Everything a run needs, built and validated."""
 
     loaded: LoadedConfig
@@ -57,7 +59,8 @@ class Pipeline:
 
     @property
     def file(self) -> str:
-        return str(self.loaded.path)
+        """The pipeline file, as messages name it (``""`` for a pipeline built in code: messages name keys)."""
+        return "" if self.loaded.in_code else str(self.loaded.path)
 
     @property
     def base_dir(self) -> Path:
@@ -180,7 +183,7 @@ def load_pipeline(
     disabled: list[str] | None = None,
     environ: dict[str, str] | None = None,
     entry_points: bool = True,
-) -> Pipeline:
+) -> BuiltPipeline:
     """Load and validate a pipeline file and build its components (nothing runs).
 
     Every problem of the file is found in one pass (unknown keys, bad values, unknown plugin names, bad
@@ -191,21 +194,50 @@ def load_pipeline(
     file = str(path)
     problems = Problems(file)
     loaded = load_config(path, overrides, environ=environ, problems=problems)
+    pipeline = build_pipeline(loaded, problems, file=file, disabled=disabled, entry_points=entry_points)
+    # how to build it again from its file (the workers of a process pool or Ray do)
+    pipeline.load_args = {"overrides": list(overrides or []), "disabled": list(disabled or []),
+                          "entry_points": entry_points}
+    return pipeline
+
+
+def load_pipeline_data(
+    data: dict[str, Any],
+    base_dir: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    disabled: list[str] | None = None,
+    environ: dict[str, str] | None = None,
+    entry_points: bool = True,
+    settings: dict[str, Any] | None = None,
+) -> BuiltPipeline:
+    """:func:`load_pipeline` for pipeline data given in code: the same validation, plugins and checks; each
+    problem names its key path (``steps.1.prompt``) instead of a line. ``settings`` are added to the
+    components' :attr:`Context.settings` (the in-memory input of the ``records`` source)."""
+    problems = Problems("")
+    loaded = load_config_data(data, base_dir, overrides, environ=environ, problems=problems)
+    return build_pipeline(loaded, problems, file="", disabled=disabled, entry_points=entry_points,
+                          settings=settings)
+
+
+def build_pipeline(loaded: LoadedConfig, problems: Problems, *, file: str, disabled: list[str] | None = None,
+                   entry_points: bool = True, settings: dict[str, Any] | None = None) -> BuiltPipeline:
+    """Build and check every block of a loaded config (``file``: the name errors carry; ``""`` for none)."""
     problems.where = loaded.where
     if "prices" not in loaded.invalid:
         with problems.collect(key="prices"):
             PriceTable(loaded.config.prices, file=file, lines=loaded.where)  # every price finite and >= 0
-    host = plugin_host(loaded, file=file, disabled=disabled, entry_points=entry_points, problems=problems)
+    host = plugin_host(loaded, file=file or str(loaded.path), disabled=disabled, entry_points=entry_points,
+                       problems=problems)
     context = pipeline_context(loaded, host)
+    context.settings.update(settings or {})
     parts = _build_parts(loaded, host, context, file, problems)
     problems.raise_if_any()
-    pipeline = Pipeline(loaded=loaded, host=host, context=context, warnings=list(loaded.warnings), **parts)
+    pipeline = BuiltPipeline(loaded=loaded, host=host, context=context, warnings=list(loaded.warnings), **parts)
     for check in CHECKS:
         with problems.collect():
             check(pipeline)
     problems.raise_if_any()
-    pipeline.load_args = {"overrides": list(overrides or []), "disabled": list(disabled or []),
-                          "entry_points": entry_points}
     return pipeline
 
 
@@ -244,7 +276,7 @@ def _build_parts(loaded: LoadedConfig, host: PluginHost, context: Context, file:
     return parts
 
 
-def check_name(pipeline: Pipeline) -> None:
+def check_name(pipeline: BuiltPipeline) -> None:
     """``name`` names the run's folder under ``run.dir``: it must stay inside it (no ``..``, ``.``, path
     separators or absolute paths)."""
     name = pipeline.name
@@ -269,7 +301,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_sink_paths(pipeline: Pipeline) -> None:
+def check_sink_paths(pipeline: BuiltPipeline) -> None:
     """Two sinks writing one file would interleave their lines, and a sink writing the source (or the
     pipeline file) would destroy the input while it is read: refuse both (every such sink is reported)."""
     problems = Problems(pipeline.file)
@@ -302,7 +334,7 @@ def check_sink_paths(pipeline: Pipeline) -> None:
     problems.raise_if_any()
 
 
-def check_train_select(pipeline: Pipeline) -> None:
+def check_train_select(pipeline: BuiltPipeline) -> None:
     """``train.select`` must name fields the records will have, and sentiment labels that exist."""
     train = pipeline.train or {}
     select = train.get("select") or {}
@@ -323,7 +355,7 @@ def check_train_select(pipeline: Pipeline) -> None:
     problems.raise_if_any()
 
 
-def _check_select(pipeline: Pipeline, key: str, value: Any, known: set[str] | None,
+def _check_select(pipeline: BuiltPipeline, key: str, value: Any, known: set[str] | None,
                   sentiment_fields: set[str]) -> None:
     import difflib
 
@@ -361,7 +393,7 @@ def _built(cls: type[Any], kind: str, block: Any, index: int, shape_error: str, 
     return component
 
 
-def check_templates(pipeline: Pipeline) -> None:
+def check_templates(pipeline: BuiltPipeline) -> None:
     """Every ``{field}`` a step reads must come from the source or an earlier step (when the source says).
 
     Every field that is missing is reported, not only the first.
@@ -380,7 +412,7 @@ def check_templates(pipeline: Pipeline) -> None:
     problems.raise_if_any()
 
 
-def _missing_field(pipeline: Pipeline, key: str, name: str, have: set[str]) -> ConfigError:
+def _missing_field(pipeline: BuiltPipeline, key: str, name: str, have: set[str]) -> ConfigError:
     import difflib
 
     close = difflib.get_close_matches(name, sorted(have), n=1)
@@ -395,7 +427,7 @@ def _missing_field(pipeline: Pipeline, key: str, name: str, have: set[str]) -> C
 
 #: the checks across blocks :func:`load_pipeline` runs once every block is valid; each raises a
 #: :class:`ConfigError` (with every problem it found in ``problems``)
-CHECKS: tuple[Callable[[Pipeline], None], ...] = (check_name, check_templates, check_sink_paths, check_cache,
+CHECKS: tuple[Callable[[BuiltPipeline], None], ...] = (check_name, check_templates, check_sink_paths, check_cache,
                                                   check_train_select, check_models)
 
 
@@ -414,6 +446,6 @@ def public_data(data: Any) -> Any:
 _SECRET_NAME = re.compile(r"(?i)key|secret|passw|(^|_)token$|(^|_)auth$|authorization|credential")
 
 
-def public_config(pipeline: Pipeline) -> dict[str, Any]:
+def public_config(pipeline: BuiltPipeline) -> dict[str, Any]:
     """The pipeline's data as run, without secrets (what ``pipeline.json`` of a run holds)."""
     return public_data(pipeline.loaded.data)

@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "oaipipe.builtin.source_jsonl",
     "oaipipe.builtin.source_images",
     "oaipipe.builtin.source_excel",
+    "oaipipe.builtin.source_records",
     "oaipipe.builtin.format_parquet",
     "oaipipe.builtin.format_hf",
     "oaipipe.builtin.format_sqlite",

@@ -54,7 +54,7 @@ from .rundir import RunDir, find_runs, new_run_id
 
 if TYPE_CHECKING:
     from .base import Backend
-    from .pipeline import Pipeline
+    from .pipeline import BuiltPipeline
 
 __all__ = ["Mode", "Selection", "backend_endpoint", "changed", "endpoint", "fingerprint", "fingerprint_parts",
            "prepare_run", "run_meta", "select_run"]
@@ -69,7 +69,7 @@ _VOLATILE_BACKEND_KEYS = ("concurrency", "timeout", "max_retries", "rpm", "tpm",
 # --- what makes two runs the same run ------------------------------------------------------------------
 
 
-def fingerprint_parts(pipeline: Pipeline) -> dict[str, str]:
+def fingerprint_parts(pipeline: BuiltPipeline) -> dict[str, str]:
     """Hashes of what decides the records' results: the source, the steps, the model and its parameters.
 
     Sinks, run settings and *where* calls go (backend type, ``base_url``, timeouts, limits) are left out:
@@ -90,7 +90,7 @@ def fingerprint_parts(pipeline: Pipeline) -> dict[str, str]:
             for k, v in parts.items()}
 
 
-def fingerprint(pipeline: Pipeline) -> str:
+def fingerprint(pipeline: BuiltPipeline) -> str:
     """One hash of :func:`fingerprint_parts`."""
     blob = json.dumps(fingerprint_parts(pipeline), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -107,13 +107,13 @@ def backend_endpoint(backend: Backend) -> str:
     return "https://api.openai.com/v1" if backend.needs_api_key else f"backend:{backend.name}"
 
 
-def endpoint(pipeline: Pipeline) -> str:
+def endpoint(pipeline: BuiltPipeline) -> str:
     """Where the pipeline's calls go (:func:`backend_endpoint`, without the URL's password: it is kept in
     ``pipeline.json``). A run finished against one server is not finished for another."""
     return redact(backend_endpoint(pipeline.backend))
 
 
-def changed(meta: dict[str, Any], pipeline: Pipeline) -> str:
+def changed(meta: dict[str, Any], pipeline: BuiltPipeline) -> str:
     """Which parts of the pipeline changed since the run of ``meta`` (its ``pipeline.json``), in words."""
     old = meta.get("fingerprint_parts") or {}
     now = fingerprint_parts(pipeline)
@@ -121,7 +121,7 @@ def changed(meta: dict[str, Any], pipeline: Pipeline) -> str:
     return ", ".join(names[k] for k in now if old.get(k) != now[k]) or "the pipeline"
 
 
-def run_meta(pipeline: Pipeline) -> dict[str, Any]:
+def run_meta(pipeline: BuiltPipeline) -> dict[str, Any]:
     """What ``pipeline.json`` of a new run holds: the pipeline as run (secrets masked), its fingerprint
     and endpoint, and what its backend declares it can do (so that readers of old runs, such as the run
     store, need not know plugin names)."""
@@ -148,7 +148,7 @@ class Selection:
     skip: set[str] | None = None
 
 
-def select_run(root: Path, pipeline: Pipeline, *, fresh: bool = False, retry_failed: bool = False) -> Selection:
+def select_run(root: Path, pipeline: BuiltPipeline, *, fresh: bool = False, retry_failed: bool = False) -> Selection:
     """The run to continue in ``root`` (the pipeline's run root), or a new one."""
     runs = find_runs(root)
     latest = runs[-1] if runs else None
@@ -166,7 +166,7 @@ def select_run(root: Path, pipeline: Pipeline, *, fresh: bool = False, retry_fai
     return Selection(RunDir(root / new_run_id()), "new")
 
 
-def _continue(latest: RunDir, pipeline: Pipeline, *, retry_failed: bool) -> Selection | None:
+def _continue(latest: RunDir, pipeline: BuiltPipeline, *, retry_failed: bool) -> Selection | None:
     """How the latest run is continued, or None when a new run is started."""
     meta = latest.meta()
     summary = latest.summary()
@@ -197,7 +197,7 @@ def _continue(latest: RunDir, pipeline: Pipeline, *, retry_failed: bool) -> Sele
     return None
 
 
-def prepare_run(selection: Selection, pipeline: Pipeline) -> list[str]:
+def prepare_run(selection: Selection, pipeline: BuiltPipeline) -> list[str]:
     """Make the selected run's directory ready to be written: a new run is created with its
     ``pipeline.json``; a continued one loses the temporary files a crash left, gets its journal repaired,
     and its endpoint updated when it is resumed against another server. Returns the warnings (unreadable

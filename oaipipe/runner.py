@@ -48,7 +48,7 @@ from .errors import (
 )
 from .fsutil import remove_stale_temps
 from .home import home_dir
-from .pipeline import Pipeline, load_pipeline
+from .pipeline import BuiltPipeline, load_pipeline
 from .pricing import PriceTable
 from .progress import Reporter, SilentReporter
 from .resume import Mode, Selection, prepare_run, select_run
@@ -114,7 +114,7 @@ def _now() -> str:
 
 
 class Runner:
-    def __init__(self, pipeline: Pipeline, options: RunOptions | None = None,
+    def __init__(self, pipeline: BuiltPipeline, options: RunOptions | None = None,
                  reporter: Reporter | None = None) -> None:
         self.pipeline = pipeline
         self.options = options or RunOptions()
@@ -694,7 +694,7 @@ def _failed(record: Record, fields: dict[str, Any], ctx: StepContext, step: str,
                         error=f"step {step}: {type(exc).__name__}: {exc}{where}")
 
 
-def _sink_path(pipeline: Pipeline, sink: Any) -> Path | None:
+def _sink_path(pipeline: BuiltPipeline, sink: Any) -> Path | None:
     """The file a sink writes (``options.path``), if it writes one."""
     path = getattr(getattr(sink, "options", None), "path", None)
     return pipeline.context.path(path) if path else None
@@ -723,7 +723,7 @@ def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "pipeline"
 
 
-async def run_pipeline(pipeline: Pipeline, options: RunOptions | None = None,
+async def run_pipeline(pipeline: BuiltPipeline, options: RunOptions | None = None,
                        reporter: Reporter | None = None) -> dict[str, Any]:
     """Run a built pipeline and return its summary (also written to ``summary.json``)."""
     return await Runner(pipeline, options, reporter).run()

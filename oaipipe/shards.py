@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InputError, RunAborted
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
+    from .pipeline import BuiltPipeline
     from .types import Record
 
 __all__ = ["apply_shard", "in_shard", "merge_shards", "parse_shard", "shard_of", "shard_suffix"]
@@ -68,7 +68,7 @@ def shard_file(path: Path, shard: tuple[int, int]) -> Path:
     return path.with_name(f"{path.stem}.{shard_suffix(shard)}{path.suffix}")
 
 
-def apply_shard(pipeline: Pipeline, shard: tuple[int, int], root_name: str) -> str:
+def apply_shard(pipeline: BuiltPipeline, shard: tuple[int, int], root_name: str) -> str:
     """Point each file sink of ``pipeline`` at its shard's file; return the shard's run root name."""
     for sink in pipeline.sinks:
         options = getattr(sink, "options", None)
@@ -124,7 +124,7 @@ def _csv_rows(path: Path, header: list[list[str]]) -> Iterator[tuple[str, Any]]:
             yield row[at], row
 
 
-def _merge_file(pipeline: Pipeline, target: Path, count: int) -> int:
+def _merge_file(pipeline: BuiltPipeline, target: Path, count: int) -> int:
     """Merge the shard files of one sink file into ``target``; return the number of lines written."""
     kind = target.suffix.lower()
     if kind not in (".jsonl", ".csv"):
@@ -166,7 +166,7 @@ def _merge_file(pipeline: Pipeline, target: Path, count: int) -> int:
     return written
 
 
-def find_shards(pipeline: Pipeline) -> dict[tuple[int, int], Path]:
+def find_shards(pipeline: BuiltPipeline) -> dict[tuple[int, int], Path]:
     """The shard run roots of ``pipeline``: (I, N) → run root."""
     from .runner import _safe_name
 
@@ -182,7 +182,7 @@ def find_shards(pipeline: Pipeline) -> dict[tuple[int, int], Path]:
     return found
 
 
-def merge_shards(pipeline: Pipeline) -> dict[str, Any]:
+def merge_shards(pipeline: BuiltPipeline) -> dict[str, Any]:
     """Check the shard runs of ``pipeline`` and merge each sink file; return what was done."""
     from .rundir import find_runs
 

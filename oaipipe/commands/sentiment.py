@@ -19,19 +19,27 @@ class _ScoreByDefault(click.Group):
     """``oaipipe sentiment TEXT`` means ``oaipipe sentiment score TEXT``."""
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+        if args and args[0] not in self.commands and (args[0] == "-" or not args[0].startswith("-")):
             args = ["score", *args]
         return super().resolve_command(ctx, args)
 
 
-@click.group(cls=_ScoreByDefault)
-def sentiment() -> None:
+@click.group(cls=_ScoreByDefault, invoke_without_command=True)
+@click.pass_context
+def sentiment(ctx: click.Context) -> None:
     """Score texts with a sentiment analyzer, or evaluate analyzers on labelled data.
 
     \b
     oaipipe sentiment "I love it"                  (= sentiment score; texts on stdin, one a line, too)
+    echo "I love it" | oaipipe sentiment           (the lines of stdin, with vader)
     oaipipe sentiment eval DATA --label-column gold --analyzer vader --analyzer keyword
     """
+    if ctx.invoked_subcommand is not None:
+        return
+    if sys.stdin.isatty():
+        click.echo(ctx.get_help())
+        return
+    ctx.invoke(score)  # texts piped in, one a line
 
 
 def _analyzer_spec(value: str) -> str | dict[str, Any]:
