@@ -1,0 +1,45 @@
+"""Bad bytes in the text files a user writes (the pipeline file, an assistants file): a clear error naming
+the file, line and column, with a fix, and the exit code of a usage error; never "unexpected ... bug"."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from oaipipe.cli import main
+
+PIPELINE = "name: x\nbackend: {type: local, model: gpt-4o-mini}\nsource: {type: jsonl, path: in.jsonl}\n"
+
+
+@pytest.mark.parametrize(("bad", "expected"), [
+    (b"\xff", "byte 0xff at byte offset"),   # not UTF-8
+    (b"\x00", "U+0000"),                     # UTF-8, but a character YAML refuses
+    (b"\x07", "U+0007"),
+])
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_bad_bytes_in_the_pipeline_file_name_its_line_and_the_fix(
+        tmp_path: Path, capsys: pytest.CaptureFixture, bad: bytes, expected: str, command: str) -> None:
+    path = tmp_path / "p.yaml"
+    lines = PIPELINE.encode().split(b"\n")
+    lines[2] = lines[2].replace(b"in.jsonl", b"in" + bad + b".jsonl")
+    path.write_bytes(b"\n".join(lines))
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "bug" not in err and "unexpected" not in err
+    assert f"{path}:3:" in err and expected in err
+    assert "hint:" in err
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+@pytest.mark.parametrize("bad", [b"\xff", b"\x00"])
+def test_bad_bytes_in_an_assistants_file_name_its_line_and_the_fix(
+        tmp_path: Path, capsys: pytest.CaptureFixture, suffix: str, bad: bytes) -> None:
+    path = tmp_path / f"assistants{suffix}"
+    if suffix == ".json":
+        path.write_bytes(b'{"helper":\n {"instructions": "hi' + bad + b'"}}\n')
+    else:
+        path.write_bytes(b"helper:\n  instructions: hi" + bad + b"\n")
+    assert main(["assistants", "--file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "bug" not in err and "unexpected" not in err
+    assert f"{path}:2:" in err and "hint:" in err
