@@ -25,7 +25,7 @@ def test_bad_bytes_in_the_pipeline_file_name_its_line_and_the_fix(
     path.write_bytes(b"\n".join(lines))
     assert main([command, str(path)]) == 2
     err = capsys.readouterr().err
-    assert "bug" not in err and "unexpected" not in err
+    assert "bug in oaipipe" not in err and "error: unexpected" not in err
     assert f"{path}:3:" in err and expected in err
     assert "hint:" in err
 
@@ -41,5 +41,22 @@ def test_bad_bytes_in_an_assistants_file_name_its_line_and_the_fix(
         path.write_bytes(b"helper:\n  instructions: hi" + bad + b"\n")
     assert main(["assistants", "--file", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "bug" not in err and "unexpected" not in err
+    assert "bug in oaipipe" not in err and "error: unexpected" not in err
     assert f"{path}:2:" in err and "hint:" in err
+
+
+@pytest.mark.parametrize("bad", [b'[{"role": "user", "content": "caf\xc3', b'[{"role": "user", \xff}]'])
+def test_a_dialogue_json_file_with_bad_bytes_is_named_and_kept(
+        tmp_path: Path, capsys: pytest.CaptureFixture, bad: bytes) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "text": "hello"}\n', encoding="utf-8")
+    doc = tmp_path / "out" / "dialogue.json"
+    doc.parent.mkdir()
+    doc.write_bytes(bad)
+    path = tmp_path / "p.yaml"
+    path.write_text(PIPELINE + "steps:\n  - {type: ask, prompt: '{text}', output: reply}\n"
+                    "sinks:\n  - {type: dialogue-json, path: out/dialogue.json}\n", encoding="utf-8")
+    assert main(["run", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert "bug in oaipipe" not in err and "error: unexpected" not in err
+    assert str(doc) in err and "UTF-8" in err and "hint:" in err
+    assert doc.read_bytes() == bad  # not overwritten

@@ -223,10 +223,17 @@ class DialogueJsonSink(Sink):
     def _load(self, path: Path) -> list[Any]:
         if not path.is_file():
             return []
-        raw = path.read_text(encoding="utf-8")
+        move = f"move it away (e.g. `mv {path} {path}.bak`) or point `path:` at another file"
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"dialogue-json: {path} exists but is not valid UTF-8 (byte offset {exc.start}: {exc.reason}); "
+                f"it will not be overwritten",
+                hint=move,
+            ) from None
         if not raw.strip():
             return []
-        move = f"move it away (e.g. `mv {path} {path}.bak`) or point `path:` at another file"
         try:
             data = json.loads(raw)
         except ValueError as exc:
