@@ -60,3 +60,19 @@ def test_a_dialogue_json_file_with_bad_bytes_is_named_and_kept(
     assert "bug in oaipipe" not in err and "error: unexpected" not in err
     assert str(doc) in err and "UTF-8" in err and "hint:" in err
     assert doc.read_bytes() == bad  # not overwritten
+
+
+def test_a_csv_sink_torn_inside_a_utf8_character_by_a_kill_is_repaired_on_resume(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "text": "café"}\n{"id": "b", "text": "naïve"}\n'
+                                       '{"id": "c", "text": "plain"}\n', encoding="utf-8")
+    path = tmp_path / "p.yaml"
+    path.write_text(PIPELINE + "steps: []\nsinks:\n  - {type: csv, path: out/records.csv}\n", encoding="utf-8")
+    assert main(["run", str(path), "--limit", "1"]) == 0
+    sink = tmp_path / "out" / "records.csv"
+    sink.write_bytes(sink.read_bytes() + b"b,na\xc3")  # a SIGKILL in the middle of writing "naïve"
+    assert main(["run", str(path)]) == 0
+    text = sink.read_text(encoding="utf-8")
+    ids = [line.split(",")[0] for line in text.splitlines()[1:]]
+    assert len(ids) == 3 == len(set(ids))  # each record once, the torn row gone
+    assert "café" in text and "naïve" in text
