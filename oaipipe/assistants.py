@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 from .home import home_dir
+from .textfile import read_text, refused_character, yaml_position
 
 __all__ = [
     "AssistantPreset",
@@ -119,16 +120,17 @@ def load_presets(path: str | Path) -> dict[str, AssistantPreset]:
     """Read a preset file; a malformed file is a :class:`ConfigError` naming it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, what="the assistants file")
     except OSError as exc:
         raise ConfigError(f"cannot read assistants file: {exc}", file=path) from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except yaml.reader.ReaderError as exc:
+        raise refused_character(exc, text, path, what="the assistants file") from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         line = getattr(exc, "lineno", None)
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            line = mark.line + 1
+        if isinstance(exc, yaml.YAMLError):
+            line = yaml_position(exc, text)[0]
         raise ConfigError(f"not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}",
                           file=path, line=line, hint="fix the syntax; see examples/assistants.yaml") from None
     if isinstance(data, dict) and "assistants" in data:

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError, OaipipeError, Problem, register_secret
+from .textfile import read_text, refused_character
 
 __all__ = [
     "MIN_SECRET_LENGTH",
@@ -250,7 +251,10 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[str, tuple[int, int]]]:
     naming ``file`` and the line: malformed YAML, duplicate keys, nesting deeper than Python can follow,
     and aliases that expand past :data:`MAX_ALIAS_EXPANSION` values or into a loop (checked on the node
     graph, before anything is expanded)."""
-    loader = _LineLoader(text)
+    try:
+        loader = _LineLoader(text)  # the reader refuses NUL and other control characters here
+    except yaml.reader.ReaderError as exc:
+        raise refused_character(exc, text, file, what="the pipeline file") from None
     loader._positions = {}  # type: ignore[attr-defined]
     try:
         node = loader.get_single_node()
@@ -581,8 +585,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
         else:
             raise ConfigError(f"{path} is a folder without a pipeline.yaml")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_text(path, what="the pipeline file")
+    except OSError as exc:
         raise ConfigError(f"cannot read pipeline file: {exc}", file=file) from None
     data, positions = parse_yaml(text, file)
     if data is None:

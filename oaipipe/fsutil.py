@@ -52,6 +52,7 @@ def atomic_file(
     newline: str | None = None,
     prefix: str | None = None,
     mkdir: bool = True,
+    errors: str | None = None,
 ) -> Iterator[AtomicFile]:
     """Write ``path`` through a temp file: ``with atomic_file(p) as out: out.fh.write(...)``.
 
@@ -59,7 +60,8 @@ def atomic_file(
     for files whose folder must not come back once removed, like a run directory's). On a normal exit the temp file is flushed (and fsync'd unless
     ``fsync=False``) and replaces ``path``, unless :meth:`AtomicFile.discard` was called; on an exception
     the temp file is removed and ``path`` is left as it was. ``prefix`` names the temp file
-    (default ``.<name>.``; it always ends in ``.oaipipe.tmp``).
+    (default ``.<name>.``; it always ends in ``.oaipipe.tmp``). ``errors`` is the text encoding's error
+    handler (``surrogateescape`` writes back bytes read with it unchanged).
     """
     path = Path(path)
     if mkdir:
@@ -69,7 +71,8 @@ def atomic_file(
     with contextlib.suppress(OSError):  # mkstemp makes 0600 files; give the usual permissions (umask)
         os.chmod(tmp, 0o666 & ~_umask())
     try:
-        with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else newline) as fh:
+        with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else newline,
+                       errors=None if binary else errors) as fh:
             out = AtomicFile(fh, tmp)
             yield out
             if not out.discarded:

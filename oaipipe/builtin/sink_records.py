@@ -103,7 +103,9 @@ class CsvRecordsSink(AppendingSink):
         with path.open("rb") as fh:
             fh.seek(size - 1)
             truncated = fh.read(1) not in (b"\n", b"\r")
-        with path.open("r", encoding="utf-8", newline="") as text:
+        # bytes that are not UTF-8 (a row torn inside a character by a kill, a hand edit) are carried through
+        # unchanged (surrogateescape): the torn last row is dropped below, any other row is kept byte for byte
+        with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as text:
             header = next(csv.reader(text, delimiter=self.options.delimiter), [])
         if not header:
             return
@@ -125,7 +127,8 @@ class CsvRecordsSink(AppendingSink):
             return
         id_i, run_i = header.index(ID_COLUMN), header.index(RUN_COLUMN)
         dropped = 0
-        with atomic_file(path, newline="") as out, path.open("r", encoding="utf-8", newline="") as src:
+        with atomic_file(path, newline="", errors="surrogateescape") as out, \
+                path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as src:
             writer = csv.writer(out.fh, delimiter=self.options.delimiter, lineterminator="\n")
             rows = csv.reader(src, delimiter=self.options.delimiter)
             writer.writerow(next(rows))

@@ -167,7 +167,8 @@ def launch_job(trainer: Trainer, files: DatasetFiles, *, base_model: str, descri
                 if recovered is None or same.id != recovered.id:
                     progress(f"this dataset was already trained: job {same.id} ({same.status}"
                              + (f", {same.fine_tuned_model}" if same.fine_tuned_model else "")
-                             + "); not launching another (use --force to train again)")
+                             + "); not launching another (to train again: --force on `oaipipe train`, "
+                             "`force: true` in a pipeline's `train:` block)")
                 return LaunchResult(job=same, reused=True, dataset=files)
         job = Job(id="", trainer=name, base_model=base_model, method=files.method, description=description,
                   dataset=str(files.train_path), dataset_sha256=files.sha256,
