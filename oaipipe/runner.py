@@ -44,6 +44,7 @@ from .errors import (
     RunAborted,
     StorageError,
     is_storage_error,
+    redact,
     redact_data,
 )
 from .fsutil import remove_stale_temps
@@ -260,12 +261,18 @@ class Runner:
             status = "crashed"  # not "finished": the next run resumes
             raise
         finally:
-            await self._close_outputs(outputs)
+            close_error = await self._close_outputs(outputs)
+            if close_error is not None and error is None and status not in ("interrupted", "crashed"):
+                # a sink that cannot finish its file (one written at close, say) leaves the run unfinished:
+                # the rerun resumes it, and the sink writes its file then
+                status, error = "aborted", close_error
             if status == "finished" and self.pipeline.train is not None:
                 status = "training"  # a run is finished only when its train: step is
             summary = self._summary(run, status, error)
             self._save_summary(run, summary, error)
             finish_error = self._finish(info, summary) if status != "training" else None
+        if close_error is not None and error is close_error:
+            raise close_error
         return summary, finish_error
 
     def _outcome(self) -> str:
@@ -293,21 +300,25 @@ class Runner:
         outputs.journal = run.open_state_file(run.journal_path)
         outputs.errors = run.open_state_file(run.errors_path)
 
-    async def _close_outputs(self, outputs: _Outputs) -> None:
-        """Close what :meth:`_open_outputs` opened, and the backend; a failing sink is reported, not raised."""
+    async def _close_outputs(self, outputs: _Outputs) -> OaipipeError | None:
+        """Close what :meth:`_open_outputs` opened, and the backend. Every sink is closed; the first one that
+        fails is returned as the error that leaves the run unfinished (its output may be incomplete)."""
         for closer in (outputs.journal, outputs.errors):
             if closer is not None:
                 with contextlib.suppress(OaipipeError):  # a deleted run directory is reported already
                     closer.close()
+        failed: OaipipeError | None = None
         for sink in outputs.sinks:
             try:
                 sink.close()
-            except Exception as exc:  # noqa: BLE001 - report, but keep closing the others
-                self.reporter.note(f"sink {sink.name} failed to close: {exc}")
+            except Exception as exc:  # noqa: BLE001 - keep closing the others, then report the first
+                self.reporter.note(f"sink {sink.name} failed to close: {redact(str(exc))}")
+                failed = failed or _close_failure(sink, exc)
         for held in outputs.locks:
             held.release()
         with contextlib.suppress(Exception):
             await self.pipeline.backend.aclose()
+        return failed
 
     def _output_paths(self) -> list[tuple[str, Path]]:
         """(sink name, file) of every sink that writes a file (``options.path``)."""
@@ -663,6 +674,18 @@ class Runner:
         summary.update(await asyncio.to_thread(estimate, self.pipeline, limit=self.options.limit))
         self.reporter.finish(summary)
         return summary
+
+
+def _close_failure(sink: Any, exc: Exception) -> OaipipeError:
+    """The error of a sink that failed to close: a storage problem names its path (exit 9), anything else
+    the sink (exit 2); either way the run stays unfinished and the same command finishes it."""
+    if isinstance(exc, OaipipeError):
+        return exc
+    if is_storage_error(exc):
+        return StorageError.from_os_error(exc, getattr(sink, "file", None), doing="write")  # type: ignore[arg-type]
+    return PluginError(f"sink {sink.name} failed to close its output: {type(exc).__name__}: {exc}",
+                       hint="fix the cause and rerun the same command: the run resumes and the sink writes "
+                            "its output then")
 
 
 def _exchange_dict(exchange: Any, result: RecordResult) -> dict[str, Any]:

@@ -508,3 +508,53 @@ def test_a_sync_backend_runs_as_many_calls_at_once_as_its_concurrency(tmp_path: 
     assert "type: blocking" in path.read_text()
     summary = run_pipeline_file(path, use_cache=False)
     assert summary["records"]["done"] == 10, summary
+
+
+CLOSING_SINK = '''
+import json
+from pathlib import Path
+
+from oaipipe import Sink, hookimpl
+
+
+class WrittenAtClose(Sink):
+    """Collects the ids and writes its file only at close (as the Parquet sink does); fails while a
+    `fail-close` file sits next to the pipeline."""
+
+    def open(self, run, done_ids=None):
+        self.ids = []
+
+    def write(self, result):
+        self.ids.append(result.record.id)
+
+    def close(self):
+        if self.context.path("fail-close").exists():
+            raise RuntimeError("the disk went away")
+        with open(self.context.path("at-close.jsonl"), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(self.ids) + "\\n")
+
+
+@hookimpl
+def register_sinks(register):
+    register("at-close", WrittenAtClose)
+'''
+
+
+def test_a_sink_that_fails_to_close_leaves_the_run_unfinished_and_the_rerun_finishes_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "closing_sink.py").write_text(CLOSING_SINK, encoding="utf-8")
+    path = make_pipeline(tmp_path, "plugins: [closing_sink.py]\n")
+    path.write_text(path.read_text(encoding="utf-8").replace(
+        "sinks:\n", "sinks:\n  - {type: at-close}\n"), encoding="utf-8")
+    (tmp_path / "fail-close").write_text("", encoding="utf-8")
+    assert main(["run", str(path)]) == 2  # the sink is named, the run is not "finished"
+    err = capsys.readouterr().err
+    assert "at-close failed to close" in err and "rerun the same command" in err
+    summary = json.loads(next((tmp_path / "runs" / "t").glob("*/summary.json")).read_text(encoding="utf-8"))
+    assert summary["status"] == "aborted"
+    assert not (tmp_path / "at-close.jsonl").exists()
+    (tmp_path / "fail-close").unlink()
+    assert main(["run", str(path)]) == 0  # resumes the unfinished run: the sink closes now
+    assert (tmp_path / "at-close.jsonl").exists()
+    assert main(["run", str(path)]) == 0  # and the run is finished: nothing to do
+    assert "nothing to do" in capsys.readouterr().out
