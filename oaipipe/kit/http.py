@@ -206,17 +206,21 @@ class HTTPBackendMixin:
             error.hint = refusal_hint(self.base_url, key_sent=self.api_key is not None,
                                       unset_var=None if self.api_key is not None else self._unset_key_var())
 
+    def _attempt_failed(self, exc: AuthenticationError | RateLimitError) -> None:
+        """What a failed attempt tells before it goes on up: a 401 gets the hint that fits this backend's
+        key; flex's "Resource Unavailable" is not retried (waiting does not help: see _flex_fallback)."""
+        if isinstance(exc, AuthenticationError):
+            self._explain_refusal(exc)
+        elif self.flex_unavailable(exc):
+            exc.retryable = False  # type: ignore[misc]
+
     def _gated(self, attempt: Callable[[], T]) -> T:
         """One blocking HTTP attempt through the key gate (run it inside the retry policy)."""
         def run() -> T:
             try:
                 return attempt()
-            except AuthenticationError as exc:
-                self._explain_refusal(exc)
-                raise
-            except RateLimitError as exc:
-                if self.flex_unavailable(exc):  # waiting does not help: fall back (see _flex_fallback)
-                    exc.retryable = False  # type: ignore[misc]
+            except (AuthenticationError, RateLimitError) as exc:
+                self._attempt_failed(exc)
                 raise
         return self._gate.call(run)
 
@@ -225,12 +229,8 @@ class HTTPBackendMixin:
         async def run() -> T:
             try:
                 return await attempt()
-            except AuthenticationError as exc:
-                self._explain_refusal(exc)
-                raise
-            except RateLimitError as exc:
-                if self.flex_unavailable(exc):  # waiting does not help: fall back (see _flex_fallback)
-                    exc.retryable = False  # type: ignore[misc]
+            except (AuthenticationError, RateLimitError) as exc:
+                self._attempt_failed(exc)
                 raise
         return await self._gate.acall(run)
 
