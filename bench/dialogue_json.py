@@ -99,7 +99,7 @@ def child(rows: int, sinks: str, with_json: bool, work: Path, analyzer: str) -> 
 
 
 def open_cost(rows: int, work: Path) -> None:
-    from oaipipe.builtin._sink_files import JsonArrayLog
+    from oaipipe.kit.sinks import JsonArrayLog
 
     def log() -> JsonArrayLog:
         return JsonArrayLog(work / "dialogue.json", indent=2, label="dialogue-json", run_key="run_id",
