@@ -187,15 +187,7 @@ def launch_job(trainer: Trainer, files: DatasetFiles, *, base_model: str, descri
             job = trainer.launch(files, job)
         except Exception as exc:
             if pending is not None:
-                if getattr(exc, "nothing_launched", False):  # the trainer knows the provider has no job
-                    registry.remove(pending.id)
-                elif callable(getattr(trainer, "find_launched", None)):
-                    # did the job reach the provider before the error? Ask now; if the provider cannot be
-                    # asked either, the entry stays and the next attempt asks again
-                    with contextlib.suppress(Exception):
-                        _settle_interrupted(trainer, registry, key, force=force, progress=progress)
-                else:
-                    registry.remove(pending.id)  # the trainer says it failed; no job could be found again anyway
+                _after_failed_launch(trainer, registry, key, pending, exc, force=force, progress=progress)
             raise
         if not job.id:
             raise TrainingError(f"trainer '{name}' launched a job without an id",
@@ -206,6 +198,19 @@ def launch_job(trainer: Trainer, files: DatasetFiles, *, base_model: str, descri
             registry.add(job)
     progress(f"launched job {job.id} ({name}, {files.method}, base model {base_model}): {job.status}")
     return LaunchResult(job=job, reused=False, dataset=files)
+
+
+def _after_failed_launch(trainer: Trainer, registry: JobRegistry, key: dict[str, Any], pending: Job,
+                         exc: Exception, *, force: bool, progress: Progress) -> None:
+    """Settle the ``launching`` entry of a launch that raised: forget it when no job can exist, else ask the
+    provider whether the job reached it (if it cannot be asked either, the entry stays for the next try)."""
+    if getattr(exc, "nothing_launched", False):  # the trainer knows the provider has no job
+        registry.remove(pending.id)
+    elif callable(getattr(trainer, "find_launched", None)):
+        with contextlib.suppress(Exception):
+            _settle_interrupted(trainer, registry, key, force=force, progress=progress)
+    else:
+        registry.remove(pending.id)  # the trainer says it failed; no job could be found again anyway
 
 
 def _launch_lock(registry: JobRegistry, key: dict[str, Any]) -> Any:
