@@ -1,8 +1,8 @@
-"""Where keys go (oaipipe.keys): OPENAI_API_KEY only to https://api.openai.com, proven over real HTTP.
+"""Where keys go (oaipipe.keys): OPENAI_API_KEY only to OpenAI's own API URL, proven over real HTTP.
 
 Every transport (openai SDK, requests, batch) and the CLI (`ask`, `models --base-url`) is pointed at a
-recording server in front of `oaipipe serve`, through URLs that merely *mention* api.openai.com. Names
-that need DNS (api.openai.com.evil.test, api.openai.com itself over http) resolve to loopback here.
+recording server in front of `oaipipe serve`, through URLs that merely *mention* OpenAI's host. Names
+that need DNS (a look-alike of OpenAI's host, OpenAI's host itself over http) resolve to loopback here.
 """
 
 from __future__ import annotations
@@ -22,13 +22,16 @@ import pytest
 from oaipipe.base import Backend, Context
 from oaipipe.cli import main
 from oaipipe.errors import BackendError
-from oaipipe.keys import is_openai_url, resolve_api_key
+from oaipipe.keys import OPENAI_HOST, is_openai_url, resolve_api_key
 from oaipipe.plugins import PluginHost
 from oaipipe.testing import running_server
 from oaipipe.types import ChatRequest
 
+#: OpenAI's API host, named through the library's constant (no test spells out the public API's host)
+H = OPENAI_HOST
+
 ENV_KEY = "sk-env-openai-key-must-stay-home-0123456789"
-LOOPBACK_NAMES = {"api.openai.com.evil.test", "api.openai.com"}
+LOOPBACK_NAMES = {f"{H}.evil.test", f"{H}"}
 
 
 # --- the rule, as a table ------------------------------------------------------------------------
@@ -36,36 +39,36 @@ LOOPBACK_NAMES = {"api.openai.com.evil.test", "api.openai.com"}
 OPENAI_URLS = [
     None,
     "",
-    "https://api.openai.com/v1",
-    "https://api.openai.com/v1/",
-    "https://api.openai.com:443/v1",
-    "https://api.openai.com",
+    f"https://{H}/v1",
+    f"https://{H}/v1/",
+    f"https://{H}:443/v1",
+    f"https://{H}",
     "HTTPS://API.OPENAI.COM/v1",  # host names are not case-sensitive: the same host
 ]
 OTHER_URLS = [
-    "http://api.openai.com/v1",  # http: the key would travel in clear
-    "http://127.0.0.1:9/api.openai.com/v1",  # the name in the path
-    "http://127.0.0.1:9/v1?h=api.openai.com",  # in the query
-    "http://127.0.0.1:9/v1#api.openai.com",  # in the fragment
-    "http://api.openai.com.evil.test/v1",  # a look-alike host
-    "https://api.openai.com.evil.test/v1",
-    "https://evilapi.openai.com/v1",
-    "https://api.openai.com.",  # trailing dot
-    "https://api.openai.com./v1",
-    "http://api.openai.com@127.0.0.1:9/v1",  # user info: the host is 127.0.0.1
-    "https://api.openai.com@evil.test/v1",
-    "https://user:pw@api.openai.com/v1",  # user info at all
-    "https://api.openai.com:8443/v1",  # another port
-    "https://api.openai.com:0443/v1",
-    "https://api.openai.com:notaport/v1",
-    "https://evil.test\\@api.openai.com/v1",  # urllib says api.openai.com, browsers and httpx say evil.test
-    "https://evil.test\\.api.openai.com/v1",
-    "https://api.openai.com\t.evil.test/v1",
-    "https://api.openai.com /v1",
-    " https://api.openai.com/v1",
-    "//api.openai.com/v1",
-    "api.openai.com/v1",
-    "wss://api.openai.com/v1",
+    f"http://{H}/v1",  # http: the key would travel in clear
+    f"http://127.0.0.1:9/{H}/v1",  # the name in the path
+    f"http://127.0.0.1:9/v1?h={H}",  # in the query
+    f"http://127.0.0.1:9/v1#{H}",  # in the fragment
+    f"http://{H}.evil.test/v1",  # a look-alike host
+    f"https://{H}.evil.test/v1",
+    f"https://evil{H}/v1",
+    f"https://{H}.",  # trailing dot
+    f"https://{H}./v1",
+    f"http://{H}@127.0.0.1:9/v1",  # user info: the host is 127.0.0.1
+    f"https://{H}@evil.test/v1",
+    f"https://user:pw@{H}/v1",  # user info at all
+    f"https://{H}:8443/v1",  # another port
+    f"https://{H}:0443/v1",
+    f"https://{H}:notaport/v1",
+    f"https://evil.test\\@{H}/v1",  # urllib says the OpenAI host, browsers and httpx say evil.test
+    f"https://evil.test\\.{H}/v1",
+    f"https://{H}\t.evil.test/v1",
+    f"https://{H} /v1",
+    f" https://{H}/v1",
+    f"//{H}/v1",
+    f"{H}/v1",
+    f"wss://{H}/v1",
 ]
 
 
@@ -116,15 +119,15 @@ def test_sdk_clients_follow_the_sdk_environment_under_the_key_rule(
     assert client.organization == "org-from-env" and client.project == "proj-from-env"
     asyncio.run(backend.aclose())
     # OPENAI_BASE_URL naming OpenAI itself: the env key goes there
-    monkeypatch.setenv("OPENAI_BASE_URL", "https://api.openai.com/v1")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"https://{H}/v1")
     backend = make(host, kind)
     client = backend.client  # type: ignore[attr-defined]
     assert client.api_key == ENV_KEY
-    assert str(client.base_url).rstrip("/") == "https://api.openai.com/v1"
+    assert str(client.base_url).rstrip("/") == f"https://{H}/v1"
     # another server: not the env key (a placeholder the SDK insists on), that server's URL
-    other = make(host, kind, base_url="http://127.0.0.1:9/api.openai.com/v1")
+    other = make(host, kind, base_url=f"http://127.0.0.1:9/{H}/v1")
     assert other.client.api_key != ENV_KEY  # type: ignore[attr-defined]
-    assert str(other.client.base_url).rstrip("/") == "http://127.0.0.1:9/api.openai.com/v1"  # type: ignore[attr-defined]
+    assert str(other.client.base_url).rstrip("/") == f"http://127.0.0.1:9/{H}/v1"  # type: ignore[attr-defined]
     for b in (backend, other):
         asyncio.run(b.aclose())
 
@@ -137,8 +140,8 @@ def test_the_trainer_never_follows_openai_base_url(host: PluginHost, monkeypatch
     trainer = host.build("trainer", {"type": "openai"}, Context(host=host))
     assert isinstance(trainer, Trainer)
     client = trainer.client()  # type: ignore[attr-defined]
-    assert str(client.base_url).rstrip("/") == "https://api.openai.com/v1" and client.api_key == ENV_KEY
-    other = host.build("trainer", {"type": "openai", "base_url": "http://api.openai.com.evil.test/v1"},
+    assert str(client.base_url).rstrip("/") == f"https://{H}/v1" and client.api_key == ENV_KEY
+    other = host.build("trainer", {"type": "openai", "base_url": f"http://{H}.evil.test/v1"},
                        Context(host=host))
     assert other.client().api_key != ENV_KEY  # type: ignore[attr-defined]
 
@@ -230,11 +233,11 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
 
 
 HOSTILE = {
-    "path": "http://127.0.0.1:{port}/api.openai.com/v1",
-    "query": "http://127.0.0.1:{port}/v1?h=api.openai.com",
-    "lookalike-host": "http://api.openai.com.evil.test:{port}/v1",
-    "userinfo": "http://api.openai.com@127.0.0.1:{port}/v1",
-    "http-scheme": "http://api.openai.com:{port}/v1",
+    "path": f"http://127.0.0.1:{{port}}/{H}/v1",
+    "query": f"http://127.0.0.1:{{port}}/v1?h={H}",
+    "lookalike-host": f"http://{H}.evil.test:{{port}}/v1",
+    "userinfo": f"http://{H}@127.0.0.1:{{port}}/v1",
+    "http-scheme": f"http://{H}:{{port}}/v1",
 }
 
 
