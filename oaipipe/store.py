@@ -425,15 +425,8 @@ class RunStore:
 
     def runs(self, *, pipeline: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Runs, newest first."""
-        sql = "SELECT * FROM runs"
-        args: list[Any] = []
-        if pipeline:
-            sql += " WHERE pipeline = ?"
-            args.append(pipeline)
-        sql += " ORDER BY run_id DESC"
-        if limit:
-            sql += " LIMIT ?"
-            args.append(limit)
+        where, args = (["pipeline = ?"], [pipeline]) if pipeline else ([], [])
+        sql, args = _select("SELECT * FROM runs", where, args, order="run_id DESC", limit=limit)
         return [_run_dict(r) for r in self.conn.execute(sql, args)]
 
     def resolve(self, ref: str | None, *, pipeline: str | None = None) -> str:
@@ -498,15 +491,10 @@ class RunStore:
             join = "JOIN exchanges_fts f ON f.rowid = e.id"
             where.append("exchanges_fts MATCH ?")
             args.append(fts_query(q.query))
-        sql = (f"SELECT e.*, rec.status AS record_status, rec.error AS record_error, r.pipeline AS pipeline "
-               f"FROM exchanges e JOIN runs r ON r.run_id = e.run_id "
-               f"LEFT JOIN records rec ON rec.run_id = e.run_id AND rec.id = e.record_id {join}")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY e.run_id DESC, e.line DESC, e.idx DESC"
-        if q.limit:
-            sql += " LIMIT ?"
-            args.append(q.limit)
+        sql, args = _select(f"SELECT e.*, rec.status AS record_status, rec.error AS record_error, "
+                            f"r.pipeline AS pipeline FROM exchanges e JOIN runs r ON r.run_id = e.run_id "
+                            f"LEFT JOIN records rec ON rec.run_id = e.run_id AND rec.id = e.record_id {join}",
+                            where, args, order="e.run_id DESC, e.line DESC, e.idx DESC", limit=q.limit)
         try:
             rows = self.conn.execute(sql, args).fetchall()
         except sqlite3.OperationalError as exc:
@@ -517,15 +505,11 @@ class RunStore:
         return [_exchange_dict(r) for r in rows]
 
     def records(self, run_id: str, *, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM records WHERE run_id = ?"
-        args: list[Any] = [run_id]
+        where, args = ["run_id = ?"], [run_id]
         if status:
-            sql += " AND status = ?"
+            where.append("status = ?")
             args.append(status)
-        sql += " ORDER BY line"
-        if limit:
-            sql += " LIMIT ?"
-            args.append(limit)
+        sql, args = _select("SELECT * FROM records", where, args, order="line", limit=limit)
         out = []
         for row in self.conn.execute(sql, args):
             d = dict(row)
@@ -716,6 +700,15 @@ def _run_values(run_dir: Path, meta: dict[str, Any], summary: dict[str, Any] | N
         "summary": _json(summary),
         "config": _json(config),
     }
+
+
+def _select(base: str, where: list[str], args: list[Any], *, order: str,
+            limit: int | None) -> tuple[str, list[Any]]:
+    """``base`` with its conditions (AND), order and optional limit, and the arguments in order."""
+    sql = base + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
+    if limit:
+        return sql + " LIMIT ?", [*args, limit]
+    return sql, list(args)
 
 
 def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
