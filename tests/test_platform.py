@@ -336,7 +336,8 @@ def test_openai_trainer_says_plainly_when_new_jobs_are_not_accepted(
     err = capsys.readouterr().err
     assert code != 0
     assert "does not accept new fine-tuning jobs" in err
-    assert "existing ft: models keep answering" in err and "type: local" in err and "--format dpo" in err
+    assert "existing ft: models keep answering" in err and "type: local" in err
+    assert "oaipipe dataset export RUN --format hf-jsonl|hf-parquet|dpo-jsonl" in err  # the export command
 
 
 def test_an_ordinary_bad_request_is_not_taken_for_the_wind_down() -> None:

@@ -48,9 +48,10 @@ WIND_DOWN_HINT = (
     "OpenAI stopped accepting new self-serve fine-tuning jobs (2027-01-06 for active customers, 2026-07-02 "
     "for the others); your existing ft: models keep answering until their base model shuts down. "
     "Alternatives: `train: {type: local}` (the embedded trainer), another OpenAI-compatible fine-tuning "
-    "server (`--base-url`), or the dataset in other trainers' formats: `oaipipe dataset build --format sft` "
-    "(messages JSONL, what Hugging Face TRL's SFTTrainer reads) and `--format dpo` (preference pairs); "
-    "see docs/training.md and docs/platform.md"
+    "server (`--base-url`), or the dataset in other trainers' formats: `oaipipe dataset export RUN --format "
+    "hf-jsonl|hf-parquet|dpo-jsonl|dpo-parquet -o FILE` (a run's dataset for Hugging Face TRL's SFTTrainer / "
+    "DPOTrainer and `datasets`), or `oaipipe dataset build DATA --format sft` (messages JSONL from any file); "
+    "see docs/training.md (\"Exporting a dataset for other trainers\") and docs/platform.md"
 )
 
 
