@@ -259,6 +259,7 @@ ONE_OFF_CASES: dict[tuple[str, ...], list[str]] = {
     ("runs", "show"): ["runs", "show", "--pipeline", "{pipeline}"],
     ("logs",): ["logs", "--pipeline", "{pipeline}"],
     ("report",): ["report", "--pipeline", "{pipeline}", "-o", "{report}"],
+    ("dataset", "export"): ["dataset", "export", "--pipeline", "{pipeline}", "--format", "hf-jsonl", "-o", "{export}"],
     ("sentiment", "score"): ["sentiment", "score", "I love it", "I hate it"],  # JSON lines, one per text
     ("cache", "stats"): ["cache", "stats", "{pipeline}"],
     ("cache", "clear"): ["cache", "clear", "{pipeline}"],
@@ -292,7 +293,7 @@ def test_json_of_the_pipeline_and_one_off_commands_parses(project: Path, tmp_pat
     image = tmp_path / "red.png"
     Image.new("RGB", (30, 20), (220, 20, 30)).save(image)
     values = {"pipeline": str(project), "image": str(image), "presets": str(REPO / "examples" / "assistants.yaml"),
-              "report": str(tmp_path / "report.html"), "gold": str(REPO / "examples" / "data" / "sentiment_gold.csv")}
+              "report": str(tmp_path / "report.html"), "export": str(tmp_path / "export.jsonl"), "gold": str(REPO / "examples" / "data" / "sentiment_gold.csv")}
     for path, argv in ONE_OFF_CASES.items():
         assert main([*(a.format(**values) for a in argv), "--json"]) == 0, (path, capsys.readouterr().err)
         out = capsys.readouterr().out

@@ -236,10 +236,11 @@ def _nothing_selected(run_dir: Path, select: dict[str, Any], given: bool, step: 
                         hint="export every exchange with --all, or choose others with --select KEY=VALUE / --step")
 
 
-def _nothing_paired(run_dir: Path, pairing: str, stats: dict[str, int]) -> DatasetError:
+def _nothing_paired(run_dir: Path, pairing: str, step: str | None, stats: dict[str, int]) -> DatasetError:
     counts = ", ".join(f"{stats[k]} {words}" for k, words in _COUNTED.items() if stats.get(k))
+    only = f", exchanges of step {step!r} only (--step ask: every ask step's)" if step else ""
     return DatasetError(
-        f"run {run_dir.name}: nothing to pair for DPO ({pairing}){': ' + counts if counts else ''}",
+        f"run {run_dir.name}: nothing to pair for DPO ({pairing}{only}){': ' + counts if counts else ''}",
         hint="name two steps that reply to the same prompt with --chosen STEP --rejected STEP, or pair by a label "
              "with --select (e.g. --select sentiment=positive: a positive and a negative reply to the same prompt)")
 
@@ -308,7 +309,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, select: dict[s
     rows, stats, pairing = _rows(spec, journal, wanted, step, train, pair, host)
     if not rows:
         if pairing is not None:
-            raise _nothing_paired(run_dir, pairing, stats)
+            raise _nothing_paired(run_dir, pairing, None if pair else step, stats)
         raise _nothing_selected(run_dir, wanted, bool(select), step, stats.get("read", 0))
     WRITERS[spec.container](out, rows, spec.rows)
     return ExportResult(path=out, format=fmt, rows=len(rows), run_dir=run_dir, select=wanted, step=step,
