@@ -5,6 +5,7 @@
 * :mod:`~oaipipe.training.validate` writes the report (OpenAI cookbook categories, tokens, epochs, price);
 * :mod:`~oaipipe.training.estimate` holds the epoch rule, token limits and the price estimate;
 * :mod:`~oaipipe.training.launch` launches and follows jobs and writes the registry (:mod:`oaipipe.jobs`);
+* :mod:`~oaipipe.training.export` writes a run's dataset for other trainers (``oaipipe dataset export``);
 * :func:`train_after_run` is the ``train:`` block of a pipeline.
 """
 
