@@ -225,3 +225,34 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
         export_run(tmp_path, "hf-jsonl", tmp_path / "x.jsonl")
     assert main(["dataset", "export", str(tmp_path), "--format", "hf-jsonl", "-o", str(tmp_path / "x.jsonl")]) \
         == ExitCode.DATASET_ERROR
+
+
+def test_openai_jsonl_of_a_dpo_run_is_openais_preference_rows(tmp_path: Path) -> None:
+    project = _project(tmp_path / "p", train={"type": "local", "method": "dpo", "select": {"sentiment": "positive"},
+                                              "step": "ask", "wait": False})
+    out = tmp_path / "openai-dpo.jsonl"
+    info = _export(project, "--format", "openai-jsonl", "-o", str(out))
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert rows and len(rows) == info["rows"] and info["pairing"].startswith("sentiment=positive")
+    trl = _export(project, "--format", "dpo-jsonl", "-o", str(tmp_path / "trl.jsonl"))
+    trl_rows = [json.loads(line) for line in (tmp_path / "trl.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert trl["rows"] == len(rows)
+    for openai_row, trl_row in zip(rows, trl_rows, strict=True):  # the same pairs, in OpenAI's shape
+        assert set(openai_row) == {"input", "preferred_output", "non_preferred_output"}
+        assert openai_row["input"]["messages"] == trl_row["prompt"]
+        assert openai_row["preferred_output"] == trl_row["chosen"]
+        assert openai_row["non_preferred_output"] == trl_row["rejected"]
+
+
+def test_rows_of_the_wrong_shape_are_refused_naming_the_row() -> None:
+    from oaipipe.errors import DatasetError
+    from oaipipe.training.export import check_rows
+
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    check_rows([good], "sft")
+    with pytest.raises(DatasetError, match=r"row 2 messages: the last message is from user, not assistant"):
+        check_rows([good, {"messages": good["messages"][:1]}], "sft")
+    with pytest.raises(DatasetError, match=r"row 1 chosen: not a non-empty list"):
+        check_rows([{"prompt": good["messages"][:1], "chosen": [], "rejected": good["messages"][1:]}], "dpo")
+    with pytest.raises(DatasetError, match=r"row 1 messages: not a non-empty list .* text content"):
+        check_rows([{"messages": [{"role": "assistant", "content": "  "}]}], "sft")
