@@ -330,8 +330,18 @@ def plan_for(backend: Backend, estimate: Mapping[str, Any], prices: PriceTable,
     if getattr(options, "tier", None) != "auto" or not offered or not getattr(options, "deadline", None):
         return None
     costs = tier_costs(estimate.get("by_step") or [], prices, offered)
+    window = getattr(options, "completion_window", None)  # a batch backend's own (the API has only 24h)
     return plan_tiers(workload(estimate, options), costs, offered, deadline_seconds(options.deadline, now),
-                      latency=getattr(options, "tier_latency", None) or None)
+                      latency=getattr(options, "tier_latency", None) or None,
+                      batch_window_s=_window(window) if window else BATCH_WINDOW_S)
+
+
+def _window(text: str) -> float:
+    """A batch backend's ``completion_window`` (``24h``) in seconds (:data:`BATCH_WINDOW_S` if unreadable)."""
+    try:
+        return parse_deadline(str(text)).remaining()
+    except ValueError:
+        return BATCH_WINDOW_S
 
 
 def switch_backend(pipeline: BuiltPipeline, tier: str) -> Backend | None:

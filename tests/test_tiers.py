@@ -252,3 +252,23 @@ def test_bad_tier_settings_are_refused_at_validate_with_file_and_line(
         assert problem["file"] == str(project.file) and problem["line"] is not None
         written = problem["key"].split(".")[1] if problem["key"].split(".")[1] in backend else "backend"
         assert lines[problem["line"] - 1].lstrip().startswith(written), (problem, lines)
+
+
+def test_the_deadline_and_tier_do_not_change_what_a_run_is(tmp_path: Path, home: Path) -> None:
+    """A changed deadline (or tier) resumes the unfinished run: they decide price and speed, not results."""
+    from oaipipe.pipeline import load_pipeline
+    from oaipipe.resume import fingerprint
+
+    base = {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}
+    first = fingerprint(load_pipeline(_project(tmp_path, {**base, "tier": "auto", "deadline": "2h"}).file))
+    again = fingerprint(load_pipeline(_project(tmp_path, {**base, "tier": "flex"}).file))
+    assert first == again
+
+
+def test_the_schema_describes_tier_and_deadline(home: Path) -> None:
+    project = PipelineProject(home)
+    schema = json.loads(project.cli("schema").out)
+    openai = next(v for v in schema["properties"]["backend"]["oneOf"] if v["properties"]["type"].get("const") == "openai")
+    assert openai["properties"]["tier"]["anyOf"][0]["enum"] == ["auto", "standard", "flex", "priority", "batch"]
+    assert "deadline" in openai["properties"]["tier"]["description"]
+    assert "ISO time" in openai["properties"]["deadline"]["description"]
