@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from .types import ChatRequest, ChatResponse, ModelInfo, Record, RecordResult, RunInfo, Sentiment
 
@@ -176,6 +176,41 @@ class BackendOptions(PluginOptions):
     rpm: int | None = Field(None, ge=1, description="Requests per minute limit (token bucket)")
     tpm: int | None = Field(None, ge=1, description="Tokens per minute limit (token bucket)")
     record_timeout: float | None = Field(None, gt=0, description="Seconds for all steps of one record")
+    tier: Literal["auto", "standard", "flex", "priority", "batch"] | None = Field(
+        None, description="Processing tier: standard, flex (Batch API prices, slower), priority (dearer, "
+        "quicker), batch (the Batch API, within 24 h) or auto: the cheapest that meets `deadline` (oaipipe.tiers); "
+        "among the tiers the backend offers (Backend.tiers / tier_backends)")
+    deadline: str | None = Field(
+        None, validate_default=True, description="With tier: auto, when the run must be done: a duration from its start (30m, 2h, 1d, "
+        "1h30m) or an ISO time (2026-12-01T18:00:00Z)")
+    tier_latency: dict[Literal["standard", "flex", "priority"], float] = Field(
+        default_factory=dict, description="Seconds per call the tier planner assumes at a tier, over its "
+        "built-in estimate (e.g. {flex: 20})")
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _check_deadline(cls, value: Any, info: ValidationInfo) -> str | None:
+        """A duration or an ISO time that has not passed (:func:`oaipipe.tiers.parse_deadline`); required
+        by ``tier: auto``."""
+        from .tiers import DEADLINE_HINT, parse_deadline
+
+        if value is None:
+            if info.data.get("tier") == "auto":
+                raise ValueError("tier: auto needs a `deadline:` (e.g. `deadline: 2h`): the planner picks the "
+                                 "cheapest tier that finishes by it")
+            return None
+        deadline = parse_deadline(value)
+        if deadline.remaining() <= 0:
+            raise ValueError(f"the deadline {deadline.text} has passed: {DEADLINE_HINT}")
+        return deadline.text
+
+    @field_validator("tier_latency")
+    @classmethod
+    def _check_latency(cls, value: dict[str, float]) -> dict[str, float]:
+        for tier, seconds in value.items():
+            if not seconds > 0 or seconds == float("inf"):
+                raise ValueError(f"seconds per call at tier {tier} must be a finite number > 0, not {seconds!r}")
+        return value
 
 
 class Backend(Component[OptionsT]):
@@ -207,6 +242,17 @@ class Backend(Component[OptionsT]):
     #: Answers are worth keeping in the response cache. False for a free, deterministic backend (the
     #: embedded engine): caching it would only cost disk.
     cacheable: ClassVar[bool] = True
+    #: The processing tiers (of ``standard``, ``flex``, ``priority``, ``batch``: :data:`oaipipe.pricing.TIERS`)
+    #: this backend serves its calls at, chosen with :meth:`use_tier`. Empty: it has no tiers (``tier:`` is
+    #: then ignored, with a note).
+    tiers: ClassVar[tuple[str, ...]] = ()
+    #: Tiers served by another registered backend type built from the same options: tier -> backend type.
+    #: The tier planner (:mod:`oaipipe.tiers`) switches to that backend when it chooses such a tier.
+    tier_backends: ClassVar[dict[str, str]] = {}
+
+    def use_tier(self, tier: str) -> None:
+        """Serve the calls at ``tier`` (one of :attr:`tiers`), before the first call. The base class has no
+        tiers and does nothing."""
 
     def model_label(self, model: str) -> str:
         """The model id this backend's answers carry for a request of ``model`` (the embedded engine

@@ -7,8 +7,10 @@ a run, but the backend is replaced by a stand-in that only *measures* each reque
   :func:`oaipipe.tokens.image_tokens` with ``model=``, e.g. 2833 + 5667 per tile on gpt-4o-mini);
 * completion tokens: the request's ``max_tokens`` if set, else ``completion_tokens`` per call
   (default :data:`DEFAULT_COMPLETION_TOKENS`), an assumption the summary states;
-* cost: :class:`oaipipe.pricing.PriceTable` with the pipeline's ``prices:``: half price for a
-  :attr:`~oaipipe.base.Backend.batched` backend; for a free one (not :attr:`~oaipipe.base.Backend.priced`)
+* cost: :class:`oaipipe.pricing.PriceTable` with the pipeline's ``prices:``, at the backend's tier
+  (:func:`oaipipe.tiers.configured_tier`): half price for a :attr:`~oaipipe.base.Backend.batched` backend and
+  for ``tier: flex``; with ``tier: auto`` the tier planner's choice, and its plan (``tier_plan``: each tier's
+  cost and time against the deadline) in the summary; for a free one (not :attr:`~oaipipe.base.Backend.priced`)
   nothing, unless ``prices:`` names the model id it answers with (its :meth:`~oaipipe.base.Backend.model_label`),
   and what the calls would cost on OpenAI besides.
 
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import StepContext
 from .pricing import PriceTable
+from .tiers import configured_tier, plan_for, tier_costs
 from .tokens import count_message_tokens, tokenizer_name
 from .types import ChatRequest, ChatResponse, Usage
 
@@ -41,7 +44,7 @@ class _Counter:
         self.prices = prices
         self.completion_tokens = completion_tokens
         self.backend = backend
-        self.batch = backend.batched
+        self.tier = configured_tier(backend)
         self.free = not backend.priced
         self.by_step: dict[tuple[str, str], dict[str, Any]] = {}
         self.unpriced: set[str] = set()
@@ -58,8 +61,8 @@ class _Counter:
             local_price = self.prices.lookup(self.backend.model_label(request.model), priced=False)
             local_cost = local_price.cost(prompt, completion) if local_price.known else 0.0
         cost = 0.0
-        if price.known:
-            cost = price.cost(prompt, completion, batch=self.batch)
+        if price.tier_known(self.tier):
+            cost = price.cost(prompt, completion, tier=self.tier)
         else:
             self.unpriced.add(request.model)
         row = self.by_step.setdefault((request.step, request.model), {
@@ -128,15 +131,40 @@ async def _estimate(pipeline: BuiltPipeline, limit: int | None, completion_token
         "tokenizer": tokenizer_name(str(getattr(backend.options, "model", "gpt-4o-mini"))),
         "by_step": rows,
     }
+    summary: dict[str, Any] = {"records": {"total": total, "would_fail": failed}, "estimate": est}
+    plan = _notes_and_plan(est, counter, cost)
+    if plan is not None:
+        summary["tier_plan"] = plan
+    if errors:
+        summary["record_errors"] = errors
+    return summary
+
+
+def _notes_and_plan(est: dict[str, Any], counter: _Counter, cost: float) -> dict[str, Any] | None:
+    """Add the estimate's notes; with ``tier: auto``, re-price it at the planner's choice and return the
+    plan (:func:`oaipipe.tiers.plan_for`)."""
+    backend = counter.backend
     if counter.free:
         est["note"] = (f"the {backend.name} backend costs nothing; on OpenAI these calls would cost about "
                        f"${cost:.4f} (cost_usd_on_openai)")
         est["cost_usd_on_openai"] = round(cost, 6)
     if backend.batched:
         est["note"] = "priced at the Batch API discount (half price)"
+    elif not counter.free and counter.tier != "standard":
+        est["note"] = f"priced at the {counter.tier} tier"
     if counter.unpriced:
         est["unpriced_models"] = sorted(counter.unpriced)
-    summary: dict[str, Any] = {"records": {"total": total, "would_fail": failed}, "estimate": est}
-    if errors:
-        summary["record_errors"] = errors
-    return summary
+    plan = None if counter.free else plan_for(backend, est, counter.prices)
+    if plan is None:
+        return None
+    _at_tier(est, plan.chosen, counter.prices)
+    est["note"] = f"priced at the {plan.chosen} tier chosen by the tier planner"
+    return plan.to_dict()
+
+
+def _at_tier(est: dict[str, Any], tier: str, prices: PriceTable) -> None:
+    """Re-price the estimate ``est`` (its ``by_step`` rows and total) at ``tier``."""
+    for row in est["by_step"]:
+        cost = tier_costs([row], prices, [tier])[tier]
+        row["cost_usd"] = round(cost, 6) if cost is not None else 0.0
+    est["cost_usd"] = round(sum(r["cost_usd"] for r in est["by_step"]), 6)

@@ -92,6 +92,7 @@ def _reply(data: dict[str, Any], request: ChatRequest, text: str, usage: Usage, 
         request_id=request_id or data.get("id"),
         latency=latency,
         finish_reason=finish_reason,
+        service_tier=data.get("service_tier") if isinstance(data.get("service_tier"), str) else None,
     )
     if _wants_json(request):
         resp.parsed = parse_json_reply(text, model=resp.model, request_id=resp.request_id)

@@ -10,6 +10,12 @@ file named by ``OAIPIPE_PRICES``. Models are matched by exact id, then by the lo
 unpriced, unless an override names that exact model id (``prices: {"local:gpt-4o-mini": {input: 1000,
 output: 4000}}``): an explicit override for an exact id always wins, which lets ``--max-cost`` be tried
 offline.
+
+Tiers (``standard``, ``flex``, ``priority``, ``batch``; :data:`TIERS`): ``batch`` and ``flex`` are billed at
+the Batch API's rates, half the standard price (:data:`TIER_DISCOUNT`; OpenAI's *Flex processing* guide:
+"Tokens are priced at Batch API rates"); ``priority`` has its own, higher prices per model
+(``priority_input``, ``priority_cached_input``, ``priority_output``), known for the models OpenAI's
+*Priority processing* page lists and unknown otherwise. docs/platform.md gives the sources and dates.
 """
 
 from __future__ import annotations
@@ -25,24 +31,35 @@ from typing import Any
 
 from .engine.tuning import is_engine_model
 
-__all__ = ["DEFAULT_PRICES", "PRICE_FIELDS", "Price", "PriceTable", "check_budget", "check_prices", "price_table"]
+__all__ = ["DEFAULT_PRICES", "PRICE_FIELDS", "TIERS", "TIER_DISCOUNT", "Price", "PriceTable", "check_budget",
+           "check_prices", "price_table", "tier_of"]
 
-#: model -> {"input", "cached_input", "output", "training", "ft_input", "ft_output"} in USD per 1M tokens
+#: model -> {"input", "cached_input", "output", "training", "ft_input", "ft_output", "priority_input",
+#: "priority_cached_input", "priority_output"} in USD per 1M tokens (priority: OpenAI's *Priority processing*
+#: page, docs/platform.md)
 DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "gpt-4o": {"input": 2.50, "cached_input": 1.25, "output": 10.00, "training": 25.00,
-               "ft_input": 3.75, "ft_output": 15.00},
+               "ft_input": 3.75, "ft_output": 15.00,
+               "priority_input": 4.25, "priority_cached_input": 2.125, "priority_output": 17.00},
     "gpt-4o-mini": {"input": 0.15, "cached_input": 0.075, "output": 0.60, "training": 3.00,
-                    "ft_input": 0.30, "ft_output": 1.20},
+                    "ft_input": 0.30, "ft_output": 1.20,
+                    "priority_input": 0.25, "priority_cached_input": 0.125, "priority_output": 1.00},
     "gpt-4.1": {"input": 2.00, "cached_input": 0.50, "output": 8.00, "training": 25.00,
-                "ft_input": 3.00, "ft_output": 12.00},
+                "ft_input": 3.00, "ft_output": 12.00,
+                "priority_input": 3.50, "priority_cached_input": 0.875, "priority_output": 14.00},
     "gpt-4.1-mini": {"input": 0.40, "cached_input": 0.10, "output": 1.60, "training": 5.00,
-                     "ft_input": 0.80, "ft_output": 3.20},
+                     "ft_input": 0.80, "ft_output": 3.20,
+                     "priority_input": 0.70, "priority_cached_input": 0.175, "priority_output": 2.80},
     "gpt-4.1-nano": {"input": 0.10, "cached_input": 0.025, "output": 0.40, "training": 1.50,
-                     "ft_input": 0.20, "ft_output": 0.80},
+                     "ft_input": 0.20, "ft_output": 0.80,
+                     "priority_input": 0.20, "priority_cached_input": 0.05, "priority_output": 0.80},
     "gpt-3.5-turbo": {"input": 0.50, "output": 1.50, "training": 8.00, "ft_input": 3.00, "ft_output": 6.00},
-    "o4-mini": {"input": 1.10, "cached_input": 0.275, "output": 4.40},
-    "gpt-5": {"input": 1.25, "cached_input": 0.125, "output": 10.00},
-    "gpt-5-mini": {"input": 0.25, "cached_input": 0.025, "output": 2.00},
+    "o4-mini": {"input": 1.10, "cached_input": 0.275, "output": 4.40,
+                "priority_input": 2.00, "priority_cached_input": 0.50, "priority_output": 8.00},
+    "gpt-5": {"input": 1.25, "cached_input": 0.125, "output": 10.00,
+              "priority_input": 2.50, "priority_cached_input": 0.25, "priority_output": 20.00},
+    "gpt-5-mini": {"input": 0.25, "cached_input": 0.025, "output": 2.00,
+                   "priority_input": 0.45, "priority_cached_input": 0.045, "priority_output": 3.60},
     "gpt-5-nano": {"input": 0.05, "cached_input": 0.005, "output": 0.40},
     # the replacement OpenAI names for gpt-4o/4.1(-mini); price as reported by third parties (docs/platform.md)
     "gpt-6-luna": {"input": 0.10, "cached_input": 0.01, "output": 0.50},
@@ -50,12 +67,29 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
 
 #: the fields a price entry may have (USD per 1M tokens); a model must end up with the required ones
 PRICE_FIELDS: dict[str, bool] = {"input": True, "output": True, "cached_input": False, "training": False,
-                                 "ft_input": False, "ft_output": False}
+                                 "ft_input": False, "ft_output": False, "priority_input": False,
+                                 "priority_cached_input": False, "priority_output": False}
 BUILTIN_ORIGIN = "the built-in price table (oaipipe/pricing.py)"
 _FORMAT = "{MODEL: {input: USD_PER_1M, output: USD_PER_1M}}"
 
 #: the Batch API bills half of the standard price
 BATCH_DISCOUNT = 0.5
+#: the tiers a call can be processed at, as oaipipe names them (OpenAI's ``service_tier: default`` is
+#: ``standard``; ``batch`` is the Batch API)
+TIERS = ("standard", "flex", "priority", "batch")
+#: tiers billed at a fraction of the standard price: the Batch API, and flex ("priced at Batch API rates")
+TIER_DISCOUNT: dict[str, float] = {"batch": BATCH_DISCOUNT, "flex": BATCH_DISCOUNT}
+#: what servers report in a reply's ``service_tier`` -> the tier it is billed at
+_REPORTED = {"default": "standard", "auto": "standard", "scale": "standard", "standard": "standard",
+             "flex": "flex", "priority": "priority", "fast": "priority", "batch": "batch"}
+
+
+def tier_of(service_tier: str | None, *, batch: bool = False) -> str:
+    """The tier a call is billed at: ``batch`` for a call through the Batch API, else the tier the reply
+    reports (``default`` and anything unknown: ``standard``)."""
+    if batch:
+        return "batch"
+    return _REPORTED.get(str(service_tier or "default").lower(), "standard")
 
 
 def check_prices(table: Any, *, base: dict[str, dict[str, float]] | None = None, origin: str = "prices",
@@ -145,23 +179,44 @@ class Price:
     cached_input: float | None = None
     training: float | None = None
     known: bool = True
+    #: the priority tier's prices (None: not known for this model)
+    priority_input: float | None = None
+    priority_output: float | None = None
+    priority_cached_input: float | None = None
+
+    def tier_known(self, tier: str) -> bool:
+        """A price is known for ``tier`` (priority has prices of its own, known for some models only)."""
+        if not self.known:
+            return False
+        return tier != "priority" or (self.priority_input is not None and self.priority_output is not None)
+
+    def rates(self, tier: str = "standard") -> tuple[float, float, float]:
+        """(input, cached input, output) USD per 1M tokens at ``tier``; ``priority`` without known prices
+        falls back to the standard ones (a lower bound: :meth:`tier_known` says whether they are known)."""
+        cached = self.input if self.cached_input is None else self.cached_input
+        if tier == "priority" and self.tier_known("priority"):
+            assert self.priority_input is not None and self.priority_output is not None
+            p_cached = self.priority_input if self.priority_cached_input is None else self.priority_cached_input
+            return self.priority_input, p_cached, self.priority_output
+        factor = TIER_DISCOUNT.get(tier, 1.0)
+        return self.input * factor, cached * factor, self.output * factor
 
     def cost(self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False,
-             cached_tokens: int = 0) -> float:
-        """USD of one call. ``cached_tokens`` (part of ``prompt_tokens``, served from the prompt cache) are
-        billed at ``cached_input`` (the input price when the model has none)."""
+             cached_tokens: int = 0, tier: str | None = None) -> float:
+        """USD of one call at ``tier`` (default: ``batch`` when ``batch``, else ``standard``).
+        ``cached_tokens`` (part of ``prompt_tokens``, served from the prompt cache) are billed at the cached
+        input price (the input price when the model has none)."""
         cached = max(0, min(cached_tokens, prompt_tokens))
-        cached_price = self.input if self.cached_input is None else self.cached_input
-        usd = ((prompt_tokens - cached) * self.input + cached * cached_price
-               + completion_tokens * self.output) / 1_000_000
-        return usd * BATCH_DISCOUNT if batch else usd
+        rate_in, rate_cached, rate_out = self.rates(tier or ("batch" if batch else "standard"))
+        return ((prompt_tokens - cached) * rate_in + cached * rate_cached
+                + completion_tokens * rate_out) / 1_000_000
 
-    def cache_saving(self, cached_tokens: int, *, batch: bool = False) -> float:
+    def cache_saving(self, cached_tokens: int, *, batch: bool = False, tier: str | None = None) -> float:
         """USD the prompt cache saved on ``cached_tokens`` (full input price minus the cached price)."""
         if self.cached_input is None or cached_tokens <= 0:
             return 0.0
-        usd = cached_tokens * (self.input - self.cached_input) / 1_000_000
-        return usd * BATCH_DISCOUNT if batch else usd
+        rate_in, rate_cached, _ = self.rates(tier or ("batch" if batch else "standard"))
+        return cached_tokens * (rate_in - rate_cached) / 1_000_000
 
     def training_cost(self, trained_tokens: int) -> float | None:
         if self.training is None:
@@ -212,9 +267,7 @@ class PriceTable:
         (:attr:`oaipipe.base.Backend.priced`), which only an explicit price of this exact id gives a cost."""
         if model and model in self.overridden:
             # an explicit price for this exact id wins, also for local models (try --max-cost offline)
-            exact = self.prices[model]
-            return Price(model=model, input=exact.get("input", 0.0), output=exact.get("output", 0.0),
-                         cached_input=exact.get("cached_input"), training=exact.get("training"))
+            return _price(model, self.prices[model])
         if not model or not priced or is_engine_model(model):
             return Price(model=model, known=False)
         fine_tuned = model.startswith("ft:")
@@ -229,8 +282,14 @@ class PriceTable:
             return Price(model=model, input=entry.get("ft_input", entry.get("input", 0.0)),
                          output=entry.get("ft_output", entry.get("output", 0.0)),
                          training=entry.get("training"))
-        return Price(model=model, input=entry.get("input", 0.0), output=entry.get("output", 0.0),
-                     cached_input=entry.get("cached_input"), training=entry.get("training"))
+        return _price(model, entry)
+
+
+def _price(model: str, entry: dict[str, float]) -> Price:
+    return Price(model=model, input=entry.get("input", 0.0), output=entry.get("output", 0.0),
+                 cached_input=entry.get("cached_input"), training=entry.get("training"),
+                 priority_input=entry.get("priority_input"), priority_output=entry.get("priority_output"),
+                 priority_cached_input=entry.get("priority_cached_input"))
 
 
 def _env_table(path: Path) -> dict[str, Any]:

@@ -63,7 +63,7 @@ Mode = Literal["new", "resume", "retry", "train", "done"]
 
 #: backend keys that change how calls are made, not what they answer (a resumed run may change them)
 _VOLATILE_BACKEND_KEYS = ("concurrency", "timeout", "max_retries", "rpm", "tpm", "api_key", "record_timeout",
-                          "base_url", "type")
+                          "base_url", "type", "tier", "deadline", "tier_latency")
 
 
 # --- what makes two runs the same run ------------------------------------------------------------------

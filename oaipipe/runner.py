@@ -38,6 +38,7 @@ from .calls import Call, CallChain
 from .errors import (
     AuthenticationError,
     BackendError,
+    ConfigError,
     OaipipeError,
     PluginError,
     RecordError,
@@ -56,6 +57,7 @@ from .resume import Mode, Selection, prepare_run, select_run
 from .rundir import RunDir, StateFile
 from .runlock import HeldLock, lock_outputs, lock_run_root
 from .stats import RunStats
+from .tiers import TierChoice
 from .types import ChatRequest, ChatResponse, Exchange, Record, RecordResult, RunInfo
 
 __all__ = ["RunOptions", "Runner", "run_pipeline", "run_pipeline_file"]
@@ -146,6 +148,8 @@ class Runner:
         self._failure_kinds: collections.Counter[type] = collections.Counter()
         #: what the run found wrong but worked around (unreadable journal lines), for the summary
         self.warnings: list[str] = []
+        #: the tier chosen at the start (``backend.tier``; :mod:`oaipipe.tiers`), or None
+        self.tier_choice: TierChoice | None = None
 
     # --- the backend call -------------------------------------------------------------------------
 
@@ -193,6 +197,7 @@ class Runner:
         info = self._run_info(run, selection.mode)
         if selection.mode == "train":
             return await self._resume_training(run, info, headline, notes)
+        headline = await self._choose_tier(headline, notes)
         self._start(headline, notes)
         summary, finish_error = await self._process_run(run, selection, info)
         if summary["status"] == "training":
@@ -200,6 +205,34 @@ class Runner:
         if finish_error is not None:
             raise finish_error
         return summary
+
+    async def _choose_tier(self, headline: str, notes: list[str]) -> str:
+        """The tier ``backend.tier`` asks for (``auto``: the planner's choice over a dry run of the input,
+        :mod:`oaipipe.tiers`), the backend switched to serve it and the call chain built anew for it when
+        it changed. Returns the headline (naming the backend that serves the calls)."""
+        from .tiers import choose_tier
+
+        try:
+            choice = await asyncio.to_thread(choose_tier, self.pipeline, self.options.limit)
+        except ValueError as exc:
+            line, column = self.pipeline.loaded.where("backend.tier")
+            raise ConfigError(str(exc), file=self.pipeline.file or None, line=line, column=column,
+                              key="backend.tier",
+                              hint="set backend.tier to a tier the backend offers, or remove it") from None
+        if choice is None:
+            return headline
+        self.tier_choice = choice
+        if choice.note:
+            notes.append(choice.note)
+        if choice.replaced is None:
+            return headline
+        await choice.replaced.aclose()
+        self.calls.close()
+        self.stats.priced = self.pipeline.backend.priced
+        self.calls = CallChain.build(self.pipeline, self.options, notify=lambda text: self.reporter.note(text))
+        self.stats.retries = self.calls.retries
+        self._call = self.calls
+        return f"oaipipe: {self.pipeline.name}: {self.pipeline.describe_backend()}"
 
     def _nothing_to_do(self, run: RunDir, headline: str, notes: list[str]) -> dict[str, Any]:
         """The summary of a command that finds its run finished already: no call is made."""
@@ -391,6 +424,9 @@ class Runner:
         if self.warnings:
             summary["warnings"] = list(self.warnings)
         summary.update(self.calls.summary())  # what the call chain installed: cache, rate limits
+        if self.tier_choice is not None:
+            summary["tier"].update(self.tier_choice.to_dict())
+        summary["tier"]["flex_fallbacks"] = int(getattr(self.pipeline.backend, "flex_fallbacks", 0))
         if self.pool_workers:
             summary["workers"] = {"processes": self.pool_workers, "restarts": self.pool_restarts,
                                   "executor": self.pool_executor}

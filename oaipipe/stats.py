@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .pricing import PriceTable
+from .pricing import PriceTable, tier_of
 from .types import ChatResponse
 
 __all__ = ["RetryStats", "RunStats"]
@@ -27,6 +27,8 @@ class _Bucket:
     reasoning_tokens: int = 0
     #: USD the prompt cache saved (full input price minus cached price, on cached_tokens)
     saved_usd: float = 0.0
+    #: what the same calls would have cost at the standard tier (the tier plan's savings are against it)
+    standard_usd: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "cached": self.cached, "prompt_tokens": self.prompt_tokens,
@@ -50,10 +52,13 @@ class RunStats:
     #: the cost unknown (``priced: false`` in the summary). A free backend's calls cost nothing unless
     #: ``prices:`` names the model id exactly.
     priced: bool = True
+    #: answered calls (not from the response cache) by the tier they were billed at (:func:`tier_of`)
+    tiers: Counter[str] = field(default_factory=Counter)
 
     def add_call(self, step: str, response: ChatResponse, *, batch: bool = False) -> float:
-        """Count one answered call; cached answers cost nothing. Returns its cost in USD. ``batch``: the
-        call went through the Batch API (:attr:`oaipipe.base.Backend.batched`), at its discount."""
+        """Count one answered call; cached answers cost nothing. Returns its cost in USD, at the tier the
+        call was served at: ``batch`` when it went through the Batch API (:attr:`oaipipe.base.Backend.batched`),
+        else the ``service_tier`` the reply reports (flex at the Batch API's rates, priority at its own)."""
         bucket = self.by_step.setdefault((step, response.model), _Bucket())
         bucket.calls += 1
         cost = 0.0
@@ -65,11 +70,16 @@ class RunStats:
             bucket.cached_tokens += response.usage.cached_tokens
             bucket.reasoning_tokens += response.usage.reasoning_tokens
             price = self.prices.lookup(response.model, priced=self.priced)
+            tier = tier_of(response.service_tier, batch=batch)
+            self.tiers[tier] += 1
             if price.known:
-                cost = price.cost(response.usage.prompt_tokens, response.usage.completion_tokens, batch=batch,
-                                  cached_tokens=response.usage.cached_tokens)
+                usage = response.usage
+                cost = price.cost(usage.prompt_tokens, usage.completion_tokens, tier=tier,
+                                  cached_tokens=usage.cached_tokens)
                 bucket.cost_usd += cost
-                bucket.saved_usd += price.cache_saving(response.usage.cached_tokens, batch=batch)
+                bucket.standard_usd += price.cost(usage.prompt_tokens, usage.completion_tokens,
+                                                  cached_tokens=usage.cached_tokens)
+                bucket.saved_usd += price.cache_saving(usage.cached_tokens, tier=tier)
             elif self.priced:
                 bucket.priced = False
         return cost
@@ -93,6 +103,11 @@ class RunStats:
     @property
     def cost_usd(self) -> float:
         return sum(b.cost_usd for b in self.by_step.values())
+
+    @property
+    def standard_usd(self) -> float:
+        """What the answered calls would have cost at the standard tier."""
+        return sum(b.standard_usd for b in self.by_step.values())
 
     @property
     def cached_tokens(self) -> int:
@@ -138,6 +153,9 @@ class RunStats:
                        "cached": self.cached_tokens,
                        "reasoning": sum(b.reasoning_tokens for b in self.by_step.values())},
             "cost_usd": round(self.cost_usd, 6),
+            "tier": {"calls": dict(sorted(self.tiers.items())),
+                     "standard_cost_usd": round(self.standard_usd, 6),
+                     "saved_usd": round(self.standard_usd - self.cost_usd, 6)},
             "prompt_cache": {"hit_rate": None if self.cache_hit_rate is None else round(self.cache_hit_rate, 4),
                              "saved_usd": round(self.saved_usd, 6)},
             "elapsed_s": round(self.elapsed, 3),

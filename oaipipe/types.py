@@ -117,6 +117,9 @@ class ChatResponse:
     parsed: Any = None
     cached: bool = False
     finish_reason: str | None = None
+    #: the processing tier the server reports it served the call with (``default``, ``flex``,
+    #: ``priority``...), or None when it says nothing; prices follow it (:func:`oaipipe.pricing.tier_of`)
+    service_tier: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -106,6 +106,12 @@ class BatchBackend(OpenAIBackend):
     needs_api_key = True
     summary = "OpenAI Batch API (50% cheaper, slower): requests collected into batch files; resumable"
     batched = True  # batch prices; no client-side rate limits (the Batch API queues)
+    #: the Batch API is its one tier; the online tiers are served by the `openai` backend (tier planner)
+    tiers = ("batch",)
+    tier_backends = {"standard": "openai", "flex": "openai", "priority": "openai"}  # noqa: RUF012
+
+    def use_tier(self, tier: str) -> None:
+        """Nothing to set: every call goes through the Batch API."""
 
     def __init__(self, options: Any = None, context: Any = None) -> None:
         super().__init__(options, context)

@@ -96,6 +96,8 @@ class OpenAIBackend(AiohttpTransportMixin, HTTPBackendMixin, Backend):
     the official SDK with ``transport: sdk``."""
 
     Options = OpenAIOptions
+    #: the Batch API serves the same requests (the tier planner switches to it for `tier: batch`)
+    tier_backends = {"batch": "batch"}  # noqa: RUF012 - a ClassVar of Backend
 
     def __init__(self, options: Any = None, context: Any = None) -> None:
         super().__init__(options, context)

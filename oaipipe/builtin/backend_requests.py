@@ -37,6 +37,9 @@ __all__ = ["RequestsBackend"]
 class RequestsBackend(HTTPBackendMixin, SyncBackend):
     """OpenAI-compatible HTTP API over raw HTTP (requests), no SDK."""
 
+    #: the Batch API serves the same requests (the tier planner switches to it for `tier: batch`)
+    tier_backends = {"batch": "batch"}  # noqa: RUF012 - a ClassVar of Backend
+
     def __init__(self, options: Any = None, context: Any = None) -> None:
         super().__init__(options, context)
         self._session: requests.Session | None = None

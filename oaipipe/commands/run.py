@@ -40,21 +40,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         click.echo(summary.get("message", "nothing to do"))
         return
     if status == "dry-run":
-        click.echo(f"dry run: {rec.get('total', 0)} records would be processed; no call was made")
-        est = summary.get("estimate")
-        if est:
-            click.echo(f"  estimated tokens: {est.get('prompt_tokens', 0)} in, {est.get('completion_tokens', 0)} out; "
-                       f"estimated cost ${est.get('cost_usd', 0):.4f}")
-            for row in est.get("by_step", []):
-                click.echo(f"  step {row['step']} ({row['model']}): {row['calls']} calls, {row['prompt_tokens']} in, "
-                           f"{row['completion_tokens']} out, ${row['cost_usd']:.4f}")
-            if est.get("completion_tokens_per_call"):
-                click.echo(f"  (completion tokens: max_tokens where set, else {est['completion_tokens_per_call']} "
-                           f"per call)")
-            if est.get("note"):
-                click.echo(f"  note: {est['note']}")
-        if rec.get("would_fail"):
-            click.echo(f"  {rec['would_fail']} records would fail: " + "; ".join(summary.get("record_errors", [])))
+        _print_dry_run(summary)
         return
     tokens = summary.get("tokens", {})
     click.echo(
@@ -73,6 +59,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         click.echo(f"  prompt cache: {tokens['cached']} of {tokens.get('prompt', 0)} prompt tokens cached "
                    f"({100 * float(cache.get('hit_rate') or 0):.1f}% hit rate), "
                    f"${float(cache.get('saved_usd') or 0):.4f} saved")
+    _print_tier_line(summary.get("tier") or {})
     unpriced = sorted({row["model"] for row in summary.get("by_step", []) if not row.get("priced", True)})
     if unpriced:
         click.echo(f"  note: no price known for {', '.join(unpriced)}, counted as $0 "
@@ -90,6 +77,52 @@ def _print_summary(summary: dict[str, Any]) -> None:
         model = train.get("fine_tuned_model")
         click.echo(f"  train: {train.get('status')}" + (f", model {model}" if model else "")
                    + (f" ({train.get('reason')})" if train.get("reason") else ""))
+
+
+def _print_dry_run(summary: dict[str, Any]) -> None:
+    rec = summary.get("records", {})
+    click.echo(f"dry run: {rec.get('total', 0)} records would be processed; no call was made")
+    est = summary.get("estimate")
+    if est:
+        click.echo(f"  estimated tokens: {est.get('prompt_tokens', 0)} in, {est.get('completion_tokens', 0)} out; "
+                   f"estimated cost ${est.get('cost_usd', 0):.4f}")
+        for row in est.get("by_step", []):
+            click.echo(f"  step {row['step']} ({row['model']}): {row['calls']} calls, {row['prompt_tokens']} in, "
+                       f"{row['completion_tokens']} out, ${row['cost_usd']:.4f}")
+        if est.get("completion_tokens_per_call"):
+            click.echo(f"  (completion tokens: max_tokens where set, else {est['completion_tokens_per_call']} "
+                       f"per call)")
+        if est.get("note"):
+            click.echo(f"  note: {est['note']}")
+    if rec.get("would_fail"):
+        click.echo(f"  {rec['would_fail']} records would fail: " + "; ".join(summary.get("record_errors", [])))
+    if summary.get("tier_plan"):
+        _print_tier_plan(summary["tier_plan"])
+
+
+def _print_tier_plan(plan: dict[str, Any]) -> None:
+    """The tier planner's table: each tier's estimated cost and time against the deadline, the choice."""
+    click.echo(f"  tier plan (deadline {plan['deadline']}):")
+    click.echo(f"    {'tier':<9} {'est. cost':>11} {'est. time':>10}  {'meets deadline':<14}  chosen")
+    for row in plan["tiers"]:
+        cost = "unknown" if row["cost_usd"] is None else f"${row['cost_usd']:.4f}"
+        chosen = "<- chosen" if row["tier"] == plan["chosen"] else row["note"]
+        click.echo(f"    {row['tier']:<9} {cost:>11} {row['time']:>10}  {'yes' if row['meets_deadline'] else 'no':<14}"
+                   f"  {chosen}")
+    click.echo(f"  {plan['reason']}")
+
+
+def _print_tier_line(tier: dict[str, Any]) -> None:
+    """The run's tier, what it paid against the standard tier, and the flex calls sent again at standard."""
+    if not tier.get("chosen") and not tier.get("flex_fallbacks"):
+        return
+    text = f"  tier: {tier.get('chosen') or 'as configured'}"
+    standard, saved = tier.get("standard_cost_usd"), tier.get("saved_usd")
+    if standard is not None and saved is not None:
+        text += f", paid ${standard - saved:.4f} against ${standard:.4f} at standard (saved ${saved:.4f})"
+    if tier.get("flex_fallbacks"):
+        text += f"; {tier['flex_fallbacks']} flex calls met 'resource unavailable' and went at standard"
+    click.echo(text)
 
 
 def _budget(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from ..base import BackendOptions, PluginOptions
 from ..errors import AuthenticationError, BackendError, RateLimitError, ServerError
@@ -63,6 +63,17 @@ class HTTPBackendOptions(BackendOptions):
     )
     #: the options filled from the SDK's environment variables (option name -> variable)
     _from_env: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("service_tier")
+    @classmethod
+    def _one_tier_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """``tier:`` (oaipipe's choice, incl. the planner) and ``service_tier:`` (sent as written) would
+        contradict each other."""
+        tier = info.data.get("tier")
+        if tier is not None and value is not None:
+            raise ValueError(f"tier: {tier} and service_tier: {value} are both set: keep `tier:` "
+                             "(standard | flex | priority | batch | auto) and remove service_tier")
+        return value
 
     @model_validator(mode="after")
     def _sdk_environment(self) -> HTTPBackendOptions:
@@ -136,6 +147,8 @@ class HTTPBackendMixin:
         )
         #: every HTTP attempt goes through it: the first one alone, none after a 401 (oaipipe.keys.KeyGate)
         self._gate = KeyGate()
+        if opts.tier in self.tiers:  # a fixed `tier:` this backend serves itself (auto: the run's planner)
+            self.use_tier(opts.tier)
 
     @property
     def max_tokens_param(self) -> str:
@@ -164,6 +177,13 @@ class HTTPBackendMixin:
 
     #: calls that met flex's 429 "Resource Unavailable" and were sent again at the standard tier
     flex_fallbacks: int = 0
+    #: the OpenAI ``service_tier`` each tier is sent as (``tier:`` / the tier planner: :meth:`use_tier`)
+    tiers: ClassVar[tuple[str, ...]] = ("standard", "flex", "priority")
+    SERVICE_TIER: ClassVar[dict[str, str]] = {"standard": "default", "flex": "flex", "priority": "priority"}
+
+    def use_tier(self, tier: str) -> None:
+        """Send every call with the ``service_tier`` of ``tier`` (flex keeps its fallback to standard)."""
+        self.options.service_tier = self.SERVICE_TIER[tier]
 
     @staticmethod
     def flex_unavailable(error: BaseException) -> bool:
