@@ -120,3 +120,27 @@ def test_the_native_tokenizer_counts_exactly_what_bpe_openai_encodes() -> None:
         for text in texts:
             assert tokens.count_tokens(text, model) == len(enc.encode_ordinary(text)), (encoding, text)
     assert tokens.tokenizer_name() == "bpe-openai"
+
+
+def test_an_openai_run_takes_neither_the_sdk_nor_the_tokenizer_wrapper(tmp_path: Path) -> None:
+    # issue 14's C=16 target is a whole process: a run on the lean transport must not import the SDK (and
+    # its HTTP client), and the token estimates of a learned TPM limit (the server sends x-ratelimit-*-tokens)
+    # load the native tokenizer alone
+    from oaipipe.testing import running_server
+
+    rows = "".join(f"{i},review number {i} of a mug\n" for i in range(6))
+    (tmp_path / "in.csv").write_text("id,text\n" + rows, encoding="utf-8")
+    with running_server(tpm=10_000_000) as srv:
+        (tmp_path / "pipeline.yaml").write_text(ONE_RECORD.replace(
+            "{type: local, model: gpt-4o-mini}",
+            f"{{type: openai, model: gpt-4o-mini, base_url: '{srv.base_url}', api_key: test, concurrency: 1}}"),
+            encoding="utf-8")
+        modules = _imported_by("run", "pipeline.yaml", "-q", cwd=tmp_path, full=True,
+                               env_extra={"OAIPIPE_HOME": str(tmp_path / "home")})
+        assert srv.stats()["by_path"] == {"/v1/chat/completions": 6}
+    assert len((tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()) == 6
+    assert "aiohttp" in modules and "bpe_openai._bindings" in modules  # the lean transport; the estimates
+    top = {m.split(".")[0] for m in modules}
+    unexpected = sorted(m for m in modules if m == "bpe_openai" or m.startswith("bpe_openai.")
+                        if m != "bpe_openai._bindings") + sorted(top & (set(HEAVY) - {"bpe_openai", "aiohttp"}))
+    assert unexpected == [], f"an openai run on the lean transport imported {unexpected}"
