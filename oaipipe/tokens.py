@@ -21,8 +21,8 @@ import logging
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
-from functools import lru_cache
 from typing import Any
 
 __all__ = [
@@ -118,9 +118,25 @@ def _utf8_safe(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-@lru_cache(maxsize=8)
-def _encoder(encoding: str) -> tuple[str, Callable[[str], int], frozenset[str]]:
-    """(tokenizer label, function counting the tokens of a text, special-token strings) for ``encoding``.
+_Encoder = tuple[str, Callable[[str], int], frozenset[str]]
+_ENCODERS: dict[str, _Encoder] = {}
+_BUILDING = threading.Lock()
+
+
+def _encoder(encoding: str) -> _Encoder:
+    """(tokenizer label, function counting the tokens of a text, special-token strings) for ``encoding``,
+    built once per process (threads that count at the same time wait for the one build)."""
+    found = _ENCODERS.get(encoding)
+    if found is None:
+        with _BUILDING:
+            found = _ENCODERS.get(encoding)
+            if found is None:
+                found = _ENCODERS[encoding] = _build_encoder(encoding)
+    return found
+
+
+def _build_encoder(encoding: str) -> _Encoder:
+    """The counter of ``encoding``: bpe-openai, else tiktoken (only from its local cache), else the heuristic.
 
     Built on the first count of that encoding, and only for that encoding. Counting is ``encode_ordinary``'s:
     special-token strings in the text are ordinary text (bpe-openai's native ``count`` is exactly
