@@ -17,6 +17,9 @@ CPU (``os.wait4``) / calls. Contenders:
   transport (the pipeline above, C = 1).
 
 Runs are interleaved (each repeat runs every contender once) and each figure is the median of ``--repeat``.
+The oaipipe package is byte-compiled first (``compileall``), the state of a pip-installed package (the SDK
+the hand-written loop imports is installed so): with ``PYTHONDONTWRITEBYTECODE=1`` (set on this machine)
+an editable checkout would compile every module from source in every process.
 
     python bench/transports.py --suite clients   [--concurrency 16 64 256] [--per-slot 20] [--repeat 3]
     python bench/transports.py --suite pipelines [--concurrency 16 64 256] [--per-slot 20] [--repeat 3]
@@ -229,6 +232,7 @@ def main() -> None:
     ap.add_argument("--per-slot", type=int, default=20, help="calls per process = per-slot × concurrency")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", nargs="+", help="run only these contenders")
+    ap.add_argument("--no-compile", action="store_true", help="do not byte-compile the oaipipe package first")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--base", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -237,6 +241,12 @@ def main() -> None:
     if args.child:
         child(args.child, args.base, args.concurrency[0], args.n, Path(args.out))
         return
+    import importlib.util
+
+    spec = importlib.util.find_spec("oaipipe")
+    if spec is not None and spec.submodule_search_locations and not args.no_compile:  # as installed: compiled
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *spec.submodule_search_locations], check=True,
+                       stdout=subprocess.DEVNULL)
     if args.suite == "startup":
         startup(args)
         return

@@ -14,10 +14,15 @@ once for bpe-openai) is counted in pieces cut at word boundaries.
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
+import importlib.util
 import logging
 import math
+import os
+import sys
+import threading
 from collections.abc import Callable, Iterator
-from functools import lru_cache
 from typing import Any
 
 __all__ = [
@@ -27,6 +32,8 @@ __all__ = [
     "image_patches",
     "image_rule",
     "image_tokens",
+    "SPECIAL_TOKENS",
+    "bpe_openai_bindings",
     "special_tokens",
     "tokenizer_name",
 ]
@@ -62,17 +69,92 @@ def encoding_name_for_model(model: str) -> str:
 PIECE_CHARS = 40_000
 
 
-@lru_cache(maxsize=8)
-def _encoder(encoding: str) -> tuple[str, Callable[[str], int], frozenset[str]]:
-    """(tokenizer label, function counting the tokens of a text, special-token strings) for ``encoding``.
+#: the special-token strings of each encoding (bpe-openai's and tiktoken's tables; a test compares them)
+SPECIAL_TOKENS: dict[str, frozenset[str]] = {
+    "o200k_base": frozenset({"<|endoftext|>", "<|endofprompt|>"}),
+    "cl100k_base": frozenset({"<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+                              "<|endofprompt|>"}),
+}
 
-    Counting uses ``encode_ordinary``: special-token strings in the text are ordinary text."""
+_BINDINGS = "bpe_openai._bindings"
+
+
+def bpe_openai_bindings() -> Any:
+    """bpe-openai's native module (``bpe_openai._bindings``), loaded WITHOUT the package's ``__init__``.
+
+    Importing ``bpe_openai`` decodes the three vocabularies it ships (o200k, cl100k, voyage3: base64 lines
+    into Python dicts) for its tiktoken-compatible wrapper: ~0.5 s of CPU, paid by every process that counts a
+    token. Counting needs only the native tokenizer, which carries its own vocabularies and builds one
+    encoding in ~50 ms. The module is registered in ``sys.modules`` under its own name, so a later
+    ``import bpe_openai`` in the same process uses this one (a native module is initialised once). Falls
+    back to the ordinary import if the wheel's layout differs."""
+    module = sys.modules.get(_BINDINGS)
+    if module is not None:
+        return module
+    spec = importlib.util.find_spec("bpe_openai")  # the top-level package is found, not imported
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "_bindings" + suffix)
+            if not os.path.isfile(path):
+                continue
+            loader = importlib.machinery.ExtensionFileLoader(_BINDINGS, path)
+            native = importlib.util.spec_from_file_location(_BINDINGS, path, loader=loader)
+            if native is None:
+                continue
+            module = importlib.util.module_from_spec(native)
+            sys.modules[_BINDINGS] = module
+            try:
+                loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(_BINDINGS, None)
+                raise
+            return module
+    return importlib.import_module(_BINDINGS)
+
+
+def _utf8_safe(text: str) -> str:
+    """``text`` with lone surrogates replaced (as bpe-openai's wrapper does before encoding)."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+_Encoder = tuple[str, Callable[[str], int], frozenset[str]]
+_ENCODERS: dict[str, _Encoder] = {}
+_BUILDING = threading.Lock()
+
+
+def _encoder(encoding: str) -> _Encoder:
+    """(tokenizer label, function counting the tokens of a text, special-token strings) for ``encoding``,
+    built once per process (threads that count at the same time wait for the one build)."""
+    found = _ENCODERS.get(encoding)
+    if found is None:
+        with _BUILDING:
+            found = _ENCODERS.get(encoding)
+            if found is None:
+                found = _ENCODERS[encoding] = _build_encoder(encoding)
+    return found
+
+
+def _build_encoder(encoding: str) -> _Encoder:
+    """The counter of ``encoding``: bpe-openai, else tiktoken (only from its local cache), else the heuristic.
+
+    Built on the first count of that encoding, and only for that encoding. Counting is ``encode_ordinary``'s:
+    special-token strings in the text are ordinary text (bpe-openai's native ``count`` is exactly
+    ``len(encode_ordinary(text))``; a test compares them)."""
+    specials = SPECIAL_TOKENS.get(encoding)
     try:
-        import bpe_openai
+        if specials is None:
+            raise LookupError(encoding)
+        native = bpe_openai_bindings().tokenizer_for_encoding(encoding)
 
-        enc = bpe_openai.get_encoding(encoding)
-        enc.encode_ordinary("warm up <|endoftext|>")
-        return "bpe-openai", lambda text: len(enc.encode_ordinary(text)), frozenset(enc.special_tokens_set)
+        def count(text: str) -> int:
+            try:
+                return int(native.count(text))
+            except UnicodeEncodeError:
+                return int(native.count(_utf8_safe(text)))
+
+        count("warm up <|endoftext|>")
+        return "bpe-openai", count, specials
     except Exception:  # noqa: BLE001 - any failure means: try the next tokenizer
         pass
     try:

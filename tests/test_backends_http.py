@@ -341,12 +341,12 @@ def test_openai_pipelines_take_the_lean_transport_unless_told_sdk(host: PluginHo
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """``transport: auto`` (the default) sends chat, Responses and model listings without the SDK;
     ``transport: sdk`` goes through it."""
-    import oaipipe.builtin.backend_openai as backend_openai
+    import oaipipe.kit.openai as kit_openai  # where the SDK's clients are made
 
     def no_sdk(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the openai SDK was used")
 
-    monkeypatch.setattr(backend_openai, "sdk_client", no_sdk)
+    monkeypatch.setattr(kit_openai, "sdk_client", no_sdk)
     default = make(host, "openai", base_url=server.base_url)
     assert default.options.transport == "auto"
     replies = many(default, [req(f"lean {i}") for i in range(4)])

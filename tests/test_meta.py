@@ -512,12 +512,7 @@ def test_builtin_holds_no_private_helper_module() -> None:
 
 
 #: built-in -> built-ins it may import from, and why (each one a known exception, not a pattern to copy)
-BUILTIN_IMPORT_EXCEPTIONS = {
-    # the batch backend IS the openai backend with another transport; moving OpenAIBackend and
-    # translate_sdk_error into the kit waits for the Responses work on backend_openai.py to land
-    "backend_batch": {"backend_openai"},
-    "trainer_openai": {"backend_openai"},
-}
+BUILTIN_IMPORT_EXCEPTIONS: dict[str, set[str]] = {}
 
 
 @pytest.mark.parametrize("stem", PUBLIC_BUILTINS)

@@ -51,14 +51,15 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from .. import hookimpl
+from ..base import Backend
 from ..errors import BackendError, ServerError, mask_secrets
 from ..fsutil import write_text_atomic
 from ..home import home_dir
-from ..kit.http import HTTPBackendOptions, http_error, not_the_api
+from ..kit.http import HTTPBackendMixin, HTTPBackendOptions, http_error, not_the_api
+from ..kit.openai import OpenAISDKMixin, translate_sdk_error
 from ..lazy import lazy_module
 from ..openai_wire import parse_reply
 from ..types import ChatRequest, ChatResponse
-from .backend_openai import OpenAIBackend, translate_sdk_error
 
 if TYPE_CHECKING:
     import openai
@@ -99,10 +100,11 @@ class _Pending:
         self.api = api
 
 
-class BatchBackend(OpenAIBackend):
-    """The OpenAI Batch API: requests collected into JSONL batches, uploaded, followed, mapped back."""
+class BatchBackend(OpenAISDKMixin, HTTPBackendMixin, Backend):
+    """The OpenAI Batch API: requests collected into JSONL batches, uploaded, followed, mapped back (files
+    and batches through the SDK's clients, :class:`oaipipe.kit.openai.OpenAISDKMixin`)."""
 
-    Options = BatchOptions  # type: ignore[assignment]  # no `transport`: the Batch API goes through the SDK
+    Options = BatchOptions
     needs_api_key = True
     summary = "OpenAI Batch API (50% cheaper, slower): requests collected into batch files; resumable"
     batched = True  # batch prices; no client-side rate limits (the Batch API queues)

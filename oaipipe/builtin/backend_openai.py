@@ -1,4 +1,7 @@
-"""Built-in backend ``openai``: the official ``openai`` SDK (``AsyncOpenAI`` for calls, ``OpenAI`` for listings).
+"""Built-in backend ``openai``: OpenAI's chat and Responses APIs over the lean aiohttp transport
+(:mod:`oaipipe.kit.aiohttp`, the default) or the official ``openai`` SDK (``transport: sdk``; its clients
+and error translation are :mod:`oaipipe.kit.openai`'s, shared with the ``batch`` backend and the ``openai``
+trainer).
 
 The SDK's own retries are switched off (``max_retries=0``) so that oaipipe's policy
 (:mod:`oaipipe.retry`) applies the same way to every transport. One client per backend instance, with a
@@ -12,8 +15,6 @@ by the options instead (:class:`~oaipipe.kit.http.HTTPBackendOptions`), under th
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,23 +22,19 @@ from pydantic import Field
 
 from .. import hookimpl
 from ..base import Backend
-from ..errors import BackendError, ServerError
-from ..keys import sdk_client
 from ..kit.aiohttp import AiohttpTransportMixin
-from ..kit.http import HTTPBackendMixin, HTTPBackendOptions, http_error, not_the_api
+from ..kit.http import HTTPBackendMixin, HTTPBackendOptions, not_the_api
+from ..kit.openai import OpenAISDKMixin, translate_sdk_error
 from ..lazy import lazy_module
-from ..openai_wire import (
-    parse_models,
-)
-from ..retry import connection_error
 from ..types import ChatRequest, ChatResponse, ModelInfo
 
 if TYPE_CHECKING:
-    import httpx2
     import openai
-else:  # imported on first use: `oaipipe --help` and `validate` never load the SDK
-    httpx2 = lazy_module("httpx2")
+else:  # imported on first use: `oaipipe --help`, `validate` and lean runs never load the SDK
     openai = lazy_module("openai")
+#: the SDK's HTTP client (its clients are made in oaipipe.kit.openai), named here with the SDK so that the
+#: plugin host leaves this plugin out, saying what to install, when either library is missing
+httpx2 = lazy_module("httpx2")
 
 __all__ = ["OpenAIBackend", "OpenAIOptions", "translate_sdk_error"]
 
@@ -45,32 +42,6 @@ _CHAT_KWARGS = ("model", "messages", "temperature", "max_tokens", "max_completio
                 "reasoning_effort", "service_tier", "prompt_cache_key")
 _RESPONSES_KWARGS = ("model", "input", "instructions", "temperature", "max_output_tokens", "text", "reasoning",
                      "service_tier", "prompt_cache_key")
-
-
-def _request_url(exc: Exception, fallback: str) -> str:
-    """The URL the failed request went to (the SDK knows it; the caller may only know the base URL)."""
-    request = getattr(exc, "request", None)
-    url = getattr(request, "url", None)
-    if url is None:
-        return fallback
-    text = str(url)
-    return text.split("?", 1)[0] or fallback
-
-
-def translate_sdk_error(exc: Exception, *, url: str, timeout: float, model: str = "") -> BackendError:
-    """An ``openai`` SDK exception as the :mod:`oaipipe.errors` class our retry policy classifies."""
-    if isinstance(exc, openai.APIStatusError):
-        url = _request_url(exc, url)
-        body = exc.body if exc.body is not None else exc.response.text
-        return http_error(exc.status_code, body, exc.message, request_id=exc.request_id,
-                          headers=exc.response.headers, url=url, model=model)
-    if isinstance(exc, openai.APITimeoutError):
-        return connection_error("timed out", url=url, timeout=timeout)
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc
-        return connection_error(f"{type(cause).__name__}: {cause}", url=url)
-    return ServerError(f"unexpected answer from {url}: {type(exc).__name__}: {exc}",
-                       hint="base_url must point at an OpenAI-compatible API (it usually ends in /v1)")
 
 
 def _split(body: dict[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
@@ -91,60 +62,13 @@ class OpenAIOptions(HTTPBackendOptions):
     )
 
 
-class OpenAIBackend(AiohttpTransportMixin, HTTPBackendMixin, Backend):
+class OpenAIBackend(AiohttpTransportMixin, OpenAISDKMixin, HTTPBackendMixin, Backend):
     """OpenAI (or any compatible server): chat or Responses API over the lean aiohttp transport, or through
     the official SDK with ``transport: sdk``."""
 
     Options = OpenAIOptions
     #: the Batch API serves the same requests (the tier planner switches to it for `tier: batch`)
     tier_backends = {"batch": "batch"}  # noqa: RUF012 - a ClassVar of Backend
-
-    def __init__(self, options: Any = None, context: Any = None) -> None:
-        super().__init__(options, context)
-        self._aclient: openai.AsyncOpenAI | None = None
-        self._aclient_loop: asyncio.AbstractEventLoop | None = None
-        self._client: openai.OpenAI | None = None
-
-    # --- clients --------------------------------------------------------------------------------
-
-    def _client_kwargs(self) -> dict[str, Any]:
-        return {
-            "api_key": self.api_key,  # None: sdk_client sends a placeholder, never OPENAI_API_KEY
-            "base_url": self.base_url,
-            "organization": self.options.organization,
-            "project": self.options.project,
-            "timeout": self.options.timeout,
-            "max_retries": 0,
-            "default_headers": self._extra_headers() or None,
-        }
-
-    def _limits(self) -> httpx2.Limits:
-        size = max(1, self.options.concurrency)
-        return httpx2.Limits(max_connections=size, max_keepalive_connections=size)
-
-    @property
-    def aclient(self) -> openai.AsyncOpenAI:
-        """The async client of the running event loop (a new loop gets a new client)."""
-        loop = asyncio.get_running_loop()
-        if self._aclient is None or self._aclient_loop is not loop:
-            async def seen(response: httpx2.Response) -> None:  # every answer's headers (x-ratelimit-*)
-                self.policy.observe(response.headers)
-
-            http = openai.DefaultAsyncHttpx2Client(limits=self._limits(), timeout=self.options.timeout,
-                                                   event_hooks={"response": [seen]})
-            self._aclient = sdk_client(openai.AsyncOpenAI, http_client=http, **self._client_kwargs())
-            self._aclient_loop = loop
-        return self._aclient
-
-    @property
-    def client(self) -> openai.OpenAI:
-        """The blocking client (model listings, the CLI)."""
-        with self._lock:
-            if self._client is None:
-                http = openai.DefaultHttpx2Client(limits=self._limits(), timeout=self.options.timeout,
-                                                  event_hooks={"response": [lambda r: self.policy.observe(r.headers)]})
-                self._client = sdk_client(openai.OpenAI, http_client=http, **self._client_kwargs())
-            return self._client
 
     # --- the contract ---------------------------------------------------------------------------
 
@@ -192,37 +116,14 @@ class OpenAIBackend(AiohttpTransportMixin, HTTPBackendMixin, Backend):
         data = result.model_dump(mode="json", exclude_unset=False)
         return self._parse_reply(data, request, default_name="openai", request_id=request_id, latency=latency)
 
-    def list_models_sync(self) -> list[ModelInfo]:
-        """The server's models, via the blocking client."""
-        self._check_key()
-        url = f"{self.base_url}/models"
-
-        def attempt() -> Any:
-            try:
-                raw = self.client.models.with_raw_response.list()
-            except openai.OpenAIError as exc:
-                raise translate_sdk_error(exc, url=url, timeout=self.options.timeout) from exc
-            if "json" not in (raw.headers.get("content-type") or ""):  # the SDK cannot parse an HTML page
-                raise not_the_api(url, raw.status_code, raw.http_response.text, request_id=raw.request_id)
-            return {"data": [m.model_dump(mode="json") for m in raw.parse().data]}
-
-        return parse_models(self.policy.run(lambda: self._gated(attempt)))
-
     async def list_models(self) -> list[ModelInfo]:
         if self.lean:
             return await self._lean_models()
-        return await asyncio.to_thread(self.list_models_sync)
+        return await super().list_models()
 
     async def aclose(self) -> None:
         await self._lean_close()
-        if self._aclient is not None:
-            with contextlib.suppress(RuntimeError):  # created in a loop that is gone
-                await self._aclient.close()
-            self._aclient = None
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+        await super().aclose()
 
 
 @hookimpl

@@ -107,7 +107,7 @@ class OpenAITrainer(Trainer):
         import openai
 
         from ..kit.http import not_the_api
-        from .backend_openai import translate_sdk_error
+        from ..kit.openai import translate_sdk_error
 
         try:
             result = fn(*args, **kwargs)

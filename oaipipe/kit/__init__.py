@@ -19,6 +19,9 @@ module                     what it gives
                            structured output: what the ``ask`` and ``describe_image`` steps share)
 :mod:`oaipipe.kit.http`     :class:`HTTPBackendOptions` and :class:`HTTPBackendMixin` (keys, URLs, retries,
                            the chat and Responses bodies, HTTP errors as classified errors)
+:mod:`oaipipe.kit.openai`   :class:`OpenAISDKMixin` (the official SDK's clients for a backend on
+                           :class:`HTTPBackendMixin`) and :func:`translate_sdk_error` (an SDK exception as
+                           the classified error the retry policy knows)
 =========================  ================================================================================
 
 The names load lazily (importing ``oaipipe.kit`` imports none of its modules until a name is used), so a
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from .chat import ChatStepMixin, ChatStepOptions
     from .columnar import ColumnarSink, arrow_batches, decode_row, encode_value
     from .http import OPENAI_BASE_URL, HTTPBackendMixin, HTTPBackendOptions, http_error, not_the_api
+    from .openai import OpenAISDKMixin, translate_sdk_error
     from .sinks import (
         MODE_FIELD_DOC,
         AppendingSink,
@@ -75,6 +79,7 @@ _WHERE: dict[str, str] = {
     **dict.fromkeys(["ColumnarSink", "arrow_batches", "decode_row", "encode_value"], "columnar"),
     **dict.fromkeys(["OPENAI_BASE_URL", "HTTPBackendMixin", "HTTPBackendOptions", "http_error", "not_the_api"],
                     "http"),
+    **dict.fromkeys(["OpenAISDKMixin", "translate_sdk_error"], "openai"),
     **dict.fromkeys(["MODE_FIELD_DOC", "AppendingSink", "JsonlAppendingSink", "first_line", "jsonl_written_by",
                      "reconcile_jsonl", "start_over", "unfinished", "utc_now"], "sinks"),
     **dict.fromkeys(["COUNT_LIMIT_BYTES", "MAX_LINE_BYTES", "MAX_NESTING", "FileOptions", "FileOptionsT", "FileSource", "check_columns",
@@ -99,6 +104,7 @@ __all__ = [
     "HTTPBackendMixin",
     "HTTPBackendOptions",
     "JsonlAppendingSink",
+    "OpenAISDKMixin",
     "arrow_batches",
     "check_columns",
     "checked_path",
@@ -120,6 +126,7 @@ __all__ = [
     "records_of_batches",
     "start_over",
     "too_deep",
+    "translate_sdk_error",
     "unfinished",
     "unique_id_record",
     "utc_now",

@@ -96,6 +96,46 @@ def _usage_counts(u: dict[str, Any]) -> dict[str, int]:
             "reasoning_tokens": int(out_details.get("reasoning_tokens") or 0)}
 
 
+class _Cancelled(Exception):
+    """A cancel seen by a batch's worker: the batch ends as cancelled."""
+
+
+class _Answers:
+    """What a batch's lines produced: output lines, error lines, the summed usage and the model."""
+
+    def __init__(self) -> None:
+        self.outputs: list[str] = []
+        self.errors: list[str] = []
+        self.usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "cached_tokens": 0,
+                      "reasoning_tokens": 0}
+        self.model: Any = None
+
+    def add(self, status: int, body: dict[str, Any], text: str) -> None:
+        if status != 200:
+            self.errors.append(text)
+            return
+        self.outputs.append(text)
+        for name, value in _usage_counts(body.get("usage") or {}).items():
+            self.usage[name] += value
+        self.model = self.model or body.get("model")
+
+
+def _answer_line(call: Callable[[Any, CallContext], dict[str, Any]], row: dict[str, Any],
+                 ctx: CallContext) -> tuple[int, dict[str, Any], str]:
+    """(status, body, output line) of one input line: the endpoint's answer, or its error in OpenAI's shape."""
+    request_id = "req_" + secrets.token_hex(12)
+    try:
+        body = call(_batch_body(row.get("body")), ctx)
+        status = 200
+    except ApiError as exc:
+        body, status = exc.body(), exc.status
+    except Exception as exc:  # noqa: BLE001 - one bad line must not stop the batch
+        body, status = ApiError(500, f"The local server failed: {exc}").body(), 500
+    line = {"id": "batch_req_" + secrets.token_hex(12), "custom_id": row["custom_id"],
+            "response": {"status_code": status, "request_id": request_id, "body": body}, "error": None}
+    return status, body, json.dumps(line, ensure_ascii=False)
+
+
 class Batches:
     def __init__(self, server: OaipipeServer, files: FileStore) -> None:
         self.server = server
@@ -152,77 +192,81 @@ class Batches:
         self._update(batch_id, status="cancelled", cancelled_at=int(time.time()))
 
     def _run(self, batch_id: str) -> None:
+        """The worker of one batch: validating, in_progress (line by line), finalizing, completed; a cancel
+        seen at any of those waits ends it as cancelled, any failure as failed (saying why)."""
         cfg = self.server.config
         cancel = self.cancel_flags[batch_id]
         batch = self.get(batch_id)
         try:
-            if cancel.wait(cfg.batch_seconds / 3):
-                return self._finish_cancel(batch_id)
-            try:
-                lines = parse_batch_input(self.files.content(batch["input_file_id"]), batch["endpoint"])
-            except BatchInputError as exc:
-                self._update(batch_id, status="failed", failed_at=int(time.time()), errors={
-                    "object": "list", "data": [{"code": exc.code, "message": exc.message, "param": None,
-                                                "line": exc.line}]})
+            self._pause(cancel, cfg.batch_seconds / 3)
+            lines = self._parse_input(batch_id, batch)
+            if lines is None:
                 return None
-            with self.lock:
-                if cancel.is_set():
-                    return self._finish_cancel(batch_id)
-                self.batches[batch_id].update(status="in_progress", in_progress_at=int(time.time()),
-                                              request_counts={"total": len(lines), "completed": 0, "failed": 0})
-            call = ENDPOINTS[batch["endpoint"]]
-            ctx = self.contexts[batch_id]
-            outputs: list[str] = []
-            errors: list[str] = []
-            usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "cached_tokens": 0,
-                     "reasoning_tokens": 0}
-            per_line = cfg.batch_seconds / 3 / max(len(lines), 1)
-            model = None
-            for row in lines:
-                if cancel.wait(per_line) or cancel.is_set():
-                    return self._finish_cancel(batch_id)
-                request_id = "req_" + secrets.token_hex(12)
-                try:
-                    body = call(_batch_body(row.get("body")), ctx)
-                    status = 200
-                except ApiError as exc:
-                    body, status = exc.body(), exc.status
-                except Exception as exc:  # noqa: BLE001 - one bad line must not stop the batch
-                    body, status = ApiError(500, f"The local server failed: {exc}").body(), 500
-                line = {"id": "batch_req_" + secrets.token_hex(12), "custom_id": row["custom_id"],
-                        "response": {"status_code": status, "request_id": request_id, "body": body}, "error": None}
-                text = json.dumps(line, ensure_ascii=False)
-                with self.lock:
-                    counts = self.batches[batch_id]["request_counts"]
-                    if status == 200:
-                        counts["completed"] += 1
-                    else:
-                        counts["failed"] += 1
-                if status == 200:
-                    outputs.append(text)
-                    for name, value in _usage_counts(body.get("usage") or {}).items():
-                        usage[name] += value
-                    model = model or body.get("model")
-                else:
-                    errors.append(text)
+            self._start(batch_id, len(lines))
+            answers = self._answer_lines(batch_id, batch, lines)
             self._update(batch_id, status="finalizing", finalizing_at=int(time.time()))
-            if cancel.wait(cfg.batch_seconds / 3):
-                return self._finish_cancel(batch_id)
-            out_id = self.files.add(("\n".join(outputs) + "\n").encode("utf-8") if outputs else b"",
-                                    f"{batch_id}_output.jsonl", "batch_output")["id"] if outputs else None
-            err_id = self.files.add(("\n".join(errors) + "\n").encode("utf-8"), f"{batch_id}_error.jsonl",
-                                    "batch_output")["id"] if errors else None
-            self._update(batch_id, status="completed", completed_at=int(time.time()), output_file_id=out_id,
-                         error_file_id=err_id, model=model, usage={
-                             "input_tokens": usage["input_tokens"], "output_tokens": usage["output_tokens"],
-                             "total_tokens": usage["total_tokens"],
-                             "input_tokens_details": {"cached_tokens": usage["cached_tokens"]},
-                             "output_tokens_details": {"reasoning_tokens": usage["reasoning_tokens"]}})
+            self._pause(cancel, cfg.batch_seconds / 3)
+            self._complete(batch_id, answers)
+        except _Cancelled:
+            self._finish_cancel(batch_id)
         except Exception as exc:  # noqa: BLE001 - a failed batch must say why
             self._update(batch_id, status="failed", failed_at=int(time.time()), errors={
                 "object": "list", "data": [{"code": "server_error", "message": f"The local server failed: {exc}",
                                             "param": None, "line": None}]})
         return None
+
+    @staticmethod
+    def _pause(cancel: threading.Event, seconds: float) -> None:
+        """Wait ``seconds`` (the batch's simulated work); a cancel during the wait ends the batch."""
+        if cancel.wait(seconds) or cancel.is_set():
+            raise _Cancelled
+
+    def _parse_input(self, batch_id: str, batch: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The input file's lines, or None after marking the batch failed with the line at fault."""
+        try:
+            return parse_batch_input(self.files.content(batch["input_file_id"]), batch["endpoint"])
+        except BatchInputError as exc:
+            self._update(batch_id, status="failed", failed_at=int(time.time()), errors={
+                "object": "list", "data": [{"code": exc.code, "message": exc.message, "param": None,
+                                            "line": exc.line}]})
+            return None
+
+    def _start(self, batch_id: str, total: int) -> None:
+        """validating -> in_progress, unless a cancel came first (checked and changed under the lock)."""
+        with self.lock:
+            if self.cancel_flags[batch_id].is_set():
+                raise _Cancelled
+            self.batches[batch_id].update(status="in_progress", in_progress_at=int(time.time()),
+                                          request_counts={"total": total, "completed": 0, "failed": 0})
+
+    def _answer_lines(self, batch_id: str, batch: dict[str, Any], lines: list[dict[str, Any]]) -> _Answers:
+        """Every line answered in order (each one a successful or a failed output line), counted as it goes."""
+        call = ENDPOINTS[batch["endpoint"]]
+        ctx = self.contexts[batch_id]
+        answers = _Answers()
+        per_line = self.server.config.batch_seconds / 3 / max(len(lines), 1)
+        for row in lines:
+            self._pause(self.cancel_flags[batch_id], per_line)
+            status, body, text = _answer_line(call, row, ctx)
+            with self.lock:
+                counts = self.batches[batch_id]["request_counts"]
+                counts["completed" if status == 200 else "failed"] += 1
+            answers.add(status, body, text)
+        return answers
+
+    def _complete(self, batch_id: str, answers: _Answers) -> None:
+        """The output and error files written, and the batch completed with its summed usage."""
+        outputs, errors, usage = answers.outputs, answers.errors, answers.usage
+        out_id = self.files.add(("\n".join(outputs) + "\n").encode("utf-8"), f"{batch_id}_output.jsonl",
+                                "batch_output")["id"] if outputs else None
+        err_id = self.files.add(("\n".join(errors) + "\n").encode("utf-8"), f"{batch_id}_error.jsonl",
+                                "batch_output")["id"] if errors else None
+        self._update(batch_id, status="completed", completed_at=int(time.time()), output_file_id=out_id,
+                     error_file_id=err_id, model=answers.model, usage={
+                         "input_tokens": usage["input_tokens"], "output_tokens": usage["output_tokens"],
+                         "total_tokens": usage["total_tokens"],
+                         "input_tokens_details": {"cached_tokens": usage["cached_tokens"]},
+                         "output_tokens_details": {"reasoning_tokens": usage["reasoning_tokens"]}})
 
     def get(self, batch_id: str) -> dict[str, Any]:
         with self.lock:

@@ -17,6 +17,7 @@ from .errors import ApiError, require_object
 from .inference import _int_param, _require_model, generate
 from .options import (
     CallContext,
+    Reasoning,
     cached_tokens,
     check_model_lifecycle,
     prompt_cache_key,
@@ -130,12 +131,7 @@ def create_response(body: Any, ctx: CallContext | None = None) -> dict[str, Any]
     messages = response_messages(body)
     text_echo, response_format = _text_format(body)
     refuse_for_reasoning_models(model, body, api="responses")
-    options = body.get("reasoning")
-    if options is not None and not isinstance(options, dict):
-        raise ApiError(400, "Invalid 'reasoning': expected an object, e.g. {\"effort\": \"low\"}.", param="reasoning",
-                       code="invalid_type")
-    options = options or {}
-    reasoning = reasoning_for(model, options.get("effort"), options.get("summary"), api="responses")
+    reasoning = _reasoning(model, body)
     cache_key = prompt_cache_key(body)
     max_tokens = _int_param(body, "max_output_tokens")
     tier = service_tier(body, ctx)
@@ -144,25 +140,12 @@ def create_response(body: Any, ctx: CallContext | None = None) -> dict[str, Any]
                                reasoning_tokens=reasoning.tokens)
     cached = cached_tokens(ctx, messages, model, reply.usage.prompt_tokens, cache_key)
     complete = reply.finish_reason != "length"
-    status = "completed" if complete else "incomplete"
-    output: list[dict[str, Any]] = []
-    if reasoning.effort is not None:
-        output.append({"type": "reasoning", "id": _new_id("rs_"), "summary": []})
-    if reply.text or complete:
-        output.append({
-            "type": "message",
-            "id": _new_id("msg_"),
-            "status": status,
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": reply.text, "annotations": [], "logprobs": []}],
-        })
-    u = reply.usage
     now = int(time.time())
     return {
         "id": _new_id("resp_"),
         "object": "response",
         "created_at": now,
-        "status": status,
+        "status": "completed" if complete else "incomplete",
         "background": False,
         "completed_at": now if complete else None,
         "error": None,
@@ -171,7 +154,7 @@ def create_response(body: Any, ctx: CallContext | None = None) -> dict[str, Any]
         "max_output_tokens": max_tokens,
         "max_tool_calls": None,
         "model": reply.model,
-        "output": output,
+        "output": _output_items(reply.text, complete, reasoning.effort is not None),
         "parallel_tool_calls": True,
         "previous_response_id": None,
         "prompt_cache_key": cache_key,
@@ -188,9 +171,41 @@ def create_response(body: Any, ctx: CallContext | None = None) -> dict[str, Any]
         "truncation": "disabled",
         "metadata": body.get("metadata") or {},
         "user": body.get("user"),
-        "usage": {"input_tokens": u.prompt_tokens,
-                  "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
-                  "output_tokens": u.completion_tokens + thinking,
-                  "output_tokens_details": {"reasoning_tokens": thinking},
-                  "total_tokens": u.prompt_tokens + u.completion_tokens + thinking},
+        "usage": _usage(reply.usage.prompt_tokens, reply.usage.completion_tokens, cached, thinking),
     }
+
+
+def _reasoning(model: str, body: dict[str, Any]) -> Reasoning:
+    """The request's ``reasoning`` block (an object, or absent) resolved for ``model``."""
+    options = body.get("reasoning")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(400, "Invalid 'reasoning': expected an object, e.g. {\"effort\": \"low\"}.", param="reasoning",
+                       code="invalid_type")
+    options = options or {}
+    return reasoning_for(model, options.get("effort"), options.get("summary"), api="responses")
+
+
+def _output_items(text: str, complete: bool, reasoned: bool) -> list[dict[str, Any]]:
+    """The ``output`` list: a reasoning item for a reasoning model, then the assistant message (left out
+    when the reply was cut before any text)."""
+    output: list[dict[str, Any]] = []
+    if reasoned:
+        output.append({"type": "reasoning", "id": _new_id("rs_"), "summary": []})
+    if text or complete:
+        output.append({
+            "type": "message",
+            "id": _new_id("msg_"),
+            "status": "completed" if complete else "incomplete",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        })
+    return output
+
+
+def _usage(prompt: int, completion: int, cached: int, thinking: int) -> dict[str, Any]:
+    """The Responses API's ``usage`` object (reasoning tokens count as output tokens)."""
+    return {"input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+            "output_tokens": completion + thinking,
+            "output_tokens_details": {"reasoning_tokens": thinking},
+            "total_tokens": prompt + completion + thinking}
