@@ -123,7 +123,7 @@ class Runner:
         cfg = pipeline.loaded.config
         self.max_failures = self.options.max_failures if self.options.max_failures is not None else cfg.run.max_failures
         self.max_cost = self.options.max_cost if self.options.max_cost is not None else cfg.run.max_cost
-        self.stats = RunStats(prices=PriceTable(cfg.prices), priced=pipeline.backend.priced)
+        self.stats = RunStats(prices=PriceTable(cfg.prices, models=cfg.models), priced=pipeline.backend.priced)
         self.root = pipeline.context.path(cfg.run.dir) / _safe_name(pipeline.name)
         if self.options.shard is not None:
             from .shards import apply_shard
