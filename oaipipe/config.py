@@ -67,6 +67,12 @@ class RunSettings(BaseModel):
     ray_address: str | None = Field(None, description="Ray cluster to join (e.g. ray://head:10001); else a local Ray")
     pool_min_records: int = Field(2000, ge=0, description=(
         "Start the worker processes only for an input of at least this many records (or of unknown size)"))
+    shutdown_dates: Literal["auto", "always", "never"] = Field("auto", description=(
+        "Ask the server (GET /models) at the start of a run for each model's shutdown_date: a warning within 60 "
+        "days, a refusal from that day; auto: when the backend is OpenAI's API, always: any server, never"))
+    prefix_scheduling: bool = Field(True, description=(
+        "Send records whose prompts share a long prefix one after another (within a bounded window; output "
+        "order unchanged), so that the server's prompt cache serves them"))
 
     @field_validator("cache", mode="before")
     @classmethod

@@ -49,6 +49,7 @@ from .errors import (
 )
 from .fsutil import remove_stale_temps
 from .home import home_dir
+from .lifecycle import check_server_models
 from .pipeline import BuiltPipeline, load_pipeline
 from .pricing import PriceTable
 from .progress import Reporter, SilentReporter
@@ -171,6 +172,8 @@ class Runner:
         notes = [f"warning: {w}" for w in pipeline.warnings] + ([pipeline.backend_note] if pipeline.backend_note else [])
         if self.options.dry_run:  # estimates the whole input, whatever the state of earlier runs
             return await self._dry_run(headline, notes)
+        # the server's shutdown dates (GET /models; run.shutdown_dates): a model past its date is refused here
+        notes += [f"warning: {w}" for w in await check_server_models(pipeline)]
         # one run per run root at a time: the lock ends with this process, however it ends
         lock = _storage(lambda: lock_run_root(self.root, pipeline=pipeline.name, file=pipeline.file), self.root)
         try:
