@@ -56,6 +56,7 @@ from .progress import Reporter, SilentReporter
 from .resume import Mode, Selection, prepare_run, select_run
 from .rundir import RunDir, StateFile
 from .runlock import HeldLock, lock_outputs, lock_run_root
+from .scheduling import dispatch_gate
 from .stats import RunStats
 from .types import ChatRequest, ChatResponse, Exchange, Record, RecordResult, RunInfo
 
@@ -513,7 +514,7 @@ class Runner:
 
     async def _process_in_driver(self, skip: set[str], journal: Any, errors: Any, info: RunInfo) -> None:
         concurrency = int(getattr(self.pipeline.backend.options, "concurrency", 8) or 8)
-        gate = asyncio.Semaphore(concurrency)
+        gate = dispatch_gate(self.pipeline, concurrency)  # which waiting record goes next: oaipipe.scheduling
         window = max(4 * concurrency, 64)
         pending: collections.deque[asyncio.Task[RecordResult | None]] = collections.deque()
         batches = self._records()
@@ -522,7 +523,7 @@ class Runner:
         sentinel = object()
 
         async def worker(record: Record) -> RecordResult | None:
-            async with gate:
+            async with gate.slot(record):
                 if self._stop_scheduling:
                     return None  # budget reached while it waited: not started, the next run does it
                 return await self._process(record)
