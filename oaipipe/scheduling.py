@@ -16,7 +16,8 @@ The prefix key of a record is the first chat step's ``prompt_cache_key``, system
 over the record (:meth:`oaipipe.kit.chat.ChatStepMixin.prompt_prefix`), cut to :data:`PREFIX_CHARS`
 characters; a prompt shorter than that (too short to be cached) has no key and keeps its place. The gate is
 plain first-come-first-served (a no-op) when it cannot help: an offline backend (no prompt cache), no chat
-step, or ``run.prefix_scheduling: false``.
+step, ``run.prefix_scheduling: false``, or an input whose first :data:`PROBE_RECORDS` records share no
+prefix (no prompt is rendered for scheduling after them).
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ if TYPE_CHECKING:
     from .pipeline import BuiltPipeline
     from .types import Record
 
-__all__ = ["PREFIX_CHARS", "PrefixGate", "dispatch_gate", "prefix_key"]
+__all__ = ["PREFIX_CHARS", "PROBE_RECORDS", "PrefixGate", "dispatch_gate", "prefix_key"]
 
 #: characters of the rendered prompt that make the key: a cacheable prefix (1,024 tokens or more) is at
 #: least about this long, so no two records that could share a cached prefix are told apart
 PREFIX_CHARS = 1024
+
+#: records looked at before scheduling gives up on an input whose prompts share no prefix (no-op after)
+PROBE_RECORDS = 256
 
 KeyOf = Callable[["Record"], Hashable | None]
 
@@ -49,17 +53,24 @@ def prefix_key(pipeline: BuiltPipeline) -> KeyOf | None:
     if step is None:
         return None
     prefix_of: Callable[[dict[str, Any]], tuple[str, str] | None] = step.prompt_prefix  # type: ignore[attr-defined]
+    seen: set[Hashable] = set()
+    state = {"looked": 0, "shared": False}
 
     def key(record: Record) -> Hashable | None:
-        if record.error:
-            return None
+        if record.error or (not state["shared"] and state["looked"] >= PROBE_RECORDS):
+            return None  # no two of the first records shared a prefix: stop rendering prompts for it
+        state["looked"] += 1
         try:
             found = prefix_of(record.data)
         except Exception:  # noqa: BLE001 - a field an earlier step adds, a bad template: the step reports it
             return None
         if found is None or len(found[1]) < PREFIX_CHARS:
             return None
-        return found[0], found[1][:PREFIX_CHARS]
+        value = (found[0], found[1][:PREFIX_CHARS])
+        if not state["shared"]:
+            state["shared"] = value in seen
+            seen.add(value)
+        return value
 
     return key
 

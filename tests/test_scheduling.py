@@ -135,3 +135,22 @@ def test_input_order_is_kept_under_concurrency(tmp_path: Path, server: Any) -> N
     assert summary["status"] == "finished" and summary["records"]["done"] == N, summary
     written = [json.loads(line)["id"] for line in (tmp_path / "out" / "r.jsonl").read_text().splitlines()]
     assert written == [str(i) for i in range(N)]
+
+
+def test_an_input_without_shared_prefixes_stops_being_looked_at(tmp_path: Path) -> None:
+    """Unique long prompts: after PROBE_RECORDS records no prompt is rendered for scheduling (a no-op)."""
+    from oaipipe.scheduling import PROBE_RECORDS
+    from oaipipe.types import Record
+
+    pipeline = load_pipeline(_write(tmp_path, "{type: requests, base_url: 'http://127.0.0.1:9/v1'}"))
+    key = prefix_key(pipeline)
+    assert key is not None
+    unique = [Record(id=str(i), data={"preamble": f"{i} " + "x" * PREFIX_CHARS, "text": "t"})
+              for i in range(PROBE_RECORDS + 1)]
+    assert all(key(r) is not None for r in unique[:PROBE_RECORDS])
+    assert key(unique[-1]) is None
+    again = prefix_key(pipeline)
+    assert again is not None
+    shared = Record(id="s", data={"preamble": "y" * PREFIX_CHARS, "text": "t"})
+    assert again(shared) is not None and again(shared) is not None  # a repeat: scheduling stays on
+    assert all(again(r) is not None for r in unique)
