@@ -137,3 +137,32 @@ def test_fine_tuned_models_have_a_cached_price_from_their_base() -> None:
     assert table.lookup("ft:gpt-4.1-2025-04-14:org::abc").cached_input == 0.75
     assert table.lookup("ft:gpt-3.5-turbo:org::abc").cached_input is None  # the base has no cached price
     assert price.cost(1_000_000, 0, cached_tokens=1_000_000) == pytest.approx(0.20)
+
+
+def test_no_example_sets_a_model_that_is_shut_down_or_is_gpt_4o_mini() -> None:
+    """The docs, README, examples and plugins set no model that is past its shutdown at the table's date, nor
+    gpt-4o-mini (shutting down 2027-01-14: the demo moved to gpt-6-luna), except where the point is the
+    model itself (its image rule, the id the local trainer gives its default base)."""
+    import re
+
+    from oaipipe.lifecycle import shutdown_problem
+    from oaipipe.models_table import AS_OF, MODELS
+
+    repo = Path(__file__).resolve().parent.parent
+    day = __import__("datetime").date.fromisoformat(AS_OF)
+    gone = {m for m, info in MODELS.items()
+            if (shutdown_problem(m, info.shutdown, on=day) or ("", ""))[0] == "error"} | {"gpt-4o-mini"}
+    names = "|".join(re.escape(m) for m in sorted(gone, key=len, reverse=True))
+    setting = re.compile(rf"""(model["']?\s*[:=]\s*["']?|--model\s+)(ft:)?({names})(?![\w.-])""")
+    allowed = ['image_tokens(1024, 1024, "high", model="gpt-4o-mini")',  # gpt-4o-mini's image rule
+               "oaipipe ask --model ft:gpt-4o-mini:local:oaipipe:"]      # what the local trainer names it
+    files = [repo / "README.md", *(repo / "docs").glob("*.md"), *(repo / "examples").rglob("*"),
+             *(repo / "plugins").rglob("*")]
+    found = []
+    for path in files:
+        if not path.is_file() or path.suffix not in (".md", ".yaml", ".yml", ".py", ".json", ".toml"):
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if setting.search(line) and not any(a in line for a in allowed):
+                found.append(f"{path.relative_to(repo)}:{n}: {line.strip()}")
+    assert found == [], "\n".join(found)
