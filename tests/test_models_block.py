@@ -80,7 +80,8 @@ def test_prices_of_the_block_bill_the_run_and_prices_win_over_them(tmp_path: Pat
     """serve answers as ``local:MODEL``: the block prices that id; ``prices:`` still wins field by field."""
     backend = f"{{type: requests, model: gpt-4.1-mini, base_url: '{server.base_url}', concurrency: 1}}"
     path = write_pipeline(tmp_path, backend, n=2, steps=STEPS, sinks=SINKS,
-                          extra='models:\n  "local:gpt-4.1-mini": {input: 2.0, output: 8.0, cached_input: 0.5}\n'
+                          extra='models:\n  "local:gpt-4.1-mini": {input: 2.0, output: 8.0, cached_input: 0.5, '
+                                'shutdown: 2099-01-01}\n'
                                 'prices:\n  "local:gpt-4.1-mini": {output: 4.0}\n')
     summary = run_pipeline_file(path)
     assert summary["status"] == "finished", summary.get("error")
@@ -89,6 +90,11 @@ def test_prices_of_the_block_bill_the_run_and_prices_win_over_them(tmp_path: Pat
     expected = ((tokens["prompt"] - tokens["cached"]) * 2.0 + tokens["cached"] * 0.5
                 + tokens["completion"] * 4.0) / 1_000_000
     assert summary["cost_usd"] == pytest.approx(expected, abs=2e-6)
+    from oaipipe.store import open_store
+
+    with open_store(tmp_path / "runs", sync=False) as store:  # the run store prices from the saved config
+        (stored,) = store.query("SELECT sum(cost_usd) FROM exchanges")[0]
+    assert stored == pytest.approx(summary["cost_usd"], abs=2e-6)
 
 
 def test_the_dry_run_prices_from_the_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
