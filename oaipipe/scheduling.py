@@ -16,8 +16,8 @@ The prefix key of a record is the first chat step's ``prompt_cache_key``, system
 over the record (:meth:`oaipipe.kit.chat.ChatStepMixin.prompt_prefix`), cut to :data:`PREFIX_CHARS`
 characters; a prompt shorter than that (too short to be cached) has no key and keeps its place. The gate is
 plain first-come-first-served (a no-op) when it cannot help: an offline backend (no prompt cache), no chat
-step, ``run.prefix_scheduling: false``, or an input whose first :data:`PROBE_RECORDS` records share no
-prefix (no prompt is rendered for scheduling after them).
+step, ``run.prefix_scheduling: false``, or an input whose first :data:`PROBE_RECORDS` records do not have
+at least two long prefixes, one of them repeated (no prompt is rendered for scheduling after them).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ __all__ = ["PREFIX_CHARS", "PROBE_RECORDS", "PrefixGate", "dispatch_gate", "pref
 #: least about this long, so no two records that could share a cached prefix are told apart
 PREFIX_CHARS = 1024
 
-#: records looked at before scheduling gives up on an input whose prompts share no prefix (no-op after)
+#: records looked at before scheduling gives up on an input with no two long prefixes, one repeated (then a no-op)
 PROBE_RECORDS = 256
 
 KeyOf = Callable[["Record"], Hashable | None]
@@ -54,22 +54,24 @@ def prefix_key(pipeline: BuiltPipeline) -> KeyOf | None:
         return None
     prefix_of: Callable[[dict[str, Any]], tuple[str, str] | None] = step.prompt_prefix  # type: ignore[attr-defined]
     seen: set[Hashable] = set()
-    state = {"looked": 0, "shared": False}
+    state = {"looked": 0, "repeated": False, "on": True}
 
     def key(record: Record) -> Hashable | None:
-        if record.error or (not state["shared"] and state["looked"] >= PROBE_RECORDS):
-            return None  # no two of the first records shared a prefix: stop rendering prompts for it
-        state["looked"] += 1
+        if record.error or not state["on"]:
+            return None
         try:
             found = prefix_of(record.data)
         except Exception:  # noqa: BLE001 - a field an earlier step adds, a bad template: the step reports it
-            return None
-        if found is None or len(found[1]) < PREFIX_CHARS:
-            return None
-        value = (found[0], found[1][:PREFIX_CHARS])
-        if not state["shared"]:
-            state["shared"] = value in seen
-            seen.add(value)
+            found = None
+        value = (found[0], found[1][:PREFIX_CHARS]) if found and len(found[1]) >= PREFIX_CHARS else None
+        if state["looked"] < PROBE_RECORDS:  # deciding: is there more than one prefix, and one repeated?
+            state["looked"] += 1
+            state["repeated"] = state["repeated"] or value in seen
+            if value is not None:
+                seen.add(value)
+            if state["looked"] == PROBE_RECORDS:
+                state["on"] = bool(state["repeated"] and len(seen) > 1)
+                seen.clear()
         return value
 
     return key

@@ -138,7 +138,8 @@ def test_input_order_is_kept_under_concurrency(tmp_path: Path, server: Any) -> N
 
 
 def test_an_input_without_shared_prefixes_stops_being_looked_at(tmp_path: Path) -> None:
-    """Unique long prompts: after PROBE_RECORDS records no prompt is rendered for scheduling (a no-op)."""
+    """Unique long prompts, or one prompt prefix for all: after PROBE_RECORDS records no prompt is rendered
+    for scheduling (a no-op)."""
     from oaipipe.scheduling import PROBE_RECORDS
     from oaipipe.types import Record
 
@@ -154,3 +155,7 @@ def test_an_input_without_shared_prefixes_stops_being_looked_at(tmp_path: Path) 
     shared = Record(id="s", data={"preamble": "y" * PREFIX_CHARS, "text": "t"})
     assert again(shared) is not None and again(shared) is not None  # a repeat: scheduling stays on
     assert all(again(r) is not None for r in unique)
+    same = prefix_key(pipeline)
+    assert same is not None
+    assert all(same(shared) is not None for _ in range(PROBE_RECORDS))
+    assert same(shared) is None  # one prefix for every record: nothing to group (FIFO already groups it)
