@@ -99,3 +99,12 @@ def test_a_server_without_the_model_list_is_no_error(tmp_path: Path, server: Any
     assert server.stats()["by_status"] == {"404": 1}
     code, out = _cli(monkeypatch, "validate", "--online", str(path), today="2099-01-15")
     assert code == 0 and "gave no model list" not in out, out  # not without -v
+
+
+def test_a_fine_tuned_model_follows_its_base_models_date(tmp_path: Path, dated: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = f"{{type: requests, model: 'ft:gpt-4.1-mini:acme::abc123', base_url: '{dated.base_url}'}}"
+    path = write_pipeline(tmp_path, backend, n=2, steps=STEPS, sinks=SINKS)
+    code, out = _cli(monkeypatch, "validate", "--online", str(path), today="2099-02-01")
+    assert code == 0, out
+    assert f"model ft:gpt-4.1-mini:acme::abc123 shuts down on {DATE}" in out, out
