@@ -181,7 +181,8 @@ async def check_server_models(pipeline: BuiltPipeline, *, explicit: bool = False
     table: the warnings (within :data:`WARN_DAYS`) are returned, a model past its date raises a
     :class:`ConfigError` with the file, line and fix. A server that gives no list (404, an error, no key)
     is not an error: one line on the ``oaipipe.lifecycle`` logger (``-v``) says the dates were not checked.
-    A date the table (or ``models:``) already gave the same is not reported twice."""
+    A date the table (or ``models:``) already gave the same is not reported twice. The backend is closed
+    when a model is refused."""
     from dataclasses import replace
 
     from .config import Problems
@@ -211,5 +212,7 @@ async def check_server_models(pipeline: BuiltPipeline, *, explicit: bool = False
         info = replace(known or ModelInfo(), shutdown=str(date))
         _check_shutdown(pipeline, problems, f"{block}.model", model, info, warned, warnings,
                         source=f"GET {url}/models")
+    if problems:
+        await backend.aclose()  # nothing else will use it
     problems.raise_if_any()
     return warnings

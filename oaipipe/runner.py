@@ -173,8 +173,6 @@ class Runner:
         notes = [f"warning: {w}" for w in pipeline.warnings] + ([pipeline.backend_note] if pipeline.backend_note else [])
         if self.options.dry_run:  # estimates the whole input, whatever the state of earlier runs
             return await self._dry_run(headline, notes)
-        # the server's shutdown dates (GET /models; run.shutdown_dates): a model past its date is refused here
-        notes += [f"warning: {w}" for w in await check_server_models(pipeline)]
         # one run per run root at a time: the lock ends with this process, however it ends
         lock = _storage(lambda: lock_run_root(self.root, pipeline=pipeline.name, file=pipeline.file), self.root)
         try:
@@ -189,6 +187,8 @@ class Runner:
         run = selection.run
         if selection.mode == "done":
             return self._nothing_to_do(run, headline, notes)
+        # the server's shutdown dates (GET /models; run.shutdown_dates): a model past its date is refused here
+        notes += [f"warning: {w}" for w in await check_server_models(self.pipeline)]
         self.warnings = prepare_run(selection, self.pipeline)
         notes.extend(self.warnings)
         if selection.mode != "new":

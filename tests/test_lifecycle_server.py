@@ -69,6 +69,7 @@ def test_a_run_starts_by_asking_and_refuses_a_model_past_the_servers_date(
     assert f"gpt-4.1-mini was shut down on {DATE}" in out and f"{path}:2" in out, out
     paths = dated.stats()["by_path"]
     assert paths == {"/v1/models": 1}, paths  # refused before any record was sent
+    assert not list((tmp_path / "runs").glob("*/*")), "no run directory is made for a refused run"
     code, out = _cli(monkeypatch, "run", str(path), today="2099-02-01")
     assert code == 0, out
     assert f"warning: {path}:2: model gpt-4.1-mini shuts down on {DATE}" in out, out
