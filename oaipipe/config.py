@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError, OaipipeError, Problem, register_secret
+from .models_table import ModelEntry
 from .textfile import read_text, refused_character
 
 __all__ = [
@@ -66,6 +67,12 @@ class RunSettings(BaseModel):
     ray_address: str | None = Field(None, description="Ray cluster to join (e.g. ray://head:10001); else a local Ray")
     pool_min_records: int = Field(2000, ge=0, description=(
         "Start the worker processes only for an input of at least this many records (or of unknown size)"))
+    shutdown_dates: Literal["auto", "always", "never"] = Field("auto", description=(
+        "Ask the server (GET /models) at the start of a run for each model's shutdown_date: a warning within 60 "
+        "days, a refusal from that day; auto: when the backend is OpenAI's API, always: any server, never"))
+    prefix_scheduling: bool = Field(True, description=(
+        "Send records whose prompts share a long prefix one after another (within a bounded window; output "
+        "order unchanged), so that the server's prompt cache serves them"))
 
     @field_validator("cache", mode="before")
     @classmethod
@@ -103,6 +110,11 @@ class PipelineConfig(BaseModel):
     train: dict[str, Any] | None = None
     prices: dict[str, dict[str, float]] | None = Field(
         None, description="USD per 1M tokens by model: {model: {input: x, output: y}}; overrides the table"
+    )
+    models: dict[str, ModelEntry] | None = Field(
+        None, description="What the pipeline knows of a model id (or id prefix), over the built-in model and "
+        "price tables: {model: {input, cached_input, output (USD per 1M), context, api, shutdown, substitute, "
+        "reasoning, fine_tunable}}"
     )
     run: RunSettings = Field(default_factory=RunSettings)
 
@@ -511,14 +523,31 @@ def _format_loc(prefix: str, loc: tuple[Any, ...]) -> str:
 
 def _allowed_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
     """The keys the (nested) model at ``loc`` accepts, as they are written in the file (aliases)."""
-    sub = model
+    sub: Any = model
     for part in loc:
+        if isinstance(sub, dict):  # a {name: Model} mapping (models:): the part is a name
+            sub = sub["value"]
+            continue
         f = sub.model_fields.get(str(part)) if sub else None
-        ann = getattr(f, "annotation", None) if f else None
-        sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    if sub is None:
+        sub = _model_in(getattr(f, "annotation", None) if f else None)
+    if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
         return []
     return sorted(f.alias or name for name, f in sub.model_fields.items())
+
+
+def _model_in(ann: Any) -> Any:
+    """The model class an annotation holds (``M``, ``M | None``), or ``{"value": M}`` for ``dict[str, M]``."""
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    if typing.get_origin(ann) is dict and len(args) == 2:
+        inner = _model_in(args[1])
+        return {"value": inner} if inner is not None else None
+    if len(args) == 1:
+        return _model_in(args[0])
+    return None
 
 
 def _error_text(err: Any, loc: tuple[Any, ...], model: type[BaseModel] | None) -> str:

@@ -88,7 +88,8 @@ def estimate(pipeline: BuiltPipeline, limit: int | None = None, *,
 
 async def _estimate(pipeline: BuiltPipeline, limit: int | None, completion_tokens: int) -> dict[str, Any]:
     backend = pipeline.backend
-    counter = _Counter(PriceTable(pipeline.loaded.config.prices), completion_tokens, backend)
+    counter = _Counter(PriceTable(pipeline.loaded.config.prices, models=pipeline.loaded.config.models),
+                       completion_tokens, backend)
     total = failed = 0
     errors: list[str] = []
     for record in pipeline.source.records():

@@ -170,7 +170,8 @@ class _Counted:
         from .stats import RunStats
 
         self.chain = chain
-        self.stats = RunStats(prices=PriceTable(chain.pipeline.loaded.config.prices),
+        self.stats = RunStats(prices=PriceTable(chain.pipeline.loaded.config.prices,
+                                                 models=chain.pipeline.loaded.config.models),
                               priced=chain.pipeline.backend.priced)
 
     async def __call__(self, request: Any) -> Any:

@@ -4,15 +4,21 @@ One table, matched like the price table (exact id, then the longest known prefix
 looked up as ``BASE``). Prices live in :mod:`oaipipe.pricing` (``DEFAULT_PRICES``, with ``cached_input``).
 Sources and the date of each entry are in docs/platform.md; the table is as of :data:`AS_OF`.
 
-A pipeline overrides an entry with the backend option ``api_models: {PREFIX: responses|chat}`` (which API
-``api: auto`` picks).
+A pipeline overrides entries with its ``models:`` block (:class:`ModelEntry`: prices, context window, API,
+shutdown date, fine-tunable; matched the same way, and laid over the table's entry field by field), and
+the backend option ``api_models: {PREFIX: responses|chat}`` (which API ``api: auto`` picks) wins over both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime as _dt
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
-__all__ = ["AS_OF", "MODELS", "ModelInfo", "api_for", "model_info"]
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["AS_OF", "MODELS", "ModelEntry", "ModelInfo", "api_for", "model_info"]
 
 #: the date the table was last checked against its sources (docs/platform.md)
 AS_OF = "2026-11-30"
@@ -62,6 +68,48 @@ MODELS: dict[str, ModelInfo] = {
 
 _UNKNOWN = ModelInfo("chat")
 
+class ModelEntry(BaseModel):
+    """One entry of a pipeline's ``models:`` block: what it says about a model id (or id prefix) wins over
+    the built-in table (:data:`MODELS`) and the price table; fields left out keep the table's value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float | None = Field(None, ge=0, allow_inf_nan=False, description="USD per 1M input tokens")
+    cached_input: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                       description="USD per 1M cached input tokens (prompt cache hits)")
+    output: float | None = Field(None, ge=0, allow_inf_nan=False, description="USD per 1M output tokens")
+    context: int | None = Field(None, ge=1, description="Context window in tokens")
+    api: Literal["responses", "chat"] | None = Field(
+        None, description="The API `api: auto` calls for this model (the backend's api_models still wins)")
+    shutdown: _dt.date | None = Field(
+        None, description="YYYY-MM-DD the model leaves the API: validate and run warn within 60 days, refuse "
+        "from that day")
+    substitute: str | None = Field(None, description="The model to name in the shutdown message")
+    reasoning: bool | None = Field(None, description="A reasoning model (no temperature; see docs/platform.md)")
+    fine_tunable: bool | None = Field(None, description="New fine-tuning jobs are accepted for it")
+
+    def prices(self) -> dict[str, float]:
+        """The price fields it sets (USD per 1M tokens), as the price table takes them."""
+        return {k: v for k in ("input", "cached_input", "output") if (v := getattr(self, k)) is not None}
+
+    def over(self, info: ModelInfo) -> ModelInfo:
+        """``info`` with the fields this entry sets replaced."""
+        changes: dict[str, Any] = {k: v for k in ("api", "context", "substitute", "reasoning", "fine_tunable")
+                                   if (v := getattr(self, k)) is not None}
+        if self.shutdown is not None:
+            changes["shutdown"] = self.shutdown.isoformat()
+        return replace(info, **changes)
+
+
+#: a pipeline's ``models:`` block: model id or prefix -> its entry (raw mappings are checked on use)
+Models = Mapping[str, "ModelEntry | Mapping[str, Any]"]
+
+
+def _entries(models: Models | None) -> dict[str, ModelEntry]:
+    if not models:
+        return {}
+    return {k: v if isinstance(v, ModelEntry) else ModelEntry.model_validate(v) for k, v in models.items()}
+
 
 def _base(model: str) -> str:
     if model.startswith("ft:") and ":" in model[3:]:
@@ -77,18 +125,25 @@ def _lookup(model: str, table: dict[str, object]) -> str | None:
     return max(matches, key=len) if matches else None
 
 
-def model_info(model: str) -> ModelInfo | None:
-    """The table's entry for ``model`` (exact id, then the longest prefix), or None when it is unknown."""
-    key = _lookup(model, MODELS)  # type: ignore[arg-type]
-    return MODELS[key] if key is not None else None
+def model_info(model: str, models: Models | None = None, *, table: bool = True) -> ModelInfo | None:
+    """What is known of ``model``: the table's entry (exact id, then the longest prefix) with the pipeline's
+    ``models:`` entry for it (matched the same way) laid over it; None when neither knows it.
+    ``table=False``: the pipeline's entry alone (a server other than OpenAI's, which the table is not about)."""
+    key = _lookup(model, MODELS) if table else None  # type: ignore[arg-type]
+    info = MODELS[key] if key is not None else None
+    entries = _entries(models)
+    own = _lookup(model, entries)  # type: ignore[arg-type]
+    if own is not None:
+        info = entries[own].over(info or _UNKNOWN)
+    return info
 
 
-def api_for(model: str, overrides: dict[str, str] | None = None) -> str:
+def api_for(model: str, overrides: dict[str, str] | None = None, models: Models | None = None) -> str:
     """``"responses"`` or ``"chat"``: what ``api: auto`` calls for ``model``; ``overrides`` (the backend's
-    ``api_models``, prefix -> api) win over the table. Unknown models go to chat (every compatible server
-    has it)."""
+    ``api_models``, prefix -> api) win over the pipeline's ``models:`` block, which wins over the table.
+    Unknown models go to chat (every compatible server has it)."""
     if overrides:
         key = _lookup(model, overrides)  # type: ignore[arg-type]
         if key is not None:
             return overrides[key]
-    return (model_info(model) or _UNKNOWN).api
+    return (model_info(model, models) or _UNKNOWN).api

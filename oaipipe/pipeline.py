@@ -172,7 +172,7 @@ def pipeline_context(loaded: LoadedConfig, host: PluginHost) -> Context:
     assistants = loaded.base_dir / cfg.assistants if cfg.assistants else None
     return Context(base_dir=loaded.base_dir, host=host, pipeline_name=cfg.name,
                    settings={"assistants": str(assistants) if assistants else None,
-                             "pipeline_file": str(loaded.path), "prices": cfg.prices,
+                             "pipeline_file": str(loaded.path), "prices": cfg.prices, "models": cfg.models,
                              "unset_env": dict(loaded.unset_env)})
 
 
@@ -224,9 +224,9 @@ def build_pipeline(loaded: LoadedConfig, problems: Problems, *, file: str, disab
                    entry_points: bool = True, settings: dict[str, Any] | None = None) -> BuiltPipeline:
     """Build and check every block of a loaded config (``file``: the name errors carry; ``""`` for none)."""
     problems.where = loaded.where
-    if "prices" not in loaded.invalid:
-        with problems.collect(key="prices"):
-            PriceTable(loaded.config.prices, file=file, lines=loaded.where)  # every price finite and >= 0
+    if "prices" not in loaded.invalid and "models" not in loaded.invalid:
+        with problems.collect(key="prices"):  # every price finite and >= 0, `models:` under `prices:`
+            PriceTable(loaded.config.prices, file=file, lines=loaded.where, models=loaded.config.models)
     host = plugin_host(loaded, file=file or str(loaded.path), disabled=disabled, entry_points=entry_points,
                        problems=problems)
     context = pipeline_context(loaded, host)

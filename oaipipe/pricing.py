@@ -24,7 +24,7 @@ import difflib
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ __all__ = ["DEFAULT_PRICES", "PRICE_FIELDS", "TIERS", "TIER_DISCOUNT", "Price", 
 
 #: model -> {"input", "cached_input", "output", "training", "ft_input", "ft_output", "priority_input",
 #: "priority_cached_input", "priority_output"} in USD per 1M tokens (priority: OpenAI's *Priority processing*
-#: page, docs/platform.md)
+#: page, docs/platform.md); a fine-tuned model's cached input is derived (:func:`_ft_cached`) unless
+#: ``ft_cached_input`` is given
 DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "gpt-4o": {"input": 2.50, "cached_input": 1.25, "output": 10.00, "training": 25.00,
                "ft_input": 3.75, "ft_output": 15.00,
@@ -67,8 +68,9 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
 
 #: the fields a price entry may have (USD per 1M tokens); a model must end up with the required ones
 PRICE_FIELDS: dict[str, bool] = {"input": True, "output": True, "cached_input": False, "training": False,
-                                 "ft_input": False, "ft_output": False, "priority_input": False,
-                                 "priority_cached_input": False, "priority_output": False}
+                                 "ft_input": False, "ft_cached_input": False, "ft_output": False,
+                                 "priority_input": False, "priority_cached_input": False,
+                                 "priority_output": False}
 BUILTIN_ORIGIN = "the built-in price table (oaipipe/pricing.py)"
 _FORMAT = "{MODEL: {input: USD_PER_1M, output: USD_PER_1M}}"
 
@@ -235,7 +237,8 @@ class PriceTable:
     """
 
     def __init__(self, overrides: dict[str, dict[str, float]] | None = None, *, file: str | None = None,
-                 lines: Callable[[str], tuple[int | None, int | None]] | None = None) -> None:
+                 lines: Callable[[str], tuple[int | None, int | None]] | None = None,
+                 models: Mapping[str, Any] | None = None) -> None:
         self.prices: dict[str, dict[str, float]] = {}
         #: model ids given explicitly by the user (pipeline ``prices:`` or ``OAIPIPE_PRICES``)
         self.overridden: set[str] = set()
@@ -245,6 +248,9 @@ class PriceTable:
         if env_file:
             self._merge(_env_table(Path(env_file)), origin=f"OAIPIPE_PRICES file {env_file}",
                         hint_suffix=", or unset OAIPIPE_PRICES")
+        model_prices = _model_prices(models)
+        if model_prices:  # the pipeline's `models:` block, then its `prices:` over it
+            self._merge(model_prices, origin="the pipeline's models", file=file, lines=lines, prefix="models.")
         if overrides:
             self._merge(overrides, origin="the pipeline's prices", file=file, lines=lines, prefix="prices.")
 
@@ -281,7 +287,7 @@ class PriceTable:
         if fine_tuned:
             return Price(model=model, input=entry.get("ft_input", entry.get("input", 0.0)),
                          output=entry.get("ft_output", entry.get("output", 0.0)),
-                         training=entry.get("training"))
+                         cached_input=_ft_cached(entry), training=entry.get("training"))
         return _price(model, entry)
 
 
@@ -290,6 +296,34 @@ def _price(model: str, entry: dict[str, float]) -> Price:
                  cached_input=entry.get("cached_input"), training=entry.get("training"),
                  priority_input=entry.get("priority_input"), priority_output=entry.get("priority_output"),
                  priority_cached_input=entry.get("priority_cached_input"))
+
+
+def _ft_cached(entry: dict[str, float]) -> float | None:
+    """The cached-input price of a model fine-tuned from ``entry``'s model: ``ft_cached_input`` when given,
+    else the fine-tuned input price at the base model's cached discount (``cached_input / input``), which is
+    how OpenAI's list prices for gpt-4.1 / gpt-4.1-mini fine-tunes relate (docs/platform.md); None (billed
+    at the fine-tuned input price) when the base has no cached price."""
+    if "ft_cached_input" in entry:
+        return entry["ft_cached_input"]
+    ft_input, base_input, base_cached = entry.get("ft_input"), entry.get("input"), entry.get("cached_input")
+    if ft_input is None or not base_input or base_cached is None:
+        return None
+    return round(ft_input * base_cached / base_input, 9)
+
+
+def _model_prices(models: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
+    """The prices a pipeline's ``models:`` block gives (entries without a price are left out)."""
+    if not models:
+        return {}
+    out = {}
+    for model, entry in models.items():
+        if hasattr(entry, "prices"):
+            prices = entry.prices()
+        else:  # a run's saved config: plain mappings
+            prices = {k: v for k, v in dict(entry or {}).items() if k in ("input", "cached_input", "output")}
+        if prices:
+            out[str(model)] = prices
+    return out
 
 
 def _env_table(path: Path) -> dict[str, Any]:
@@ -318,5 +352,6 @@ def _read_table(path: Path) -> dict[str, Any]:
     return json.loads(text)
 
 
-def price_table(overrides: dict[str, dict[str, float]] | None = None) -> PriceTable:
-    return PriceTable(overrides)
+def price_table(overrides: dict[str, dict[str, float]] | None = None,
+                models: Mapping[str, Any] | None = None) -> PriceTable:
+    return PriceTable(overrides, models=models)

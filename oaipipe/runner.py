@@ -50,12 +50,14 @@ from .errors import (
 )
 from .fsutil import remove_stale_temps
 from .home import home_dir
+from .lifecycle import check_server_models
 from .pipeline import BuiltPipeline, load_pipeline
 from .pricing import PriceTable
 from .progress import Reporter, SilentReporter
 from .resume import Mode, Selection, prepare_run, select_run
 from .rundir import RunDir, StateFile
 from .runlock import HeldLock, lock_outputs, lock_run_root
+from .scheduling import dispatch_gate
 from .stats import RunStats
 from .tiers import TierChoice
 from .types import ChatRequest, ChatResponse, Exchange, Record, RecordResult, RunInfo
@@ -125,7 +127,7 @@ class Runner:
         cfg = pipeline.loaded.config
         self.max_failures = self.options.max_failures if self.options.max_failures is not None else cfg.run.max_failures
         self.max_cost = self.options.max_cost if self.options.max_cost is not None else cfg.run.max_cost
-        self.stats = RunStats(prices=PriceTable(cfg.prices), priced=pipeline.backend.priced)
+        self.stats = RunStats(prices=PriceTable(cfg.prices, models=cfg.models), priced=pipeline.backend.priced)
         self.root = pipeline.context.path(cfg.run.dir) / _safe_name(pipeline.name)
         if self.options.shard is not None:
             from .shards import apply_shard
@@ -189,6 +191,8 @@ class Runner:
         run = selection.run
         if selection.mode == "done":
             return self._nothing_to_do(run, headline, notes)
+        # the server's shutdown dates (GET /models; run.shutdown_dates): a model past its date is refused here
+        notes += [f"warning: {w}" for w in await check_server_models(self.pipeline)]
         self.warnings = prepare_run(selection, self.pipeline)
         notes.extend(self.warnings)
         if selection.mode != "new":
@@ -546,7 +550,7 @@ class Runner:
 
     async def _process_in_driver(self, skip: set[str], journal: Any, errors: Any, info: RunInfo) -> None:
         concurrency = int(getattr(self.pipeline.backend.options, "concurrency", 8) or 8)
-        gate = asyncio.Semaphore(concurrency)
+        gate = dispatch_gate(self.pipeline, concurrency)  # which waiting record goes next: oaipipe.scheduling
         window = max(4 * concurrency, 64)
         pending: collections.deque[asyncio.Task[RecordResult | None]] = collections.deque()
         batches = self._records()
@@ -555,7 +559,7 @@ class Runner:
         sentinel = object()
 
         async def worker(record: Record) -> RecordResult | None:
-            async with gate:
+            async with gate.slot(record):
                 if self._stop_scheduling:
                     return None  # budget reached while it waited: not started, the next run does it
                 return await self._process(record)

@@ -545,7 +545,7 @@ class _Ingest:
         self.conn = conn
         self.run_id = run_id
         self.fields = SentimentField.from_config(config)
-        self.prices = price_table(config.get("prices") or None)
+        self.prices = price_table(config.get("prices") or None, config.get("models") or None)
         # batch prices when the run's backend declared itself batched (runs made before backends declared
         # their capabilities in pipeline.json are priced at standard rates here; summary.json has their cost)
         capabilities = config.get("backend_capabilities")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ..errors import ExitCode, OaipipeError
@@ -14,9 +16,14 @@ __all__ = ["validate"]
 @click.argument("pipeline", default="pipeline.yaml", type=click.Path(dir_okay=True))
 @set_option
 @disable_option
+@click.option("--online", is_flag=True,
+              help="Also ask the backend's server (GET /models) for the shutdown_date of each model: warn within "
+                   "60 days, refuse past it (one request; a server without the list is not an error)")
 @json_option("Print the problems as a JSON list of {file, line, column, key, message, hint} ([] when valid)")
-def validate(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...], as_json: bool) -> ExitCode:
-    """Check a pipeline file: YAML, keys, plugin names and options, input files, templates. Calls nothing.
+def validate(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...], online: bool,
+             as_json: bool) -> ExitCode:
+    """Check a pipeline file: YAML, keys, plugin names and options, input files, templates. Calls nothing
+    unless --online.
 
     Every problem of the file is reported at once, each with its file, line and fix (exit 2).
     """
@@ -24,6 +31,8 @@ def validate(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...
 
     try:
         built = load_pipeline(pipeline, list(overrides), disabled=list(disabled))
+        if online:
+            built.warnings.extend(_server_warnings(built))
     except OaipipeError as exc:
         if not as_json:
             raise
@@ -44,3 +53,18 @@ def validate(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...
     if built.backend_note:
         note(f"note: {built.backend_note}", err=False)
     return ExitCode.OK
+
+
+def _server_warnings(built: Any) -> list[str]:
+    """:func:`oaipipe.lifecycle.check_server_models` for ``validate --online`` (the backend closed after)."""
+    import asyncio
+
+    from ..lifecycle import check_server_models
+
+    async def ask() -> list[str]:
+        try:
+            return await check_server_models(built, explicit=True)
+        finally:
+            await built.backend.aclose()
+
+    return asyncio.run(ask())

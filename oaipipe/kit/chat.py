@@ -121,6 +121,13 @@ class ChatStepMixin:
 
     # --- the call and the reply -----------------------------------------------------------------------
 
+    def prompt_prefix(self, fields: dict[str, Any]) -> tuple[str, str] | None:
+        """``(prompt_cache_key, system + prompt)`` rendered over a record's input fields: what the request's
+        prompt begins with, for prompt-prefix scheduling (:mod:`oaipipe.scheduling`); raises when a template
+        names a field the record does not have yet."""
+        cache_key = self._cache_key(fields, "").get("prompt_cache_key", "")
+        return str(cache_key), (self._system(fields, "") or "") + "\x00" + render(self.options.prompt, fields)
+
     def _cache_key(self, fields: dict[str, Any], where: str) -> dict[str, Any]:
         """``{"prompt_cache_key": ...}`` rendered over the record when the step sets one (the request's extra)."""
         tpl = self.options.prompt_cache_key

@@ -162,7 +162,9 @@ class HTTPBackendMixin:
         choice = self.options.api
         if choice != "auto":
             return str(choice)
-        return api_for(model, self.options.api_models)
+        context = getattr(self, "context", None)
+        models = context.settings.get("models") if context is not None else None
+        return api_for(model, self.options.api_models, models)  # api_models, the pipeline's models:, the table
 
     def _chat_call(self, request: ChatRequest) -> tuple[str, dict[str, Any]]:
         """The endpoint path (below ``base_url``) and JSON body of a chat request (:func:`api_call`)."""
