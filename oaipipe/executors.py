@@ -242,11 +242,23 @@ class BatchActor:
     calls cost, for the driver's counts and budget (:meth:`run_batch`)."""
 
     def __init__(self, file: str, load_args: dict[str, Any], services: dict[str, Any] | None = None,
-                 client: str = "") -> None:
-        _init_worker(file, load_args)
-        assert _runner is not None
+                 client: str = "", backend: str = "") -> None:
+        from .errors import OaipipeError
+
+        #: why this actor cannot run the driver's steps (the driver stops the run with it), or ""
+        self.mismatch = ""
         self.calls: list[tuple[str, ChatResponse]] = []
         self.concurrency = 1
+        self.calling = False
+        try:
+            _init_worker(file, load_args)
+        except OaipipeError as exc:  # the cluster's environment differs: the driver says so, once
+            self.mismatch = f"a Ray actor could not load the pipeline: {exc}"
+            return
+        assert _runner is not None
+        if backend and _backend_id(_runner.pipeline) != backend:
+            self.mismatch = (f"a Ray actor built the backend {_backend_id(_runner.pipeline)} from the pipeline "
+                             f"file, the driver {backend}")
         #: steps that may call the backend: the batch's records run concurrently
         self.calling = any(not step.process_safe() for step in _runner.pipeline.steps)
         if services is not None and self.calling:
@@ -293,6 +305,8 @@ class BatchActor:
         (the message of an error that stops the run: a refused key)."""
         runner = _runner
         assert runner is not None and _loop is not None
+        if self.mismatch:
+            return None, {"mismatch": self.mismatch}
         self.calls = []
         out = _run_batch(records) if not self.calling else self._run_concurrently(records)
         extras: dict[str, Any] = {"calls": self.calls, "retries": _take_retries(runner.calls.retries),
@@ -318,6 +332,13 @@ class BatchActor:
             return list(await asyncio.gather(*(one(record) for record in records)))
 
         return _loop.run_until_complete(batch()), dict(runner._failure_kinds)
+
+
+def _backend_id(pipeline: BuiltPipeline) -> str:
+    """The backend a pipeline built, in words: its type and who answers (an actor must build the same)."""
+    from .resume import backend_endpoint
+
+    return f"{pipeline.backend.name} ({backend_endpoint(pipeline.backend)})"
 
 
 def _take_retries(stats: RetryStats | None) -> dict[str, Any] | None:
@@ -403,8 +424,8 @@ class RayPool(ProcessPool):
     the answers of its finished calls are in the shared cache."""
 
     def __init__(self, pipeline: BuiltPipeline, workers: int, address: str | None = None, *,
-                 chain: CallChain | None = None,
-                 on_call: Callable[[str, ChatResponse], None] | None = None) -> None:
+                 chain: CallChain | None = None, on_call: Callable[[str, ChatResponse], None] | None = None,
+                 stop: Callable[[], bool] | None = None) -> None:
         from .extras import require
         from .ray_cluster import ClusterServices
 
@@ -419,6 +440,8 @@ class RayPool(ProcessPool):
         self._next = 0
         self._actor_errors = (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError)
         self.on_call = on_call
+        #: True once the driver starts no new record (the cost budget is reached): queued batches are dropped
+        self.stop = stop or (lambda: False)
         self.chain = chain
         calling = [step for step in pipeline.steps if not step.process_safe()]
         self.services = (ClusterServices.start(self.ray, pipeline, _pipeline_file(pipeline), chain)
@@ -432,16 +455,38 @@ class RayPool(ProcessPool):
     def _new_actor(self) -> Any:
         self._made = getattr(self, "_made", 0) + 1
         return self._remote.remote(_pipeline_file(self.pipeline), self.pipeline.load_args,
-                                   self.services.worker_args(), f"actor-{self._made}")
+                                   self.services.worker_args(), f"actor-{self._made}",
+                                   _backend_id(self.pipeline))
 
     def _new_pool(self) -> Any:
         self.actors = [self._new_actor() for _ in range(self.workers)]
         return None
 
     def submit(self, records: list[Record]) -> None:
+        """Queue ``records`` in batches; at most 2 batches per actor are sent to the cluster at a time, so a
+        reached budget (:attr:`stop`) leaves the rest unstarted."""
         size = self.batch_size or len(records)
         for start in range(0, len(records), size):
-            super().submit(records[start:start + size])
+            self._pending.append((records[start:start + size], None))  # type: ignore[arg-type]
+        self._send()
+
+    def _send(self) -> None:
+        """Send queued batches, oldest first, while fewer than 2 per actor are out (the sent batches are
+        always the oldest ones: the queue's head is always sent)."""
+        if self.stop():
+            while self._pending and self._pending[-1][1] is None:  # unsent: nothing of them started
+                self._pending.pop()
+            return
+        out = sum(1 for _, future in self._pending if future is not None)
+        for index, (records, future) in enumerate(self._pending):
+            if out >= 2 * self.workers:
+                break
+            if future is None:
+                self._pending[index] = (records, self._submit(records))
+                out += 1
+
+    def head_done(self) -> bool:
+        return bool(self._pending) and self._pending[0][1] is not None and self._pending[0][1].done()
 
     def _submit(self, records: list[Record]) -> asyncio.Future[Any]:
         index = self._next % len(self.actors)
@@ -462,10 +507,17 @@ class RayPool(ProcessPool):
             self._pending.popleft()
             self._breaks = 0
             self._account(extras)
+            self._send()
             return out  # type: ignore[no-any-return]
 
     def _account(self, extras: dict[str, Any]) -> None:
         """Count a batch's calls in the driver (cost, budget, retries); stop on a refused key."""
+        if extras.get("mismatch"):
+            from .errors import ConfigError
+
+            raise ConfigError(extras["mismatch"], hint=(
+                "the actors load the pipeline in the cluster's environment: set the same environment "
+                "variables (OPENAI_API_KEY, ${env:...} values) on every node, e.g. with Ray's runtime_env"))
         if self.on_call is not None:
             for step, response in extras.get("calls", ()):
                 self.on_call(step, response)
@@ -502,7 +554,8 @@ class RayPool(ProcessPool):
 
     async def close(self) -> None:
         for _, future in self._pending:
-            future.cancel()
+            if future is not None:
+                future.cancel()
         self._pending.clear()
         for actor in self.actors:
             with contextlib.suppress(Exception):

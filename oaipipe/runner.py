@@ -465,7 +465,8 @@ class Runner:
         cfg = self.pipeline.loaded.config.run
         if (self.options.executor or cfg.executor) == "ray":
             pool: ProcessPool = RayPool(self.pipeline, workers, self.options.ray_address or cfg.ray_address,
-                                        chain=self.calls, on_call=self._count_call)
+                                        chain=self.calls, on_call=self._count_call,
+                                        stop=lambda: self._stop_scheduling)
         else:
             pool = ProcessPool(self.pipeline, workers)
         self.pool_workers = workers

@@ -20,6 +20,7 @@ import pytest
 from test_scale_out import DYING, _project, _strip
 from test_scale_out import SENTIMENT as SENTIMENT_STEPS
 
+from oaipipe.errors import ConfigError
 from oaipipe.testing import PipelineProject, running_server
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'oaipipe[ray]'; the test extra has it)")
@@ -104,6 +105,38 @@ def test_a_fresh_rerun_of_a_ray_run_makes_no_call_the_cache_is_shared(tmp_path: 
     assert [r["reply"] for r in project.records()] == replies
 
 
+def test_a_cost_budget_on_ray_stops_after_the_batches_sent_and_counts_every_call(tmp_path: Path) -> None:
+    # each call costs about $0.05 here: the budget of $0.20 is reached after a few calls; the driver counts
+    # the calls as batches come back and sends no new batch: at most 2 batches per actor (of 2 x
+    # backend.concurrency = 4 records) were out when it saw the budget reached
+    with running_server() as srv:
+        project = _api_project(tmp_path, srv.base_url, 100, concurrency=2, model="gpt-6-luna")
+        project.write(**{**project.config(), "prices": {"local:gpt-6-luna": {"input": 1000, "output": 1000}}})
+        result = project.run("--executor", "ray", "--max-cost", "0.2")
+        requests = srv.stats()["requests"]
+        assert result.exit_code == 8, result.err
+        assert result.summary["status"] == "budget-reached" and result.summary["workers"]["executor"] == "ray"
+        done = result.summary["records"]["done"]
+        assert result.summary["calls"] == requests == done  # every call made was counted and written
+        assert done <= 4 + 2 * 2 * 4 + 4  # the batch that crossed the budget, the batches out, one more batch
+        again = project.run("--executor", "ray")
+        assert again.exit_code == 0, again.err
+    assert [r["_id"] for r in project.records()] == [f"r{i}" for i in range(100)]
+
+
+def test_actors_that_build_another_backend_than_the_driver_stop_the_run_before_any_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the actors load the pipeline file in the cluster's environment, which lacks the driver's variable
+    with running_server() as srv:
+        monkeypatch.setenv("OAIPIPE_TEST_SERVER", srv.base_url)
+        project = _api_project(tmp_path, "${env:OAIPIPE_TEST_SERVER:-http://127.0.0.1:9/v1}", 10)
+        result = project.run("--executor", "ray")
+        assert srv.stats()["requests"] == 0
+    assert result.exit_code == ConfigError.exit_code, result.err
+    assert "a Ray actor built the backend openai (http://127.0.0.1:9/v1)" in result.err
+    assert "runtime_env" in result.err
+
+
 def test_an_actor_killed_mid_batch_has_its_records_redone_exactly_once(oaipipe_project: PipelineProject,
                                                                        tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,24 +178,24 @@ def test_with_json_stdout_is_the_summary_alone_after_an_actor_died(oaipipe_proje
 
 def test_a_driver_killed_during_a_ray_run_resumes_exactly_once(tmp_path: Path, local_ray: str) -> None:
     # the driver runs in its own process, on this module's Ray; SIGKILL once records were written, then rerun
-    with running_server(rpm=600, rate_burst=1) as srv:
-        project = _api_project(tmp_path, srv.base_url, 80, rpm=300)
+    with running_server() as srv:
+        project = _api_project(tmp_path, srv.base_url, 60, rpm=600)
         driver = project.start_cli("--executor", "ray", "--ray-address", local_ray, "--json")
         journal = _wait_for_journal(project, driver, lines=8)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
         killed_at = len(journal.read_text(encoding="utf-8").splitlines())
-        assert 8 <= killed_at < 80  # killed mid-run
+        assert 8 <= killed_at < 60  # killed mid-run
         result = project.run("--executor", "ray")
         requests = srv.stats()["requests"]
     assert result.exit_code == 0, result.err
     assert result.summary["workers"]["executor"] == "ray"
-    assert result.summary["records"]["done"] + result.summary["records"]["skipped"] == 80
+    assert result.summary["records"]["done"] + result.summary["records"]["skipped"] == 60
     ids = [r["_id"] for r in project.records()]
-    assert ids == [f"r{i}" for i in range(80)]  # exactly once, in input order
+    assert ids == [f"r{i}" for i in range(60)]  # exactly once, in input order
     lines = journal.read_text(encoding="utf-8").splitlines()
     assert sorted(json.loads(line)["id"] for line in lines) == sorted(ids)
-    assert requests <= 80 + 2 * 2 * 8  # at most the batches in flight at the kill are asked again
+    assert requests <= 60 + 2 * 2 * 8  # at most the batches out at the kill (2 per actor) are asked again
 
 
 def _wait_for_journal(project: PipelineProject, driver: Any, lines: int) -> Path:
