@@ -74,6 +74,19 @@ def test_the_demo_pipeline_on_ray_gives_the_same_records_in_the_same_order(tmp_p
     assert records[1] == records[0] and len(records[0]) > 10
 
 
+def test_which_steps_run_on_ray_is_decided_by_capabilities(tmp_path: Path) -> None:
+    from oaipipe.executors import pool_plan
+    from oaipipe.pipeline import load_pipeline
+
+    mixed = _api_project(tmp_path / "mixed", "http://127.0.0.1:9/v1", 5)
+    assert pool_plan(load_pipeline(mixed.file), "ray")[0] == 2  # an API step and a CPU step: on the actors
+    assert pool_plan(load_pipeline(mixed.file), "local")[0] == 0  # the process pool keeps API steps here
+    batched = _project(tmp_path / "batched", n=5, backend={"type": "batch", "base_url": "http://127.0.0.1:9/v1"},
+                       steps=[ASK])
+    workers, why = pool_plan(load_pipeline(batched.file), "ray")
+    assert workers == 0 and "batched" in why  # the Batch API's jobs are the driver's
+
+
 def test_two_actors_share_one_rate_limit_counted_at_the_server(tmp_path: Path) -> None:
     # the server lets 900 RPM through, enforced per second (15 a second, no burst); the pipeline is configured
     # at 600 RPM. The 2 actors each make calls: one limiter for both keeps the whole run under 600 RPM, so
