@@ -358,6 +358,14 @@ class Step(Component[OptionsT]):
         it uses can be rebuilt there from the pipeline file (a step using an analyzer asks the analyzer)."""
         return self.cpu_bound
 
+    def cluster_safe(self) -> bool:
+        """Whether this step, as configured, may run on a Ray actor (``run.executor: ray``): rebuilt there
+        from the pipeline file, its backend calls made through the actor's call chain, whose rate limiter and
+        response cache are the run's shared ones (:mod:`oaipipe.ray_cluster`). By default: process-safe CPU
+        work, or a step that is not :attr:`cpu_bound` (an API step: all it holds are its options). A step
+        that keeps state across records the driver must see overrides this to return False."""
+        return self.process_safe() or not self.cpu_bound
+
     def template_fields(self) -> dict[str, list[str]]:
         """For each template option: the record fields it reads (used by ``oaipipe validate``)."""
         from .templates import fields_of

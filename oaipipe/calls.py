@@ -220,11 +220,21 @@ class CallChain:
         return cls._assemble(backend, transport, [transport], cache)
 
     @classmethod
-    def _assemble(cls, backend: Backend, inner: Call, innermost: list[Layer],
-                  cache: ResponseCache | None) -> CallChain:
-        """cache → rate limits → retries around ``inner`` (whose layers are ``innermost``)."""
+    def shared(cls, backend: Backend, *, limiter: RateLimiter | None, cache: ResponseCache | None) -> CallChain:
+        """The chain of a worker that makes calls for a run driven elsewhere (a Ray actor,
+        :mod:`oaipipe.ray_cluster`): the same layers, with the run's ``limiter`` and ``cache`` (proxies of
+        the ones the whole run shares) in place of ones of its own; None leaves the layer out."""
+        transport = Transport(backend)
+        return cls._assemble(backend, transport, [transport], cache, limiter=limiter, own_limiter=False)
+
+    @classmethod
+    def _assemble(cls, backend: Backend, inner: Call, innermost: list[Layer], cache: ResponseCache | None,
+                  *, limiter: RateLimiter | None = None, own_limiter: bool = True) -> CallChain:
+        """cache → rate limits → retries around ``inner`` (whose layers are ``innermost``). The limiter is
+        ``limiter``, or with ``own_limiter`` the backend's own (:func:`open_rate_limiter`)."""
         policy = retry_policy(backend)
-        limiter = open_rate_limiter(backend, policy)
+        if own_limiter:
+            limiter = open_rate_limiter(backend, policy)
         retry = RetryLayer(inner, policy, limiter)
         layers: list[Layer] = [retry]
         if limiter is not None:

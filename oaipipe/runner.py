@@ -139,6 +139,8 @@ class Runner:
         self.pool_workers = 0
         self.pool_restarts = 0
         self.pool_executor = "local"
+        #: what the pool's shared services did (on Ray: the whole cluster's ``rate_limit``)
+        self.pool_summary: dict[str, Any] = {}
         #: the layers the run's calls go through (cache → rate limits → retries → transport)
         self.calls = CallChain.build(pipeline, self.options, notify=lambda text: self.reporter.note(text))
         self.stats.retries = self.calls.retries  # attempts and retries of this run's calls
@@ -157,17 +159,20 @@ class Runner:
 
     def _counted(self, call: Call) -> Call:
         """``call``, with each answer counted (calls, tokens, cost) and held to the cost budget."""
-        batch = self.pipeline.backend.batched
 
         async def counted(request: ChatRequest) -> ChatResponse:
             response = await call(request)
-            self.stats.add_call(request.step, response, batch=batch)
-            if self.max_cost is not None and self.stats.cost_usd >= self.max_cost and not self._stop_scheduling:
-                self._stop_scheduling = True
-                self.reporter.note(f"cost budget of ${self.max_cost:.4f} reached: no new records are started")
+            self._count_call(request.step, response)
             return response
 
         return counted
+
+    def _count_call(self, step: str, response: ChatResponse) -> None:
+        """Count one answered call (made here, or on a Ray actor) and hold the run to its cost budget."""
+        self.stats.add_call(step, response, batch=self.pipeline.backend.batched)
+        if self.max_cost is not None and self.stats.cost_usd >= self.max_cost and not self._stop_scheduling:
+            self._stop_scheduling = True
+            self.reporter.note(f"cost budget of ${self.max_cost:.4f} reached: no new records are started")
 
     # --- the run ----------------------------------------------------------------------------------
 
@@ -431,6 +436,7 @@ class Runner:
         if self.tier_choice is not None:
             summary["tier"].update(self.tier_choice.to_dict())
         summary["tier"]["flex_fallbacks"] = int(getattr(self.pipeline.backend, "flex_fallbacks", 0))
+        summary.update(self.pool_summary)  # on Ray: the shared limiter's figures for the whole cluster
         if self.pool_workers:
             summary["workers"] = {"processes": self.pool_workers, "restarts": self.pool_restarts,
                                   "executor": self.pool_executor}
@@ -498,7 +504,9 @@ class Runner:
 
         cfg = self.pipeline.loaded.config.run
         if (self.options.executor or cfg.executor) == "ray":
-            pool: ProcessPool = RayPool(self.pipeline, workers, self.options.ray_address or cfg.ray_address)
+            pool: ProcessPool = RayPool(self.pipeline, workers, self.options.ray_address or cfg.ray_address,
+                                        chain=self.calls, on_call=self._count_call,
+                                        stop=lambda: self._stop_scheduling)
         else:
             pool = ProcessPool(self.pipeline, workers)
         self.pool_workers = workers
@@ -520,7 +528,7 @@ class Runner:
             errors.flush()
 
         try:
-            while self._abort is None and not self._limited:
+            while self._abort is None and not self._limited and not self._stop_scheduling:
                 batch = await asyncio.to_thread(next, batches, sentinel)
                 if not isinstance(batch, list):  # the sentinel: the source is exhausted
                     break
@@ -545,6 +553,7 @@ class Runner:
         finally:
             self.pool_restarts = pool.restarts
             await pool.close()
+            self.pool_summary = pool.summary()
             with contextlib.suppress(Exception):
                 batches.close()  # type: ignore[attr-defined]
 

@@ -51,6 +51,13 @@ class SentimentStep(Step):
             self.prepare()
         return bool(self._analyzer.process_safe and not self._analyzer.needs_backend)
 
+    def cluster_safe(self) -> bool:
+        """On a Ray actor the analyzer's backend calls go through the run's shared limiter and cache: only
+        the analyzer's own :attr:`~oaipipe.base.Analyzer.process_safe` matters."""
+        if not hasattr(self, "_analyzer"):
+            self.prepare()
+        return bool(self._analyzer.process_safe)
+
     def outputs(self) -> list[str]:
         out = [self.options.output]
         if self.options.score:

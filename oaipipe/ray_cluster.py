@@ -1,0 +1,275 @@
+"""What the Ray actors of a run share (``run.executor: ray``): one rate limiter and one response cache.
+
+A step that calls the backend may run on any actor of the cluster. Its calls still go through the run's
+call chain (:mod:`oaipipe.calls`: cache → rate limits → retries → transport), built in the actor, with two
+layers pointed at actors of the run instead of local objects:
+
+* :class:`LimiterActor` holds the run's :class:`~oaipipe.ratelimit.RateLimiter` state: the configured
+  ``backend.rpm``/``tpm`` buckets, what is learnt from the servers' ``x-ratelimit-*`` headers (reported by
+  every actor), the cool-down after a 429's ``Retry-After``. :class:`RemoteRateLimiter` takes its place in
+  an actor's chain: before each call it *reserves* a turn (one round trip: the limiter takes the call's
+  request and estimated tokens from its buckets now and answers how long to wait, so turns are handed out
+  in the order they were asked, FIFO across the cluster); after the call it reports the real usage and the
+  answer's headers (no wait), and on a retry it asks for the retry's turn and reports the cool-down. The
+  AIMD concurrency (calls in flight, halved on a 429) stays per actor, up to ``backend.concurrency``.
+* :class:`CacheActor` opens the run's cache store (``run.cache``, in the driver's cache folder: it runs on
+  the driver's node) and :class:`RemoteStore` reads and writes through it (one round trip each). So a
+  rerun on any actor finds every answer a call stored, and an answer is stored before its record's batch
+  comes back: a batch redone after its actor died repeats only the calls that were in flight.
+
+Both are started by the driver (:class:`ClusterServices`, one CPU-less actor each) and ended with the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .cache import CacheStore
+from .ratelimit import AdaptiveConcurrency, RateLimiter
+from .retry import RetryEvent, is_rate_limited
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .calls import CallChain
+    from .pipeline import BuiltPipeline
+    from .types import ChatRequest, ChatResponse
+
+__all__ = ["CacheActor", "ClusterServices", "LimiterActor", "RemoteRateLimiter", "RemoteStore"]
+
+
+def _ray() -> Any:
+    """The ``ray`` module (the optional extra; this module runs only where it is installed)."""
+    from .extras import require
+
+    return require("ray", extra="ray", feature="run.executor: ray")
+
+
+# --- the actors ------------------------------------------------------------------------------------------
+
+
+class LimiterActor:
+    """The run's rate limiter, one for the whole cluster (a Ray actor; every method is quick)."""
+
+    def __init__(self, rpm: int | None, tpm: int | None) -> None:
+        self.limiter = RateLimiter(rpm, tpm)
+        self.clients: set[str] = set()
+
+    def reserve(self, client: str, tokens: int) -> tuple[float, bool]:
+        """Take a turn for a call of ``tokens`` estimated tokens: (seconds to wait before sending it,
+        whether the limiter counts tokens: the next calls send their estimate)."""
+        self.clients.add(client)
+        limiter = self.limiter
+        wait = limiter._reserve(tokens, 0.0)
+        if wait > 0:
+            with limiter._state:
+                limiter.waited += wait
+        return wait, limiter._counts_tokens
+
+    def settle(self, estimated: int, actual: int) -> None:
+        """Correct the token buckets with a call's real usage."""
+        with self.limiter._state:
+            for bucket in (self.limiter.tokens, self.limiter.learned_tokens):
+                if bucket is not None and estimated:
+                    bucket.give(estimated - actual)
+
+    def headers(self, headers: dict[str, str]) -> None:
+        self.limiter.response_headers(headers)
+
+    def retrying(self, refused: bool, retry_after: float | None, delay: float, tokens: int) -> float:
+        """A call is retried: count a 429, cool everyone down for ``Retry-After``; returns the retry's delay
+        (its turn, at least ``delay``)."""
+        limiter = self.limiter
+        if refused:
+            with limiter._state:
+                limiter.refusals += 1
+        if retry_after is not None:
+            limiter.cool_down(min(retry_after, delay))
+        return limiter._reserve(tokens if limiter._counts_tokens else 0, delay)
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.limiter.to_dict(), "shared_by": len(self.clients)}
+
+
+class CacheActor:
+    """The run's cache store, opened once for the whole cluster (a Ray actor on the driver's node)."""
+
+    def __init__(self, file: str, load_args: dict[str, Any]) -> None:
+        from .cache import cache_dir_for, store_for
+        from .pipeline import load_pipeline
+
+        pipeline = load_pipeline(file, load_args["overrides"], disabled=load_args["disabled"],
+                                 entry_points=load_args["entry_points"])
+        store = store_for(pipeline)
+        assert store is not None  # the driver starts this actor only when the run has a cache
+        self.store = store
+        self.dir = str(cache_dir_for(pipeline))
+        self.warnings: list[str] = []
+        store.on_warning = self._warn
+
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.store.get(key)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.store.put(key, value)
+
+    def where(self) -> str:
+        return self.store.where
+
+    def close(self) -> list[str]:
+        """Close the store; returns the warnings it gave."""
+        self.store.close()
+        return list(self.warnings)
+
+
+# --- in a BatchActor: the proxies that take the local objects' places in the call chain ----------------
+
+
+class RemoteStore(CacheStore):
+    """A :class:`~oaipipe.cache.CacheStore` that reads and writes through the run's :class:`CacheActor`
+    (one round trip per call: a get before the call, a put after a new answer)."""
+
+    name = "cluster"
+
+    def __init__(self, actor: Any, where: str = "cluster cache") -> None:
+        super().__init__()
+        self.actor = actor
+        self._where = where
+
+    @property
+    def where(self) -> str:
+        return self._where
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        ray = _ray()
+        value: dict[str, Any] | None = ray.get(self.actor.get.remote(key))
+        return value
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        ray = _ray()
+        ray.get(self.actor.put.remote(key, value))  # stored before the batch comes back
+
+    def stats(self) -> dict[str, Any]:
+        return {"store": self.name, "path": self.where, "entries": 0}
+
+    def clear(self, older_than: float | None = None) -> int:
+        return 0
+
+
+class RemoteRateLimiter(RateLimiter):
+    """The :class:`~oaipipe.ratelimit.RateLimiter` of an actor's call chain, backed by the run's
+    :class:`LimiterActor`: the same methods the chain's rate-limit layer and the retry policy call."""
+
+    def __init__(self, actor: Any, client: str, concurrency: int | None = None) -> None:
+        super().__init__(learn=False)
+        self.actor = actor
+        self.client = client
+        self.concurrency = AdaptiveConcurrency(concurrency) if concurrency else None
+        self._remote_counts_tokens = False
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    @property
+    def _counts_tokens(self) -> bool:
+        return self._remote_counts_tokens
+
+    async def acquire(self, request: ChatRequest) -> int:
+        need = self.estimate(request) if self._remote_counts_tokens else 0
+        wait, self._remote_counts_tokens = await self.actor.reserve.remote(self.client, need)
+        if wait > 0:
+            self.waited += wait
+            await self.sleep(wait)
+        return int(need)
+
+    def settle(self, estimated: int, response: ChatResponse | None, request: ChatRequest | None = None) -> None:
+        if not estimated or response is None or response.cached:
+            return
+        if request is not None and request.max_tokens is None:
+            self._seen_completions += 1
+            self._completion_tokens += response.usage.completion_tokens
+        usage = response.usage
+        self.actor.settle.remote(estimated, usage.total_tokens or (usage.prompt_tokens + usage.completion_tokens))
+
+    def response_headers(self, headers: Mapping[str, str]) -> None:
+        if any(str(k).lower().startswith("x-ratelimit-") for k in headers):
+            self.actor.headers.remote({str(k): str(v) for k, v in headers.items()
+                                       if str(k).lower().startswith("x-ratelimit-")})
+
+    def retrying(self, event: RetryEvent) -> None:
+        ray = _ray()
+        error = event.error
+        refused = error.status == 429
+        if refused and self.concurrency is not None and is_rate_limited(error):
+            self.concurrency.decrease(event.started)
+        tokens = self._typical_tokens() if self._remote_counts_tokens else 0
+        event.delay = float(ray.get(self.actor.retrying.remote(refused, error.retry_after, event.delay, tokens)))
+
+
+# --- in the driver ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClusterServices:
+    """The limiter and cache actors of one Ray run (either may be absent), as the driver holds them."""
+
+    limiter: Any = None
+    cache: Any = None
+    cache_dir: str | None = None
+
+    @classmethod
+    def start(cls, ray: Any, pipeline: BuiltPipeline, file: str, chain: CallChain) -> ClusterServices:
+        """Start the actors that take the places of the driver's ``chain`` layers: a limiter when it has
+        one (not for a :attr:`~oaipipe.base.Backend.batched` backend, whose Batch API queues on its side),
+        a cache when it has one (``--no-cache``, ``run.cache: false`` and a backend that is not
+        :attr:`~oaipipe.base.Backend.cacheable` have none)."""
+        services = cls()
+        if chain.limiter is not None:
+            services.limiter = ray.remote(num_cpus=0, max_restarts=0)(LimiterActor).remote(
+                chain.limiter.rpm, chain.limiter.tpm)
+        if chain.cache is not None:
+            here = _driver_node(ray)
+            services.cache = ray.remote(num_cpus=0, max_restarts=0, **here)(CacheActor).remote(
+                file, pipeline.load_args)
+            services.cache_dir = str(chain.cache.root)
+        return services
+
+    def worker_args(self) -> dict[str, Any]:
+        """What each BatchActor is given to build its call chain with."""
+        return {"limiter": self.limiter, "cache": self.cache, "cache_dir": self.cache_dir}
+
+    def close(self, ray: Any) -> dict[str, Any]:
+        """The summary's ``rate_limit`` (the whole cluster's) and the cache's warnings; the actors end."""
+        out: dict[str, Any] = {}
+        if self.limiter is not None:
+            with contextlib.suppress(Exception):
+                out["rate_limit"] = ray.get(self.limiter.summary.remote(), timeout=30)
+        if self.cache is not None:
+            with contextlib.suppress(Exception):
+                warnings = ray.get(self.cache.close.remote(), timeout=30)
+                if warnings:
+                    out["cache_warnings"] = warnings
+        for actor in (self.limiter, self.cache):
+            if actor is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+        return out
+
+
+def _driver_node(ray: Any) -> dict[str, Any]:
+    """Scheduling options that put an actor on the driver's node (where the driver's files are)."""
+    try:
+        from .extras import require
+
+        strategies = require("ray.util.scheduling_strategies", extra="ray", feature="run.executor: ray")
+        node = ray.get_runtime_context().get_node_id()
+        return {"scheduling_strategy": strategies.NodeAffinitySchedulingStrategy(node, soft=True)}
+    except Exception:  # noqa: BLE001 - a Ray client without a node of its own: anywhere will do
+        return {}
