@@ -27,7 +27,7 @@ from pydantic import Field
 
 from ..base import Analyzer, PluginOptions, Sink
 from ..hookspecs import hookimpl
-from ..kit.sinks import MODE_FIELD_DOC, JsonArrayLog, JsonlAppendingSink, start_over, utc_now
+from ..kit.sinks import MODE_FIELD_DOC, JsonArrayLog, JsonlAppendingSink, jsonl_text, start_over, utc_now
 from ..kit.sinks import reconcile_jsonl as reconcile_jsonl  # documented import path (docs/plugins.md)
 from ..types import Exchange, RecordResult, RunInfo, Sentiment
 
@@ -164,11 +164,12 @@ class DialogueJsonlSink(JsonlAppendingSink):
     def prepare(self) -> None:
         self._fill.analyzer()  # an unknown analyzer name fails when the pipeline is built, not mid-run
 
-    def write(self, result: RecordResult) -> None:
-        run = self._open_run()
+    renders_in_worker = True
+
+    def render(self, result: RecordResult, run: RunInfo) -> str:
         if result.error is not None or not result.exchanges:
-            return
-        self._append_objects([
+            return ""
+        return jsonl_text([
             {
                 "run_id": run.run_id,
                 "record_id": result.record.id,
