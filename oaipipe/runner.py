@@ -27,6 +27,7 @@ import datetime as _dt
 import functools
 import json
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -127,28 +128,50 @@ class Rendered:
 #: a finished record (secrets masked) and its output as text
 Staged = tuple[RecordResult, Rendered]
 
-#: the driver writes what finished at least every this many records (sooner when it would wait)
+#: the single-process path writes what finished every this many records, or this many seconds after the
+#: first of them finished (the pool writes each batch as it comes back)
 _GROUP = 256
+_GROUP_SECONDS = 0.05
 _JSON = json.JSONEncoder(ensure_ascii=False, default=str).encode  # json.dumps(.., ensure_ascii=False, default=str)
 
 
 class _Group:
     """Finished records of the single-process path, rendered and not written yet: written as one group
-    (:meth:`Runner._commit`) before the driver waits for anything, every :data:`_GROUP` records, and at
-    once after a failure (so that it counts towards ``--max-failures`` at once)."""
+    (:meth:`Runner._commit`) every :data:`_GROUP` records, :data:`_GROUP_SECONDS` after the first of them
+    finished at the latest (also while the driver waits), and at once after a failure (so that it counts
+    towards ``--max-failures`` at once)."""
 
     def __init__(self, runner: Runner, journal: Any, errors: Any, info: RunInfo) -> None:
         self.runner, self.journal, self.errors, self.info = runner, journal, errors, info
         self.staged: list[Staged] = []
+        self.due = 0.0
 
     def add(self, result: RecordResult | None) -> None:
-        if result is not None:
-            self.staged.append(self.runner.render(result, self.info))
-            if len(self.staged) >= _GROUP or result.error is not None:
-                self.commit()
+        if result is None:
+            return
+        if not self.staged:
+            self.due = time.monotonic() + _GROUP_SECONDS
+        self.staged.append(self.runner.render(result, self.info))
+        if len(self.staged) >= _GROUP or result.error is not None or time.monotonic() >= self.due:
+            self.commit()
 
     def commit(self) -> None:
         self.runner._commit(self.staged, self.journal, self.errors, self.info)
+
+    def commit_if_due(self) -> None:
+        if self.staged and time.monotonic() >= self.due:
+            self.commit()
+
+    async def take(self, pending: collections.deque[asyncio.Task[RecordResult | None]]) -> None:
+        """Stage the oldest pending record (waits for it); what is staged is written when due meanwhile."""
+        task = pending[0]
+        if self.staged and not task.done():
+            await asyncio.wait({task}, timeout=max(0.0, self.due - time.monotonic()))
+            if not task.done():
+                self.commit()
+        result = await task
+        pending.popleft()
+        self.add(result)
 
 
 def _now() -> str:
@@ -566,16 +589,9 @@ class Runner:
                 return await self._process(record)
 
         out = _Group(self, journal, errors, info)
-        emit, commit = out.add, out.commit
-
-        async def take() -> None:
-            if not pending[0].done():
-                commit()  # nothing finished waits while the driver does
-            emit(await pending.popleft())
-
         try:
             while not self._stop_scheduling and self._abort is None and not self._limited:
-                commit()
+                out.commit_if_due()
                 batch = await asyncio.to_thread(next, batches, sentinel)
                 if batch is sentinel:
                     break
@@ -591,14 +607,18 @@ class Runner:
                     if self._stop_scheduling or self._abort:
                         break
                     while len(pending) >= window:
-                        await take()
+                        await out.take(pending)
                     pending.append(asyncio.create_task(worker(record)))
                     scheduled += 1
                     while pending and pending[0].done():
-                        emit(pending.popleft().result())
+                        out.add(pending.popleft().result())
             while pending and self._abort is None:
-                await take()
-            commit()
+                await out.take(pending)
+            out.commit()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            with contextlib.suppress(Exception):
+                out.commit()  # what finished is kept: a rerun does not do it again
+            raise
         finally:
             for task in pending:
                 task.cancel()
