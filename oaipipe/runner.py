@@ -8,7 +8,10 @@ How a run goes:
 3. Up to ``backend.concurrency`` records are processed at once; each goes through every step in order.
    Sync plugin code (analyzers, blocking backends) runs in threads, off the event loop.
 4. Finished records are handed to the sinks **in input order** (a bounded reorder window keeps memory
-   flat), then journaled. A record that fails is logged to ``errors.jsonl``; the run goes on, unless
+   flat), then journaled, a group at a time (:meth:`Runner._commit`: every sink written and flushed, then
+   one write and flush of the journal). Each record is rendered to text first (:meth:`Runner.render`:
+   secrets masked, journal line, each sink's text); with ``run.workers`` a worker process does that, and
+   the driver only appends the bytes. A record that fails is logged to ``errors.jsonl``; the run goes on, unless
    ``--max-failures`` is passed or the first records all fail.
 5. A summary is written to ``summary.json`` and returned; the ``train:`` step runs last.
 
