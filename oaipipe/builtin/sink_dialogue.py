@@ -4,8 +4,9 @@ Every message of every exchange a step made (system, user, assistant) is written
 The sentiment comes from a ``sentiment`` step that scored exactly that text, else from the sink's own
 ``analyzer`` option (default ``vader``; ``null`` turns it off and leaves ``sentiment: null``).
 
-* ``dialogue-jsonl``: one JSON line per exchange, appended and flushed after each record. Safe at any
-  size; the format to prefer.
+* ``dialogue-jsonl``: one JSON line per exchange, appended and flushed after each record (during a run:
+  after each group of records; rendered in a worker with ``run.workers``). Safe at any size; the format
+  to prefer.
 * ``dialogue-json``: the original single-document format, a JSON array of ``{role, content, sentiment}``
   entries (plus ``record_id``, ``run_id``, ``step`` and ``time``). Each record's entries are written at
   once over the closing bracket (:class:`JsonArrayLog`): a write costs the record, not the document, and
