@@ -1,12 +1,14 @@
-"""A sentiment-only run (vader) with 1 and with 2 worker processes: seconds, ratio, peak memory.
+"""A sentiment-only run (vader) with 1 and with 2 worker processes: seconds, ratio, CPU, peak memory.
 
 Writes ``--rows`` review-like rows to a CSV in a temporary folder, then runs ``oaipipe run`` on a
-sentiment-only pipeline (jsonl sink) once per ``--workers`` value, each in a fresh process, and prints a
-Markdown table with the wall time, records/s, the speed-up over the first value and the peak RSS of the
-largest process (the driver or one worker: ``getrusage(RUSAGE_CHILDREN).ru_maxrss``). The machine load
+sentiment-only pipeline (jsonl sink) once per ``--workers`` value and ``--repeat`` times, each in a fresh
+process (the CLI's ``main`` in that process, so that its own CPU is the driver's and its children's the
+workers'), and prints a Markdown table: the wall time, records/s, the speed-up over the first value's
+median, the CPU seconds of the driver and of the workers (user + system), the driver's CPU per record, and
+the peak RSS of the driver and of the largest worker (``getrusage``: ``ru_maxrss``). The machine load
 (1-minute load average before and after each run) is printed too: on a shared machine it bounds the figure.
 
-    python bench/workers.py [--rows 1000000] [--workers 1 2]
+    python bench/workers.py [--rows 1000000] [--workers 1 2] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,15 +47,24 @@ run: {{workers: {workers}, cache: false, executor: {executor}}}
 
 
 def one(folder: Path, workers: int, executor: str = "local") -> None:
-    """In a fresh process: run the pipeline, print seconds and the peak RSS (MB) of its processes."""
+    """In this fresh process: run the pipeline; print seconds, driver CPU s, workers' CPU s, driver and
+    largest worker peak RSS (MB)."""
+    import contextlib
+    import io
+
+    from oaipipe.cli import main
+
     file = folder / f"pipeline-{workers}-{executor}.yaml"
     file.write_text(PIPELINE.format(workers=workers, executor=executor), encoding="utf-8")
-    exe = str(Path(sys.executable).with_name("oaipipe"))
     start = time.perf_counter()
-    subprocess.run([exe, "run", str(file), "--fresh", "-q"], check=True, stdout=subprocess.DEVNULL)
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(["run", str(file), "--fresh", "-q"])
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"{seconds:.2f} {peak:.0f}")
+    if code not in (0, None):
+        raise SystemExit(f"oaipipe run exited {code}")
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"{seconds:.2f} {me.ru_utime + me.ru_stime:.2f} {kids.ru_utime + kids.ru_stime:.2f} "
+          f"{me.ru_maxrss / 1024:.0f} {kids.ru_maxrss / 1024:.0f}")
 
 
 def main() -> None:
@@ -60,6 +72,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--workers", nargs="+", default=["1", "2"],
                     help="worker counts; WORKERS:ray runs that many Ray actors (e.g. 1 2:ray)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per worker count (the median is compared)")
     ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -72,18 +85,24 @@ def main() -> None:
             for i in range(args.rows):
                 fh.write(f"r{i},{TEXTS[i % len(TEXTS)]} #{i}\n")
         print(f"{args.rows} rows, vader, {os.cpu_count()} cores\n")
-        print("| workers | seconds | records/s | speed-up | peak RSS MB | load before/after |")
-        print("|---|---|---|---|---|---|")
+        print("| workers | seconds | records/s | speed-up (median) | CPU s driver / workers | driver CPU µs/record "
+              "| peak RSS MB driver / worker | load before/after |")
+        print("|---|---|---|---|---|---|---|---|")
         base = None
         for spec in args.workers:
             workers, _, executor = spec.partition(":")
-            load = os.getloadavg()[0]
-            out = subprocess.run([sys.executable, __file__, "--one", str(folder), workers, executor or "local"],
-                                 check=True, capture_output=True, text=True).stdout.split()
-            seconds, peak = float(out[0]), out[1]
-            base = base or seconds
-            print(f"| {spec} | {seconds:.1f} | {args.rows / seconds:,.0f} | {base / seconds:.2f}x | {peak} "
-                  f"| {load:.1f}/{os.getloadavg()[0]:.1f} |", flush=True)
+            times = []
+            for _ in range(args.repeat):
+                load = os.getloadavg()[0]
+                out = subprocess.run([sys.executable, __file__, "--one", str(folder), workers, executor or "local"],
+                                     check=True, capture_output=True, text=True).stdout.split()
+                seconds, driver_cpu, workers_cpu = float(out[0]), float(out[1]), float(out[2])
+                times.append(seconds)
+                ratio = f"{base / statistics.median(times):.2f}x" if base else "1.00x"
+                print(f"| {spec} | {seconds:.1f} | {args.rows / seconds:,.0f} | {ratio} | {driver_cpu:.1f} / "
+                      f"{workers_cpu:.1f} | {driver_cpu / args.rows * 1e6:.0f} | {out[3]} / {out[4]} "
+                      f"| {load:.1f}/{os.getloadavg()[0]:.1f} |", flush=True)
+            base = base or statistics.median(times)
 
 
 if __name__ == "__main__":

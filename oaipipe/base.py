@@ -417,8 +417,26 @@ class Sink(Component[OptionsT]):
     def open(self, run: RunInfo, done_ids: set[str] | None = None) -> None:
         """Prepare the output. ``done_ids`` is ``None`` for a new run."""
 
+    #: capability: :meth:`render` gives a record's output as text from the options and the run alone (no
+    #: state of the open file), so it can run in a worker process (``run.workers``) and the driver only
+    #: appends the text (:meth:`write_rendered`) and calls :meth:`flush` once per group of records
+    renders_in_worker: ClassVar[bool] = False
+
     def write(self, result: RecordResult) -> None:
         raise NotImplementedError
+
+    def render(self, result: RecordResult, run: RunInfo) -> str | None:
+        """(``renders_in_worker`` sinks) The text ``result`` adds to the output (``""``: nothing), or ``None``
+        when only :meth:`write` can tell (it needs what :meth:`open` found). Pure: may run in another process."""
+        raise NotImplementedError
+
+    def write_rendered(self, text: str) -> None:
+        """(``renders_in_worker`` sinks) Append text :meth:`render` made; it may stay buffered until :meth:`flush`."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Hand what was written to the operating system. The runner calls it for every sink after each group
+        of records, before the journal says they are done."""
 
     def close(self) -> None:
         """Flush and release. Must be safe to call twice."""

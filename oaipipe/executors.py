@@ -31,8 +31,9 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from . import errors
 from .errors import PluginError
 
 if TYPE_CHECKING:
@@ -41,10 +42,23 @@ if TYPE_CHECKING:
     from .cache import CacheStats, ResponseCache
     from .calls import CallChain
     from .pipeline import BuiltPipeline
+    from .runner import Rendered
     from .stats import RetryStats
-    from .types import ChatRequest, ChatResponse, Record, RecordResult
+    from .types import ChatRequest, ChatResponse, Record, RecordResult, RunInfo
 
-__all__ = ["MAX_POOL_RESTARTS", "ProcessPool", "RayPool", "pool_plan"]
+__all__ = ["MAX_POOL_RESTARTS", "BatchOut", "ProcessPool", "RayPool", "pool_plan"]
+
+
+class BatchOut(NamedTuple):
+    """What a worker sends back for a batch of records (the one shape every executor returns)."""
+
+    #: the results, in the batch's order (secrets masked when ``rendered`` is given)
+    results: list[RecordResult]
+    #: the kind of each failure, counted (for the driver's early abort)
+    kinds: dict[type, int]
+    #: each result's output as text (:meth:`Runner.render <oaipipe.runner.Runner.render>`), when the worker
+    #: knows the run; ``None``: the driver renders the results
+    rendered: list[Rendered] | None = None
 
 #: times in a row the same batch may break the pool before the run gives up on it
 MAX_POOL_RESTARTS = 3
@@ -111,12 +125,13 @@ def _pipeline_file(pipeline: BuiltPipeline) -> str:
 
 _runner: Any = None
 _loop: asyncio.AbstractEventLoop | None = None
+#: the run being written (given by the driver): the worker renders its records' output for it
+_run: RunInfo | None = None
 
 
-def _exit_with_parent() -> None:
-    """End this worker when its parent (the driver) ends: a
-    driver killed with SIGKILL leaves no worker behind holding its terminal or pipes."""
-    parent = os.getppid()
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when its parent (the driver, process ``parent``) ends: a driver killed with SIGKILL
+    leaves no worker behind holding its terminal or pipes, even one still starting when it was killed."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -126,11 +141,16 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="oaipipe-parent-watch", daemon=True).start()
 
 
-def _init_worker(file: str, load_args: dict[str, Any], watch_parent: bool = False) -> None:
-    """Load the pipeline from its file (its plugins too) and keep one runner to process records with."""
-    global _runner, _loop
-    if watch_parent:
-        _exit_with_parent()
+def _init_worker(file: str, load_args: dict[str, Any], watch_parent: int | None = None, run: RunInfo | None = None,
+                 secrets: tuple[str, ...] = ()) -> None:
+    """Load the pipeline from its file (its plugins too) and keep one runner to process records with.
+    With ``run``, each batch's output is rendered here too, masked with the driver's ``secrets``."""
+    global _runner, _loop, _run
+    if watch_parent is not None:
+        _exit_with_parent(watch_parent)
+    for secret in secrets:  # the driver's, whatever registered them there (a key given on the command line)
+        errors.register_secret(secret)
+    _run = run
     from .pipeline import load_pipeline
     from .runner import Runner, RunOptions
 
@@ -141,8 +161,9 @@ def _init_worker(file: str, load_args: dict[str, Any], watch_parent: bool = Fals
     _loop = asyncio.new_event_loop()
 
 
-def _run_batch(records: list[Record]) -> tuple[list[RecordResult], dict[type, int]]:
-    """The results of ``records``, in their order, and the kind of each failure (for the driver's counts)."""
+def _run_batch(records: list[Record]) -> BatchOut:
+    """The results of ``records``, in their order, and the kind of each failure (for the driver's counts);
+    rendered (journal line, error line, each sink's text) when the worker knows the run."""
     assert _runner is not None and _loop is not None
     _runner._failure_kinds.clear()
 
@@ -150,7 +171,11 @@ def _run_batch(records: list[Record]) -> tuple[list[RecordResult], dict[type, in
         return [await _runner._process(record) for record in records]
 
     results = _loop.run_until_complete(batch())
-    return results, dict(_runner._failure_kinds)
+    kinds = dict(_runner._failure_kinds)
+    if _run is None:
+        return BatchOut(results, kinds)
+    staged = [_runner.render(result, _run) for result in results]
+    return BatchOut([result for result, _ in staged], kinds, [out for _, out in staged])
 
 
 # --- in the driver ------------------------------------------------------------------------------------
@@ -159,9 +184,11 @@ def _run_batch(records: list[Record]) -> tuple[list[RecordResult], dict[type, in
 class ProcessPool:
     """Batches of records processed by worker processes; results come back in submission order."""
 
-    def __init__(self, pipeline: BuiltPipeline, workers: int) -> None:
+    def __init__(self, pipeline: BuiltPipeline, workers: int, run: RunInfo | None = None) -> None:
         self.pipeline = pipeline
         self.workers = workers
+        #: the run being written: given, the workers render each record's output (the driver appends it)
+        self.run = run
         #: batches submitted and not yet taken back, oldest first: (records, future)
         self._pending: collections.deque[tuple[list[Record], asyncio.Future[Any]]] = collections.deque()
         self._breaks = 0
@@ -173,7 +200,8 @@ class ProcessPool:
         ctx = multiprocessing.get_context(_start_method())
         assert self.pipeline.load_args is not None
         return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(_pipeline_file(self.pipeline), self.pipeline.load_args, True))
+                                   initargs=(_pipeline_file(self.pipeline), self.pipeline.load_args, os.getpid(), self.run,
+                                             tuple(errors._registered_secrets)))
 
     def _submit(self, records: list[Record]) -> asyncio.Future[Any]:
         return asyncio.wrap_future(self._pool.submit(_run_batch, records))
@@ -188,7 +216,7 @@ class ProcessPool:
     def head_done(self) -> bool:
         return bool(self._pending) and self._pending[0][1].done()
 
-    async def take(self) -> tuple[list[RecordResult], dict[type, int]]:
+    async def take(self) -> BatchOut:
         """The results of the oldest batch (waits for them). A dead worker: a new pool, the batches again."""
         while True:
             records, future = self._pending[0]
@@ -299,7 +327,7 @@ class BatchActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def run_batch(self, records: list[Record]) -> tuple[Any, dict[str, Any]]:
+    def run_batch(self, records: list[Record]) -> tuple[BatchOut | None, dict[str, Any]]:
         """The batch's results (as the process pool's), and what its calls did: ``calls`` (step, answer
         without its text), ``retries`` (attempts and retries, for the driver's counters) and ``abort``
         (the message of an error that stops the run: a refused key)."""
@@ -316,7 +344,7 @@ class BatchActor:
             runner._abort = None
         return out, extras
 
-    def _run_concurrently(self, records: list[Record]) -> tuple[list[RecordResult], dict[type, int]]:
+    def _run_concurrently(self, records: list[Record]) -> BatchOut:
         """The batch's records, up to ``backend.concurrency`` at once; results in input order."""
         runner = _runner
         assert runner is not None and _loop is not None
@@ -331,7 +359,7 @@ class BatchActor:
         async def batch() -> list[RecordResult]:
             return list(await asyncio.gather(*(one(record) for record in records)))
 
-        return _loop.run_until_complete(batch()), dict(runner._failure_kinds)
+        return BatchOut(_loop.run_until_complete(batch()), dict(runner._failure_kinds))
 
 
 def _backend_id(pipeline: BuiltPipeline) -> str:
@@ -496,7 +524,7 @@ class RayPool(ProcessPool):
         future.actor = (index, actor)  # type: ignore[attr-defined]
         return future
 
-    async def take(self) -> tuple[list[RecordResult], dict[type, int]]:
+    async def take(self) -> BatchOut:
         while True:
             records, future = self._pending[0]
             try:

@@ -8,7 +8,10 @@ How a run goes:
 3. Up to ``backend.concurrency`` records are processed at once; each goes through every step in order.
    Sync plugin code (analyzers, blocking backends) runs in threads, off the event loop.
 4. Finished records are handed to the sinks **in input order** (a bounded reorder window keeps memory
-   flat), then journaled. A record that fails is logged to ``errors.jsonl``; the run goes on, unless
+   flat), then journaled, a group at a time (:meth:`Runner._commit`: every sink written and flushed, then
+   one write and flush of the journal). Each record is rendered to text first (:meth:`Runner.render`:
+   secrets masked, journal line, each sink's text); with ``run.workers`` a worker process does that, and
+   the driver only appends the bytes. A record that fails is logged to ``errors.jsonl``; the run goes on, unless
    ``--max-failures`` is passed or the first records all fail.
 5. A summary is written to ``summary.json`` and returned; the ``train:`` step runs last.
 
@@ -27,6 +30,7 @@ import datetime as _dt
 import functools
 import json
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -112,6 +116,69 @@ class _Outputs:
     sinks: list[Any] = field(default_factory=list)
     journal: StateFile | None = None
     errors: StateFile | None = None
+
+
+@dataclass(slots=True)
+class Rendered:
+    """A finished record's output as text, made where its steps ran (a worker process, or the driver) by
+    :meth:`Runner.render`: the driver only appends it, in input order (:meth:`Runner._commit`)."""
+
+    #: its journal line
+    journal: str
+    #: its ``errors.jsonl`` line, if it failed
+    error: str | None
+    #: per sink, in the pipeline's order: the text to append (``""``: nothing), or ``None``: the driver
+    #: renders it, or hands the result to ``sink.write`` (a sink that does not render in a worker)
+    sinks: list[str | None]
+
+
+#: a finished record (secrets masked) and its output as text
+Staged = tuple[RecordResult, Rendered]
+
+#: the single-process path writes what finished every this many records, or this many seconds after the
+#: first of them finished (the pool writes each batch as it comes back)
+_GROUP = 256
+_GROUP_SECONDS = 0.05
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str).encode  # json.dumps(.., ensure_ascii=False, default=str)
+
+
+class _Group:
+    """Finished records of the single-process path, rendered and not written yet: written as one group
+    (:meth:`Runner._commit`) every :data:`_GROUP` records, :data:`_GROUP_SECONDS` after the first of them
+    finished at the latest (also while the driver waits), and at once after a failure (so that it counts
+    towards ``--max-failures`` at once)."""
+
+    def __init__(self, runner: Runner, journal: Any, errors: Any, info: RunInfo) -> None:
+        self.runner, self.journal, self.errors, self.info = runner, journal, errors, info
+        self.staged: list[Staged] = []
+        self.due = 0.0
+
+    def add(self, result: RecordResult | None) -> None:
+        if result is None:
+            return
+        if not self.staged:
+            self.due = time.monotonic() + _GROUP_SECONDS
+        self.staged.append(self.runner.render(result, self.info))
+        if len(self.staged) >= _GROUP or result.error is not None or time.monotonic() >= self.due:
+            self.commit()
+
+    def commit(self) -> None:
+        self.runner._commit(self.staged, self.journal, self.errors, self.info)
+
+    def commit_if_due(self) -> None:
+        if self.staged and time.monotonic() >= self.due:
+            self.commit()
+
+    async def take(self, pending: collections.deque[asyncio.Task[RecordResult | None]]) -> None:
+        """Stage the oldest pending record (waits for it); what is staged is written when due meanwhile."""
+        task = pending[0]
+        if self.staged and not task.done():
+            await asyncio.wait({task}, timeout=max(0.0, self.due - time.monotonic()))
+            if not task.done():
+                self.commit()
+        result = await task
+        pending.popleft()
+        self.add(result)
 
 
 def _now() -> str:
@@ -508,7 +575,7 @@ class Runner:
                                         chain=self.calls, on_call=self._count_call,
                                         stop=lambda: self._stop_scheduling)
         else:
-            pool = ProcessPool(self.pipeline, workers)
+            pool = ProcessPool(self.pipeline, workers, info)
         self.pool_workers = workers
         self.pool_executor = "ray" if isinstance(pool, RayPool) else "local"
         window = 2 * workers  # batches in flight: memory stays flat whatever the input's size
@@ -518,14 +585,14 @@ class Runner:
         sentinel = object()
 
         async def emit_head() -> None:
-            results, kinds = await pool.take()
-            for kind, n in kinds.items():
+            out = await pool.take()
+            for kind, n in out.kinds.items():
                 self._failure_kinds[kind] += n
-            for result in results:
-                self._emit(result, journal, errors, info, flush=False)
-            # one flush per batch: each sink flushed its lines already, so the journal still comes last
-            journal.flush()
-            errors.flush()
+            if out.rendered is not None:  # the worker rendered its records: only bytes to append here
+                staged: list[Staged] = list(zip(out.results, out.rendered, strict=True))
+            else:
+                staged = [self.render(result, info) for result in out.results]
+            self._commit(staged, journal, errors, info)  # one write and flush per file and batch
 
         try:
             while self._abort is None and not self._limited and not self._stop_scheduling:
@@ -573,12 +640,10 @@ class Runner:
                     return None  # budget reached while it waited: not started, the next run does it
                 return await self._process(record)
 
-        def emit(result: RecordResult | None) -> None:
-            if result is not None:
-                self._emit(result, journal, errors, info)
-
+        out = _Group(self, journal, errors, info)
         try:
             while not self._stop_scheduling and self._abort is None and not self._limited:
+                out.commit_if_due()
                 batch = await asyncio.to_thread(next, batches, sentinel)
                 if batch is sentinel:
                     break
@@ -594,13 +659,18 @@ class Runner:
                     if self._stop_scheduling or self._abort:
                         break
                     while len(pending) >= window:
-                        emit(await pending.popleft())
+                        await out.take(pending)
                     pending.append(asyncio.create_task(worker(record)))
                     scheduled += 1
                     while pending and pending[0].done():
-                        emit(pending.popleft().result())
+                        out.add(pending.popleft().result())
             while pending and self._abort is None:
-                emit(await pending.popleft())
+                await out.take(pending)
+            out.commit()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            with contextlib.suppress(Exception):
+                out.commit()  # what finished is kept: a rerun does not do it again
+            raise
         finally:
             for task in pending:
                 task.cancel()
@@ -650,49 +720,94 @@ class Runner:
                            RecordError(f"unexpected {type(exc).__name__} in step {step_label}{at}: {exc}"))
         return RecordResult(record, fields, ctx.exchanges, ctx.sentiments)
 
-    def _emit(self, result: RecordResult, journal: Any, errors: Any, info: RunInfo, *, flush: bool = True) -> None:
-        """Hand a result to every sink, then journal it (flushed unless the caller flushes a batch at once)."""
+    def render(self, result: RecordResult, info: RunInfo) -> Staged:
+        """``result`` with its secrets masked, and its output as text: its journal line, its error line,
+        each sink's text. The same code in a worker process and in the driver: the files are the same."""
         result = redact_data(result)  # no secret (a ${env:...} value in a prompt, say) reaches sinks or files
-        ok = result.error is None
-        for sink in self.pipeline.sinks:
-            try:
-                sink.write(result)
-            except OaipipeError:
-                raise
-            except Exception as exc:  # a full disk, a plugin bug: stop, naming the sink (the record is redone)
-                if is_storage_error(exc):  # permissions, a full or read-only disk: exit 9, naming the file
-                    err = StorageError.from_os_error(exc, _sink_path(self.pipeline, sink), doing="write")  # type: ignore[arg-type]
-                    err.message = f"sink {sink.name} failed to write record {result.record.id}: {err.message}"
-                    raise err from exc
-                raise PluginError(
-                    f"sink {sink.name} failed to write record {result.record.id}: {type(exc).__name__}: {exc}",
-                    hint="fix the cause (disk space, permissions, the sink's plugin) and rerun the same command: "
-                         "finished records are kept, this one is written again",
-                ) from exc
         entry: dict[str, Any] = {
             "id": result.record.id,
-            "status": "done" if ok else "failed",
+            "status": "done" if result.error is None else "failed",
             "where": result.record.where,
             "fields": result.fields,
             "exchanges": [_exchange_dict(e, result) for e in result.exchanges],
             "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),  # when it finished (run store)
         }
-        if not ok:
+        error = None
+        if result.error is not None:
             entry["error"] = result.error
-            errors.write(json.dumps({"id": result.record.id, "where": result.record.where, "error": result.error,
-                                     "time": _now()}, ensure_ascii=False, default=str) + "\n")
-            if flush:
+            error = _JSON({"id": result.record.id, "where": result.record.where, "error": result.error,
+                           "time": _now()}) + "\n"
+        return result, Rendered(_JSON(entry) + "\n", error, [_render_for(sink, result, info)
+                                                            for sink in self.pipeline.sinks])
+
+    def _commit(self, staged: list[Staged], journal: Any, errors: Any, info: RunInfo) -> None:
+        """Write a group of finished records, in order: to every sink (each flushed), then to ``errors.jsonl``
+        and the journal (flushed last: a journal line on disk means its record is in every sink). A sink
+        that fails stops the run after the records before the failing one are journaled."""
+        if not staged:
+            return
+        written, failure = self._write_sinks(staged, info)
+        group = staged[:written]
+        staged.clear()
+        if group:
+            failed = [out.error for _, out in group if out.error is not None]
+            if failed:
+                errors.write("".join(failed))
                 errors.flush()
-            self.stats.failed += 1
-        else:
-            self.stats.done += 1
-        journal.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
-        if flush:
+            journal.write("".join([out.journal for _, out in group]))
             journal.flush()
-        self.pipeline.host.record_done(info, result)
-        self.reporter.update(self.stats)
-        if not ok:
-            self._check_failures(result)
+            for result, _ in group:
+                if result.error is None:
+                    self.stats.done += 1
+                else:
+                    self.stats.failed += 1
+                self.pipeline.host.record_done(info, result)
+                if result.error is not None:
+                    self._check_failures(result)
+            self.reporter.update(self.stats)
+        if failure is not None:
+            raise failure
+
+    def _write_sinks(self, staged: list[Staged], info: RunInfo) -> tuple[int, OaipipeError | None]:
+        """Hand each record to every sink, then flush them: (how many records every sink has, the error)."""
+        written, failure, sink, record_id = 0, None, None, ""
+        try:
+            for result, out in staged:
+                record_id = result.record.id
+                for sink, text in zip(self.pipeline.sinks, out.sinks, strict=True):
+                    if text is None and sink.renders_in_worker:
+                        text = sink.render(result, info)  # what a worker could not know (a csv header)
+                    if text is None:
+                        sink.write(result)
+                    elif text:
+                        sink.write_rendered(text)
+                written += 1
+        except Exception as exc:  # a full disk, a plugin bug: stop, naming the sink (the record is redone)
+            failure = self._sink_failure(sink, record_id, exc)
+        try:
+            for sink in self.pipeline.sinks:
+                sink.flush()
+        except Exception as exc:  # noqa: BLE001 - nothing of the group is journaled
+            return 0, failure or self._sink_failure(sink, record_id, exc)
+        return written, failure
+
+    def _sink_failure(self, sink: Any, record_id: str, exc: Exception) -> OaipipeError:
+        if isinstance(exc, OaipipeError):
+            return exc
+        failure = self._sink_error(sink, record_id, exc)
+        failure.__cause__ = exc
+        return failure
+
+    def _sink_error(self, sink: Any, record_id: str, exc: Exception) -> OaipipeError:
+        if is_storage_error(exc):  # permissions, a full or read-only disk: exit 9, naming the file
+            err = StorageError.from_os_error(exc, _sink_path(self.pipeline, sink), doing="write")  # type: ignore[arg-type]
+            err.message = f"sink {sink.name} failed to write record {record_id}: {err.message}"
+            return err
+        return PluginError(
+            f"sink {sink.name} failed to write record {record_id}: {type(exc).__name__}: {exc}",
+            hint="fix the cause (disk space, permissions, the sink's plugin) and rerun the same command: "
+                 "finished records are kept, this one is written again",
+        )
 
     def _check_failures(self, result: RecordResult) -> None:
         if self._abort is not None:
@@ -735,6 +850,17 @@ def _close_failure(sink: Any, exc: Exception) -> OaipipeError:
     return PluginError(f"sink {sink.name} failed to close its output: {type(exc).__name__}: {exc}",
                        hint="fix the cause and rerun the same command: the run resumes and the sink writes "
                             "its output then")
+
+
+def _render_for(sink: Any, result: RecordResult, info: RunInfo) -> str | None:
+    """The sink's text for ``result``, if it renders (``None``: the driver writes it; a sink that fails to
+    render fails in the driver's ``write``, with the error naming it)."""
+    if not sink.renders_in_worker:
+        return None
+    try:
+        return sink.render(result, info)  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - the driver's write() reports it
+        return None
 
 
 def _exchange_dict(exchange: Any, result: RecordResult) -> dict[str, Any]:

@@ -153,7 +153,9 @@ def test_store_is_written_as_the_run_goes(tmp_path: Path) -> None:
     assert summary["records"]["done"] == 400
     peek = sys.modules["oaipipe_user_plugin_peek"]
     (status, done), exchanges = peek.SEEN
-    assert status == "running" and 256 <= done < 400 and exchanges >= 256  # committed before the run ended
+    # committed before the run ended ("running"); the journal is written a group of records at a time, so the
+    # hook of r300 may run after the records up to r399 are journaled (and fed to the store) too
+    assert status == "running" and 256 <= done <= 400 and exchanges >= 256
     with open_store(tmp_path / "runs", sync=False) as store:  # and complete once it did, without a sync
         (run,) = store.runs()
         assert run["status"] == "finished" and run["records_done"] == 400

@@ -4,8 +4,9 @@ Every message of every exchange a step made (system, user, assistant) is written
 The sentiment comes from a ``sentiment`` step that scored exactly that text, else from the sink's own
 ``analyzer`` option (default ``vader``; ``null`` turns it off and leaves ``sentiment: null``).
 
-* ``dialogue-jsonl``: one JSON line per exchange, appended and flushed after each record. Safe at any
-  size; the format to prefer.
+* ``dialogue-jsonl``: one JSON line per exchange, appended and flushed after each record (during a run:
+  after each group of records; rendered in a worker with ``run.workers``). Safe at any size; the format
+  to prefer.
 * ``dialogue-json``: the original single-document format, a JSON array of ``{role, content, sentiment}``
   entries (plus ``record_id``, ``run_id``, ``step`` and ``time``). Each record's entries are written at
   once over the closing bracket (:class:`JsonArrayLog`): a write costs the record, not the document, and
@@ -27,7 +28,7 @@ from pydantic import Field
 
 from ..base import Analyzer, PluginOptions, Sink
 from ..hookspecs import hookimpl
-from ..kit.sinks import MODE_FIELD_DOC, JsonArrayLog, JsonlAppendingSink, start_over, utc_now
+from ..kit.sinks import MODE_FIELD_DOC, JsonArrayLog, JsonlAppendingSink, jsonl_text, start_over, utc_now
 from ..kit.sinks import reconcile_jsonl as reconcile_jsonl  # documented import path (docs/plugins.md)
 from ..types import Exchange, RecordResult, RunInfo, Sentiment
 
@@ -164,11 +165,12 @@ class DialogueJsonlSink(JsonlAppendingSink):
     def prepare(self) -> None:
         self._fill.analyzer()  # an unknown analyzer name fails when the pipeline is built, not mid-run
 
-    def write(self, result: RecordResult) -> None:
-        run = self._open_run()
+    renders_in_worker = True
+
+    def render(self, result: RecordResult, run: RunInfo) -> str:
         if result.error is not None or not result.exchanges:
-            return
-        self._append_objects([
+            return ""
+        return jsonl_text([
             {
                 "run_id": run.run_id,
                 "record_id": result.record.id,

@@ -7,7 +7,8 @@
   values are JSON-encoded. Appending to an existing CSV keeps its header.
 
 Both hold the records of the latest run by default (``mode: overwrite``: a new run starts the file over;
-``mode: append`` collects every run). They append and flush after each record, and on resume drop the rows
+``mode: append`` collects every run). They append and flush after each record (during a run: after each
+group of records, before the journal; a worker process renders the text: ``renders_in_worker``), and on resume drop the rows
 this run wrote for records that did not finish (and a row cut short by a crash), so each record ends up
 exactly once.
 """
@@ -15,6 +16,7 @@ exactly once.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +27,15 @@ from ..base import PluginOptions
 from ..errors import InputError
 from ..fsutil import atomic_file
 from ..hookspecs import hookimpl
-from ..kit.sinks import MODE_FIELD_DOC, AppendingSink, JsonlAppendingSink, first_line, start_over, unfinished
+from ..kit.sinks import (
+    MODE_FIELD_DOC,
+    AppendingSink,
+    JsonlAppendingSink,
+    first_line,
+    jsonl_text,
+    start_over,
+    unfinished,
+)
 from ..types import RecordResult, RunInfo
 
 ID_COLUMN = "record_id"
@@ -46,16 +56,17 @@ class JsonlRecordsSink(JsonlAppendingSink):
 
     options: Options
 
-    def write(self, result: RecordResult) -> None:
-        run = self._open_run()
+    renders_in_worker = True
+
+    def render(self, result: RecordResult, run: RunInfo) -> str:
         if result.error is not None and not self.options.include_failed:
-            return
+            return ""
         obj: dict[str, Any] = {"_id": result.record.id, "_run": run.run_id}
         # a record field named like ours must not break resume: ours win
         obj.update((k, v) for k, v in result.fields.items() if k not in ("_id", "_run", "_error"))
         if result.error is not None:
             obj["_error"] = result.error
-        self._append_objects([obj])
+        return jsonl_text([obj])
 
 
 def cell(value: Any) -> str:
@@ -89,6 +100,7 @@ class CsvRecordsSink(AppendingSink):
         self._writer: Any = None
         self._header: list[str] | None = None  # full header, once known
         self._header_written = False
+        self._row: tuple[io.StringIO, Any] | None = None  # a row rendered to text: (buffer, csv writer on it)
 
     def _header_for(self, fields: list[str]) -> list[str]:
         middle = [f for f in fields if f not in (ID_COLUMN, RUN_COLUMN)]
@@ -176,6 +188,29 @@ class CsvRecordsSink(AppendingSink):
         self._header_written = True
         self._fh.flush()
 
+    renders_in_worker = True
+
+    def render(self, result: RecordResult, run: RunInfo) -> str | None:
+        """The record's row; ``None`` while the header is unknown (no ``columns:``, before the first row: a
+        worker never knows it, and :meth:`write` writes the header with the first row)."""
+        header = self._header if self._header is not None else (
+            self._header_for(self.options.columns) if self.options.columns is not None else None)
+        if result.error is not None:
+            return ""
+        if header is None:
+            return None
+        values = dict(result.fields)
+        values[ID_COLUMN] = result.record.id
+        values[RUN_COLUMN] = run.run_id
+        if self._row is None:
+            rows = io.StringIO(newline="")
+            self._row = (rows, csv.writer(rows, delimiter=self.options.delimiter, lineterminator="\n"))
+        buffer, writer = self._row
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow([cell(values.get(col)) for col in header])
+        return buffer.getvalue()
+
     def write(self, result: RecordResult) -> None:
         run = self._open_run()
         if result.error is not None:
@@ -183,11 +218,9 @@ class CsvRecordsSink(AppendingSink):
         if self._header is None:
             self._header = self._header_for(list(result.fields))
             self._write_header()
-        values = dict(result.fields)
-        values[ID_COLUMN] = result.record.id
-        values[RUN_COLUMN] = run.run_id
-        self._writer.writerow([cell(values.get(col)) for col in self._header])
-        self._fh.flush()
+        text = self.render(result, run)
+        assert text is not None
+        self._append(text)
 
     def close(self) -> None:
         try:

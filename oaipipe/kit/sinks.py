@@ -1,4 +1,5 @@
-"""What the file sinks share: appending with a flush per record, and the resume rules.
+"""What the file sinks share: appending (a flush per record, or per group of records for a sink that
+renders in a worker: ``renders_in_worker``), and the resume rules.
 
 On resume (``done_ids`` given) a sink drops what this run wrote for records that did not finish
 (:func:`unfinished`), and always drops a last line cut short by a crash, so that every record ends up in
@@ -20,10 +21,10 @@ from typing import Any, ClassVar
 from ..base import Context, Sink
 from ..errors import InputError
 from ..fsutil import atomic_file, write_text_atomic
-from ..types import RunInfo
+from ..types import RecordResult, RunInfo
 from .sources import FileOptionsT
 
-__all__ = ["AppendingSink", "JsonArrayLog", "JsonlAppendingSink", "MODE_FIELD_DOC", "dumps_indented", "first_line", "jsonl_written_by", "reconcile_jsonl", "start_over", "unfinished", "utc_now"]
+__all__ = ["AppendingSink", "JsonArrayLog", "JsonlAppendingSink", "MODE_FIELD_DOC", "dumps_indented", "first_line", "jsonl_text", "jsonl_written_by", "reconcile_jsonl", "start_over", "unfinished", "utc_now"]
 
 
 def utc_now() -> str:
@@ -136,6 +137,23 @@ class AppendingSink(Sink[FileOptionsT]):
         self._fh.write(text)
         self._fh.flush()
 
+    def write(self, result: RecordResult) -> None:
+        """For a ``renders_in_worker`` subclass: append what :meth:`render` gives, and flush."""
+        text = self.render(result, self._open_run())
+        if text is None:
+            raise NotImplementedError(f"{self.kind}: render() gave None and write() is not overridden")
+        if text:
+            self._append(text)
+
+    def write_rendered(self, text: str) -> None:
+        """Append text :meth:`render` made (in this process or a worker's), without flushing."""
+        self._open_run()
+        self._fh.write(text)
+
+    def flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+
     def close(self) -> None:
         if self._fh is not None:
             try:
@@ -162,7 +180,15 @@ class JsonlAppendingSink(AppendingSink[FileOptionsT]):
 
     def _append_objects(self, objects: list[dict[str, Any]]) -> None:
         """Append one JSON line per object, in one write."""
-        self._append("".join(json.dumps(obj, ensure_ascii=False, default=str) + "\n" for obj in objects))
+        self._append(jsonl_text(objects))
+
+
+def jsonl_text(objects: list[dict[str, Any]]) -> str:
+    """One JSON line per object (``ensure_ascii=False``, anything else as ``str``), joined."""
+    return "".join([_LINE(obj) + "\n" for obj in objects])
+
+
+_LINE = json.JSONEncoder(ensure_ascii=False, default=str).encode  # json.dumps(obj, ensure_ascii=False, default=str)
 
 
 # --- one JSON array that grows at its tail -------------------------------------------------------------
