@@ -170,9 +170,12 @@ def _run_batch(records: list[Record]) -> BatchOut:
     async def batch() -> list[RecordResult]:
         return [await _runner._process(record) for record in records]
 
-    results = _loop.run_until_complete(batch())
-    kinds = dict(_runner._failure_kinds)
-    if _run is None:
+    return _rendered(_loop.run_until_complete(batch()), dict(_runner._failure_kinds))
+
+
+def _rendered(results: list[RecordResult], kinds: dict[type, int]) -> BatchOut:
+    """A batch's results as the driver takes them back: rendered here when this worker knows the run."""
+    if _run is None or _runner is None:
         return BatchOut(results, kinds)
     staged = [_runner.render(result, _run) for result in results]
     return BatchOut([result for result, _ in staged], kinds, [out for _, out in staged])
@@ -270,7 +273,8 @@ class BatchActor:
     calls cost, for the driver's counts and budget (:meth:`run_batch`)."""
 
     def __init__(self, file: str, load_args: dict[str, Any], services: dict[str, Any] | None = None,
-                 client: str = "", backend: str = "") -> None:
+                 client: str = "", backend: str = "", run: RunInfo | None = None,
+                 secrets: tuple[str, ...] = ()) -> None:
         from .errors import OaipipeError
 
         #: why this actor cannot run the driver's steps (the driver stops the run with it), or ""
@@ -279,7 +283,7 @@ class BatchActor:
         self.concurrency = 1
         self.calling = False
         try:
-            _init_worker(file, load_args)
+            _init_worker(file, load_args, None, run, secrets)
         except OaipipeError as exc:  # the cluster's environment differs: the driver says so, once
             self.mismatch = f"a Ray actor could not load the pipeline: {exc}"
             return
@@ -359,7 +363,7 @@ class BatchActor:
         async def batch() -> list[RecordResult]:
             return list(await asyncio.gather(*(one(record) for record in records)))
 
-        return BatchOut(_loop.run_until_complete(batch()), dict(runner._failure_kinds))
+        return _rendered(_loop.run_until_complete(batch()), dict(runner._failure_kinds))
 
 
 def _backend_id(pipeline: BuiltPipeline) -> str:
@@ -453,7 +457,7 @@ class RayPool(ProcessPool):
 
     def __init__(self, pipeline: BuiltPipeline, workers: int, address: str | None = None, *,
                  chain: CallChain | None = None, on_call: Callable[[str, ChatResponse], None] | None = None,
-                 stop: Callable[[], bool] | None = None) -> None:
+                 stop: Callable[[], bool] | None = None, run: RunInfo | None = None) -> None:
         from .extras import require
         from .ray_cluster import ClusterServices
 
@@ -478,13 +482,13 @@ class RayPool(ProcessPool):
         #: records per batch: whole source batches for CPU work, a few rounds of calls for API steps
         self.batch_size = CALLS_PER_BATCH * concurrency if calling else 0
         self._summary: dict[str, Any] = {}
-        super().__init__(pipeline, workers)
+        super().__init__(pipeline, workers, run)
 
     def _new_actor(self) -> Any:
         self._made = getattr(self, "_made", 0) + 1
         return self._remote.remote(_pipeline_file(self.pipeline), self.pipeline.load_args,
                                    self.services.worker_args(), f"actor-{self._made}",
-                                   _backend_id(self.pipeline))
+                                   _backend_id(self.pipeline), self.run, tuple(errors._registered_secrets))
 
     def _new_pool(self) -> Any:
         self.actors = [self._new_actor() for _ in range(self.workers)]

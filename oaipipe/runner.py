@@ -573,7 +573,7 @@ class Runner:
         if (self.options.executor or cfg.executor) == "ray":
             pool: ProcessPool = RayPool(self.pipeline, workers, self.options.ray_address or cfg.ray_address,
                                         chain=self.calls, on_call=self._count_call,
-                                        stop=lambda: self._stop_scheduling)
+                                        stop=lambda: self._stop_scheduling, run=info)
         else:
             pool = ProcessPool(self.pipeline, workers, info)
         self.pool_workers = workers
