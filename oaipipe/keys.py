@@ -24,6 +24,14 @@ SDK took from the environment on its own. The HTTP backends' options read ``OPEN
 ``OPENAI_ORG_ID`` and ``OPENAI_PROJECT_ID`` themselves (when the pipeline leaves ``base_url`` /
 ``organization`` / ``project`` unset), so the rule above decides the key for that URL like for any other.
 
+URLs
+----
+
+Every endpoint URL is made by :func:`endpoint_url`: the endpoint's path joins ``base_url``'s *path*, and
+``base_url``'s query string (``?api-version=...``, as Azure-style servers want) is kept and sent with every
+call; SDK clients get it as ``default_query`` (:func:`split_base_url`). A ``base_url`` with a fragment
+(``#...``) is refused when the pipeline is validated (:func:`check_base_url`).
+
 A key the server refused (HTTP 401) is never sent again by that backend, and the first request of a
 backend goes alone, so that a wrong key costs one request, not one per worker: :class:`KeyGate`.
 
@@ -39,21 +47,27 @@ import os
 import re
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Annotated, Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from pydantic import AfterValidator
 
 from .errors import AuthenticationError, BackendError, register_secret
 
 __all__ = [
     "NO_KEY_PLACEHOLDER",
+    "BaseURL",
     "OPENAI_BASE_URL",
     "OPENAI_HOST",
     "KeyGate",
+    "check_base_url",
+    "endpoint_url",
     "is_openai_host",
     "is_openai_url",
     "refusal_hint",
     "resolve_api_key",
     "sdk_client",
+    "split_base_url",
 ]
 
 T = TypeVar("T")
@@ -89,6 +103,47 @@ def is_openai_url(base_url: str | None) -> bool:
 
 #: the name the transports used before; same rule
 is_openai_host = is_openai_url
+
+
+# --- the one way an endpoint's URL is made from base_url ----------------------------------------
+
+
+def check_base_url(value: str | None, *, name: str = "base_url") -> str | None:
+    """``value`` when it can serve as a ``base_url``, else a ``ValueError`` saying what to fix.
+
+    A query string is kept (``?api-version=...``, as Azure-style servers want: :func:`endpoint_url` sends
+    it with every call); a fragment (``#...``) is refused, since HTTP clients never send it and whatever
+    the user meant by it would silently not happen."""
+    if value is None:
+        return None
+    if "#" in str(value):
+        kept = str(value).split("#", 1)[0]
+        raise ValueError(f"{name} {value!r} has a fragment (#...), which is never sent to a server; "
+                         f"remove it: {kept!r} (a query string such as ?api-version=... is kept and sent)")
+    return value
+
+
+#: the type of a ``base_url`` option: a URL string that :func:`check_base_url` accepts
+BaseURL = Annotated[str, AfterValidator(check_base_url)]
+
+
+def split_base_url(base_url: str | None) -> tuple[str, dict[str, str]]:
+    """``base_url`` (OpenAI's when unset) as (the URL without its query and trailing ``/``, the query's
+    parameters). For clients that take the query apart (the SDK's ``default_query``)."""
+    parts = urlsplit(str(base_url or OPENAI_BASE_URL))
+    bare = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+    return bare, dict(parse_qsl(parts.query, keep_blank_values=True))
+
+
+def endpoint_url(base_url: str | None, path: str) -> str:
+    """The URL of the endpoint ``path`` (``/chat/completions``, ``files/f-1?x=y``) below ``base_url``:
+    ``path`` joins the base URL's *path*, and the base URL's query (``?api-version=...``) is kept, ahead
+    of the endpoint's own query. Every transport builds its URLs here."""
+    parts = urlsplit(str(base_url or OPENAI_BASE_URL))
+    tail = urlsplit(path)
+    joined = parts.path.rstrip("/") + "/" + tail.path.lstrip("/")
+    query = "&".join(q for q in (parts.query, tail.query) if q)
+    return urlunsplit((parts.scheme, parts.netloc, joined, query, ""))
 
 
 def _secret_value(secret: Any) -> str | None:
@@ -149,10 +204,13 @@ def sdk_client(factory: Callable[..., T], *, api_key: str | None, base_url: str 
 
     ``api_key`` ``None`` sends :data:`NO_KEY_PLACEHOLDER` (the SDK wants a key), ``base_url`` ``None``
     means OpenAI's own URL; both are always passed, so the SDK never reads ``OPENAI_API_KEY`` or
-    ``OPENAI_BASE_URL``. What it still takes from the environment by itself (organization, project, admin
+    ``OPENAI_BASE_URL``. A query string of ``base_url`` (``?api-version=...``) goes to ``default_query``,
+    so that it is sent with every call (:func:`split_base_url`). What it still takes from the environment by itself (organization, project, admin
     key, webhook secret, custom headers) is reset to the arguments afterwards.
     """
-    url = base_url or OPENAI_BASE_URL
+    url, query = split_base_url(base_url)  # the SDK appends paths to the query otherwise: see endpoint_url
+    if query:
+        kwargs["default_query"] = {**query, **(kwargs.get("default_query") or {})}
     key = api_key or NO_KEY_PLACEHOLDER
     headers = dict(default_headers or {})
     client = factory(api_key=key, base_url=url, organization=organization, project=project,

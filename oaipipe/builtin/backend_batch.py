@@ -54,6 +54,7 @@ from .. import hookimpl
 from ..errors import BackendError, ServerError, mask_secrets
 from ..fsutil import write_text_atomic
 from ..home import home_dir
+from ..keys import endpoint_url
 from ..kit.http import HTTPBackendOptions, http_error, not_the_api
 from ..lazy import lazy_module
 from ..openai_wire import parse_reply
@@ -247,7 +248,7 @@ class BatchBackend(OpenAIBackend):
 
     async def _api(self, what: str, fn: Any, *, not_found: Any = _RAISE) -> Any:
         """One API call through the retry policy; ``not_found`` (when given) is returned for a 404."""
-        url = f"{self.base_url}/{what}"
+        url = endpoint_url(self.base_url, what)
 
         async def attempt() -> Any:
             try:

@@ -22,7 +22,7 @@ from pydantic import Field
 from .. import hookimpl
 from ..base import Backend
 from ..errors import BackendError, ServerError
-from ..keys import sdk_client
+from ..keys import endpoint_url, sdk_client
 from ..kit.aiohttp import AiohttpTransportMixin
 from ..kit.http import HTTPBackendMixin, HTTPBackendOptions, http_error, not_the_api
 from ..lazy import lazy_module
@@ -167,7 +167,7 @@ class OpenAIBackend(AiohttpTransportMixin, HTTPBackendMixin, Backend):
         responses = self.api_of(request.model) == "responses"
         client = self.aclient
         path, body = self._chat_call(request)
-        url = f"{self.base_url}{path}"
+        url = endpoint_url(self.base_url, path)
 
         async def attempt(body: dict[str, Any]) -> Any:
             kwargs = _split(body, _RESPONSES_KWARGS if responses else _CHAT_KWARGS)
@@ -193,7 +193,7 @@ class OpenAIBackend(AiohttpTransportMixin, HTTPBackendMixin, Backend):
     def list_models_sync(self) -> list[ModelInfo]:
         """The server's models, via the blocking client."""
         self._check_key()
-        url = f"{self.base_url}/models"
+        url = endpoint_url(self.base_url, "/models")
 
         def attempt() -> Any:
             try:

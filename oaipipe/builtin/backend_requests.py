@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import hookimpl
 from ..base import SyncBackend
+from ..keys import endpoint_url
 from ..kit.http import HTTPBackendMixin, http_error, not_the_api
 from ..lazy import lazy_module
 from ..openai_wire import (
@@ -68,7 +69,7 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
         return self._gated(lambda: self._request(method, path, body, model))
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None, model: str) -> tuple[Any, str | None]:
-        url = f"{self.base_url}{path}"
+        url = endpoint_url(self.base_url, path)
         timeout = self.options.timeout
         try:
             resp = self.session.request(method, url, json=body, timeout=timeout)

@@ -16,6 +16,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..keys import endpoint_url
 from ..lazy import lazy_module
 from ..openai_wire import parse_models
 from ..retry import connection_error
@@ -69,7 +70,7 @@ class AiohttpTransportMixin:
                          model: str = "") -> tuple[Any, str | None]:
         """One HTTP attempt: the decoded JSON and the request id, or a classified BackendError."""
         session = self._lean_session()
-        url = f"{self.base_url}{path}"
+        url = endpoint_url(self.base_url, path)
         data = None if body is None else orjson.dumps(body)
         try:
             async with session.request(method, url, data=data) as resp:
