@@ -32,6 +32,11 @@ Every endpoint URL is made by :func:`endpoint_url`: the endpoint's path joins ``
 call; SDK clients get it as ``default_query`` (:func:`split_base_url`). A ``base_url`` with a fragment
 (``#...``) is refused when the pipeline is validated (:func:`check_base_url`).
 
+Redirects are followed within the origin only (scheme, host, port): a redirect to another server is
+refused with an error naming both (:func:`check_redirect`, checked by every transport before it follows),
+since HTTP clients drop only ``Authorization`` on the way and would carry the pipeline's ``headers:``, the
+organization and project, and the prompts there.
+
 A key the server refused (HTTP 401) is never sent again by that backend, and the first request of a
 backend goes alone, so that a wrong key costs one request, not one per worker: :class:`KeyGate`.
 
@@ -43,12 +48,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import re
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit, urlunsplit
 
 from pydantic import AfterValidator
 
@@ -61,6 +67,7 @@ __all__ = [
     "OPENAI_HOST",
     "KeyGate",
     "check_base_url",
+    "check_redirect",
     "endpoint_url",
     "is_openai_host",
     "is_openai_url",
@@ -191,6 +198,70 @@ def refusal_hint(url: str = "", *, key_sent: bool = True, unset_var: str | None 
             "variable behind `api_key:` in the backend block (--api-key-env for `oaipipe ask/models/describe`)")
 
 
+# --- redirects: followed within the origin only ---------------------------------------------------
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of ``url``, lower case, the port filled in for http and https."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port if port is not None else _DEFAULT_PORTS.get(scheme)
+
+
+def check_redirect(url: str, location: str, status: int | None = None) -> str:
+    """The URL a redirect from ``url`` to ``location`` leads to, when it may be followed: only within the
+    same origin (scheme, host and port). A redirect to another origin raises a :class:`BackendError`
+    naming both ends: following it would carry the request's headers (``headers:``, ``OpenAI-Organization``,
+    ``OpenAI-Project``; HTTP clients drop only ``Authorization``) and its body (the prompts) to a server the
+    pipeline never named. Every transport checks a redirect here before following it."""
+    target = urljoin(url, location)
+    if origin(target) == origin(url):
+        return target
+    from .errors import redact
+
+    start, end = origin(url), origin(target)
+    where = f"{end[0]}://{end[1]}" + (f":{end[2]}" if end[2] != _DEFAULT_PORTS.get(end[0]) else "")
+    err = BackendError(
+        f"{redact(url)} answered HTTP {status or '3xx'} redirecting to another server ({redact(target)}); "
+        f"oaipipe does not follow redirects across servers (the request's headers and prompts would go where "
+        f"the pipeline never sent them)",
+        status=status,
+        hint=f"if {where} is the server you mean, point base_url at it directly"
+             + (f" ({end[0]} instead of {start[0]})" if start[1] == end[1] and start[0] != end[0] else ""),
+    )
+    err.retryable = False  # type: ignore[misc]
+    raise err
+
+
+def _refuse_cross_origin(response: Any) -> None:
+    """An httpx response hook: a redirect answer to another origin raises (:func:`check_redirect`)."""
+    location = response.headers.get("location") if response.is_redirect else None
+    if location:
+        check_redirect(str(response.request.url), location, response.status_code)
+
+
+async def _arefuse_cross_origin(response: Any) -> None:
+    _refuse_cross_origin(response)
+
+
+def _guard_redirects(client: Any) -> None:
+    """Add the cross-origin redirect check to an SDK client's HTTP client (it follows redirects)."""
+    http: Any = getattr(client, "_client", None)
+    hooks = getattr(http, "event_hooks", None)
+    if not isinstance(hooks, dict):  # pragma: no cover - an SDK without an httpx client
+        return
+    asynchronous = inspect.iscoroutinefunction(getattr(http, "send", None))
+    hooks = {name: list(value) for name, value in hooks.items()}
+    hooks.setdefault("response", []).append(_arefuse_cross_origin if asynchronous else _refuse_cross_origin)
+    http.event_hooks = hooks
+
+
 # --- SDK clients --------------------------------------------------------------------------------
 
 #: attributes the SDK fills from OPENAI_* variables when the argument is None; reset to what we passed
@@ -223,6 +294,7 @@ def sdk_client(factory: Callable[..., T], *, api_key: str | None, base_url: str 
         client._custom_headers = headers
     if hasattr(client, "_ambient_authorizations"):
         client._ambient_authorizations = frozenset()
+    _guard_redirects(client)
     if getattr(client, "api_key", key) != key:  # pragma: no cover - an SDK that ignores api_key=
         raise RuntimeError("the openai SDK did not take the API key it was given")
     return client

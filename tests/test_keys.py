@@ -157,6 +157,9 @@ class Recorder:
         self.headers: list[tuple[str, str, str]] = []  # (method, path, raw header block)
         #: path prefixes answered 404 the way vLLM does (an API this server does not offer)
         self.missing = missing
+        self.upstream_port = upstream_port
+        #: set: a request under /hop is answered 307 to this origin ("" for this server) + the rest of its path
+        self.redirect_to: str | None = None
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -168,6 +171,12 @@ class Recorder:
             def _forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 recorder.headers.append((self.command, self.path, str(self.headers)))
+                if recorder.redirect_to is not None and self.path.startswith("/hop/"):
+                    self.send_response(307)
+                    self.send_header("Location", recorder.redirect_to + self.path.removeprefix("/hop"))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 path = self.path.split("?", 1)[0].split("#", 1)[0]
                 at = path.find("/v1/") if "/v1/" in path else path.find("/v1")
                 if any(path[max(at, 0):].startswith(prefix) for prefix in recorder.missing):
@@ -318,6 +327,51 @@ def test_a_named_key_does_reach_its_server(host: PluginHost, recorder: Recorder)
     _ask(make(host, "requests", base_url=url, api_key="sk-named-for-this-server-123"))
     assert all("Bearer sk-named-for-this-server-123" in raw for _, _, raw in recorder.headers)
     recorder.assert_no_env_key()
+
+
+# --- redirects: within the origin only ---------------------------------------------------------
+
+CUSTOM = "x-custom-secret-header-value-42"
+TRANSPORTS = [("openai", {}), ("openai", {"transport": "sdk"}), ("requests", {})]
+
+
+@pytest.fixture
+def redirector(recorder: Recorder) -> Iterator[Recorder]:
+    """A second server, on another port (another origin), in front of the same `oaipipe serve`."""
+    hop = Recorder(recorder.upstream_port)
+    try:
+        yield hop
+    finally:
+        hop.close()
+
+
+@pytest.mark.parametrize("kind, options", TRANSPORTS)
+def test_a_redirect_to_another_server_is_refused_and_nothing_goes_there(
+        host: PluginHost, recorder: Recorder, redirector: Recorder, kind: str, options: dict[str, Any]) -> None:
+    """HTTP clients drop only Authorization on a redirect to another host: the pipeline's `headers:`, the
+    organization and the prompts would follow. Every transport refuses such a redirect instead."""
+    redirector.redirect_to = f"http://127.0.0.1:{recorder.port}"
+    backend = make(host, kind, base_url=f"http://127.0.0.1:{redirector.port}/hop/v1", max_retries=0,
+                   headers={"X-Custom": CUSTOM}, organization="org-custom-0123", **options)
+    with pytest.raises(BackendError) as err:
+        _ask(backend)
+    assert "redirecting to another server" in str(err.value) and f"127.0.0.1:{recorder.port}" in str(err.value)
+    assert "point base_url at it directly" in str(err.value)
+    assert redirector.headers and all(CUSTOM in raw for _, _, raw in redirector.headers)  # it was asked
+    assert recorder.headers == []  # and nothing reached the other server
+
+
+@pytest.mark.parametrize("kind, options", TRANSPORTS)
+def test_a_redirect_within_the_server_is_followed(host: PluginHost, redirector: Recorder, kind: str,
+                                                  options: dict[str, Any]) -> None:
+    redirector.redirect_to = ""  # the same origin
+    backend = make(host, kind, base_url=f"http://127.0.0.1:{redirector.port}/hop/v1", max_retries=0,
+                   headers={"X-Custom": CUSTOM}, **options)
+    reply, _ = _ask(backend)
+    assert reply.text
+    paths = [path for _, path, _ in redirector.headers]
+    assert "/hop/v1/chat/completions" in paths and "/v1/chat/completions" in paths
+    assert all(CUSTOM in raw for _, _, raw in redirector.headers)
 
 
 # --- a base_url with a query string (Azure-style ?api-version=) ----------------------------------

@@ -68,6 +68,8 @@ def translate_sdk_error(exc: Exception, *, url: str, timeout: float, model: str 
         return connection_error("timed out", url=url, timeout=timeout)
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
+        if isinstance(cause, BackendError):  # raised on the way (a redirect to another server: oaipipe.keys)
+            return cause
         return connection_error(f"{type(cause).__name__}: {cause}", url=url)
     return ServerError(f"unexpected answer from {url}: {type(exc).__name__}: {exc}",
                        hint="base_url must point at an OpenAI-compatible API (it usually ends in /v1)")
