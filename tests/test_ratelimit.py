@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from _scale_util import write_pipeline
+from _scale_util import chat_requests, write_pipeline
 
 from oaipipe.ratelimit import RateLimiter, TokenBucket, rate_limit_wrapper
 from oaipipe.retry import RetryPolicy, error_for_status
@@ -176,12 +176,15 @@ def test_wrapper_settles_each_call() -> None:
 
 
 def test_rpm_in_a_run_against_the_server(tmp_path: Path, server) -> None:
-    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}', rpm: 600, tpm: 1000000, "
-                                    f"concurrency: 8}}", n=14)
+    # 2/s with a burst of 2, and concurrency above the record count: the 4 calls reach the limiter together,
+    # whatever the load (no record waits for another's answer to be dispatched), so the 3rd waits about
+    # 0.5 s and the 4th about 1 s; they could go sooner only if dispatching 4 records took over 0.5 s
+    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}', rpm: 120, tpm: 1000000, "
+                                    f"concurrency: 8}}", n=4)
     summary = run_pipeline_file(path)
-    assert summary["records"]["done"] == 14
-    assert summary["rate_limit"]["rpm"] == 600 and summary["rate_limit"]["tpm"] == 1000000
-    assert summary["rate_limit"]["waited_s"] > 0  # 10/s with a burst of 10: the last 4 had to wait
+    assert summary["records"]["done"] == 4 and chat_requests(server) == 4
+    assert summary["rate_limit"]["rpm"] == 120 and summary["rate_limit"]["tpm"] == 1000000
+    assert summary["rate_limit"]["waited_s"] >= 0.5
 
 
 def test_bad_limits_are_rejected_with_the_key(tmp_path: Path) -> None:
