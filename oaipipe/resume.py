@@ -16,6 +16,8 @@ The journal's rules:
   the backend is :attr:`~oaipipe.base.Backend.offline`). *Where* calls go is not in it: an unfinished run
   may be resumed against another server or transport. Where it went is kept besides (:func:`endpoint`),
   updated when a run is resumed elsewhere (it ends there).
+  A ``pipeline.json`` that cannot be read is reported as such (:func:`read_meta`: the file, the error, the
+  fix; exit code 9), never taken for a changed pipeline.
 * ``summary.json`` holds the status. A run is finished when it says ``finished`` (or ``nothing-to-do``);
   a run whose records are done and whose ``train:`` step is not says ``training``.
 
@@ -49,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import RunAborted, redact
+from .errors import RunAborted, StorageError, redact
 from .rundir import RunDir, find_runs, new_run_id
 
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
     from .pipeline import BuiltPipeline
 
 __all__ = ["Mode", "Selection", "backend_endpoint", "changed", "endpoint", "fingerprint", "fingerprint_parts",
-           "prepare_run", "run_meta", "select_run"]
+           "prepare_run", "read_meta", "run_meta", "select_run"]
 
 Mode = Literal["new", "resume", "retry", "train", "done"]
 
@@ -166,9 +168,35 @@ def select_run(root: Path, pipeline: BuiltPipeline, *, fresh: bool = False, retr
     return Selection(RunDir(root / new_run_id()), "new")
 
 
+def read_meta(run: RunDir) -> dict[str, Any]:
+    """The run's ``pipeline.json``, or a :class:`StorageError` naming the file, what is wrong with it and the
+    fix. Without it nothing says which pipeline the run belongs to: taking it for a changed pipeline would
+    send the user undoing changes they never made."""
+    path = run.meta_path
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise StorageError.from_os_error(exc, path, doing="read") from None
+    except UnicodeDecodeError as exc:
+        problem = f"it is not UTF-8 text (byte {exc.start + 1})"
+    except ValueError as exc:
+        problem = f"it is not valid JSON ({exc})"
+    else:
+        if isinstance(data, dict):
+            return data
+        problem = f"it holds a JSON {type(data).__name__}, not the run's description (an object)"
+    raise StorageError(
+        f"{path} cannot be read: {problem}. It says which pipeline run {run.run_id} ran, so that run cannot be "
+        f"continued",
+        path=path,
+        hint=f"restore the file (it is written once, when the run starts), or pass --fresh to start a new run "
+             f"(the old one stays in {run.path})",
+    )
+
+
 def _continue(latest: RunDir, pipeline: BuiltPipeline, *, retry_failed: bool) -> Selection | None:
     """How the latest run is continued, or None when a new run is started."""
-    meta = latest.meta()
+    meta = read_meta(latest)
     summary = latest.summary()
     same = meta.get("fingerprint") == fingerprint(pipeline)
     status = summary.get("status") if summary is not None else None

@@ -111,3 +111,20 @@ def _fresh_run_uses_cache(path: Path, srv, capsys) -> None:
     assert summary["status"] == "finished" and summary["records"]["done"] == N
     assert summary["cached"] == N
     assert chat_requests(srv) == 0
+
+
+@pytest.mark.parametrize("damage", [b"{\"pipeline\": \"t\", \"fingerp", b"\xff\xfe not text", b"[1, 2]"])
+def test_an_unreadable_pipeline_json_is_reported_as_such_not_as_a_changed_pipeline(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: bytes) -> None:
+    path = write_pipeline(tmp_path, "{type: local}", n=3)
+    assert main(["run", str(path), "-q"]) == 0
+    (run,) = [p for p in (tmp_path / "runs" / "t").iterdir() if p.is_dir()]
+    (run / "summary.json").unlink()  # the run is unfinished now (as after a kill)
+    (run / "pipeline.json").write_bytes(damage)
+    capsys.readouterr()
+    code = main(["run", str(path), "-q"])
+    err = capsys.readouterr().err
+    assert code == 9, err
+    assert f"{run / 'pipeline.json'} cannot be read: it " in err and "changed" not in err
+    assert "restore the file" in err and "--fresh" in err
+    assert main(["run", str(path), "-q", "--fresh"]) == 0  # the fix it names works
