@@ -184,7 +184,7 @@ class Runner:
                                retry_failed=self.options.retry_failed)
         run = selection.run
         if selection.mode == "done":
-            return self._nothing_to_do(run, headline, notes)
+            return self._nothing_to_do(run, headline, notes, selection.note)
         self.warnings = prepare_run(selection, self.pipeline)
         notes.extend(self.warnings)
         if selection.mode != "new":
@@ -201,14 +201,18 @@ class Runner:
             raise finish_error
         return summary
 
-    def _nothing_to_do(self, run: RunDir, headline: str, notes: list[str]) -> dict[str, Any]:
-        """The summary of a command that finds its run finished already: no call is made."""
+    def _nothing_to_do(self, run: RunDir, headline: str, notes: list[str], changed: str | None) -> dict[str, Any]:
+        """The summary of a command that finds its run finished already: no call is made. ``changed``: the
+        source changed since that run started (oaipipe.resume.source_change), said in the message."""
         previous = run.summary() or {}
         summary = {"pipeline": self.pipeline.name, "run_id": run.run_id, "run_dir": str(run.path),
                    "status": "nothing-to-do", "calls": 0, "records": previous.get("records", {}),
                    "previous": previous,
                    "message": f"run {run.run_id} already finished: nothing to do "
-                              f"(use --fresh to run again, --retry-failed to redo failed records)"}
+                              + ("(use --fresh to run again, --retry-failed to redo failed records)" if changed is None
+                                 else f"\n  note: {changed}")}
+        if changed is not None:
+            summary["source_changed"] = changed
         self.reporter.start(headline, notes, None)
         self.reporter.finish(summary)
         return summary
