@@ -155,7 +155,7 @@ class Runner:
 
         async def counted(request: ChatRequest) -> ChatResponse:
             response = await call(request)
-            self.stats.add_call(request.step, response, batch=batch)
+            self.stats.add_call(request.step, response, batch=batch, requested=request.model)
             if self.max_cost is not None and self.stats.cost_usd >= self.max_cost and not self._stop_scheduling:
                 self._stop_scheduling = True
                 self.reporter.note(f"cost budget of ${self.max_cost:.4f} reached: no new records are started")

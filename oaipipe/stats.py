@@ -51,9 +51,11 @@ class RunStats:
     #: ``prices:`` names the model id exactly.
     priced: bool = True
 
-    def add_call(self, step: str, response: ChatResponse, *, batch: bool = False) -> float:
+    def add_call(self, step: str, response: ChatResponse, *, batch: bool = False, requested: str | None = None) -> float:
         """Count one answered call; cached answers cost nothing. Returns its cost in USD. ``batch``: the
-        call went through the Batch API (:attr:`oaipipe.base.Backend.batched`), at its discount."""
+        call went through the Batch API (:attr:`oaipipe.base.Backend.batched`), at its discount.
+        ``requested``: the model the call asked for (priced as that when the table does not know the model
+        the server reports: :meth:`oaipipe.pricing.PriceTable.lookup`)."""
         bucket = self.by_step.setdefault((step, response.model), _Bucket())
         bucket.calls += 1
         cost = 0.0
@@ -64,7 +66,7 @@ class RunStats:
             bucket.completion_tokens += response.usage.completion_tokens
             bucket.cached_tokens += response.usage.cached_tokens
             bucket.reasoning_tokens += response.usage.reasoning_tokens
-            price = self.prices.lookup(response.model, priced=self.priced)
+            price = self.prices.lookup(response.model, priced=self.priced, requested=requested)
             if price.known:
                 cost = price.cost(response.usage.prompt_tokens, response.usage.completion_tokens, batch=batch,
                                   cached_tokens=response.usage.cached_tokens)
