@@ -229,6 +229,8 @@ class Runner:
         """A run whose records are done and whose ``train:`` step is not: only the step runs."""
         self.reporter.start(headline, notes, None)
         summary = {**(run.summary() or self._summary(run, "training", None)), "status": "training"}
+        # the records, calls and cost in the summary are the run's totals (made by an earlier attempt)
+        summary["this_attempt"] = {"only": "train", "records": {"done": 0, "failed": 0}, "calls": 0, "cost_usd": 0.0}
         self.pipeline.host.run_start(info)
         return await self._train_step(run, summary, info)
 
