@@ -31,6 +31,25 @@ def _shown(path: str | None) -> str:
         return path
 
 
+def _print_dry_run(summary: dict[str, Any]) -> None:
+    rec = summary.get("records", {})
+    click.echo(f"dry run: {rec.get('total', 0)} records would be processed; no call was made")
+    est = summary.get("estimate")
+    if est:
+        click.echo(f"  estimated tokens: {est.get('prompt_tokens', 0)} in, {est.get('completion_tokens', 0)} out; "
+                   f"estimated cost ${est.get('cost_usd', 0):.4f}")
+        for row in est.get("by_step", []):
+            click.echo(f"  step {row['step']} ({row['model']}): {row['calls']} calls, {row['prompt_tokens']} in, "
+                       f"{row['completion_tokens']} out, ${row['cost_usd']:.4f}")
+        if est.get("completion_tokens_per_call"):
+            click.echo(f"  (completion tokens: max_tokens where set, else {est['completion_tokens_per_call']} "
+                       f"per call)")
+        if est.get("note"):
+            click.echo(f"  note: {est['note']}")
+    if rec.get("would_fail"):
+        click.echo(f"  {rec['would_fail']} records would fail: " + "; ".join(summary.get("record_errors", [])))
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     from ..progress import retries_text
 
@@ -40,21 +59,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         click.echo(summary.get("message", "nothing to do"))
         return
     if status == "dry-run":
-        click.echo(f"dry run: {rec.get('total', 0)} records would be processed; no call was made")
-        est = summary.get("estimate")
-        if est:
-            click.echo(f"  estimated tokens: {est.get('prompt_tokens', 0)} in, {est.get('completion_tokens', 0)} out; "
-                       f"estimated cost ${est.get('cost_usd', 0):.4f}")
-            for row in est.get("by_step", []):
-                click.echo(f"  step {row['step']} ({row['model']}): {row['calls']} calls, {row['prompt_tokens']} in, "
-                           f"{row['completion_tokens']} out, ${row['cost_usd']:.4f}")
-            if est.get("completion_tokens_per_call"):
-                click.echo(f"  (completion tokens: max_tokens where set, else {est['completion_tokens_per_call']} "
-                           f"per call)")
-            if est.get("note"):
-                click.echo(f"  note: {est['note']}")
-        if rec.get("would_fail"):
-            click.echo(f"  {rec['would_fail']} records would fail: " + "; ".join(summary.get("record_errors", [])))
+        _print_dry_run(summary)
         return
     tokens = summary.get("tokens", {})
     attempt = summary.get("this_attempt") or {}
