@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
+from .keys import BaseURL
 from .types import ChatRequest, ChatResponse, ModelInfo, Record, RecordResult, RunInfo, Sentiment
 
 if TYPE_CHECKING:
@@ -166,7 +167,8 @@ class BackendOptions(PluginOptions):
 
     type: str = "local"
     model: str = "gpt-4o-mini"
-    base_url: str | None = Field(None, description="Any OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1")
+    base_url: BaseURL | None = Field(None, description="Any OpenAI-compatible server, e.g. "
+                                     "http://127.0.0.1:8080/v1 (a query string is sent with every call)")
     api_key: SecretStr | None = Field(None, description="Use ${env:OPENAI_API_KEY}; never written anywhere")
     concurrency: int = Field(8, ge=1, le=1024, description="Records processed at once")
     timeout: float = Field(60.0, gt=0, description="Seconds per HTTP call")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .base import Component, Context, PluginOptions
+from .errors import redact_data
 from .fsutil import write_text_atomic
 from .types import ChatRequest, ChatResponse
 
@@ -426,11 +427,13 @@ class ResponseCache:
         return response
 
     def put(self, request: ChatRequest, response: ChatResponse, key: str | None = None) -> None:
-        """Store a successful answer."""
+        """Store a successful answer, every known secret in it masked (:func:`~oaipipe.errors.redact_data`:
+        the keys oaipipe resolved, ``${env:...}`` values of the pipeline file), as in the run directory."""
         if not self.write or response.cached or self.broken is not None:
             return
         key = key or self.key_for(request)
-        entry = compact_entry({"format": _FORMAT, "response": response.to_dict()})
+        # stored with the secrets masked, as the run directory is (an answer may echo a key or a ${env:} value)
+        entry = redact_data(compact_entry({"format": _FORMAT, "response": response.to_dict()}))
         try:
             self.store.put(key, entry)
         except Exception as exc:  # noqa: BLE001 - a failed write costs a call next time, never the run

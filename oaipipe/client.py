@@ -160,12 +160,13 @@ class Client:
             async def counted(req: Any) -> ChatResponse:
                 resp = await chain(req)
                 with self._lock:
-                    self._last_cost = self.stats.add_call(req.step, resp, batch=backend.batched)
+                    self._last_cost = self.stats.add_call(req.step, resp, batch=backend.batched,
+                                                          requested=req.model)
                 return resp
 
             response = await counted(request)
             cost = self._last_cost
-            price = self.stats.prices.lookup(response.model, priced=self.stats.priced)
+            price = self.stats.prices.lookup(response.model, priced=self.stats.priced, requested=request.model)
             input_sentiment = await self._score(text, backend, counted) if sentiment else None
             reply_sentiment = await self._score(response.text, backend, counted) if sentiment else None
             reply = Reply(text=response.text, sentiment=reply_sentiment, input_sentiment=input_sentiment,

@@ -176,7 +176,8 @@ class _Counted:
 
     async def __call__(self, request: Any) -> Any:
         response = await self.chain.call(request)
-        self.stats.add_call(request.step, response, batch=self.chain.pipeline.backend.batched)
+        self.stats.add_call(request.step, response, batch=self.chain.pipeline.backend.batched,
+                            requested=request.model)
         return response
 
 

@@ -279,7 +279,7 @@ class BatchActor:
 
         #: why this actor cannot run the driver's steps (the driver stops the run with it), or ""
         self.mismatch = ""
-        self.calls: list[tuple[str, ChatResponse]] = []
+        self.calls: list[tuple[str, ChatResponse, str]] = []
         self.concurrency = 1
         self.calling = False
         try:
@@ -323,7 +323,7 @@ class BatchActor:
 
         async def recorded(request: ChatRequest) -> ChatResponse:
             response = await chain(request)
-            self.calls.append((request.step, replace(response, text="", parsed=None)))
+            self.calls.append((request.step, replace(response, text="", parsed=None), request.model))
             return response
 
         runner._call = recorded
@@ -456,7 +456,7 @@ class RayPool(ProcessPool):
     the answers of its finished calls are in the shared cache."""
 
     def __init__(self, pipeline: BuiltPipeline, workers: int, address: str | None = None, *,
-                 chain: CallChain | None = None, on_call: Callable[[str, ChatResponse], None] | None = None,
+                 chain: CallChain | None = None, on_call: Callable[[str, ChatResponse, str], None] | None = None,
                  stop: Callable[[], bool] | None = None, run: RunInfo | None = None) -> None:
         from .extras import require
         from .ray_cluster import ClusterServices
@@ -551,8 +551,8 @@ class RayPool(ProcessPool):
                 "the actors load the pipeline in the cluster's environment: set the same environment "
                 "variables (OPENAI_API_KEY, ${env:...} values) on every node, e.g. with Ray's runtime_env"))
         if self.on_call is not None:
-            for step, response in extras.get("calls", ()):
-                self.on_call(step, response)
+            for step, response, requested in extras.get("calls", ()):
+                self.on_call(step, response, requested)
         if self.chain is not None:
             _add_retries(self.chain.retries, extras.get("retries"))
             if self.chain.cache is not None:

@@ -134,11 +134,19 @@ class JobRegistry:
     def _read(self) -> list[Job]:
         if not self.path.exists():
             return []
+        # a state file that cannot be read is an I/O problem (exit 9, like a run's pipeline.json), not a
+        # training one: the jobs it lists are fine, and the fix is the file's
         try:
             data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
-        except (OSError, ValueError) as exc:
-            raise TrainingError(f"the job registry {self.path} cannot be read: {exc}",
-                                hint="restore it from a backup, or move it away to start a new registry") from None
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.path, doing="read") from None
+        except ValueError as exc:
+            raise StorageError(f"the job registry {self.path} cannot be read: {exc}", path=self.path,
+                               hint="restore it from a backup, or move it away to start a new registry") from None
+        if not isinstance(data, dict | list):
+            raise StorageError(f"the job registry {self.path} cannot be read: it holds a JSON "
+                               f"{type(data).__name__}, not {{\"version\": 1, \"jobs\": [...]}}", path=self.path,
+                               hint="restore it from a backup, or move it away to start a new registry")
         items = data.get("jobs", []) if isinstance(data, dict) else data
         return [Job.from_dict(item) for item in items if isinstance(item, dict) and item.get("id")]
 

@@ -24,6 +24,19 @@ SDK took from the environment on its own. The HTTP backends' options read ``OPEN
 ``OPENAI_ORG_ID`` and ``OPENAI_PROJECT_ID`` themselves (when the pipeline leaves ``base_url`` /
 ``organization`` / ``project`` unset), so the rule above decides the key for that URL like for any other.
 
+URLs
+----
+
+Every endpoint URL is made by :func:`endpoint_url`: the endpoint's path joins ``base_url``'s *path*, and
+``base_url``'s query string (``?api-version=...``, as Azure-style servers want) is kept and sent with every
+call; SDK clients get it as ``default_query`` (:func:`split_base_url`). A ``base_url`` with a fragment
+(``#...``) is refused when the pipeline is validated (:func:`check_base_url`).
+
+Redirects are followed within the origin only (scheme, host, port): a redirect to another server is
+refused with an error naming both (:func:`check_redirect`, checked by every transport before it follows),
+since HTTP clients drop only ``Authorization`` on the way and would carry the pipeline's ``headers:``, the
+organization and project, and the prompts there.
+
 A key the server refused (HTTP 401) is never sent again by that backend, and the first request of a
 backend goes alone, so that a wrong key costs one request, not one per worker: :class:`KeyGate`.
 
@@ -35,25 +48,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import re
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Annotated, Any, TypeVar
+from urllib.parse import parse_qsl, urljoin, urlsplit, urlunsplit
+
+from pydantic import AfterValidator
 
 from .errors import AuthenticationError, BackendError, register_secret
 
 __all__ = [
     "NO_KEY_PLACEHOLDER",
+    "BaseURL",
     "OPENAI_BASE_URL",
     "OPENAI_HOST",
     "KeyGate",
+    "check_base_url",
+    "check_redirect",
+    "endpoint_url",
     "is_openai_host",
     "is_openai_url",
     "refusal_hint",
     "resolve_api_key",
     "sdk_client",
+    "split_base_url",
 ]
 
 T = TypeVar("T")
@@ -89,6 +110,47 @@ def is_openai_url(base_url: str | None) -> bool:
 
 #: the name the transports used before; same rule
 is_openai_host = is_openai_url
+
+
+# --- the one way an endpoint's URL is made from base_url ----------------------------------------
+
+
+def check_base_url(value: str | None, *, name: str = "base_url") -> str | None:
+    """``value`` when it can serve as a ``base_url``, else a ``ValueError`` saying what to fix.
+
+    A query string is kept (``?api-version=...``, as Azure-style servers want: :func:`endpoint_url` sends
+    it with every call); a fragment (``#...``) is refused, since HTTP clients never send it and whatever
+    the user meant by it would silently not happen."""
+    if value is None:
+        return None
+    if "#" in str(value):
+        kept = str(value).split("#", 1)[0]
+        raise ValueError(f"{name} {value!r} has a fragment (#...), which is never sent to a server; "
+                         f"remove it: {kept!r} (a query string such as ?api-version=... is kept and sent)")
+    return value
+
+
+#: the type of a ``base_url`` option: a URL string that :func:`check_base_url` accepts
+BaseURL = Annotated[str, AfterValidator(check_base_url)]
+
+
+def split_base_url(base_url: str | None) -> tuple[str, dict[str, str]]:
+    """``base_url`` (OpenAI's when unset) as (the URL without its query and trailing ``/``, the query's
+    parameters). For clients that take the query apart (the SDK's ``default_query``)."""
+    parts = urlsplit(str(base_url or OPENAI_BASE_URL))
+    bare = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+    return bare, dict(parse_qsl(parts.query, keep_blank_values=True))
+
+
+def endpoint_url(base_url: str | None, path: str) -> str:
+    """The URL of the endpoint ``path`` (``/chat/completions``, ``files/f-1?x=y``) below ``base_url``:
+    ``path`` joins the base URL's *path*, and the base URL's query (``?api-version=...``) is kept, ahead
+    of the endpoint's own query. Every transport builds its URLs here."""
+    parts = urlsplit(str(base_url or OPENAI_BASE_URL))
+    tail = urlsplit(path)
+    joined = parts.path.rstrip("/") + "/" + tail.path.lstrip("/")
+    query = "&".join(q for q in (parts.query, tail.query) if q)
+    return urlunsplit((parts.scheme, parts.netloc, joined, query, ""))
 
 
 def _secret_value(secret: Any) -> str | None:
@@ -136,6 +198,70 @@ def refusal_hint(url: str = "", *, key_sent: bool = True, unset_var: str | None 
             "variable behind `api_key:` in the backend block (--api-key-env for `oaipipe ask/models/describe`)")
 
 
+# --- redirects: followed within the origin only ---------------------------------------------------
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of ``url``, lower case, the port filled in for http and https."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port if port is not None else _DEFAULT_PORTS.get(scheme)
+
+
+def check_redirect(url: str, location: str, status: int | None = None) -> str:
+    """The URL a redirect from ``url`` to ``location`` leads to, when it may be followed: only within the
+    same origin (scheme, host and port). A redirect to another origin raises a :class:`BackendError`
+    naming both ends: following it would carry the request's headers (``headers:``, ``OpenAI-Organization``,
+    ``OpenAI-Project``; HTTP clients drop only ``Authorization``) and its body (the prompts) to a server the
+    pipeline never named. Every transport checks a redirect here before following it."""
+    target = urljoin(url, location)
+    if origin(target) == origin(url):
+        return target
+    from .errors import redact
+
+    start, end = origin(url), origin(target)
+    where = f"{end[0]}://{end[1]}" + (f":{end[2]}" if end[2] != _DEFAULT_PORTS.get(end[0]) else "")
+    err = BackendError(
+        f"{redact(url)} answered HTTP {status or '3xx'} redirecting to another server ({redact(target)}); "
+        f"oaipipe does not follow redirects across servers (the request's headers and prompts would go where "
+        f"the pipeline never sent them)",
+        status=status,
+        hint=f"if {where} is the server you mean, point base_url at it directly"
+             + (f" ({end[0]} instead of {start[0]})" if start[1] == end[1] and start[0] != end[0] else ""),
+    )
+    err.retryable = False  # type: ignore[misc]
+    raise err
+
+
+def _refuse_cross_origin(response: Any) -> None:
+    """An httpx response hook: a redirect answer to another origin raises (:func:`check_redirect`)."""
+    location = response.headers.get("location") if response.is_redirect else None
+    if location:
+        check_redirect(str(response.request.url), location, response.status_code)
+
+
+async def _arefuse_cross_origin(response: Any) -> None:
+    _refuse_cross_origin(response)
+
+
+def _guard_redirects(client: Any) -> None:
+    """Add the cross-origin redirect check to an SDK client's HTTP client (it follows redirects)."""
+    http: Any = getattr(client, "_client", None)
+    hooks = getattr(http, "event_hooks", None)
+    if not isinstance(hooks, dict):  # pragma: no cover - an SDK without an httpx client
+        return
+    asynchronous = inspect.iscoroutinefunction(getattr(http, "send", None))
+    hooks = {name: list(value) for name, value in hooks.items()}
+    hooks.setdefault("response", []).append(_arefuse_cross_origin if asynchronous else _refuse_cross_origin)
+    http.event_hooks = hooks
+
+
 # --- SDK clients --------------------------------------------------------------------------------
 
 #: attributes the SDK fills from OPENAI_* variables when the argument is None; reset to what we passed
@@ -149,10 +275,13 @@ def sdk_client(factory: Callable[..., T], *, api_key: str | None, base_url: str 
 
     ``api_key`` ``None`` sends :data:`NO_KEY_PLACEHOLDER` (the SDK wants a key), ``base_url`` ``None``
     means OpenAI's own URL; both are always passed, so the SDK never reads ``OPENAI_API_KEY`` or
-    ``OPENAI_BASE_URL``. What it still takes from the environment by itself (organization, project, admin
+    ``OPENAI_BASE_URL``. A query string of ``base_url`` (``?api-version=...``) goes to ``default_query``,
+    so that it is sent with every call (:func:`split_base_url`). What it still takes from the environment by itself (organization, project, admin
     key, webhook secret, custom headers) is reset to the arguments afterwards.
     """
-    url = base_url or OPENAI_BASE_URL
+    url, query = split_base_url(base_url)  # the SDK appends paths to the query otherwise: see endpoint_url
+    if query:
+        kwargs["default_query"] = {**query, **(kwargs.get("default_query") or {})}
     key = api_key or NO_KEY_PLACEHOLDER
     headers = dict(default_headers or {})
     client = factory(api_key=key, base_url=url, organization=organization, project=project,
@@ -165,6 +294,7 @@ def sdk_client(factory: Callable[..., T], *, api_key: str | None, base_url: str 
         client._custom_headers = headers
     if hasattr(client, "_ambient_authorizations"):
         client._ambient_authorizations = frozenset()
+    _guard_redirects(client)
     if getattr(client, "api_key", key) != key:  # pragma: no cover - an SDK that ignores api_key=
         raise RuntimeError("the openai SDK did not take the API key it was given")
     return client

@@ -16,6 +16,11 @@ the Batch API's rates, half the standard price (:data:`TIER_DISCOUNT`; OpenAI's 
 "Tokens are priced at Batch API rates"); ``priority`` has its own, higher prices per model
 (``priority_input``, ``priority_cached_input``, ``priority_output``), known for the models OpenAI's
 *Priority processing* page lists and unknown otherwise. docs/platform.md gives the sources and dates.
+
+A call is priced by the model the server reports back, and by the model it asked for when the table knows
+nothing of the reported one (``lookup(model, requested=...)``): OpenAI reports dated snapshots (priced by
+prefix), other servers may report labels of their own (``oaipipe serve`` answers ``local:gpt-6-luna`` for
+``gpt-6-luna``), and such a call is priced as the model it asked for.
 """
 
 from __future__ import annotations
@@ -268,22 +273,45 @@ class PriceTable:
             if explicit:
                 self.overridden.add(model)
 
-    def lookup(self, model: str, *, priced: bool = True) -> Price:
-        """The price of ``model``. ``priced=False``: the call is made by a free backend
-        (:attr:`oaipipe.base.Backend.priced`), which only an explicit price of this exact id gives a cost."""
+    def lookup(self, model: str, *, priced: bool = True, requested: str | None = None) -> Price:
+        """The price of a call answered by ``model`` (the id the server reports back).
+
+        ``priced=False``: the call is made by a free backend (:attr:`oaipipe.base.Backend.priced`), which
+        only an explicit price of this exact id gives a cost. ``requested``: the model the call asked for,
+        used when the table knows nothing of the reported id: OpenAI reports dated snapshots
+        (``gpt-4o-mini-2024-07-18``, priced by its longest known prefix, ``gpt-4o-mini``), but another
+        server may report a label of its own (``oaipipe serve``: ``local:gpt-6-luna``; a proxy's deployment
+        name), and then the call is priced as the model asked for. The returned price names ``model``."""
         if model and model in self.overridden:
             # an explicit price for this exact id wins, also for local models (try --max-cost offline)
-            return _price(model, self.prices[model])
-        if not model or not priced or is_engine_model(model):
+            return self._price(model, self.prices[model], fine_tuned=False)
+        if not model or not priced:
             return Price(model=model, known=False)
+        found = self._resolve(model)
+        if found is None and requested and requested != model:
+            found = self._resolve(requested)
+        if found is None:
+            return Price(model=model, known=False)
+        entry, fine_tuned = found
+        return self._price(model, entry, fine_tuned=fine_tuned)
+
+    def _resolve(self, model: str) -> tuple[dict[str, float], bool] | None:
+        """The table's entry for ``model`` (exact id, a fine-tuned model's base, the longest known prefix) and
+        whether it is a fine-tuned model; None for an unknown model or one of the engine's labels."""
+        if model in self.overridden:
+            return self.prices[model], False
+        if is_engine_model(model):
+            return None
         fine_tuned = model.startswith("ft:")
         base = model.split(":")[1] if fine_tuned and ":" in model else model
         entry = self.prices.get(model) or self.prices.get(base)
         if entry is None:
             matches = [k for k in self.prices if base.startswith(k)]
             entry = self.prices[max(matches, key=len)] if matches else None
-        if entry is None:
-            return Price(model=model, known=False)
+        return None if entry is None else (entry, fine_tuned)
+
+    @staticmethod
+    def _price(model: str, entry: dict[str, float], *, fine_tuned: bool) -> Price:
         if fine_tuned:
             return Price(model=model, input=entry.get("ft_input", entry.get("input", 0.0)),
                          output=entry.get("ft_output", entry.get("output", 0.0)),

@@ -16,6 +16,8 @@ The journal's rules:
   the backend is :attr:`~oaipipe.base.Backend.offline`). *Where* calls go is not in it: an unfinished run
   may be resumed against another server or transport. Where it went is kept besides (:func:`endpoint`),
   updated when a run is resumed elsewhere (it ends there).
+  A ``pipeline.json`` that cannot be read is reported as such (:func:`read_meta`: the file, the error, the
+  fix; exit code 9), never taken for a changed pipeline.
 * ``summary.json`` holds the status. A run is finished when it says ``finished`` (or ``nothing-to-do``);
   a run whose records are done and whose ``train:`` step is not says ``training``.
 
@@ -36,6 +38,11 @@ any (``--retry-failed``)                       the same fingerprint (else refuse
 ``resume`` skips the journaled records; ``retry`` skips the done ones (the failed ones are redone, and
 the sinks drop their lines); ``train`` runs only the ``train:`` step; ``done`` makes no call at all.
 
+The fingerprint holds the source's *settings*, not its contents: rows appended to the input of a finished
+run leave it ``done`` (the guarantee: a rerun of a finished run makes no call). ``pipeline.json`` keeps the
+input's size and modification time at the start (:func:`source_state`), so that ``done`` says plainly when
+the input changed since, and that ``--fresh`` includes the new rows (:func:`source_change`).
+
 The endpoint is also the response cache's namespace (:func:`backend_endpoint`): answers of one server
 are never served for another.
 """
@@ -49,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import RunAborted, redact
+from .errors import RunAborted, StorageError, redact
 from .rundir import RunDir, find_runs, new_run_id
 
 if TYPE_CHECKING:
@@ -57,7 +64,7 @@ if TYPE_CHECKING:
     from .pipeline import BuiltPipeline
 
 __all__ = ["Mode", "Selection", "backend_endpoint", "changed", "endpoint", "fingerprint", "fingerprint_parts",
-           "prepare_run", "run_meta", "select_run"]
+           "prepare_run", "read_meta", "run_meta", "select_run", "source_change", "source_state"]
 
 Mode = Literal["new", "resume", "retry", "train", "done"]
 
@@ -131,8 +138,49 @@ def run_meta(pipeline: BuiltPipeline) -> dict[str, Any]:
     return {"pipeline": pipeline.name, "file": pipeline.file, "fingerprint": fingerprint(pipeline),
             "fingerprint_parts": fingerprint_parts(pipeline), "endpoint": endpoint(pipeline),
             "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "config": public_config(pipeline),
+            "source_state": source_state(pipeline),
             "backend_capabilities": {"offline": backend.offline, "priced": backend.priced,
                                      "batched": backend.batched}}
+
+
+def source_state(pipeline: BuiltPipeline) -> dict[str, Any] | None:
+    """What the source reads, as the file system tells it without reading it: for a source with a ``path``
+    option, the file's size and modification time (a folder's: its entries and the newest modification
+    time). ``None`` for a source that names no path. Kept in ``pipeline.json`` when a run starts: a rerun of
+    the finished run compares it (:func:`source_change`)."""
+    given = getattr(pipeline.source.options, "path", None)
+    if not given or not isinstance(given, str | Path):
+        return None
+    path = pipeline.context.path(given)
+    try:
+        st = path.stat()
+        if path.is_dir():
+            times = [st.st_mtime_ns, *(entry.stat().st_mtime_ns for entry in path.iterdir())]
+            return {"path": str(path), "entries": len(times) - 1, "mtime_ns": max(times)}
+        return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except OSError:
+        return None
+
+
+def source_change(meta: dict[str, Any], summary: dict[str, Any] | None, pipeline: BuiltPipeline) -> str | None:
+    """A sentence saying that the source of a finished run changed since the run started (rows appended, say),
+    and how to include what it holds now; ``None`` when it did not (or the run kept no state of it).
+
+    A finished run stays finished (a rerun makes no call): its records are the input as it was. The new rows
+    are processed by a new run (``--fresh``), in which the rows done before are answered from the response
+    cache (when it is on), so only the new ones cost calls."""
+    then = meta.get("source_state")
+    now = source_state(pipeline)
+    if not isinstance(then, dict) or now is None or then == now:
+        return None
+    shown = Path(str(now["path"])).name
+    records = (summary or {}).get("records") or {}
+    processed = sum(int(records.get(k) or 0) for k in ("done", "failed", "skipped"))
+    count = pipeline.source.count()
+    how_many = f" ({count} records now, {processed} processed by that run)" if count is not None else ""
+    return (f"its source {shown} has changed since the run started{how_many}: the run did not process what "
+            f"was added. To include it, run again with --fresh: a new run over the whole input, in which the "
+            f"records done before are answered from the response cache (no new calls) when the cache is on")
 
 
 # --- which run a command continues ---------------------------------------------------------------------
@@ -146,6 +194,8 @@ class Selection:
     mode: Mode
     #: ids of the records not to process again (journaled; for ``retry`` the done ones); None for a new run
     skip: set[str] | None = None
+    #: for ``done``: the source changed since that run started (:func:`source_change`), else None
+    note: str | None = None
 
 
 def select_run(root: Path, pipeline: BuiltPipeline, *, fresh: bool = False, retry_failed: bool = False) -> Selection:
@@ -166,9 +216,35 @@ def select_run(root: Path, pipeline: BuiltPipeline, *, fresh: bool = False, retr
     return Selection(RunDir(root / new_run_id()), "new")
 
 
+def read_meta(run: RunDir) -> dict[str, Any]:
+    """The run's ``pipeline.json``, or a :class:`StorageError` naming the file, what is wrong with it and the
+    fix. Without it nothing says which pipeline the run belongs to: taking it for a changed pipeline would
+    send the user undoing changes they never made."""
+    path = run.meta_path
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise StorageError.from_os_error(exc, path, doing="read") from None
+    except UnicodeDecodeError as exc:
+        problem = f"it is not UTF-8 text (byte {exc.start + 1})"
+    except ValueError as exc:
+        problem = f"it is not valid JSON ({exc})"
+    else:
+        if isinstance(data, dict):
+            return data
+        problem = f"it holds a JSON {type(data).__name__}, not the run's description (an object)"
+    raise StorageError(
+        f"{path} cannot be read: {problem}. It says which pipeline run {run.run_id} ran, so that run cannot be "
+        f"continued",
+        path=path,
+        hint=f"restore the file (it is written once, when the run starts), or pass --fresh to start a new run "
+             f"(the old one stays in {run.path})",
+    )
+
+
 def _continue(latest: RunDir, pipeline: BuiltPipeline, *, retry_failed: bool) -> Selection | None:
     """How the latest run is continued, or None when a new run is started."""
-    meta = latest.meta()
+    meta = read_meta(latest)
     summary = latest.summary()
     same = meta.get("fingerprint") == fingerprint(pipeline)
     status = summary.get("status") if summary is not None else None
@@ -193,7 +269,7 @@ def _continue(latest: RunDir, pipeline: BuiltPipeline, *, retry_failed: bool) ->
         return Selection(latest, "resume", set(latest.status_by_id()))
     here = endpoint(pipeline)
     if same and meta.get("endpoint", here) == here:
-        return Selection(latest, "done")
+        return Selection(latest, "done", note=source_change(meta, summary, pipeline))
     return None
 
 

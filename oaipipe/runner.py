@@ -229,14 +229,15 @@ class Runner:
 
         async def counted(request: ChatRequest) -> ChatResponse:
             response = await call(request)
-            self._count_call(request.step, response)
+            self._count_call(request.step, response, request.model)
             return response
 
         return counted
 
-    def _count_call(self, step: str, response: ChatResponse) -> None:
-        """Count one answered call (made here, or on a Ray actor) and hold the run to its cost budget."""
-        self.stats.add_call(step, response, batch=self.pipeline.backend.batched)
+    def _count_call(self, step: str, response: ChatResponse, requested: str | None = None) -> None:
+        """Count one answered call (made here, or on a Ray actor) and hold the run to its cost budget.
+        ``requested``: the model the call asked for (it prices a call whose reported model is unknown)."""
+        self.stats.add_call(step, response, batch=self.pipeline.backend.batched, requested=requested)
         if self.max_cost is not None and self.stats.cost_usd >= self.max_cost and not self._stop_scheduling:
             self._stop_scheduling = True
             self.reporter.note(f"cost budget of ${self.max_cost:.4f} reached: no new records are started")
@@ -262,7 +263,7 @@ class Runner:
                                retry_failed=self.options.retry_failed)
         run = selection.run
         if selection.mode == "done":
-            return self._nothing_to_do(run, headline, notes)
+            return self._nothing_to_do(run, headline, notes, selection.note)
         # the server's shutdown dates (GET /models; run.shutdown_dates): a model past its date is refused here
         notes += [f"warning: {w}" for w in await check_server_models(self.pipeline)]
         self.warnings = prepare_run(selection, self.pipeline)
@@ -310,14 +311,18 @@ class Runner:
         self._call = self.calls
         return f"oaipipe: {self.pipeline.name}: {self.pipeline.describe_backend()}"
 
-    def _nothing_to_do(self, run: RunDir, headline: str, notes: list[str]) -> dict[str, Any]:
-        """The summary of a command that finds its run finished already: no call is made."""
+    def _nothing_to_do(self, run: RunDir, headline: str, notes: list[str], changed: str | None) -> dict[str, Any]:
+        """The summary of a command that finds its run finished already: no call is made. ``changed``: the
+        source changed since that run started (oaipipe.resume.source_change), said in the message."""
         previous = run.summary() or {}
         summary = {"pipeline": self.pipeline.name, "run_id": run.run_id, "run_dir": str(run.path),
                    "status": "nothing-to-do", "calls": 0, "records": previous.get("records", {}),
                    "previous": previous,
                    "message": f"run {run.run_id} already finished: nothing to do "
-                              f"(use --fresh to run again, --retry-failed to redo failed records)"}
+                              + ("(use --fresh to run again, --retry-failed to redo failed records)" if changed is None
+                                 else f"\n  note: {changed}")}
+        if changed is not None:
+            summary["source_changed"] = changed
         self.reporter.start(headline, notes, None)
         self.reporter.finish(summary)
         return summary
@@ -334,6 +339,8 @@ class Runner:
         """A run whose records are done and whose ``train:`` step is not: only the step runs."""
         self.reporter.start(headline, notes, None)
         summary = {**(run.summary() or self._summary(run, "training", None)), "status": "training"}
+        # the records, calls and cost in the summary are the run's totals (made by an earlier attempt)
+        summary["this_attempt"] = {"only": "train", "records": {"done": 0, "failed": 0}, "calls": 0, "cost_usd": 0.0}
         self.pipeline.host.run_start(info)
         return await self._train_step(run, summary, info)
 

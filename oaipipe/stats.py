@@ -55,10 +55,12 @@ class RunStats:
     #: answered calls (not from the response cache) by the tier they were billed at (:func:`tier_of`)
     tiers: Counter[str] = field(default_factory=Counter)
 
-    def add_call(self, step: str, response: ChatResponse, *, batch: bool = False) -> float:
+    def add_call(self, step: str, response: ChatResponse, *, batch: bool = False, requested: str | None = None) -> float:
         """Count one answered call; cached answers cost nothing. Returns its cost in USD, at the tier the
         call was served at: ``batch`` when it went through the Batch API (:attr:`oaipipe.base.Backend.batched`),
-        else the ``service_tier`` the reply reports (flex at the Batch API's rates, priority at its own)."""
+        else the ``service_tier`` the reply reports (flex at the Batch API's rates, priority at its own).
+        ``requested``: the model the call asked for (priced as that when the table does not know the model
+        the server reports: :meth:`oaipipe.pricing.PriceTable.lookup`)."""
         bucket = self.by_step.setdefault((step, response.model), _Bucket())
         bucket.calls += 1
         cost = 0.0
@@ -69,7 +71,7 @@ class RunStats:
             bucket.completion_tokens += response.usage.completion_tokens
             bucket.cached_tokens += response.usage.cached_tokens
             bucket.reasoning_tokens += response.usage.reasoning_tokens
-            price = self.prices.lookup(response.model, priced=self.priced)
+            price = self.prices.lookup(response.model, priced=self.priced, requested=requested)
             tier = tier_of(response.service_tier, batch=batch)
             self.tiers[tier] += 1
             if price.known:

@@ -227,51 +227,64 @@ def test_switching_servers_does_not_reuse_answers(tmp_path: Path, server) -> Non
         assert chat_requests(other) == 3
 
 
+async def _leader_and_follower(cache: ResponseCache, release: asyncio.Event,
+                               calls: list[ChatRequest]) -> tuple[asyncio.Task[ChatResponse], asyncio.Task[ChatResponse]]:
+    """Two identical calls through the cache: the leader's call is in flight (blocked on ``release``), the
+    follower waits for its answer. Waits on those conditions, not on time: under any load, neither has an
+    answer when this returns."""
+
+    async def held(request: ChatRequest) -> ChatResponse:
+        calls.append(request)
+        await release.wait()
+        return _resp()
+
+    wrapped = cache_wrapper(cache)(held)
+    leader = asyncio.create_task(wrapped(_req()))
+    while not calls:  # the leader's call has started
+        await asyncio.sleep(0)
+    follower = asyncio.create_task(wrapped(_req()))
+    await asyncio.sleep(0)  # the follower runs up to its first await: waiting for the leader's answer
+    assert len(calls) == 1 and not leader.done() and not follower.done()
+    return leader, follower
+
+
 def test_a_cancelled_call_does_not_cancel_the_identical_calls_waiting_for_it(tmp_path: Path) -> None:
     # the first record's call times out (record_timeout cancels it); a second record waiting for the same
     # answer must make the call itself, not be cancelled too (which would stop the whole run)
     cache = ResponseCache(tmp_path / "c")
-    calls = []
-
-    async def slow(request: ChatRequest) -> ChatResponse:
-        calls.append(request)
-        await asyncio.sleep(0.05)
-        return _resp()
+    calls: list[ChatRequest] = []
 
     async def main_() -> ChatResponse:
-        wrapped = cache_wrapper(cache)(slow)
-        leader = asyncio.create_task(wrapped(_req()))
-        await asyncio.sleep(0.01)
-        follower = asyncio.create_task(wrapped(_req()))
-        await asyncio.sleep(0.01)
+        release = asyncio.Event()
+        leader, follower = await _leader_and_follower(cache, release, calls)
         leader.cancel()
         with pytest.raises(asyncio.CancelledError):
             await leader
+        while len(calls) < 2:  # the follower makes the call itself
+            await asyncio.sleep(0)
+        release.set()
         return await follower
 
     answer = asyncio.run(main_())
-    assert answer.text == "hello" and len(calls) == 2
+    assert answer.text == "hello" and not answer.cached and len(calls) == 2
 
 
 def test_a_waiting_call_that_is_cancelled_itself_is_cancelled(tmp_path: Path) -> None:
     cache = ResponseCache(tmp_path / "c")
-
-    async def slow(request: ChatRequest) -> ChatResponse:
-        await asyncio.sleep(0.05)
-        return _resp()
+    calls: list[ChatRequest] = []
 
     async def main_() -> ChatResponse:
-        wrapped = cache_wrapper(cache)(slow)
-        leader = asyncio.create_task(wrapped(_req()))
-        await asyncio.sleep(0.01)
-        follower = asyncio.create_task(wrapped(_req()))
-        await asyncio.sleep(0.01)
+        release = asyncio.Event()
+        leader, follower = await _leader_and_follower(cache, release, calls)
         follower.cancel()
         with pytest.raises(asyncio.CancelledError):
             await follower
+        assert not leader.done()  # the leader's call goes on
+        release.set()
         return await leader
 
     assert asyncio.run(main_()).text == "hello"
+    assert len(calls) == 1
 
 
 def test_a_call_hashes_its_request_once(tmp_path: Path, monkeypatch) -> None:
@@ -289,3 +302,57 @@ def test_a_call_hashes_its_request_once(tmp_path: Path, monkeypatch) -> None:
     assert len(hashed) == 1
     asyncio.run(call(_req()))  # a hit
     assert len(hashed) == 2
+
+
+class _EchoServer:
+    """A loopback chat server that echoes back the key it was sent (a careless proxy's debug answer)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                return
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                text = f"you sent {self.headers.get('Authorization')} for {body['messages'][-1]['content']}"
+                data = json.dumps({
+                    "id": "chatcmpl-echo", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("kind", ["openai", "requests"])
+def test_a_secret_the_server_echoes_is_not_stored_in_the_cache(tmp_path: Path, monkeypatch, kind: str) -> None:
+    secret = "sk-echoed-by-the-server-0123456789abcdef"
+    monkeypatch.setenv("ECHO_KEY", secret)
+    echo = _EchoServer()
+    try:
+        path = write_pipeline(tmp_path, f"{{type: {kind}, base_url: '{echo.base_url}', "
+                                        "api_key: '${env:ECHO_KEY}'}", n=2)
+        first = run_pipeline_file(path)
+        second = run_pipeline_file(path, fresh=True)  # answered from the cache
+    finally:
+        echo.close()
+    assert first["status"] == second["status"] == "finished" and second["cached"] == 2
+    stored = b"".join(p.read_bytes() for p in (tmp_path / ".oaipipe" / "cache").rglob("*") if p.is_file())
+    assert b"you sent Bearer ***" in stored  # the answers are there, masked
+    assert secret.encode() not in stored
+    assert secret not in (tmp_path / "out" / "records.jsonl").read_text(encoding="utf-8")

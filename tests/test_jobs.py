@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from oaipipe.errors import TrainingError, register_secret
+from oaipipe.errors import StorageError, TrainingError, register_secret
 from oaipipe.jobs import Job, JobRegistry, default_registry_path
 
 
@@ -113,9 +113,10 @@ def test_leftover_lock_file_is_no_lock_and_live_lock_times_out_naming_its_holder
 def test_corrupt_registry_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "jobs.json"
     path.write_text("{not json")
-    with pytest.raises(TrainingError) as err:
+    with pytest.raises(StorageError) as err:  # exit 9, a state file (it was TrainingError, 7, before)
         JobRegistry(path).list()
     assert str(path) in str(err.value) and "move it away" in str(err.value)
+    assert err.value.exit_code == 9
 
 
 def test_secrets_never_reach_the_file(tmp_path: Path) -> None:
@@ -151,3 +152,17 @@ def test_unknown_id_hint_lists_recent_ids_newest_first(tmp_path: Path) -> None:
     hint = str(err.value).split("recent ids: ", 1)[1]
     assert hint.startswith("ftjob-0007, ftjob-0006, ftjob-0005, ftjob-0004, ftjob-0003")
     assert "ftjob-0002" not in hint
+
+
+@pytest.mark.parametrize("damage", [b'{"version": 1, "jobs": [{"id": "ftjob-1"', b"\xff\xfe", b"42"])
+def test_an_unreadable_registry_is_an_io_error_naming_the_file(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str], damage: bytes) -> None:
+    from oaipipe.cli import main
+
+    path = tmp_path / "jobs.json"
+    path.write_bytes(damage)
+    with pytest.raises(StorageError) as err:
+        JobRegistry(path).list()
+    assert f"the job registry {path} cannot be read" in str(err.value) and "restore it" in str(err.value)
+    assert main(["jobs", "list", "--registry", str(path)]) == 9  # ExitCode.IO_ERROR: a state file, not a job
+    assert "cannot be read" in capsys.readouterr().err

@@ -60,3 +60,41 @@ def test_an_unreadable_oaipipe_prices_file_says_what_to_fix(tmp_path: Path, monk
     with pytest.raises(ConfigError, match="OAIPIPE_PRICES") as info:
         PriceTable()
     assert str(prices) in str(info.value) and "unset" in str(info.value)
+
+
+# --- which model a call is priced as: the reported one, else the requested one ------------------------
+
+
+def test_a_call_is_priced_by_the_reported_model_else_by_the_requested_one() -> None:
+    table = PriceTable()
+    luna, mini, big = (table.lookup(m) for m in ("gpt-6-luna", "gpt-4o-mini", "gpt-4o"))
+    # OpenAI reports a dated snapshot: priced by its longest known prefix
+    snapshot = table.lookup("gpt-4o-mini-2024-07-18", requested="gpt-4o-mini")
+    assert snapshot.known and (snapshot.input, snapshot.output) == (mini.input, mini.output)
+    # the reported model wins when the table knows it (the server says what answered)
+    other = table.lookup("gpt-4o-2024-08-06", requested="gpt-4o-mini")
+    assert (other.input, other.output) == (big.input, big.output)
+    # a server's own label (oaipipe serve: local:<model>, a proxy's deployment name): the requested model
+    for label in ("local:gpt-6-luna", "my-azure-deployment"):
+        served = table.lookup(label, requested="gpt-6-luna")
+        assert served.known and served.model == label and (served.input, served.output) == (luna.input, luna.output)
+    # neither known: unpriced, as before; a free backend stays free; an engine label asked for is no price
+    assert not table.lookup("local:my-own-model", requested="my-own-model").known
+    assert not table.lookup("local:gpt-6-luna", requested="gpt-6-luna", priced=False).known
+    assert not table.lookup("local:gpt-6-luna", requested="local:gpt-6-luna").known
+
+
+def test_a_run_against_serve_is_priced_as_the_model_it_asked_for(tmp_path, server, capsys) -> None:
+    from oaipipe.cli import main
+
+    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}', model: gpt-6-luna}}", n=2)
+    assert main(["run", str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    (row,) = summary["by_step"]
+    assert row["model"] == "local:gpt-6-luna" and row["priced"] is True  # the label serve reports back
+    price = PriceTable().lookup("gpt-6-luna")
+    want = (row["prompt_tokens"] * price.input + row["completion_tokens"] * price.output) / 1_000_000
+    assert summary["cost_usd"] == pytest.approx(want, rel=1e-3) and summary["cost_usd"] > 0
+    assert main(["run", str(path), "--fresh", "--no-cache"]) == 0  # the line says so too
+    out = capsys.readouterr().out
+    assert "no price known" not in out

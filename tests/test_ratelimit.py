@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from _scale_util import write_pipeline
+from _scale_util import chat_requests, write_pipeline
 
 from oaipipe.ratelimit import RateLimiter, TokenBucket, rate_limit_wrapper
 from oaipipe.retry import RetryPolicy, error_for_status
@@ -176,12 +176,16 @@ def test_wrapper_settles_each_call() -> None:
 
 
 def test_rpm_in_a_run_against_the_server(tmp_path: Path, server) -> None:
-    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}', rpm: 600, tpm: 1000000, "
-                                    f"concurrency: 8}}", n=14)
+    # 1 call/s with a burst of 1, and concurrency above the record count: no record waits for another's answer
+    # to be dispatched, so the server's speed does not matter; the 2nd and 3rd calls go without waiting
+    # only if each reached the limiter a whole second after the one before (under load, records are
+    # dispatched a few tenths of a second apart at worst)
+    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}', rpm: 60, tpm: 1000000, "
+                                    f"concurrency: 8}}", n=3)
     summary = run_pipeline_file(path)
-    assert summary["records"]["done"] == 14
-    assert summary["rate_limit"]["rpm"] == 600 and summary["rate_limit"]["tpm"] == 1000000
-    assert summary["rate_limit"]["waited_s"] > 0  # 10/s with a burst of 10: the last 4 had to wait
+    assert summary["records"]["done"] == 3 and chat_requests(server) == 3
+    assert summary["rate_limit"]["rpm"] == 60 and summary["rate_limit"]["tpm"] == 1000000
+    assert summary["rate_limit"]["waited_s"] > 0
 
 
 def test_bad_limits_are_rejected_with_the_key(tmp_path: Path) -> None:

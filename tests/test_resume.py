@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from _scale_util import chat_requests, write_pipeline
+from _scale_util import chat_requests, read_jsonl, write_pipeline
 
 from oaipipe.cache import ResponseCache
 from oaipipe.cli import main
@@ -111,3 +111,42 @@ def _fresh_run_uses_cache(path: Path, srv, capsys) -> None:
     assert summary["status"] == "finished" and summary["records"]["done"] == N
     assert summary["cached"] == N
     assert chat_requests(srv) == 0
+
+
+@pytest.mark.parametrize("damage", [b"{\"pipeline\": \"t\", \"fingerp", b"\xff\xfe not text", b"[1, 2]"])
+def test_an_unreadable_pipeline_json_is_reported_as_such_not_as_a_changed_pipeline(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: bytes) -> None:
+    path = write_pipeline(tmp_path, "{type: local}", n=3)
+    assert main(["run", str(path), "-q"]) == 0
+    (run,) = [p for p in (tmp_path / "runs" / "t").iterdir() if p.is_dir()]
+    (run / "summary.json").unlink()  # the run is unfinished now (as after a kill)
+    (run / "pipeline.json").write_bytes(damage)
+    capsys.readouterr()
+    code = main(["run", str(path), "-q"])
+    err = capsys.readouterr().err
+    assert code == 9, err
+    assert f"{run / 'pipeline.json'} cannot be read: it " in err and "changed" not in err
+    assert "restore the file" in err and "--fresh" in err
+    assert main(["run", str(path), "-q", "--fresh"]) == 0  # the fix it names works
+
+
+def test_a_finished_run_whose_input_grew_says_so_and_fresh_pays_only_the_new_rows(
+        tmp_path: Path, server: ServerHandle, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}'}}", n=3)
+    assert main(["run", str(path), "-q"]) == 0
+    assert main(["run", str(path)]) == 0  # unchanged: nothing to do, and no word of a change
+    out = capsys.readouterr().out
+    assert "already finished: nothing to do" in out and "changed" not in out
+    with (tmp_path / "r.csv").open("a", encoding="utf-8", newline="") as f:
+        f.write("4,review number 4: it was fine\r\n5,review number 5: it was fine\r\n")
+    server.reset_stats()
+    assert main(["run", str(path)]) == 0  # the finished run stays finished (no call), and says why
+    out = capsys.readouterr().out
+    assert "already finished: nothing to do" in out and chat_requests(server) == 0
+    assert "its source r.csv has changed since the run started (5 records now, 3 processed by that run)" in out
+    assert "run again with --fresh" in out
+    assert main(["run", str(path), "--json"]) == 0
+    assert "r.csv has changed" in json.loads(capsys.readouterr().out)["source_changed"]
+    assert main(["run", str(path), "--fresh", "-q"]) == 0  # what it says to do: the new rows are the only calls
+    assert chat_requests(server) == 2
+    assert sorted(r["_id"] for r in read_jsonl(tmp_path / "out" / "records.jsonl")) == ["1", "2", "3", "4", "5"]

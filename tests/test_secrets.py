@@ -116,8 +116,9 @@ def test_no_env_value_reaches_files_or_output(tmp_path: Path, server, secrets_en
 
 def test_a_failing_run_and_its_errors_show_no_env_value(tmp_path: Path, server, secrets_env,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    # a base_url with ?key=...: the query string makes every call fail, and every error names the URL
-    path = write_project(tmp_path, server.base_url + "?key=${env:Q_KEY}")
+    # a base_url with ?key=... below a path the server does not have: every call fails (404), and every error
+    # names the URL (the query string itself is sent with every call: oaipipe.keys.endpoint_url)
+    path = write_project(tmp_path, server.base_url + "/missing?key=${env:Q_KEY}")
     printed: dict[str, str] = {}
     code, printed["validate"] = cli(capsys, "validate", str(path))
     assert code == 0 and "***" in printed["validate"], printed["validate"]

@@ -202,8 +202,15 @@ def test_sigkill_before_local_training_the_rerun_trains_once(tmp_path: Path) -> 
     assert _summary(tmp_path)["status"] == "training"
     _kill(proc)
     assert JobRegistry().list() == []
-    summary = _rerun(path)
+    proc = subprocess.run([OAIPIPE, "run", str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # what this attempt did (only the train: step), then the run's totals, labelled as such
+    assert "finished: this attempt ran only the train: step of run " in proc.stdout
+    assert "(its records were done before: 0 calls, $0.0000)" in proc.stdout
+    assert f"  run totals: {N} done, 0 failed" in proc.stdout
+    summary = _summary(tmp_path)
     _assert_one_job(None, summary)
+    assert summary["records"]["done"] == N and summary["this_attempt"]["calls"] == 0
     assert summary["train"]["fine_tuned_model"].startswith("ft:gpt-4o-mini:local:")
     assert _rerun(path)["status"] == "nothing-to-do"
     assert len(JobRegistry().list()) == 1

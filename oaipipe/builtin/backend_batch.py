@@ -55,6 +55,7 @@ from ..base import Backend
 from ..errors import BackendError, ServerError, mask_secrets
 from ..fsutil import write_text_atomic
 from ..home import home_dir
+from ..keys import endpoint_url
 from ..kit.http import HTTPBackendMixin, HTTPBackendOptions, http_error, not_the_api
 from ..kit.openai import OpenAISDKMixin, translate_sdk_error
 from ..lazy import lazy_module
@@ -255,7 +256,7 @@ class BatchBackend(OpenAISDKMixin, HTTPBackendMixin, Backend):
 
     async def _api(self, what: str, fn: Any, *, not_found: Any = _RAISE) -> Any:
         """One API call through the retry policy; ``not_found`` (when given) is returned for a 404."""
-        url = f"{self.base_url}/{what}"
+        url = endpoint_url(self.base_url, what)
 
         async def attempt() -> Any:
             try:

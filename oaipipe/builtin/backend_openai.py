@@ -22,6 +22,7 @@ from pydantic import Field
 
 from .. import hookimpl
 from ..base import Backend
+from ..keys import endpoint_url
 from ..kit.aiohttp import AiohttpTransportMixin
 from ..kit.http import HTTPBackendMixin, HTTPBackendOptions, not_the_api
 from ..kit.openai import OpenAISDKMixin, translate_sdk_error
@@ -93,7 +94,7 @@ class OpenAIBackend(AiohttpTransportMixin, OpenAISDKMixin, HTTPBackendMixin, Bac
         responses = self.api_of(request.model) == "responses"
         client = self.aclient
         path, body = self._chat_call(request)
-        url = f"{self.base_url}{path}"
+        url = endpoint_url(self.base_url, path)
 
         async def attempt(body: dict[str, Any]) -> Any:
             kwargs = _split(body, _RESPONSES_KWARGS if responses else _CHAT_KWARGS)

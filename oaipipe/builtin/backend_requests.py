@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import hookimpl
 from ..base import SyncBackend
+from ..keys import check_redirect, endpoint_url
 from ..kit.http import HTTPBackendMixin, http_error, not_the_api
 from ..lazy import lazy_module
 from ..openai_wire import (
@@ -32,6 +33,31 @@ else:  # imported on first use
     requests = lazy_module("requests")
 
 __all__ = ["RequestsBackend"]
+
+
+def _same_origin_session_class() -> type:
+    class SameOriginSession(requests.Session):
+        """A session that follows redirects within the origin only (:func:`oaipipe.keys.check_redirect`):
+        requests drops only ``Authorization`` on its way to another host, not ``headers:`` nor the body."""
+
+        def get_redirect_target(self, resp: requests.Response) -> str | None:
+            target = super().get_redirect_target(resp)
+            if target:
+                check_redirect(resp.url, target, resp.status_code)
+            return target
+
+    return SameOriginSession
+
+
+def _new_session() -> requests.Session:
+    """A :class:`SameOriginSession` (the class is made on first use: ``requests`` is imported lazily)."""
+    if not _SESSION_CLASS:
+        _SESSION_CLASS.append(_same_origin_session_class())
+    session: requests.Session = _SESSION_CLASS[0]()
+    return session
+
+
+_SESSION_CLASS: list[type] = []
 
 
 class RequestsBackend(HTTPBackendMixin, SyncBackend):
@@ -51,7 +77,7 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
     def session(self) -> requests.Session:
         with self._lock:
             if self._session is None:
-                session = requests.Session()
+                session = _new_session()
                 size = max(1, self.options.concurrency)
                 adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
                 session.mount("http://", adapter)
@@ -71,7 +97,7 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
         return self._gated(lambda: self._request(method, path, body, model))
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None, model: str) -> tuple[Any, str | None]:
-        url = f"{self.base_url}{path}"
+        url = endpoint_url(self.base_url, path)
         timeout = self.options.timeout
         try:
             resp = self.session.request(method, url, json=body, timeout=timeout)

@@ -25,7 +25,7 @@ from pydantic import Field, SecretStr
 from ..base import Trainer
 from ..errors import AuthenticationError, BackendError, BadRequestError, OaipipeError, TrainingError
 from ..hookspecs import hookimpl
-from ..keys import OPENAI_BASE_URL, is_openai_url, resolve_api_key, sdk_client
+from ..keys import OPENAI_BASE_URL, BaseURL, is_openai_url, resolve_api_key, sdk_client
 
 OPENAI_URL = OPENAI_BASE_URL
 #: the metadata key a launched job is tagged with, so that a launch cut short by a crash is found again
@@ -68,7 +68,8 @@ class OpenAITrainer(Trainer):
 
     class Options(Trainer.Options):
         type: str = "openai"
-        base_url: str | None = Field(None, description="Any OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1")
+        base_url: BaseURL | None = Field(None, description="Any OpenAI-compatible server, e.g. "
+                                         "http://127.0.0.1:8080/v1 (a query string is sent with every call)")
         api_key: SecretStr | None = Field(None, description="Use ${env:OPENAI_API_KEY}; never written anywhere")
         request_timeout: float = Field(120.0, gt=0, description="Seconds per HTTP call (uploads included)")
         max_retries: int = Field(2, ge=0, le=20, description="SDK retries per HTTP call")

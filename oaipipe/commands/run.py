@@ -43,8 +43,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
         _print_dry_run(summary)
         return
     tokens = summary.get("tokens", {})
+    attempt = summary.get("this_attempt") or {}
+    if attempt.get("only") == "train":  # the counts below are the run's, made by an earlier attempt
+        click.echo(f"{status}: this attempt ran only the train: step of run {summary.get('run_id')} "
+                   f"(its records were done before: {attempt.get('calls', 0)} calls, "
+                   f"${attempt.get('cost_usd', 0):.4f})")
     click.echo(
-        f"{status}: {rec.get('done', 0)} done, {rec.get('failed', 0)} failed"
+        ("  run totals: " if attempt.get("only") == "train" else f"{status}: ")
+        + f"{rec.get('done', 0)} done, {rec.get('failed', 0)} failed"
         + (f", {rec.get('skipped')} already done before" if rec.get("skipped") else "")
         + f" in {summary.get('elapsed_s', 0):.1f}s ({summary.get('records_per_s', 0)}/s); "
         f"{summary.get('calls', 0)} calls ({summary.get('cached', 0)} cached), "

@@ -16,6 +16,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..keys import check_redirect, endpoint_url
 from ..lazy import lazy_module
 from ..openai_wire import parse_models
 from ..retry import connection_error
@@ -30,6 +31,19 @@ else:  # imported on first use: `oaipipe --help` and `validate` never load them
     orjson = lazy_module("orjson")
 
 __all__ = ["AiohttpTransportMixin"]
+
+
+async def _refuse_cross_origin(session: Any, context: Any, params: Any) -> None:
+    """Before aiohttp follows a redirect: only within the origin (:func:`oaipipe.keys.check_redirect`);
+    aiohttp drops only ``Authorization`` on its way to another host, not ``headers:`` nor the body."""
+    response = params.response
+    location = response.headers.get("Location") or response.headers.get("URI")
+    if location:
+        try:
+            check_redirect(str(params.url), location, response.status)
+        except BaseException:
+            response.close()
+            raise
 
 
 class AiohttpTransportMixin:
@@ -57,8 +71,10 @@ class AiohttpTransportMixin:
         if self._session is None or self._session_loop is not loop or self._session.closed:
             size = max(1, int(self.options.concurrency))
             connector = aiohttp.TCPConnector(limit=size, limit_per_host=size, ttl_dns_cache=300)
+            tracing = aiohttp.TraceConfig()
+            tracing.on_request_redirect.append(_refuse_cross_origin)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._lean_headers(),
+                connector=connector, headers=self._lean_headers(), trace_configs=[tracing],
                 timeout=aiohttp.ClientTimeout(total=self.options.timeout),
                 auto_decompress=True, raise_for_status=False,
             )
@@ -69,7 +85,7 @@ class AiohttpTransportMixin:
                          model: str = "") -> tuple[Any, str | None]:
         """One HTTP attempt: the decoded JSON and the request id, or a classified BackendError."""
         session = self._lean_session()
-        url = f"{self.base_url}{path}"
+        url = endpoint_url(self.base_url, path)
         data = None if body is None else orjson.dumps(body)
         try:
             async with session.request(method, url, data=data) as resp:

@@ -12,7 +12,7 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 
 from ..base import BackendOptions, PluginOptions
 from ..errors import AuthenticationError, BackendError, RateLimitError, ServerError
-from ..keys import OPENAI_BASE_URL, KeyGate, is_openai_url, refusal_hint, resolve_api_key
+from ..keys import OPENAI_BASE_URL, KeyGate, check_base_url, is_openai_url, refusal_hint, resolve_api_key
 from ..models_table import api_for
 from ..openai_wire import api_call, error_detail, parse_reply
 from ..retry import RetryPolicy, error_for_status, parse_retry_after
@@ -84,6 +84,8 @@ class HTTPBackendOptions(BackendOptions):
         for name, var in SDK_ENVIRONMENT.items():
             value = os.environ.get(var)
             if getattr(self, name) is None and value:
+                if name == "base_url":
+                    check_base_url(value, name=var)
                 setattr(self, name, value)
                 self._from_env[name] = var
         return self

@@ -27,7 +27,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, ServerError
-from ..keys import sdk_client
+from ..keys import endpoint_url, sdk_client
 from ..lazy import lazy_module
 from ..openai_wire import parse_models
 from ..retry import connection_error
@@ -67,6 +67,8 @@ def translate_sdk_error(exc: Exception, *, url: str, timeout: float, model: str 
         return connection_error("timed out", url=url, timeout=timeout)
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
+        if isinstance(cause, BackendError):  # raised on the way (a redirect to another server: oaipipe.keys)
+            return cause
         return connection_error(f"{type(cause).__name__}: {cause}", url=url)
     return ServerError(f"unexpected answer from {url}: {type(exc).__name__}: {exc}",
                        hint="base_url must point at an OpenAI-compatible API (it usually ends in /v1)")
@@ -131,7 +133,7 @@ class OpenAISDKMixin:
     def list_models_sync(self) -> list[ModelInfo]:
         """The server's models, via the blocking client."""
         self._check_key()  # type: ignore[attr-defined]
-        url = f"{self.base_url}/models"
+        url = endpoint_url(self.base_url, "/models")
 
         def attempt() -> Any:
             try:
