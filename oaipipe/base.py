@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from .keys import BaseURL
+from .models_table import DEFAULT_MODEL
 from .types import ChatRequest, ChatResponse, ModelInfo, Record, RecordResult, RunInfo, Sentiment
 
 if TYPE_CHECKING:
@@ -166,7 +167,8 @@ class BackendOptions(PluginOptions):
     """Options every backend understands (the ``backend:`` block of pipeline.yaml)."""
 
     type: str = "local"
-    model: str = "gpt-4o-mini"
+    model: str = Field(DEFAULT_MODEL, description="Model to call (default: the model table's current default, "
+                       "oaipipe.models_table.DEFAULT_MODEL)")
     base_url: BaseURL | None = Field(None, description="Any OpenAI-compatible server, e.g. "
                                      "http://127.0.0.1:8080/v1 (a query string is sent with every call)")
     api_key: SecretStr | None = Field(None, description="Use ${env:OPENAI_API_KEY}; never written anywhere")
@@ -463,7 +465,9 @@ class Trainer(Component[OptionsT]):
         """Options every trainer understands (the ``train:`` block; ``oaipipe train`` flags)."""
 
         type: str = "local"
-        model: str | None = Field(None, description="Base model to fine-tune; defaults to the backend's model")
+        model: str | None = Field(
+            None, description="Base model to fine-tune; defaults to the backend's `model:` when the pipeline sets "
+            "one, else gpt-4o-mini (DEFAULT_FINE_TUNE_MODEL: the chat default gpt-6-luna takes no fine-tuning)")
         method: Literal["supervised", "dpo"] = Field("supervised", description="supervised (SFT) or dpo")
         suffix: str | None = Field(None, description="Up to 64 characters added to the fine-tuned model name")
         hyperparameters: dict[str, Any] = Field(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .api import run_sync
+from .models_table import DEFAULT_FINE_TUNE_MODEL
 from .types import ChatResponse, ModelInfo, Record, Sentiment, Usage
 
 __all__ = ["Client", "Reply"]
@@ -287,7 +288,7 @@ class Client:
     # --- training -------------------------------------------------------------------------------------
 
     def train(self, data: str | Path | list[dict[str, Any]], method: str = "supervised",
-              select: dict[str, Any] | None = None, *, model: str = "gpt-4o-mini", trainer: str = "local",
+              select: dict[str, Any] | None = None, *, model: str = DEFAULT_FINE_TUNE_MODEL, trainer: str = "local",
               system: str | None = None, suffix: str | None = None, wait: bool = True,
               hyperparameters: dict[str, Any] | None = None, force: bool = False,
               timeout: float | None = None) -> Any:

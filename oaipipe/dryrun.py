@@ -24,6 +24,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .base import StepContext
+from .models_table import DEFAULT_MODEL
 from .pricing import PriceTable
 from .tiers import configured_tier, plan_for, tier_costs
 from .tokens import count_message_tokens, tokenizer_name
@@ -129,7 +130,7 @@ async def _estimate(pipeline: BuiltPipeline, limit: int | None, completion_token
         "completion_tokens": completion,
         "cost_usd": round(local_total, 6) if counter.free else round(cost, 6),  # free: see cost_usd_on_openai
         "completion_tokens_per_call": completion_tokens,
-        "tokenizer": tokenizer_name(str(getattr(backend.options, "model", "gpt-4o-mini"))),
+        "tokenizer": tokenizer_name(str(getattr(backend.options, "model", DEFAULT_MODEL))),
         "by_step": rows,
     }
     summary: dict[str, Any] = {"records": {"total": total, "would_fail": failed}, "estimate": est}

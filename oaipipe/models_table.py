@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["AS_OF", "MODELS", "ModelEntry", "ModelInfo", "api_for", "model_info"]
+__all__ = ["AS_OF", "DEFAULT_FINE_TUNE_MODEL", "DEFAULT_MODEL", "FINE_TUNE_DEFAULT_WHY", "MODELS", "ModelEntry", "ModelInfo", "api_for", "model_info"]
 
 #: the date the table was last checked against its sources (docs/platform.md)
 AS_OF = "2026-11-30"
@@ -67,6 +67,18 @@ MODELS: dict[str, ModelInfo] = {
 }
 
 _UNKNOWN = ModelInfo("chat")
+
+#: the model a pipeline without ``model:`` calls (``BackendOptions.model``, the ``llm`` analyzer, token
+#: counts): the table's substitute for gpt-4o-mini, with no shutdown announced (tests/test_default_model.py)
+DEFAULT_MODEL = "gpt-6-luna"
+#: the base model ``oaipipe train``/``dataset`` fine-tune by default: gpt-6-luna takes no fine-tuning; every
+#: fine-tunable model of the table shuts down on 2027-01-14 (new self-serve jobs stop on 2027-01-06), and
+#: gpt-4o-mini is the cheapest of them (docs/platform.md, "Fine-tuning after January 2027")
+DEFAULT_FINE_TUNE_MODEL = "gpt-4o-mini"
+#: why, as the ``--model`` help of ``oaipipe train``/``dataset`` says it
+FINE_TUNE_DEFAULT_WHY = (f"default {DEFAULT_FINE_TUNE_MODEL}: fine-tunable, unlike the chat default {DEFAULT_MODEL}; "
+                         "every fine-tunable model shuts down on 2027-01-14 and new jobs stop on 2027-01-06 "
+                         "(docs/platform.md)")
 
 class ModelEntry(BaseModel):
     """One entry of a pipeline's ``models:`` block: what it says about a model id (or id prefix) wins over

@@ -25,6 +25,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .models_table import DEFAULT_MODEL
+
 __all__ = [
     "count_message_tokens",
     "count_tokens",
@@ -194,12 +196,12 @@ def special_tokens(encoding: str = "o200k_base") -> frozenset[str]:
     return _encoder(encoding)[2]
 
 
-def tokenizer_name(model: str = "gpt-4o-mini") -> str:
+def tokenizer_name(model: str = DEFAULT_MODEL) -> str:
     """Which tokenizer counts tokens: ``bpe-openai``, ``tiktoken`` or the labelled heuristic."""
     return _encoder(encoding_name_for_model(model))[0]
 
 
-def count_tokens(text: str, model: str = "gpt-4o-mini") -> int:
+def count_tokens(text: str, model: str = DEFAULT_MODEL) -> int:
     """Number of tokens of ``text`` for ``model``, for any text: special-token strings count as the plain
     text they are, and a text of any length is counted (in pieces past :data:`PIECE_CHARS`). Counting
     never fails a record: should the tokenizer still refuse a piece, that piece is estimated (~4
@@ -341,7 +343,7 @@ def _content_tokens(content: Any, model: str, image_model: str | None = None) ->
     return count_tokens(str(content), model)
 
 
-def count_message_tokens(messages: list[dict[str, Any]], model: str = "gpt-4o-mini", *,
+def count_message_tokens(messages: list[dict[str, Any]], model: str = DEFAULT_MODEL, *,
                          image_model: str | None = None) -> int:
     """Prompt tokens of a chat request (OpenAI cookbook rule): 3 per message, the content, 1 per
     ``name``, and 3 for the reply priming. Image parts are counted with :func:`image_tokens` for

@@ -101,5 +101,15 @@ def read_csv_ids(path: Path) -> list[str]:
         return [row["record_id"] for row in csv.DictReader(fh)]
 
 
+#: the paths of a model call: Chat Completions, or Responses (what `api: auto` picks for the default model)
+MODEL_CALL_PATHS = ("/v1/chat/completions", "/v1/responses")
+
+
+def model_calls(stats: dict[str, Any]) -> int:
+    """The model calls in a server's ``stats()``, on either API."""
+    return sum(int(stats["by_path"].get(path, 0)) for path in MODEL_CALL_PATHS)
+
+
 def chat_requests(srv: Any) -> int:
-    return int(srv.stats()["by_path"].get("/v1/chat/completions", 0))
+    """The model calls the server got (Chat Completions or Responses)."""
+    return model_calls(srv.stats())

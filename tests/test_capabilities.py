@@ -19,6 +19,7 @@ import pytest
 from _scale_util import write_pipeline
 
 from oaipipe.errors import ConfigError
+from oaipipe.models_table import DEFAULT_MODEL
 from oaipipe.pipeline import load_pipeline
 from oaipipe.progress import PlainReporter
 from oaipipe.runner import run_pipeline_file
@@ -63,7 +64,7 @@ def register_steps(register):
 
 PLUGINS = "plugins: [renamed.py]\n"
 #: an explicit price for the engine's model label: the only way its calls cost something
-LOCAL_PRICE = 'prices: {"local:gpt-4o-mini": {input: 1000, output: 4000}}\n'
+LOCAL_PRICE = f'prices: {{"local:{DEFAULT_MODEL}": {{input: 1000, output: 4000}}}}\n'
 
 
 def _project(tmp_path: Path, name: str, backend: str, *, n: int = 4, steps: str | None = None,
@@ -94,7 +95,7 @@ def test_an_offline_free_backend_says_so_costs_nothing_and_is_not_cached(tmp_pat
     stream = io.StringIO()
     summary = run_pipeline_file(path, reporter=PlainReporter(stream, interval=0))
     headline = stream.getvalue().splitlines()[0]
-    assert f"backend {backend}, model gpt-4o-mini (embedded offline engine: deterministic replies, not GPT)" \
+    assert f"backend {backend}, model {DEFAULT_MODEL} (embedded offline engine: deterministic replies, not GPT)" \
         in headline
     assert summary["status"] == "finished" and summary["cost_usd"] == 0
     assert all(row["priced"] for row in summary["by_step"])  # free, not "unpriced"

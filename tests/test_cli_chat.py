@@ -150,7 +150,7 @@ def test_describe_with_schema_through_server(capsys: pytest.CaptureFixture[str],
     schema.write_text(json.dumps({"type": "object", "properties": {"caption": {"type": "string"}},
                                   "required": ["caption"], "additionalProperties": False}))
     code, out, err = run(capsys, "describe", str(red_png), "--schema", str(schema), "--backend", backend,
-                         "--base-url", server.base_url, "--json")
+                         "--base-url", server.base_url, "--model", "gpt-4o-mini", "--json")
     assert code == 0, err
     line = json.loads(out.splitlines()[0])
     assert set(line["parsed"]) == {"caption"} and line["backend"] == backend

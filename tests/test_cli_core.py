@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from oaipipe.cli import main
+from oaipipe.models_table import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -198,7 +199,7 @@ def test_reaching_max_cost_exits_8_and_a_rerun_goes_on(pipeline: Path, capsys: p
     rows = "".join(f"{i},text {i}\n" for i in range(3, 12))
     pipeline.parent.joinpath("r.csv").write_text("id,text\n1,I love it\n2,I hate it\n" + rows, encoding="utf-8")
     pipeline.write_text(pipeline.read_text().replace("backend: {type: local}", "backend: {type: local, concurrency: 1}")
-                        + 'prices: {"local:gpt-4o-mini": {input: 1000, output: 4000}}\n')
+                        + f'prices: {{"local:{DEFAULT_MODEL}": {{input: 1000, output: 4000}}}}\n')
     assert main(["run", str(pipeline), "-q", "--max-cost", "0.05"]) == 8
     out = capsys.readouterr().out
     assert out.startswith("budget-reached")

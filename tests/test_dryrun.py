@@ -9,6 +9,7 @@ import pytest
 from _scale_util import write_pipeline
 
 from oaipipe.cli import main
+from oaipipe.models_table import DEFAULT_MODEL
 from oaipipe.pricing import PriceTable
 from oaipipe.runner import run_pipeline_file
 from oaipipe.tokens import count_message_tokens
@@ -19,7 +20,7 @@ def _expected_prompt_tokens(n: int) -> int:
     for i in range(1, n + 1):
         messages = [{"role": "system", "content": "Be brief."},
                     {"role": "user", "content": f"Reply to: review number {i}: it was fine"}]
-        total += count_message_tokens(messages, "gpt-4o-mini")
+        total += count_message_tokens(messages, DEFAULT_MODEL)
     return total
 
 
@@ -34,7 +35,7 @@ def test_dry_run_calls_nothing_and_estimates_tokens_and_cost(tmp_path: Path, ser
     assert est["calls"] == 7
     assert est["prompt_tokens"] == _expected_prompt_tokens(7)
     assert est["completion_tokens"] == 7 * est["completion_tokens_per_call"]
-    price = PriceTable().lookup("gpt-4o-mini")
+    price = PriceTable().lookup(DEFAULT_MODEL)  # the pipeline names no model
     assert est["cost_usd"] == pytest.approx(price.cost(est["prompt_tokens"], est["completion_tokens"]), abs=1e-6)
     assert est["by_step"][0]["step"] == "ask:reply"
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
@@ -44,14 +45,14 @@ def test_dry_run_calls_nothing_and_estimates_tokens_and_cost(tmp_path: Path, ser
     out = capsys.readouterr().out
     assert "7 records would be processed; no call was made" in out
     assert f"{est['prompt_tokens']} in" in out
-    assert "step ask:reply (gpt-4o-mini): 7 calls" in out
+    assert f"step ask:reply ({DEFAULT_MODEL}): 7 calls" in out
     assert server.stats()["requests"] == 0
 
 
 def test_dry_run_uses_max_tokens_limit_and_price_overrides(tmp_path: Path, server) -> None:
     steps = '- {type: ask, system: "Be brief.", prompt: "Reply to: {text}", output: reply, max_tokens: 20}\n'
     path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}'}}", n=9, steps=steps,
-                          extra="prices: {gpt-4o-mini: {input: 1000, output: 2000}}\n")
+                          extra=f"prices: {{{DEFAULT_MODEL}: {{input: 1000, output: 2000}}}}\n")
     summary = run_pipeline_file(path, dry_run=True, limit=4)
     est = summary["estimate"]
     assert summary["records"]["total"] == 4
@@ -112,7 +113,7 @@ def test_dry_run_counts_images_by_the_models_own_rule(tmp_path: Path) -> None:
 
 def test_dry_run_prices_the_local_engine_like_the_real_run(tmp_path: Path) -> None:
     path = write_pipeline(tmp_path, "{type: local}", n=3)
-    path.write_text(path.read_text() + 'prices: {"local:gpt-4o-mini": {input: 1000, output: 4000}}\n')
+    path.write_text(path.read_text() + f'prices: {{"local:{DEFAULT_MODEL}": {{input: 1000, output: 4000}}}}\n')
     est = run_pipeline_file(path, dry_run=True)["estimate"]
     assert est["cost_usd"] > 0  # the override for the engine's own label applies, as in a real run
     real = run_pipeline_file(path)

@@ -18,6 +18,7 @@ from _scale_util import write_pipeline
 
 from oaipipe.cli import main
 from oaipipe.errors import ConfigError
+from oaipipe.models_table import DEFAULT_MODEL
 from oaipipe.pricing import PriceTable
 
 BAD_VALUES = [float("nan"), float("inf"), float("-inf"), -0.5]
@@ -99,7 +100,7 @@ def test_validate_refuses_a_nan_price_with_its_line(tmp_path: Path, capsys: pyte
 def test_a_nan_price_can_no_longer_switch_off_max_cost(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The reported failure: a NaN price, then --max-cost never triggered and the whole run went ahead."""
     path = write_pipeline(tmp_path, "{type: local}", n=20,
-                          extra='prices:\n  "local:gpt-4o-mini": {input: .nan, output: 4000}\n')
+                          extra=f'prices:\n  "local:{DEFAULT_MODEL}": {{input: .nan, output: 4000}}\n')
     assert main(["run", str(path), "-q", "--max-cost", "0.5"]) == 2
     assert "finite" in capsys.readouterr().err
     assert not (tmp_path / "out" / "records.jsonl").exists()  # refused before any record
@@ -125,7 +126,7 @@ def test_run_max_cost_in_the_pipeline_must_be_finite_and_positive(tmp_path: Path
 def test_run_files_are_strict_json(tmp_path: Path) -> None:
     """summary.json and pipeline.json parse with a strict parser after a priced run that hit its budget."""
     path = write_pipeline(tmp_path, "{type: local}", n=30,
-                          extra='prices: {"local:gpt-4o-mini": {input: 1000, output: 4000}}\n')
+                          extra=f'prices: {{"local:{DEFAULT_MODEL}": {{input: 1000, output: 4000}}}}\n')
     assert main(["run", str(path), "-q", "--max-cost", "0.5"]) == 8
     run_dir = next((tmp_path / "runs" / "t").iterdir())
     summary = _strict_json((run_dir / "summary.json").read_text(encoding="utf-8"))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from _scale_util import write_pipeline
 
+from oaipipe.models_table import DEFAULT_MODEL
 from oaipipe.pricing import PriceTable
 from oaipipe.runner import run_pipeline_file
 
@@ -43,7 +44,7 @@ def test_oaipipe_prices_file_overrides_local_models(tmp_path: Path, monkeypatch:
 
 def test_max_cost_can_be_tried_offline_on_the_local_backend(tmp_path: Path) -> None:
     path = write_pipeline(tmp_path, "{type: local}", n=40,
-                          extra='prices: {"local:gpt-4o-mini": {input: 1000, output: 4000}}\n')
+                          extra=f'prices: {{"local:{DEFAULT_MODEL}": {{input: 1000, output: 4000}}}}\n')
     summary = run_pipeline_file(path, max_cost=0.5)
     assert summary["status"] == "budget-reached"
     assert 0 < summary["records"]["done"] < 40

@@ -30,7 +30,9 @@ def test_a_dry_run_on_batch_is_priced_at_the_batch_discount(oaipipe_project: Pip
     never_called = "http://127.0.0.1:9/v1"  # the discard port: a call would fail the test
     estimates = {}
     for kind in ("openai", "batch"):
-        oaipipe_project.write(backend={"type": kind, "base_url": never_called, "api_key": "sk-test-not-used"})
+        # gpt-4o-mini named: dear enough that costs rounded to 6 decimals still compare within rel 1e-3
+        oaipipe_project.write(backend={"type": kind, "base_url": never_called, "api_key": "sk-test-not-used",
+                                       "model": "gpt-4o-mini"})
         result = oaipipe_project.run("--dry-run")
         assert result.exit_code == 0, result
         assert result.summary["backend"] == kind  # not the offline fallback

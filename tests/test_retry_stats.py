@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
-from _scale_util import write_pipeline
+from _scale_util import model_calls, write_pipeline
 
 from oaipipe.cli import main
 from oaipipe.errors import BackendConnectionError, register_secret
@@ -44,7 +44,7 @@ def test_summary_counts_every_attempt_and_retry_the_server_saw(tmp_path: Path, c
     assert injected.get("429") and injected.get("503")  # the faults did happen
     assert summary["records"]["done"] == n and summary["calls"] == n
     # what the server saw is what the summary says
-    assert summary["attempts"] == server["requests"] == server["by_path"]["/v1/chat/completions"]
+    assert summary["attempts"] == server["requests"] == model_calls(server)
     assert summary["retries"]["by_status"] == {"429": injected["429"], "503": injected["503"]}
     assert summary["retries"]["total"] == summary["attempts"] - summary["calls"]
     assert summary["retries"]["waited_s"] > 0 and summary["retries"]["gave_up"] == 0

@@ -1,8 +1,12 @@
 """Built-in analyzer ``llm``: asks the pipeline's backend for a label and a score, with a strict JSON schema.
 
 ``{type: sentiment, analyzer: llm, input: "{text}", output: mood}`` (or ``analyzer: {type: llm, model:
-gpt-4o-mini}``) sends one chat call per text with ``response_format`` a strict ``json_schema``
-(``{"label": "positive" | "negative" | "neutral", "score": number}``), at temperature 0. The call goes
+gpt-4.1-mini}``) sends one chat call per text with ``response_format`` a strict ``json_schema``
+(``{"label": "positive" | "negative" | "neutral", "score": number}``), at temperature 0 with at most 60
+output tokens on a model that takes a temperature. A reasoning model (the model table's ``reasoning``
+flag, :func:`oaipipe.models_table.model_info`; the default model gpt-6-luna is one) is sent neither: OpenAI
+refuses a temperature for it, and its reasoning tokens come out of the same output budget, so 60 would
+leave no room for the answer. A ``temperature`` set for a reasoning model is refused before any call. The call goes
 through the run's call chain like a step's: answered from the response cache when it was made before,
 rate limited, retried, and counted in the summary's calls, tokens and dollars (under the step label
 ``analyzer:llm``). It is not an exchange of the dialogue: dialogue logs and training data do not see it.
@@ -21,6 +25,7 @@ from pydantic import Field
 from ..base import Analyzer, PluginOptions, StepContext
 from ..errors import PluginError, RecordError
 from ..hookspecs import hookimpl
+from ..models_table import DEFAULT_MODEL, model_info
 from ..openai_wire import parse_json_reply
 from ..types import ChatRequest, Sentiment
 
@@ -60,8 +65,12 @@ class LlmAnalyzer(Analyzer):
     class Options(PluginOptions):
         model: str | None = Field(None, description="Model to ask (default: the backend's model)")
         system: str = Field(SYSTEM, description="System message of the classification call")
-        temperature: float = Field(0.0, ge=0, le=2)
-        max_tokens: int = Field(60, ge=16, description="Room for the JSON answer")
+        temperature: float | None = Field(
+            None, ge=0, le=2, description="Default: 0 on models that take a temperature; none is sent to a "
+            "reasoning model (OpenAI refuses it)")
+        max_tokens: int | None = Field(
+            None, ge=16, description="Room for the JSON answer. Default: 60; no limit on a reasoning model "
+            "(its reasoning tokens count against the limit)")
 
     options: Options
 
@@ -74,15 +83,27 @@ class LlmAnalyzer(Analyzer):
         )
 
     def request(self, text: str, model: str) -> ChatRequest:
+        """The classification call; ``temperature``/``max_tokens`` as the model takes them (module docstring)."""
+        info = model_info(model)
+        reasoning = info is not None and info.reasoning
+        temperature, max_tokens = self.options.temperature, self.options.max_tokens
+        if reasoning and temperature is not None:
+            raise PluginError(
+                f"analyzer '{self.name or 'llm'}' sets temperature {temperature}, but {model} is a reasoning model: "
+                f"OpenAI refuses a temperature for it",
+                hint="remove `temperature` from the analyzer, or give it a non-reasoning `model:` such as gpt-4.1-mini")
+        if not reasoning:
+            temperature = 0.0 if temperature is None else temperature
+            max_tokens = 60 if max_tokens is None else max_tokens
         return ChatRequest(
             messages=[{"role": "system", "content": self.options.system}, {"role": "user", "content": text}],
-            model=model, temperature=self.options.temperature, max_tokens=self.options.max_tokens,
+            model=model, temperature=temperature, max_tokens=max_tokens,
             response_format=RESPONSE_FORMAT, step=f"analyzer:{self.name or 'llm'}")
 
     async def analyze_with(self, text: str, ctx: StepContext) -> Sentiment:
         if not text or not text.strip():
             return Sentiment("neutral", 0.0, analyzer=self.name or "llm")
-        model = self.options.model or str(getattr(ctx.backend.options, "model", "") or "gpt-4o-mini")
+        model = self.options.model or str(getattr(ctx.backend.options, "model", "") or DEFAULT_MODEL)
         response = await ctx.chat(self.request(text, model))
         parsed = response.parsed
         if parsed is None:

@@ -10,6 +10,8 @@ from typing import Any
 import click
 
 from ..errors import ExitCode
+from ..models_table import DEFAULT_FINE_TUNE_MODEL
+from ..models_table import FINE_TUNE_DEFAULT_WHY as FT_MODEL_WHY
 from .common import build_options, echo_json, json_option
 
 __all__ = ["build", "dataset", "validate"]
@@ -42,7 +44,8 @@ def _print_build(result: Any, files: Any, report: Any, output: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["sft", "dpo"]), default="sft", show_default=True,
               help="sft: {messages}; dpo: {input, preferred_output, non_preferred_output}")
 @build_options
-@click.option("--model", default="gpt-4o-mini", show_default=True, help="Model the report counts tokens for")
+@click.option("--model", default=DEFAULT_FINE_TUNE_MODEL, show_default=True,
+              help="Base model the report counts tokens, limits and prices for; " + FT_MODEL_WHY)
 @json_option()
 def build(data: str, output: str, fmt: str, select: tuple[str, ...], system: str | None, step: str | None,
           validation_fraction: float, seed: int, model: str, as_json: bool) -> ExitCode:
@@ -69,7 +72,8 @@ def build(data: str, output: str, fmt: str, select: tuple[str, ...], system: str
 @click.argument("file", type=click.Path())
 @click.option("--method", type=click.Choice(["supervised", "dpo"]), default=None,
               help="Default: detected from the rows")
-@click.option("--model", default="gpt-4o-mini", show_default=True, help="Base model (tokenizer, limit, price)")
+@click.option("--model", default=DEFAULT_FINE_TUNE_MODEL, show_default=True,
+              help="Base model (tokenizer, limit, price); " + FT_MODEL_WHY)
 @click.option("--max-tokens-per-example", type=int, default=None, help="Override the model's example limit")
 @click.option("--n-epochs", type=int, default=None, help="Epochs for the estimate (default: OpenAI's rule)")
 @click.option("--min-examples", type=int, default=10, show_default=True)

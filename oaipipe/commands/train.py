@@ -11,6 +11,8 @@ from typing import Any
 import click
 
 from ..errors import ConfigError, ExitCode
+from ..models_table import DEFAULT_FINE_TUNE_MODEL
+from ..models_table import FINE_TUNE_DEFAULT_WHY as FT_MODEL_WHY
 from .common import build_options, echo_json, json_option, key_from_env, progress_printer, registry_option
 
 __all__ = ["train"]
@@ -44,7 +46,8 @@ def _trainer(trainer: str, block: dict[str, Any], base_url: str | None, api_key_
 @click.argument("data", type=click.Path())
 @click.option("--trainer", default="local", show_default=True, help="local (offline engine), openai, or a plugin")
 @click.option("--method", type=click.Choice(["supervised", "dpo"]), default="supervised", show_default=True)
-@click.option("--model", default="gpt-4o-mini", show_default=True, help="Base model to fine-tune")
+@click.option("--model", default=DEFAULT_FINE_TUNE_MODEL, show_default=True,
+              help="Base model to fine-tune; " + FT_MODEL_WHY)
 @click.option("--suffix", default=None, help="Added to the fine-tuned model name")
 @click.option("--base-url", default=None, help="OpenAI-compatible server for --trainer openai")
 @click.option("--api-key-env", default=None, metavar="VAR",

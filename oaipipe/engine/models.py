@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..models_table import DEFAULT_MODEL
 from .errors import ModelNotFound
 from .tuning import list_local_models, load_local_model
 
@@ -11,6 +12,7 @@ __all__ = ["BASE_MODELS", "EngineModel", "find_model", "list_models"]
 
 #: base ids the engine answers for (any other non-``ft:`` id is answered too, labelled the same way)
 BASE_MODELS: tuple[str, ...] = (
+    DEFAULT_MODEL,  # what a pipeline without `model:` calls
     "gpt-4o-mini",
     "gpt-4o",
     "gpt-4.1-mini",

@@ -15,6 +15,7 @@ from typing import Any
 from ..base import Context, Trainer
 from ..errors import OaipipeError
 from ..jobs import JobRegistry
+from ..models_table import DEFAULT_FINE_TUNE_MODEL
 from .build import write_dataset
 from .launch import build_dataset, follow_job, launch_job, report_for
 
@@ -47,7 +48,9 @@ def build_train_block(train_block: dict[str, Any] | None, *, host: Any, context:
             key = _secret(getattr(backend_options, "api_key", None))
             if key:
                 block["api_key"] = key
-        if not block.get("model") and getattr(backend_options, "model", None):
+        # the backend's model when the pipeline names one; not the chat default (DEFAULT_MODEL takes no
+        # fine-tuning): the trainer then fine-tunes DEFAULT_FINE_TUNE_MODEL
+        if not block.get("model") and "model" in getattr(backend_options, "model_fields_set", ()):
             block["model"] = backend_options.model
     trainer = host.build("trainer", block, context, key="train", file=file, lines=lines)
     assert isinstance(trainer, Trainer)
@@ -83,7 +86,7 @@ def train_after_run(train_block: dict[str, Any], *, records_path: Path, host: An
     say = progress or (lambda _msg: None)
     trainer, block = build_train_block(train_block, host=host, context=context, backend_options=backend_options)
     opts: Any = trainer.options
-    base_model = opts.model or "gpt-4o-mini"
+    base_model = opts.model or DEFAULT_FINE_TUNE_MODEL
     records_path = Path(records_path)
     summary: dict[str, Any] = {"trainer": block["type"], "method": opts.method, "base_model": base_model,
                                "select": dict(opts.select)}

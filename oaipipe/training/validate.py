@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
+from ..models_table import DEFAULT_FINE_TUNE_MODEL
 from ..pricing import PriceTable
 from ..tokens import count_message_tokens, tokenizer_name
 from .estimate import TrainingEstimate, estimate_training, token_limit_for
@@ -202,7 +203,7 @@ def _conversation(report: ValidationReport, row: dict[str, Any], method: str,
     return list(messages), [m for m in messages if m.get("role") == "assistant"]
 
 
-def validate_rows(rows: list[tuple[str, Any]], *, method: str = "supervised", model: str = "gpt-4o-mini",
+def validate_rows(rows: list[tuple[str, Any]], *, method: str = "supervised", model: str = DEFAULT_FINE_TUNE_MODEL,
                   source: str = "dataset", token_limit: int | None = None, n_epochs: int | str | None = None,
                   prices: PriceTable | None = None, min_examples: int = MIN_EXAMPLES) -> ValidationReport:
     """Check ``rows`` (``(where, row)`` pairs; a row that failed to parse is a ``_ParseError``)."""
