@@ -346,7 +346,7 @@ def test_a_secret_the_server_echoes_is_not_stored_in_the_cache(tmp_path: Path, m
     echo = _EchoServer()
     try:
         path = write_pipeline(tmp_path, f"{{type: {kind}, base_url: '{echo.base_url}', "
-                                        "api_key: '${env:ECHO_KEY}'}", n=2)
+                                        "api: chat, api_key: '${env:ECHO_KEY}'}", n=2)
         first = run_pipeline_file(path)
         second = run_pipeline_file(path, fresh=True)  # answered from the cache
     finally:
