@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from _scale_util import write_pipeline
 
-from oaipipe.pricing import PriceTable
+from oaipipe.pricing import PriceTable, check_budget
 from oaipipe.runner import run_pipeline_file
 
 
@@ -60,3 +60,14 @@ def test_an_unreadable_oaipipe_prices_file_says_what_to_fix(tmp_path: Path, monk
     with pytest.raises(ConfigError, match="OAIPIPE_PRICES") as info:
         PriceTable()
     assert str(prices) in str(info.value) and "unset" in str(info.value)
+
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["abc", 0, -1, float("nan"), float("inf"), True, None])
+def test_a_bad_budget_is_refused_naming_the_option_and_the_fix(value: object) -> None:
+    with pytest.raises(ValueError) as err:
+        check_budget(value)
+    assert str(err.value) == f"--max-cost must be a finite number of USD > 0 (e.g. --max-cost 5), not {value!r}"
+    assert check_budget("2.5") == 2.5 and check_budget(1) == 1.0
