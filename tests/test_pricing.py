@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from _scale_util import write_pipeline
 
-from oaipipe.pricing import PriceTable, check_budget
+from oaipipe.pricing import Price, PriceTable, check_budget
 from oaipipe.runner import run_pipeline_file
 
 
@@ -71,3 +71,12 @@ def test_a_bad_budget_is_refused_naming_the_option_and_the_fix(value: object) ->
         check_budget(value)
     assert str(err.value) == f"--max-cost must be a finite number of USD > 0 (e.g. --max-cost 5), not {value!r}"
     assert check_budget("2.5") == 2.5 and check_budget(1) == 1.0
+
+
+def test_the_prompt_cache_saving_is_the_input_price_minus_the_cached_price() -> None:
+    price = Price("m", input=1.0, cached_input=0.25, output=2.0)
+    assert price.cache_saving(1_000_000) == pytest.approx(0.75)
+    assert price.cache_saving(1) == pytest.approx(0.75e-6)
+    assert price.cache_saving(1_000_000, batch=True) == pytest.approx(0.375)  # half price, half the saving
+    assert price.cache_saving(0) == 0.0 and price.cache_saving(-5) == 0.0
+    assert Price("m", input=1.0, output=2.0).cache_saving(1_000_000) == 0.0  # no cached price: nothing saved
