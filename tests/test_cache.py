@@ -289,3 +289,16 @@ def test_a_call_hashes_its_request_once(tmp_path: Path, monkeypatch) -> None:
     assert len(hashed) == 1
     asyncio.run(call(_req()))  # a hit
     assert len(hashed) == 2
+
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+def test_an_answer_from_the_cache_is_not_stored_again(tmp_path: Path) -> None:
+    import dataclasses
+
+    cache = ResponseCache(tmp_path)
+    cache.put(_req("a"), dataclasses.replace(_resp("from the cache"), cached=True))
+    assert len(cache) == 0 and cache.stats.to_dict().get("writes", 0) == 0
+    cache.put(_req("a"), _resp("from the server"))
+    assert len(cache) == 1 and cache.stats.to_dict()["writes"] == 1
