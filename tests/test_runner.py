@@ -575,3 +575,13 @@ def test_max_failures_allows_that_many_failures_and_its_abort_names_the_errors_f
     assert hint.startswith("see ") and hint.endswith("; rerun the same command to continue after a fix"), hint
     errors_file = Path(hint.removeprefix("see ").split(";")[0])
     assert errors_file.name == "errors.jsonl" and errors_file.is_file()
+
+
+def test_the_early_abort_says_how_to_go_on(tmp_path: Path) -> None:
+    lines = "".join(f'{{"id": "{i}", "txt": "no text field"}}\n' for i in range(12))
+    (tmp_path / "in.jsonl").write_text(lines)
+    path = make_pipeline(tmp_path, source="{type: jsonl, path: in.jsonl, id_field: id}")
+    with pytest.raises(RunAborted) as err:
+        run_pipeline_file(path)
+    assert (err.value.hint or "").endswith(
+        "errors.jsonl; fix the cause and rerun (finished records are kept), or pass --max-failures N to go on")
