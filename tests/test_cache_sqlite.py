@@ -558,3 +558,17 @@ def test_max_size_holds_while_writing_even_for_tiny_entries(tmp_path: Path) -> N
     assert used <= 64 * 1024 + 4096 + 4096, used  # the bound, one sweep's worth of writes, one page
     assert store.get(_key(2999)) is not None  # the newest are kept
     store.close()
+
+
+def test_a_write_that_finds_the_file_malformed_has_it_checked_at_the_next_open(tmp_path: Path) -> None:
+    store = SqliteStore.at(tmp_path)
+    store.put(_key(1), _value(1))
+
+    class Malformed:
+        def execute(self, *args: object) -> None:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+    store._conn = lambda: Malformed()  # type: ignore[method-assign,assignment,return-value]
+    with pytest.raises(sqlite3.DatabaseError):
+        store.put(_key(2), _value(2))  # the response cache turns this into one warning and an uncached run
+    assert (tmp_path / f"{DB_NAME}.check").exists()
