@@ -75,7 +75,7 @@ def test_a_bad_budget_is_refused_naming_the_option_and_the_fix(value: object) ->
 
 def test_the_prompt_cache_saving_is_the_input_price_minus_the_cached_price() -> None:
     price = Price("m", input=1.0, cached_input=0.25, output=2.0)
-    assert price.cache_saving(1_000_000) == pytest.approx(0.75)
+    assert price.cache_saving(1_000_000) == 0.75  # exactly: per 1M tokens
     assert price.cache_saving(1) == pytest.approx(0.75e-6)
     assert price.cache_saving(1_000_000, batch=True) == pytest.approx(0.375)  # half price, half the saving
     assert price.cache_saving(0) == 0.0 and price.cache_saving(-5) == 0.0

@@ -111,3 +111,21 @@ def _fresh_run_uses_cache(path: Path, srv, capsys) -> None:
     assert summary["status"] == "finished" and summary["records"]["done"] == N
     assert summary["cached"] == N
     assert chat_requests(srv) == 0
+
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+def test_the_endpoint_of_a_backend_whose_options_name_no_server() -> None:
+    from types import SimpleNamespace
+
+    from oaipipe.keys import OPENAI_BASE_URL
+    from oaipipe.resume import backend_endpoint
+
+    def backend(options: object, needs_key: bool, name: str = "x") -> object:
+        return SimpleNamespace(options=options, needs_api_key=needs_key, name=name)
+
+    # options without a base_url field at all (a plugin's backend): its name, or OpenAI when it needs a key
+    assert backend_endpoint(backend(SimpleNamespace(), False, "local")) == "backend:local"
+    assert backend_endpoint(backend(SimpleNamespace(), True)) == OPENAI_BASE_URL
+    assert backend_endpoint(backend(SimpleNamespace(base_url="http://h:1/v1/"), True)) == "http://h:1/v1"
