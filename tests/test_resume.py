@@ -129,4 +129,4 @@ def test_the_endpoint_of_a_backend_whose_options_name_no_server() -> None:
     assert backend_endpoint(backend(SimpleNamespace(), False, "local")) == "backend:local"
     assert backend_endpoint(backend(SimpleNamespace(), True)) == OPENAI_BASE_URL
     assert backend_endpoint(backend(SimpleNamespace(base_url="http://h:1/v1/"), True)) == "http://h:1/v1"
-    assert backend_endpoint(backend(SimpleNamespace(base_url="http://h:1/PROXY/"), False)) == "http://h:1/PROXY"
+    assert backend_endpoint(backend(SimpleNamespace(base_url="http://h:1/BOX/"), False)) == "http://h:1/BOX"
