@@ -1,4 +1,4 @@
-"""``mutmut`` with one work-around, for the mutation-testing run of docs/mutation.md.
+"""``mutmut`` with two changes, for the mutation-testing run of docs/mutation.md.
 
 Usage (from the repository root, in a venv with ``pip install -e '.[test,mutation]'``)::
 
