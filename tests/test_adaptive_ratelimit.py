@@ -350,3 +350,26 @@ def test_a_cancelled_waiter_gives_its_slot_back() -> None:
 
     asyncio.run(go())
     assert gate.active == 1
+
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+def test_a_learnt_bucket_without_a_usable_reset_keeps_the_per_minute_rate() -> None:
+    clock = Clock()
+    # no reset header, or a reset of 0 (the window is over): nothing to learn a slower rate from, no crash
+    for reset in (None, 0.0):
+        bucket = LearnedBucket(600, 100, reset, clock=clock)
+        assert bucket.rate == pytest.approx(10.0) and bucket.level == 100
+    # a limit of 1 per minute is 1 per minute (0 and negative limits count as 1)
+    one = LearnedBucket(1, 1, None, clock=clock)
+    assert one.rate == pytest.approx(1 / 60) and one.capacity == 1.0
+    assert LearnedBucket(0, 0, None, clock=clock).capacity == 1.0
+
+
+def test_a_learnt_bucket_takes_the_observed_rate_only_when_it_is_under_half() -> None:
+    clock = Clock()
+    assert LearnedBucket(600, 600, 30.0, clock=clock).rate == pytest.approx(10.0)  # nothing used: nothing learnt
+    assert LearnedBucket(600, 300, 60.0, clock=clock).rate == pytest.approx(10.0)  # exactly half: per minute
+    assert LearnedBucket(600, 301, 60.0, clock=clock).rate == pytest.approx(299 / 60)  # under half: observed
+    assert LearnedBucket(600, 599, 0.5, clock=clock).rate == pytest.approx(2.0)  # a reset under a second too

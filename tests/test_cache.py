@@ -356,3 +356,33 @@ def test_a_secret_the_server_echoes_is_not_stored_in_the_cache(tmp_path: Path, m
     assert b"you sent Bearer ***" in stored  # the answers are there, masked
     assert secret.encode() not in stored
     assert secret not in (tmp_path / "out" / "records.jsonl").read_text(encoding="utf-8")
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+def test_an_answer_from_the_cache_is_not_stored_again(tmp_path: Path) -> None:
+    import dataclasses
+
+    cache = ResponseCache(tmp_path)
+    cache.put(_req("a"), dataclasses.replace(_resp("from the cache"), cached=True))
+    assert len(cache) == 0 and cache.stats.to_dict().get("writes", 0) == 0
+    cache.put(_req("a"), _resp("from the server"))
+    assert len(cache) == 1 and cache.stats.to_dict()["writes"] == 1
+
+
+def test_a_store_that_fails_to_write_is_dropped_with_one_warning(tmp_path: Path) -> None:
+    notes: list[str] = []
+    cache = ResponseCache(tmp_path, notify=notes.append)
+
+    def full(key: str, value: dict) -> None:
+        raise OSError(28, "No space left on device")
+
+    cache.store.put = full  # type: ignore[method-assign]
+    cache.put(_req("a"), _resp())  # the run goes on
+    cache.put(_req("b"), _resp())
+    assert cache.broken == "OSError: [Errno 28] No space left on device"
+    assert notes == [f"warning: the response cache ({cache.store.where}) failed while it wrote: {cache.broken}; "
+                     "this run goes on without it (its calls are made and not stored)"]
+    stats = cache.stats.to_dict()
+    assert stats["errors"] == 1 and stats.get("writes", 0) == 0
+    assert cache.get(_req("a")) is None  # a broken cache is not read either

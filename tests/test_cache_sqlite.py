@@ -543,3 +543,32 @@ def test_a_run_closes_its_cache_and_adds_its_hits_and_misses(tmp_path: Path, ser
     assert main(["cache", "stats", str(path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert (data["entries"], data["hits"], data["misses"]) == (3, 3, 3)
+
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+def test_max_size_holds_while_writing_even_for_tiny_entries(tmp_path: Path) -> None:
+    """The store sweeps itself as it writes (no evict() here), counting each entry's row overhead: tiny
+    entries (blobs of ~30 bytes) do not let it grow past its bound."""
+    store = SqliteStore.at(tmp_path, max_size="64KB", compress=False)
+    for i in range(3000):
+        store.put(_key(i), {"i": i})
+    used = store._used_bytes(store._conn())
+    assert used <= 64 * 1024 + 4096 + 4096, used  # the bound, one sweep's worth of writes, one page
+    assert store.get(_key(2999)) is not None  # the newest are kept
+    store.close()
+
+
+def test_a_write_that_finds_the_file_malformed_has_it_checked_at_the_next_open(tmp_path: Path) -> None:
+    store = SqliteStore.at(tmp_path)
+    store.put(_key(1), _value(1))
+
+    class Malformed:
+        def execute(self, *args: object) -> None:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+    store._conn = lambda: Malformed()  # type: ignore[method-assign,assignment,return-value]
+    with pytest.raises(sqlite3.DatabaseError):
+        store.put(_key(2), _value(2))  # the response cache turns this into one warning and an uncached run
+    assert (tmp_path / f"{DB_NAME}.check").exists()

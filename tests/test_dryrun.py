@@ -118,3 +118,28 @@ def test_dry_run_prices_the_local_engine_like_the_real_run(tmp_path: Path) -> No
     assert est["cost_usd"] > 0  # the override for the engine's own label applies, as in a real run
     real = run_pipeline_file(path)
     assert real["cost_usd"] > 0
+
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+def test_dry_run_counts_each_model_with_its_own_tokenizer(tmp_path: Path) -> None:
+    text = "Überraschend günstige Kaffeetassen — 日本語のレビュー ✓"
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
+    messages = [{"role": "user", "content": text}]
+    # the same text is 30 tokens in cl100k_base (gpt-3.5-turbo) and 22 in o200k_base (gpt-4o-mini)
+    assert count_message_tokens(messages, "gpt-3.5-turbo") != count_message_tokens(messages, "gpt-4o-mini")
+    for model in ("gpt-3.5-turbo", "gpt-4o-mini"):
+        path = tmp_path / f"{model}.yaml"
+        path.write_text(f"name: tok\nbackend: {{type: openai, base_url: 'http://127.0.0.1:9/v1', model: {model}}}\n"
+                        "source: {type: jsonl, path: in.jsonl}\n"
+                        "steps:\n  - {type: ask, prompt: '{text}', output: reply}\n", encoding="utf-8")
+        est = run_pipeline_file(path, dry_run=True)["estimate"]
+        assert est["prompt_tokens"] == count_message_tokens(messages, model), model
+
+
+def test_dry_run_says_so_before_anything_else(tmp_path: Path, capsys) -> None:
+    path = write_pipeline(tmp_path, "{type: local}", n=2)
+    assert main(["run", str(path), "--dry-run"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("oaipipe: t: ") and err[0].endswith(" (dry run: nothing is called)"), err

@@ -614,3 +614,49 @@ def test_key_gate_one_probe_across_threads() -> None:
         errors = [f.exception() for f in futures]
     assert len(started) == 1
     assert all(isinstance(e, AuthenticationError) for e in errors)
+
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+def test_key_gate_a_blocking_probe_without_an_answer_lets_the_next_caller_probe() -> None:
+    """A refused connection is no answer about the key: the next blocking caller goes (it must not wait
+    for a probe that is over), and after its answer the gate is open."""
+    from oaipipe.errors import BackendConnectionError
+    from oaipipe.keys import KeyGate
+
+    gate = KeyGate()
+
+    def refused() -> None:
+        raise BackendConnectionError("down")
+
+    with pytest.raises(BackendConnectionError):
+        gate.call(refused)
+    results: list[str] = []
+    caller = threading.Thread(target=lambda: results.append(gate.call(lambda: "answered")), daemon=True)
+    caller.start()
+    caller.join(10)  # a caller left waiting for the finished probe would block here for good
+    assert results == ["answered"]
+    assert gate.call(lambda: "open") == "open"
+
+
+def test_key_gate_every_later_call_fails_with_the_servers_own_refusal() -> None:
+    """After the 401, callers get the server's answer itself (message, status, request id, hint), not a
+    paraphrase: the user sees what the server said and what to do."""
+    from oaipipe.errors import AuthenticationError
+    from oaipipe.keys import KeyGate
+
+    gate = KeyGate()
+    refusal = AuthenticationError("Incorrect API key provided", status=401, request_id="req_42", hint="set another")
+
+    def refused() -> None:
+        raise refusal
+
+    with pytest.raises(AuthenticationError):
+        gate.call(refused)
+    for _ in range(2):
+        with pytest.raises(AuthenticationError) as later:
+            gate.call(lambda: pytest.fail("nothing is sent after a 401"))
+        err = later.value
+        assert (err.message, err.status, err.request_id, err.hint) == \
+            ("Incorrect API key provided", 401, "req_42", "set another")

@@ -9,7 +9,7 @@ import pytest
 from _scale_util import write_pipeline
 
 from oaipipe.models_table import DEFAULT_MODEL
-from oaipipe.pricing import PriceTable
+from oaipipe.pricing import Price, PriceTable, check_budget
 from oaipipe.runner import run_pipeline_file
 
 
@@ -99,3 +99,22 @@ def test_a_run_against_serve_is_priced_as_the_model_it_asked_for(tmp_path, serve
     assert main(["run", str(path), "--fresh", "--no-cache"]) == 0  # the line says so too
     out = capsys.readouterr().out
     assert "no price known" not in out
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["abc", 0, -1, float("nan"), float("inf"), True, None])
+def test_a_bad_budget_is_refused_naming_the_option_and_the_fix(value: object) -> None:
+    with pytest.raises(ValueError) as err:
+        check_budget(value)
+    assert str(err.value) == f"--max-cost must be a finite number of USD > 0 (e.g. --max-cost 5), not {value!r}"
+    assert check_budget("2.5") == 2.5 and check_budget(1) == 1.0
+
+
+def test_the_prompt_cache_saving_is_the_input_price_minus_the_cached_price() -> None:
+    price = Price("m", input=1.0, cached_input=0.25, output=2.0)
+    assert price.cache_saving(1_000_000) == 0.75  # exactly: per 1M tokens
+    assert price.cache_saving(1) == pytest.approx(0.75e-6)
+    assert price.cache_saving(1_000_000, batch=True) == pytest.approx(0.375)  # half price, half the saving
+    assert price.cache_saving(0) == 0.0 and price.cache_saving(-5) == 0.0
+    assert Price("m", input=1.0, output=2.0).cache_saving(1_000_000) == 0.0  # no cached price: nothing saved

@@ -215,3 +215,14 @@ def test_reservation_for_replies_learns_their_real_length() -> None:
     asyncio.run(go())
     assert limiter.estimate(_req()) == prompt + 26  # mean 20 replies plus a quarter
     assert limiter.estimate(_req(max_tokens=500)) == prompt + 500  # an explicit limit is always reserved
+
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+def test_a_bucket_takes_any_positive_rate_and_refuses_the_rest() -> None:
+    assert TokenBucket(1).rate == pytest.approx(1 / 60)  # one a minute is a rate
+    assert TokenBucket(0.5).rate == pytest.approx(0.5 / 60)
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match="^a rate limit must be positive$"):
+            TokenBucket(bad)

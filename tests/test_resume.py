@@ -150,3 +150,21 @@ def test_a_finished_run_whose_input_grew_says_so_and_fresh_pays_only_the_new_row
     assert main(["run", str(path), "--fresh", "-q"]) == 0  # what it says to do: the new rows are the only calls
     assert chat_requests(server) == 2
     assert sorted(r["_id"] for r in read_jsonl(tmp_path / "out" / "records.jsonl")) == ["1", "2", "3", "4", "5"]
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+def test_the_endpoint_of_a_backend_whose_options_name_no_server() -> None:
+    from types import SimpleNamespace
+
+    from oaipipe.keys import OPENAI_BASE_URL
+    from oaipipe.resume import backend_endpoint
+
+    def backend(options: object, needs_key: bool, name: str = "x") -> object:
+        return SimpleNamespace(options=options, needs_api_key=needs_key, name=name)
+
+    # options without a base_url field at all (a plugin's backend): its name, or OpenAI when it needs a key
+    assert backend_endpoint(backend(SimpleNamespace(), False, "local")) == "backend:local"
+    assert backend_endpoint(backend(SimpleNamespace(), True)) == OPENAI_BASE_URL
+    assert backend_endpoint(backend(SimpleNamespace(base_url="http://h:1/v1/"), True)) == "http://h:1/v1"
+    assert backend_endpoint(backend(SimpleNamespace(base_url="http://h:1/BOX/"), False)) == "http://h:1/BOX"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import time
 
 import pytest
 
@@ -20,6 +21,7 @@ from oaipipe.retry import (
     RetryPolicy,
     connection_error,
     error_for_status,
+    is_rate_limited,
     is_retryable_status,
     parse_retry_after,
 )
@@ -159,3 +161,55 @@ def test_arun_uses_the_async_sleep() -> None:
 
     assert asyncio.run(policy.arun(attempt)) == "done"
     assert len(slept) == 2 and 0.2 <= slept[1] <= 0.2 + 1.0
+
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+def test_only_a_429_that_is_not_out_of_quota_is_a_rate_limit() -> None:
+    assert is_rate_limited(error_for_status(429, "Rate limit reached for requests"))
+    assert not is_rate_limited(error_for_status(429, "You exceeded your current Quota, check your plan"))
+    assert not is_rate_limited(error_for_status(503, "Rate limit reached for requests"))
+    assert not is_rate_limited(RuntimeError("429 Rate limit reached"))  # no status: not an HTTP answer
+
+
+def test_a_rate_limited_call_outlasts_max_retries_an_out_of_quota_one_does_not() -> None:
+    def failing(message: str, times: int):
+        calls = []
+
+        def attempt() -> str:
+            calls.append(1)
+            if len(calls) <= times:
+                raise error_for_status(429, message)
+            return "ok"
+
+        return attempt, calls
+
+    waits: list[float] = []
+    policy = RetryPolicy(max_retries=1, rate_limit_patience=100.0, sleep=waits.append, clock=lambda: 0.0,
+                         rng=random.Random(1))
+    attempt, calls = failing("Rate limit reached for requests", 4)
+    assert policy.run(attempt) == "ok" and len(calls) == 5 and len(waits) == 4
+    attempt, calls = failing("You exceeded your current quota", 4)
+    with pytest.raises(RateLimitError, match="gave up after 2 attempts"):
+        policy.run(attempt)
+    assert len(calls) == 2
+
+
+def test_the_5xx_range_ends_at_599() -> None:
+    assert is_retryable_status(599) and is_retryable_status(500)
+    assert not is_retryable_status(600) and not is_retryable_status(499)
+
+
+def test_a_client_error_is_never_retried_even_when_its_class_is_retryable() -> None:
+    # a plugin's backend may raise a retryable class with a 4xx status: the request is wrong, do not resend it
+    assert not RetryPolicy.should_retry(ServerError("not found", status=404))
+    assert not RetryPolicy.should_retry(RateLimitError("bad request", status=400))
+    assert RetryPolicy.should_retry(ServerError("bad gateway", status=502))
+    assert RetryPolicy.should_retry(ServerError("no status"))
+
+
+def test_an_http_date_retry_after_is_counted_from_now() -> None:
+    in_an_hour = email.utils.formatdate(time.time() + 3600, usegmt=True)
+    wait = parse_retry_after({"Retry-After": in_an_hour})
+    assert wait is not None and 3500 < wait <= 3600

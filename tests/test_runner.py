@@ -558,3 +558,30 @@ def test_a_sink_that_fails_to_close_leaves_the_run_unfinished_and_the_rerun_fini
     assert (tmp_path / "at-close.jsonl").exists()
     assert main(["run", str(path)]) == 0  # and the run is finished: nothing to do
     assert "nothing to do" in capsys.readouterr().out
+
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+def test_max_failures_allows_that_many_failures_and_its_abort_names_the_errors_file(tmp_path: Path) -> None:
+    lines = "".join(f'{{"id": "{i}", "txt": "no text field"}}\n' for i in range(2))
+    (tmp_path / "in.jsonl").write_text(lines + '{"id": "ok", "text": "fine"}\n')
+    path = make_pipeline(tmp_path, source="{type: jsonl, path: in.jsonl, id_field: id}")
+    summary = run_pipeline_file(path, max_failures=2)  # two failures: allowed
+    assert summary["status"] == "finished" and summary["records"]["failed"] == 2
+    with pytest.raises(RunAborted) as err:
+        run_pipeline_file(path, max_failures=1, fresh=True)  # the second failure is one too many
+    hint = err.value.hint or ""
+    assert hint.startswith("see ") and hint.endswith("; rerun the same command to continue after a fix"), hint
+    errors_file = Path(hint.removeprefix("see ").split(";")[0])
+    assert errors_file.name == "errors.jsonl" and errors_file.is_file()
+
+
+def test_the_early_abort_says_how_to_go_on(tmp_path: Path) -> None:
+    lines = "".join(f'{{"id": "{i}", "txt": "no text field"}}\n' for i in range(12))
+    (tmp_path / "in.jsonl").write_text(lines)
+    path = make_pipeline(tmp_path, source="{type: jsonl, path: in.jsonl, id_field: id}")
+    with pytest.raises(RunAborted) as err:
+        run_pipeline_file(path)
+    assert (err.value.hint or "").endswith(
+        "errors.jsonl; fix the cause and rerun (finished records are kept), or pass --max-failures N to go on")

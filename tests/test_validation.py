@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -244,3 +245,24 @@ def test_a_line_is_listed_once_per_category(tmp_path: Path) -> None:
     assert report.errors["message_missing_key"] == ["line 5"]
     assert report.errors["missing_content"] == ["line 5"]
     assert report.to_dict()["errors"]["data_type"]["count"] == 1
+
+
+# --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
+
+
+def _dpo_row(preferred: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"input": {"messages": [{"role": "user", "content": "hi"}]},
+            "preferred_output": preferred,
+            "non_preferred_output": [{"role": "assistant", "content": "no"}]}
+
+
+def test_a_dpo_output_is_checked_like_a_conversation_and_blamed_by_name() -> None:
+    good = [(f"line {n}", _dpo_row([{"role": "assistant", "content": "yes"}])) for n in range(1, 11)]
+    rows = good + [("line 11", _dpo_row([{"role": "user", "content": "not a reply"}])),
+                   ("line 12", _dpo_row([{"role": "assistant", "content": ""}]))]
+    report = validate_rows(rows, method="dpo")
+    assert report.errors == {
+        "example_missing_assistant_message": ["line 11 (preferred_output)"],
+        "missing_content": ["line 12 (preferred_output)"],
+    }
+    assert validate_rows(good, method="dpo").ok
