@@ -52,6 +52,9 @@ def one(folder: Path, workers: int, executor: str = "local") -> None:
     import contextlib
     import io
 
+    # this folder holds bench/ray.py: off the path, or `import ray` in the run finds it instead of Ray
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     from oaipipe.cli import main
 
     file = folder / f"pipeline-{workers}-{executor}.yaml"
