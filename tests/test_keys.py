@@ -277,12 +277,8 @@ def test_transports_send_no_env_key_to_urls_that_only_mention_openai(
     recorder.assert_no_env_key()
 
 
-@pytest.mark.parametrize("form", ["path", "query", "lookalike-host", "userinfo"])
-def test_batch_sends_no_env_key_to_urls_that_only_mention_openai(
-        host: PluginHost, recorder: Recorder, tmp_path: Path, form: str) -> None:
-    url = HOSTILE[form].format(port=recorder.port)
-    backend = make(host, "batch", base_url=url, max_retries=0, poll_interval=0.02, flush_after=0.05,
-                   state_file=str(tmp_path / "batches.json"))
+def _chat_once(backend: Any) -> Any:
+    """One chat call through ``backend`` (closed after), its answer."""
 
     async def go() -> Any:
         try:
@@ -291,7 +287,17 @@ def test_batch_sends_no_env_key_to_urls_that_only_mention_openai(
         finally:
             await backend.aclose()
 
-    assert asyncio.run(go()).text
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("form", ["path", "query", "lookalike-host", "userinfo"])
+def test_batch_sends_no_env_key_to_urls_that_only_mention_openai(
+        host: PluginHost, recorder: Recorder, tmp_path: Path, form: str) -> None:
+    url = HOSTILE[form].format(port=recorder.port)
+    backend = make(host, "batch", base_url=url, max_retries=0, poll_interval=0.02, flush_after=0.05,
+                   state_file=str(tmp_path / "batches.json"))
+
+    assert _chat_once(backend).text
     paths = {path.split("?")[0].rsplit("/v1", 1)[-1] for _, path, _ in recorder.headers}
     assert {"/files", "/batches"} <= paths  # it really uploaded and submitted there
     recorder.assert_no_env_key()
@@ -400,14 +406,7 @@ def test_a_base_url_query_goes_with_every_call_and_the_key_rule_holds(
         options = {**options, "state_file": str(tmp_path / "batches.json")}
     backend = make(host, kind, base_url=url, max_retries=0, **options)
     if kind == "batch":
-        async def go() -> Any:
-            try:
-                return await backend.chat(ChatRequest(messages=[{"role": "user", "content": "hi"}],
-                                                      model="gpt-4o-mini"))
-            finally:
-                await backend.aclose()
-
-        assert asyncio.run(go()).text
+        assert _chat_once(backend).text
         assert {"/v1/files", "/v1/batches"} <= {p.split("?")[0] for p in _calls_with(recorder, QUERY)}
     else:
         reply, models = _ask(backend)
