@@ -274,7 +274,7 @@ class BatchActor:
 
     def __init__(self, file: str, load_args: dict[str, Any], services: dict[str, Any] | None = None,
                  client: str = "", backend: str = "", run: RunInfo | None = None,
-                 secrets: tuple[str, ...] = ()) -> None:
+                 secrets: tuple[str, ...] = (), tier: str | None = None) -> None:
         from .errors import OaipipeError
 
         #: why this actor cannot run the driver's steps (the driver stops the run with it), or ""
@@ -291,6 +291,8 @@ class BatchActor:
         if backend and _backend_id(_runner.pipeline) != backend:
             self.mismatch = (f"a Ray actor built the backend {_backend_id(_runner.pipeline)} from the pipeline "
                              f"file, the driver {backend}")
+        if tier and tier in _runner.pipeline.backend.tiers:  # the driver's choice (``backend.tier``, auto)
+            _runner.pipeline.backend.use_tier(tier)
         #: steps that may call the backend: the batch's records run concurrently
         self.calling = any(not step.process_safe() for step in _runner.pipeline.steps)
         if services is not None and self.calling:
@@ -457,7 +459,8 @@ class RayPool(ProcessPool):
 
     def __init__(self, pipeline: BuiltPipeline, workers: int, address: str | None = None, *,
                  chain: CallChain | None = None, on_call: Callable[[str, ChatResponse, str], None] | None = None,
-                 stop: Callable[[], bool] | None = None, run: RunInfo | None = None) -> None:
+                 stop: Callable[[], bool] | None = None, run: RunInfo | None = None,
+                 tier: str | None = None) -> None:
         from .extras import require
         from .ray_cluster import ClusterServices
 
@@ -482,13 +485,16 @@ class RayPool(ProcessPool):
         #: records per batch: whole source batches for CPU work, a few rounds of calls for API steps
         self.batch_size = CALLS_PER_BATCH * concurrency if calling else 0
         self._summary: dict[str, Any] = {}
+        #: the tier the driver serves the calls at (the actors build their backend from the file: told it)
+        self.tier = tier
         super().__init__(pipeline, workers, run)
 
     def _new_actor(self) -> Any:
         self._made = getattr(self, "_made", 0) + 1
         return self._remote.remote(_pipeline_file(self.pipeline), self.pipeline.load_args,
                                    self.services.worker_args(), f"actor-{self._made}",
-                                   _backend_id(self.pipeline), self.run, tuple(errors._registered_secrets))
+                                   _backend_id(self.pipeline), self.run, tuple(errors._registered_secrets),
+                                   self.tier)
 
     def _new_pool(self) -> Any:
         self.actors = [self._new_actor() for _ in range(self.workers)]

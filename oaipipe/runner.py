@@ -580,7 +580,8 @@ class Runner:
         if (self.options.executor or cfg.executor) == "ray":
             pool: ProcessPool = RayPool(self.pipeline, workers, self.options.ray_address or cfg.ray_address,
                                         chain=self.calls, on_call=self._count_call,
-                                        stop=lambda: self._stop_scheduling, run=info)
+                                        stop=lambda: self._stop_scheduling, run=info,
+                                        tier=self.tier_choice.tier if self.tier_choice else None)
         else:
             pool = ProcessPool(self.pipeline, workers, info)
         self.pool_workers = workers

@@ -220,3 +220,15 @@ def _wait_for_journal(project: PipelineProject, driver: Any, lines: int) -> Path
                 return journal
         time.sleep(0.05)
     raise AssertionError("the driver wrote no record in time")
+
+
+def test_the_tier_the_driver_chose_is_the_tier_the_actors_call_at(tmp_path: Path) -> None:
+    """``backend.tier`` (configured, or chosen by ``auto``) is decided once, in the driver; the actors build
+    their backend from the file, so they are told the tier: every call on the cluster goes at flex."""
+    with running_server() as srv:
+        project = _api_project(tmp_path, srv.base_url, 12, tier="auto", deadline="6h")
+        result = project.run("--executor", "ray")
+    assert result.exit_code == 0, result.err
+    assert result.summary["workers"]["executor"] == "ray"
+    assert result.summary["tier"]["chosen"] == "flex"
+    assert result.summary["tier"]["calls"] == {"flex": 12}, result.summary["tier"]
