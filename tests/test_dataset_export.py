@@ -208,6 +208,31 @@ def test_the_runs_own_files_are_never_overwritten(project: PipelineProject) -> N
     assert journal.read_bytes() == before
 
 
+@pytest.mark.parametrize("victim", ["pipeline", "source", "sink", "index"])
+def test_the_runs_pipeline_source_sinks_and_index_are_never_overwritten(project: PipelineProject,
+                                                                          victim: str) -> None:
+    # `-o reviews.csv` / `-o pipeline.yaml` / `-o out/records.jsonl` / `-o runs/runs.db` once replaced them
+    path = {"pipeline": project.file, "source": project.path / "reviews.csv", "sink": project.sink_path(0),
+            "index": project.path / "runs" / "runs.db"}[victim]
+    before = path.read_bytes()
+    result = project.cli("dataset", "export", str(project.run_dir()), "--format", "hf-jsonl", "-o", str(path))
+    assert result.exit_code == ExitCode.DATASET_ERROR, result
+    assert f"{path} is the " in result.err and "write the export elsewhere" in result.err
+    assert path.read_bytes() == before
+
+
+def test_a_fifo_as_the_output_is_an_io_error_and_stays_a_fifo(project: PipelineProject, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = project.cli("dataset", "export", str(project.run_dir()), "--format", "hf-jsonl", "-o", str(fifo))
+    assert result.exit_code == ExitCode.IO_ERROR, result
+    assert str(fifo) in result.err and "not a regular file" in result.err
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
 def test_flags_that_do_not_go_together_are_usage_errors(project: PipelineProject, tmp_path: Path) -> None:
     out = str(tmp_path / "x.jsonl")
     cases = [(["--format", "dpo-jsonl", "--chosen", "reply"], "--chosen and --rejected go together"),

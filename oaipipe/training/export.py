@@ -111,7 +111,8 @@ def run_train_settings(run_dir: Path) -> dict[str, Any]:
 
 
 def check_target(out: Path, run_dir: Path) -> None:
-    """Refuse an output that would overwrite one of the run's own files (or is a folder)."""
+    """Refuse an output that would overwrite one of the run's own files (or is a folder), or a file the run
+    read or wrote: its pipeline file, its source, its sinks' outputs, the run index (``runs.db``)."""
     target = out.resolve()
     if target.is_dir():
         raise DatasetError(f"{out} is a folder; the export writes one file",
@@ -119,6 +120,53 @@ def check_target(out: Path, run_dir: Path) -> None:
     if target.parent == run_dir.resolve() and (target.name in RUN_FILES or target.exists()):
         raise DatasetError(f"{out} is a file of run {run_dir.name}: the export does not overwrite it",
                            hint="write the export elsewhere, e.g. -o export/train.jsonl")
+    for what, path in _run_inputs_and_outputs(run_dir):
+        if _same_file(out, path):
+            raise DatasetError(f"{out} is {what} of run {run_dir.name}: the export does not overwrite it",
+                               hint="write the export elsewhere, e.g. -o export/train.jsonl")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _run_inputs_and_outputs(run_dir: Path) -> list[tuple[str, Path]]:
+    """The files the run in ``run_dir`` read or wrote outside its folder, as its ``pipeline.json`` records them."""
+    index = run_dir.resolve().parent.parent / "runs.db"
+    found: list[tuple[str, Path]] = [("the run index", index)]
+    found += [("the run index", index.with_name(f"runs.db{end}")) for end in ("-wal", "-shm", "-journal")]
+    try:
+        meta = json.loads((run_dir / "pipeline.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return found
+    if not isinstance(meta, dict):
+        return found
+    pipeline_file = meta.get("file")
+    base = Path(pipeline_file).parent if isinstance(pipeline_file, str) and pipeline_file else run_dir
+    if isinstance(pipeline_file, str) and pipeline_file:
+        found.append(("the pipeline file", Path(pipeline_file)))
+    state = meta.get("source_state")
+    if isinstance(state, dict) and isinstance(state.get("path"), str):
+        found.append(("the source", Path(state["path"])))
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    source = config.get("source")
+    if isinstance(source, dict) and isinstance(source.get("path"), str) and source["path"]:
+        found.append(("the source", _under(base, source["path"])))
+    sinks = config.get("sinks")
+    for i, sink in enumerate(sinks if isinstance(sinks, list) else []):
+        if isinstance(sink, dict) and isinstance(sink.get("path"), str) and sink["path"]:
+            found.append((f"the output of sink {i} ({sink.get('type')})", _under(base, sink["path"])))
+    return found
+
+
+def _under(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
 
 
 # --- rows ---------------------------------------------------------------------------------------------
