@@ -272,3 +272,36 @@ def test_the_schema_describes_tier_and_deadline(home: Path) -> None:
     assert openai["properties"]["tier"]["anyOf"][0]["enum"] == ["auto", "standard", "flex", "priority", "batch"]
     assert "deadline" in openai["properties"]["tier"]["description"]
     assert "ISO time" in openai["properties"]["deadline"]["description"]
+
+
+BAD_DATE_PIPELINE = """\
+name: bad-date
+backend:
+  type: openai
+  tier: auto
+  deadline: {deadline}
+source: {{type: csv, path: reviews.csv, id_column: id}}
+steps:
+  - {{type: ask, prompt: "Reply to: {{text}}", output: reply}}
+sinks:
+  - {{type: jsonl, path: out/records.jsonl}}
+"""
+
+
+@pytest.mark.parametrize(("deadline", "shown"), [
+    ("2026-13-45T00:00:00", "'2026-13-45T00:00:00' is neither a duration nor an ISO time"),  # was a crash, exit 1
+    ("2026-11-30T06:00:00+99:00", "is neither a duration nor an ISO time"),                  # idem
+    ("2020-01-01", "has passed"),                                                            # a YAML date
+])
+def test_an_unquoted_date_that_is_not_one_is_a_config_error_with_its_line(
+        tmp_path: Path, home: Path, deadline: str, shown: str) -> None:
+    project = PipelineProject(tmp_path)
+    project.write(BAD_DATE_PIPELINE.format(deadline=deadline))
+    project.write_file("reviews.csv", "id,text\n1,Great mug\n")
+    result = project.cli("validate", str(project.file), "--json")
+    assert result.exit_code == 2, result
+    problems = json.loads(result.out)
+    assert [(p["key"], p["line"]) for p in problems] == [("backend.deadline", 5)], problems
+    assert shown in problems[0]["message"] and "datetime" not in problems[0]["message"], problems
+    via_set = project.cli("validate", str(project.file), "--set", f"backend.deadline={deadline}")
+    assert via_set.exit_code == 2 and shown in via_set.err and "unexpected" not in via_set.err, via_set
