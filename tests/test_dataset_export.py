@@ -233,6 +233,21 @@ def test_a_fifo_as_the_output_is_an_io_error_and_stays_a_fifo(project: PipelineP
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
+def test_an_unfinished_run_is_exported_with_a_warning_saying_so(project: PipelineProject, tmp_path: Path) -> None:
+    """A run that is still going or was killed has no summary.json (an interrupted one says so in it): its
+    export holds only the records finished so far, and the user is told, not left with a silent part."""
+    run_dir = project.run_dir()
+    finished = project.cli("dataset", "export", str(run_dir), "--format", "hf-jsonl", "-o", str(tmp_path / "a.jsonl"))
+    assert finished.exit_code == 0 and "warning" not in finished.err, finished
+    (run_dir / "summary.json").unlink()  # what a SIGKILLed (or still running) run leaves
+    killed = project.cli("dataset", "export", str(run_dir), "--format", "hf-jsonl", "-o", str(tmp_path / "b.jsonl"))
+    assert killed.exit_code == 0, killed
+    assert f"warning: run {run_dir.name} has not finished" in killed.err and "still running, or was killed" in \
+        killed.err and "then export again" in killed.err
+    data = _export(project, str(run_dir), "--format", "hf-jsonl", "-o", str(tmp_path / "c.jsonl"))
+    assert data["run_complete"] is False and data["run_status"] is None
+
+
 def test_flags_that_do_not_go_together_are_usage_errors(project: PipelineProject, tmp_path: Path) -> None:
     out = str(tmp_path / "x.jsonl")
     cases = [(["--format", "dpo-jsonl", "--chosen", "reply"], "--chosen and --rejected go together"),

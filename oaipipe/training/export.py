@@ -91,12 +91,34 @@ class ExportResult:
     step: str | None
     pairing: str | None = None
     stats: dict[str, int] = field(default_factory=dict)
+    #: the run's ``summary.json`` status (None: no summary yet: the run is still going, or was killed)
+    run_status: str | None = None
+
+    @property
+    def run_complete(self) -> bool:
+        """Whether every record of the run is done (else the export holds only those finished so far)."""
+        return self.run_status in COMPLETE_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
         fmt = FORMATS[self.format]
         return {"path": str(self.path), "format": self.format, "rows": self.rows, "run": self.run_dir.name,
                 "run_dir": str(self.run_dir), "select": self.select, "step": self.step, "pairing": self.pairing,
-                "shape_source": fmt.source, "stats": self.stats}
+                "shape_source": fmt.source, "stats": self.stats, "run_status": self.run_status,
+                "run_complete": self.run_complete}
+
+
+#: summary statuses of a run whose records are all done (``training``: only its train: step is left)
+COMPLETE_STATUSES = frozenset({"finished", "nothing-to-do", "training"})
+
+
+def run_status(run_dir: Path) -> str | None:
+    """The status in the run's ``summary.json``; None when it has none (running, or killed)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    status = summary.get("status") if isinstance(summary, dict) else None
+    return status if isinstance(status, str) else None
 
 
 def run_train_settings(run_dir: Path) -> dict[str, Any]:
@@ -361,7 +383,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, select: dict[s
         raise _nothing_selected(run_dir, wanted, bool(select), step, stats.get("read", 0))
     WRITERS[spec.container](out, rows, spec.rows)
     return ExportResult(path=out, format=fmt, rows=len(rows), run_dir=run_dir, select=wanted, step=step,
-                        pairing=pairing, stats=stats)
+                        pairing=pairing, stats=stats, run_status=run_status(run_dir))
 
 
 def _journal(run_dir: Path) -> Path:
