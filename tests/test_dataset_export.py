@@ -248,6 +248,17 @@ def test_an_unfinished_run_is_exported_with_a_warning_saying_so(project: Pipelin
     assert data["run_complete"] is False and data["run_status"] is None
 
 
+def test_a_run_without_exchanges_is_not_told_to_use_all(project: PipelineProject, tmp_path: Path) -> None:
+    """--all on a run whose records all failed once said "none of its 0 exchange(s) matches train.select {}"
+    with the hint to use --all."""
+    (project.run_dir() / "journal.jsonl").write_text("", encoding="utf-8")  # every record failed
+    result = project.cli("dataset", "export", str(project.run_dir()), "--format", "hf-jsonl", "--all",
+                         "-o", str(tmp_path / "x.jsonl"))
+    assert result.exit_code == ExitCode.DATASET_ERROR, result
+    assert "none of its 0 exchange(s) can be exported" in result.err and "errors.jsonl" in result.err
+    assert "--all" not in result.err and not (tmp_path / "x.jsonl").exists()
+
+
 def test_flags_that_do_not_go_together_are_usage_errors(project: PipelineProject, tmp_path: Path) -> None:
     out = str(tmp_path / "x.jsonl")
     cases = [(["--format", "dpo-jsonl", "--chosen", "reply"], "--chosen and --rejected go together"),

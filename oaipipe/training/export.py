@@ -300,7 +300,15 @@ _COUNTED = {"not_selected": "not selected", "skipped_non_text": "with images", "
 
 
 def _nothing_selected(run_dir: Path, select: dict[str, Any], given: bool, step: str | None,
-                      read: int) -> DatasetError:
+                      stats: dict[str, int]) -> DatasetError:
+    read = stats.get("read", 0)
+    if not select and not step:  # nothing was filtered out: --all (or no train.select) and still no row
+        images = stats.get("skipped_non_text", 0)
+        why = (f"{images} of them send images, which are not trained on" if images else
+               "no record of it finished with an exchange (see its errors.jsonl)")
+        return DatasetError(f"run {run_dir.name}: none of its {read} exchange(s) can be exported: {why}",
+                            hint="finish the run (rerun the same `oaipipe run` command; `oaipipe logs` says why "
+                                 "records failed), or export another run (`oaipipe runs` lists them)")
     where = f"{'--select' if given else 'train.select'} {select}" + (f" and step {step!r}" if step else "")
     return DatasetError(f"run {run_dir.name}: none of its {read} exchange(s) matches {where}",
                         hint="export every exchange with --all, or choose others with --select KEY=VALUE / --step")
@@ -380,7 +388,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, select: dict[s
     if not rows:
         if pairing is not None:
             raise _nothing_paired(run_dir, pairing, None if pair else step, stats)
-        raise _nothing_selected(run_dir, wanted, bool(select), step, stats.get("read", 0))
+        raise _nothing_selected(run_dir, wanted, bool(select), step, stats)
     WRITERS[spec.container](out, rows, spec.rows)
     return ExportResult(path=out, format=fmt, rows=len(rows), run_dir=run_dir, select=wanted, step=step,
                         pairing=pairing, stats=stats, run_status=run_status(run_dir))
