@@ -175,7 +175,9 @@ def _run_inputs_and_outputs(run_dir: Path) -> list[tuple[str, Path]]:
     state = meta.get("source_state")
     if isinstance(state, dict) and isinstance(state.get("path"), str):
         found.append(("the source", Path(state["path"])))
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        return found
     source = config.get("source")
     if isinstance(source, dict) and isinstance(source.get("path"), str) and source["path"]:
         found.append(("the source", _under(base, source["path"])))
