@@ -69,7 +69,10 @@ def atomic_file(
     _refuse_special(path)
     if mkdir:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_prefix(path, prefix), suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(path, prefix), suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as exc:  # name the file the user gave, not a random temp name they never saw
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     binary = "b" in mode
     with contextlib.suppress(OSError):  # mkstemp makes 0600 files; give the usual permissions (umask)
         os.chmod(tmp, 0o666 & ~_umask())

@@ -63,3 +63,18 @@ def test_a_fifo_is_never_replaced_by_a_plain_file(tmp_path):
     assert caught.value.filename == str(fifo) and "not a regular file" in caught.value.strerror
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert [p.name for p in tmp_path.iterdir()] == ["pipe"]  # no temp file left
+
+
+def test_a_temp_file_that_cannot_be_made_is_reported_under_the_targets_name(tmp_path, monkeypatch):
+    # `dataset export -o /sys/x.jsonl` said "cannot access /sys/.x.jsonl.6g_jicsg.oaipipe.tmp"
+    import errno
+    import tempfile
+
+    def refuse(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, ".x.jsonl.abc.oaipipe.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    target = tmp_path / "x.jsonl"
+    with pytest.raises(PermissionError) as caught:
+        write_text_atomic(target, "x")
+    assert caught.value.filename == str(target) and caught.value.errno == errno.EACCES
