@@ -221,6 +221,18 @@ def test_the_runs_pipeline_source_sinks_and_index_are_never_overwritten(project:
     assert path.read_bytes() == before
 
 
+def test_another_runs_files_are_never_overwritten(project: PipelineProject) -> None:
+    first = project.run_dir()
+    assert project.run("--fresh").exit_code == 0
+    second = project.run_dir()
+    assert second != first
+    journal = first / "journal.jsonl"
+    before = journal.read_bytes()
+    result = project.cli("dataset", "export", str(second), "--format", "hf-jsonl", "-o", str(journal))
+    assert result.exit_code == ExitCode.DATASET_ERROR, result
+    assert f"is a file of run {first.name}" in result.err and journal.read_bytes() == before
+
+
 def test_a_fifo_as_the_output_is_an_io_error_and_stays_a_fifo(project: PipelineProject, tmp_path: Path) -> None:
     import os
     import stat

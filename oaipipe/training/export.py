@@ -139,8 +139,10 @@ def check_target(out: Path, run_dir: Path) -> None:
     if target.is_dir():
         raise DatasetError(f"{out} is a folder; the export writes one file",
                            hint=f"name a file, e.g. {out / 'train.jsonl'}")
-    if target.parent == run_dir.resolve() and (target.name in RUN_FILES or target.exists()):
-        raise DatasetError(f"{out} is a file of run {run_dir.name}: the export does not overwrite it",
+    folder = target.parent  # this run's folder, or another run's (of any pipeline)
+    is_run = folder == run_dir.resolve() or (folder / "pipeline.json").is_file() or (folder / "journal.jsonl").is_file()
+    if is_run and (target.name in RUN_FILES or target.exists()):
+        raise DatasetError(f"{out} is a file of run {folder.name}: the export does not overwrite it",
                            hint="write the export elsewhere, e.g. -o export/train.jsonl")
     for what, path in _run_inputs_and_outputs(run_dir):
         if _same_file(out, path):
