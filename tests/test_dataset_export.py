@@ -233,6 +233,22 @@ def test_another_runs_files_are_never_overwritten(project: PipelineProject) -> N
     assert f"is a file of run {first.name}" in result.err and journal.read_bytes() == before
 
 
+@pytest.mark.parametrize("data", ["journal", "csv"])
+def test_dataset_build_never_writes_over_its_input(project: PipelineProject, data: str) -> None:
+    """`oaipipe dataset build runs/.../journal.jsonl -o runs/.../journal.jsonl` (or `qa.csv -o qa.csv`) replaced
+    the input with the dataset."""
+    source = project.run_dir() / "journal.jsonl" if data == "journal" else project.path / "qa.csv"
+    if data == "csv":
+        source.write_text("prompt,completion\nHi,Hello there\n", encoding="utf-8")
+    before = source.read_bytes()
+    result = project.cli("dataset", "build", str(source), "-o", str(source))
+    assert result.exit_code == ExitCode.DATASET_ERROR, result
+    assert "the dataset is never written over it" in result.err and source.read_bytes() == before
+    errors = project.run_dir() / "errors.jsonl"
+    result = project.cli("dataset", "build", str(project.run_dir() / "journal.jsonl"), "-o", str(errors))
+    assert result.exit_code == ExitCode.DATASET_ERROR and f"a file of run {project.run_dir().name}" in result.err
+
+
 def test_a_fifo_as_the_output_is_an_io_error_and_stays_a_fifo(project: PipelineProject, tmp_path: Path) -> None:
     import os
     import stat
