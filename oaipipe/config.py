@@ -7,6 +7,7 @@ model when the pipeline is built (:mod:`oaipipe.pipeline`), with errors pointing
 
 from __future__ import annotations
 
+import datetime as _dt
 import difflib
 import os
 import re
@@ -152,6 +153,16 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode, deep: bool
     return seq
 
 
+def _construct_timestamp(loader: _LineLoader, node: yaml.ScalarNode) -> Any:
+    """A scalar that looks like a date but is not one (``2026-13-45``, an offset of +99:00) stays the text
+    it is, for the key's own check to refuse with its line, instead of a ValueError out of PyYAML."""
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except (ValueError, OverflowError):
+        return loader.construct_scalar(node)
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
@@ -422,7 +433,7 @@ def _coerce(text: str) -> Any:
         return ""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, OverflowError):  # ValueError: a date that is not one (2026-13-45)
         return text
     if isinstance(value, dict) and not text.lstrip().startswith("{"):
         return text  # "Reply to: {text}" is a string, not a mapping
@@ -564,7 +575,8 @@ def _error_text(err: Any, loc: tuple[Any, ...], model: type[BaseModel] | None) -
         return "required key is missing"
     text = err.get("msg", "invalid value")
     if "input" in err and not isinstance(err["input"], dict | list):
-        text += f" (got {err['input']!r})"
+        got = err["input"]  # a YAML date is shown as written, not as datetime.date(2020, 1, 1)
+        text += f" (got {got.isoformat() if isinstance(got, _dt.date) else repr(got)})"
     return text
 
 

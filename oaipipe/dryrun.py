@@ -82,18 +82,25 @@ class _Counter:
 
 
 def estimate(pipeline: BuiltPipeline, limit: int | None = None, *,
-             completion_tokens: int = DEFAULT_COMPLETION_TOKENS) -> dict[str, Any]:
-    """The dry-run part of a summary: ``records`` and ``estimate`` (tokens, cost, per step and model)."""
-    return asyncio.run(_estimate(pipeline, limit, completion_tokens))
+             completion_tokens: int = DEFAULT_COMPLETION_TOKENS, shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The dry-run part of a summary: ``records`` and ``estimate`` (tokens, cost, per step and model).
+    ``shard`` ``(I, N)`` counts only the records shard I of N processes (``--shard``)."""
+    return asyncio.run(_estimate(pipeline, limit, completion_tokens, shard))
 
 
-async def _estimate(pipeline: BuiltPipeline, limit: int | None, completion_tokens: int) -> dict[str, Any]:
+async def _estimate(pipeline: BuiltPipeline, limit: int | None, completion_tokens: int,
+                    shard: tuple[int, int] | None = None) -> dict[str, Any]:
     backend = pipeline.backend
     counter = _Counter(PriceTable(pipeline.loaded.config.prices, models=pipeline.loaded.config.models),
                        completion_tokens, backend)
     total = failed = 0
     errors: list[str] = []
-    for record in pipeline.source.records():
+    records = pipeline.source.records()
+    if shard is not None:
+        from .shards import in_shard
+
+        records = in_shard(records, shard)
+    for record in records:
         if limit is not None and total >= limit:
             break
         total += 1

@@ -12,10 +12,12 @@ writer of that file (the run lock for a run directory, a sink's output lock, the
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,9 +66,13 @@ def atomic_file(
     handler (``surrogateescape`` writes back bytes read with it unchanged).
     """
     path = Path(path)
+    _refuse_special(path)
     if mkdir:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_prefix(path, prefix), suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(path, prefix), suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as exc:  # name the file the user gave, not a random temp name they never saw
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     binary = "b" in mode
     with contextlib.suppress(OSError):  # mkstemp makes 0600 files; give the usual permissions (umask)
         os.chmod(tmp, 0o666 & ~_umask())
@@ -86,6 +92,18 @@ def atomic_file(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _refuse_special(path: Path) -> None:
+    """A device, FIFO or socket at ``path`` would be replaced by a plain file (``/dev/null`` for everyone,
+    when run as root): refuse it with an ``OSError`` naming the path."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise OSError(errno.EEXIST, "not a regular file (a device, FIFO or socket): oaipipe writes a new file "
+                                    "and moves it into place, which would replace it", str(path))
 
 
 def _prefix(path: Path, prefix: str | None) -> str:

@@ -68,6 +68,7 @@ __all__ = [
     "KeyGate",
     "check_base_url",
     "check_redirect",
+    "too_many_redirects",
     "endpoint_url",
     "is_openai_host",
     "is_openai_url",
@@ -237,6 +238,22 @@ def check_redirect(url: str, location: str, status: int | None = None) -> str:
     )
     err.retryable = False  # type: ignore[misc]
     raise err
+
+
+def too_many_redirects(url: str, exc: BaseException) -> BackendError:
+    """A redirect loop (or a chain longer than the HTTP client follows) as a :class:`BackendError` that is
+    not retried: the server answered, so it is neither a connection failure nor transient, and retrying
+    repeats every hop of the loop."""
+    from .errors import redact
+
+    err = BackendError(
+        f"{redact(url)} keeps redirecting ({type(exc).__name__}: {redact(str(exc)) or 'a redirect loop'}); the "
+        f"request never reached an answer",
+        hint="the server's redirects loop: check backend.base_url (the path, e.g. a missing or extra /v1, "
+             "http instead of https) against the server's own address",
+    )
+    err.retryable = False  # type: ignore[misc]
+    return err
 
 
 def _refuse_cross_origin(response: Any) -> None:

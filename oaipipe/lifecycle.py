@@ -134,7 +134,12 @@ def _check_shutdown(pipeline: BuiltPipeline, problems: Any, model_key: str, mode
                                  "(see `oaipipe models` and docs/platform.md)"))
     elif model not in warned:
         warned.add(model)
-        warnings.append(f"{pipeline.file}:{line or '?'}: {message}")
+        warnings.append(f"{_where(pipeline, line)}: {message}")
+
+
+def _where(pipeline: BuiltPipeline, line: int | None) -> str:
+    """``FILE:LINE`` of a warning, or ``FILE (--set)`` for a value given on the command line."""
+    return f"{pipeline.file}:{line}" if line else f"{pipeline.file} (--set)"
 
 
 def _check_reasoning(pipeline: BuiltPipeline, problems: Any, model: str, info: ModelInfo, temperature: Any,
@@ -204,7 +209,15 @@ async def check_server_models(pipeline: BuiltPipeline, *, explicit: bool = False
     warnings: list[str] = []
     warned: set[str] = set()
     models, openai = pipeline.loaded.config.models, _openai(backend)
+    ids = {m.id for m in listed}
+    absent: set[str] = set()
     for block, model, _temperature, _temp_block in _calls(pipeline):
+        if ids and model not in ids and model not in absent:  # a model past its date leaves the list
+            absent.add(model)
+            line, _col = pipeline.loaded.where(f"{block}.model")
+            warnings.append(f"{_where(pipeline, line)}: model {model} is not among the {len(ids)} models GET "
+                            f"{url}/models lists: it may be shut down, misspelt or not open to this key, and "
+                            f"then every call to it fails (`oaipipe models` lists what the server offers)")
         date = dates.get(model) or dates.get(_base(model))
         known = model_info(model, models, table=openai)
         if not date or (known is not None and known.shutdown == date):

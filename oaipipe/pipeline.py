@@ -425,10 +425,24 @@ def _missing_field(pipeline: BuiltPipeline, key: str, name: str, have: set[str])
                        file=pipeline.file, line=line, column=col, key=key, hint=hint)
 
 
+def check_deadline(pipeline: BuiltPipeline) -> None:
+    """``deadline:`` is read only by ``tier: auto``: with another tier (or none) it would be ignored in
+    silence, and a user who wrote it expects it to count. A warning naming the line says so."""
+    options = pipeline.backend.options
+    deadline, tier = getattr(options, "deadline", None), getattr(options, "tier", None)
+    if deadline is None or tier == "auto":
+        return
+    line, _col = pipeline.loaded.where("backend.deadline")
+    where = f"{pipeline.file}:{line}" if line else f"{pipeline.file} (--set)"
+    now = f"with tier: {tier}" if tier else "without `tier:`"
+    pipeline.warnings.append(f"{where}: backend.deadline: {deadline} has no effect {now}; only `tier: auto` "
+                             f"plans against a deadline (set `tier: auto`, or remove the deadline)")
+
+
 #: the checks across blocks :func:`load_pipeline` runs once every block is valid; each raises a
 #: :class:`ConfigError` (with every problem it found in ``problems``)
 CHECKS: tuple[Callable[[BuiltPipeline], None], ...] = (check_name, check_templates, check_sink_paths, check_cache,
-                                                  check_train_select, check_models)
+                                                  check_train_select, check_models, check_deadline)
 
 
 def public_data(data: Any) -> Any:

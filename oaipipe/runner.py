@@ -290,7 +290,7 @@ class Runner:
         from .tiers import choose_tier
 
         try:
-            choice = await asyncio.to_thread(choose_tier, self.pipeline, self.options.limit)
+            choice = await asyncio.to_thread(choose_tier, self.pipeline, self.options.limit, self.options.shard)
         except ValueError as exc:
             line, column = self.pipeline.loaded.where("backend.tier")
             raise ConfigError(str(exc), file=self.pipeline.file or None, line=line, column=column,
@@ -843,7 +843,8 @@ class Runner:
         self.reporter.start(headline + " (dry run: nothing is called)", notes, None)
         summary: dict[str, Any] = {"pipeline": self.pipeline.name, "status": "dry-run", "calls": 0,
                                    "backend": self.pipeline.backend.name}
-        summary.update(await asyncio.to_thread(estimate, self.pipeline, limit=self.options.limit))
+        summary.update(await asyncio.to_thread(estimate, self.pipeline, limit=self.options.limit,
+                                               shard=self.options.shard))
         self.reporter.finish(summary)
         return summary
 

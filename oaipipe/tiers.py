@@ -386,7 +386,8 @@ class TierChoice:
         return out
 
 
-def choose_tier(pipeline: BuiltPipeline, limit: int | None = None) -> TierChoice | None:
+def choose_tier(pipeline: BuiltPipeline, limit: int | None = None,
+                shard: tuple[int, int] | None = None) -> TierChoice | None:
     """Before a run: the tier ``backend.tier`` asks for (``auto``: planned over a dry run of the input),
     with the pipeline's backend switched to serve it. None when no ``tier:`` is set."""
     backend = pipeline.backend
@@ -401,7 +402,7 @@ def choose_tier(pipeline: BuiltPipeline, limit: int | None = None) -> TierChoice
     if wanted == "auto":
         from .dryrun import estimate
 
-        summary = estimate(pipeline, limit)
+        summary = estimate(pipeline, limit, shard=shard)
         plan = plan_for(backend, summary["estimate"], PriceTable(pipeline.loaded.config.prices))
         assert plan is not None
         tier, note = plan.chosen, f"tier plan: {plan.reason}"

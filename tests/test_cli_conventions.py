@@ -207,6 +207,15 @@ def test_quiet_silences_the_notes_of_validate_and_schema(project: Path, tmp_path
     assert capsys.readouterr().err == "" and json.loads((tmp_path / "s.json").read_text())
 
 
+def test_schema_never_writes_over_the_pipeline_it_reads(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`oaipipe schema --pipeline pipeline.yaml -o pipeline.yaml` replaced the pipeline with the schema."""
+    before = project.read_bytes()
+    assert main(["schema", "--pipeline", str(project), "-o", str(project)]) == ExitCode.USAGE_ERROR
+    err = capsys.readouterr().err
+    assert "is the pipeline file --pipeline reads" in err and "pipeline.schema.json" in err, err
+    assert project.read_bytes() == before
+
+
 def test_a_plugin_commands_own_flags_are_left_alone() -> None:
     @click.group()
     def tool() -> None:

@@ -208,6 +208,85 @@ def test_the_runs_own_files_are_never_overwritten(project: PipelineProject) -> N
     assert journal.read_bytes() == before
 
 
+@pytest.mark.parametrize("victim", ["pipeline", "source", "sink", "index"])
+def test_the_runs_pipeline_source_sinks_and_index_are_never_overwritten(project: PipelineProject,
+                                                                          victim: str) -> None:
+    # `-o reviews.csv` / `-o pipeline.yaml` / `-o out/records.jsonl` / `-o runs/runs.db` once replaced them
+    path = {"pipeline": project.file, "source": project.path / "reviews.csv", "sink": project.sink_path(0),
+            "index": project.path / "runs" / "runs.db"}[victim]
+    before = path.read_bytes()
+    result = project.cli("dataset", "export", str(project.run_dir()), "--format", "hf-jsonl", "-o", str(path))
+    assert result.exit_code == ExitCode.DATASET_ERROR, result
+    assert f"{path} is the " in result.err and "write the export elsewhere" in result.err
+    assert path.read_bytes() == before
+
+
+def test_another_runs_files_are_never_overwritten(project: PipelineProject) -> None:
+    first = project.run_dir()
+    assert project.run("--fresh").exit_code == 0
+    second = project.run_dir()
+    assert second != first
+    journal = first / "journal.jsonl"
+    before = journal.read_bytes()
+    result = project.cli("dataset", "export", str(second), "--format", "hf-jsonl", "-o", str(journal))
+    assert result.exit_code == ExitCode.DATASET_ERROR, result
+    assert f"is a file of run {first.name}" in result.err and journal.read_bytes() == before
+
+
+@pytest.mark.parametrize("data", ["journal", "csv"])
+def test_dataset_build_never_writes_over_its_input(project: PipelineProject, data: str) -> None:
+    """`oaipipe dataset build runs/.../journal.jsonl -o runs/.../journal.jsonl` (or `qa.csv -o qa.csv`) replaced
+    the input with the dataset."""
+    source = project.run_dir() / "journal.jsonl" if data == "journal" else project.path / "qa.csv"
+    if data == "csv":
+        source.write_text("prompt,completion\nHi,Hello there\n", encoding="utf-8")
+    before = source.read_bytes()
+    result = project.cli("dataset", "build", str(source), "-o", str(source))
+    assert result.exit_code == ExitCode.DATASET_ERROR, result
+    assert "the dataset is never written over it" in result.err and source.read_bytes() == before
+    errors = project.run_dir() / "errors.jsonl"
+    result = project.cli("dataset", "build", str(project.run_dir() / "journal.jsonl"), "-o", str(errors))
+    assert result.exit_code == ExitCode.DATASET_ERROR and f"a file of run {project.run_dir().name}" in result.err
+
+
+def test_a_fifo_as_the_output_is_an_io_error_and_stays_a_fifo(project: PipelineProject, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = project.cli("dataset", "export", str(project.run_dir()), "--format", "hf-jsonl", "-o", str(fifo))
+    assert result.exit_code == ExitCode.IO_ERROR, result
+    assert str(fifo) in result.err and "not a regular file" in result.err
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_an_unfinished_run_is_exported_with_a_warning_saying_so(project: PipelineProject, tmp_path: Path) -> None:
+    """A run that is still going or was killed has no summary.json (an interrupted one says so in it): its
+    export holds only the records finished so far, and the user is told, not left with a silent part."""
+    run_dir = project.run_dir()
+    finished = project.cli("dataset", "export", str(run_dir), "--format", "hf-jsonl", "-o", str(tmp_path / "a.jsonl"))
+    assert finished.exit_code == 0 and "warning" not in finished.err, finished
+    (run_dir / "summary.json").unlink()  # what a SIGKILLed (or still running) run leaves
+    killed = project.cli("dataset", "export", str(run_dir), "--format", "hf-jsonl", "-o", str(tmp_path / "b.jsonl"))
+    assert killed.exit_code == 0, killed
+    assert f"warning: run {run_dir.name} has not finished" in killed.err and "still running, or was killed" in \
+        killed.err and "then export again" in killed.err
+    data = _export(project, str(run_dir), "--format", "hf-jsonl", "-o", str(tmp_path / "c.jsonl"))
+    assert data["run_complete"] is False and data["run_status"] is None
+
+
+def test_a_run_without_exchanges_is_not_told_to_use_all(project: PipelineProject, tmp_path: Path) -> None:
+    """--all on a run whose records all failed once said "none of its 0 exchange(s) matches train.select {}"
+    with the hint to use --all."""
+    (project.run_dir() / "journal.jsonl").write_text("", encoding="utf-8")  # every record failed
+    result = project.cli("dataset", "export", str(project.run_dir()), "--format", "hf-jsonl", "--all",
+                         "-o", str(tmp_path / "x.jsonl"))
+    assert result.exit_code == ExitCode.DATASET_ERROR, result
+    assert "none of its 0 exchange(s) can be exported" in result.err and "errors.jsonl" in result.err
+    assert "--all" not in result.err and not (tmp_path / "x.jsonl").exists()
+
+
 def test_flags_that_do_not_go_together_are_usage_errors(project: PipelineProject, tmp_path: Path) -> None:
     out = str(tmp_path / "x.jsonl")
     cases = [(["--format", "dpo-jsonl", "--chosen", "reply"], "--chosen and --rejected go together"),

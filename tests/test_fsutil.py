@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -48,3 +49,32 @@ def test_atomic_writes_never_change_the_process_umask(tmp_path, monkeypatch):
     for i in range(3):
         fsutil.write_text_atomic(tmp_path / f"f{i}.txt", "x")
         assert stat.S_IMODE((tmp_path / f"f{i}.txt").stat().st_mode) == expected
+
+
+def test_a_fifo_is_never_replaced_by_a_plain_file(tmp_path):
+    # as root, `dataset export -o /dev/null` once replaced /dev/null with a regular file: a device, FIFO or
+    # socket in the way is an OSError naming it, and stays what it was
+    import stat
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError) as caught:
+        write_text_atomic(fifo, "x")
+    assert caught.value.filename == str(fifo) and "not a regular file" in caught.value.strerror
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]  # no temp file left
+
+
+def test_a_temp_file_that_cannot_be_made_is_reported_under_the_targets_name(tmp_path, monkeypatch):
+    # `dataset export -o /sys/x.jsonl` said "cannot access /sys/.x.jsonl.6g_jicsg.oaipipe.tmp"
+    import errno
+    import tempfile
+
+    def refuse(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, ".x.jsonl.abc.oaipipe.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    target = tmp_path / "x.jsonl"
+    with pytest.raises(PermissionError) as caught:
+        write_text_atomic(target, "x")
+    assert caught.value.filename == str(target) and caught.value.errno == errno.EACCES

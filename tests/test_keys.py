@@ -21,7 +21,7 @@ import pytest
 
 from oaipipe.base import Backend, Context
 from oaipipe.cli import main
-from oaipipe.errors import BackendError
+from oaipipe.errors import BackendConnectionError, BackendError
 from oaipipe.jobs import JobRegistry
 from oaipipe.keys import OPENAI_HOST, is_openai_url, resolve_api_key
 from oaipipe.plugins import PluginHost
@@ -378,6 +378,20 @@ def test_a_redirect_within_the_server_is_followed(host: PluginHost, redirector: 
     paths = [path for _, path, _ in redirector.headers]
     assert "/hop/v1/chat/completions" in paths and "/v1/chat/completions" in paths
     assert all(CUSTOM in raw for _, _, raw in redirector.headers)
+
+
+@pytest.mark.parametrize("kind, options", TRANSPORTS)
+def test_a_redirect_loop_is_one_clear_error_not_retried_as_a_connection_failure(
+        host: PluginHost, redirector: Recorder, kind: str, options: dict[str, Any]) -> None:
+    """A server whose redirects loop answered: it is not "cannot connect ... is the server running", and a
+    retry only walks the loop again (each hop a request): one chain, then a BackendError saying so."""
+    redirector.redirect_to = "/hop"  # /hop/v1/x -> /hop/v1/x -> ...
+    backend = make(host, kind, base_url=f"http://127.0.0.1:{redirector.port}/hop/v1", max_retries=2, **options)
+    with pytest.raises(BackendError) as err:
+        _ask(backend)
+    assert not isinstance(err.value, BackendConnectionError) and err.value.retryable is False, err.value
+    assert "keeps redirecting" in str(err.value) and "check backend.base_url" in (err.value.hint or "")
+    assert 2 <= len(redirector.headers) <= 31  # one client's chain (aiohttp 10, httpx 20, requests 30 hops)
 
 
 # --- a base_url with a query string (Azure-style ?api-version=) ----------------------------------

@@ -109,3 +109,19 @@ def test_a_fine_tuned_model_follows_its_base_models_date(tmp_path: Path, dated: 
     code, out = _cli(monkeypatch, "validate", "--online", str(path), today="2099-02-01")
     assert code == 0, out
     assert f"model ft:gpt-4.1-mini:acme::abc123 shuts down on {DATE}" in out, out
+
+
+def test_a_model_the_server_no_longer_lists_is_warned_about_at_its_line(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model past its shutdown leaves GET /models (`oaipipe serve --model-shutdown` does as OpenAI does), so
+    it has no date to be held to: validate --online passed it, and then every call 404'd."""
+    with running_server(model_shutdowns={"gpt-4.1-mini": "2020-01-01"}) as gone:
+        path = _pipeline(tmp_path, gone.base_url)
+        code, out = _cli(monkeypatch, "validate", "--online", str(path), today="2026-06-01")
+        assert code == 0, out
+        assert f"warning: {path}:2: model gpt-4.1-mini is not among the" in out, out
+        assert f"GET {gone.base_url}/models lists: it may be shut down" in out, out
+        listed = _pipeline(tmp_path / "listed", gone.base_url)
+        listed.write_text(listed.read_text().replace("gpt-4.1-mini", "gpt-4o"))
+        code, out = _cli(monkeypatch, "validate", "--online", str(listed), today="2026-06-01")
+        assert code == 0 and "is not among" not in out, out

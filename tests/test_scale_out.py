@@ -131,6 +131,21 @@ def test_shards_merge_in_input_order(oaipipe_project: PipelineProject, tmp_path:
         [{k: v for k, v in r.items() if k != key} for r in whole.records()]
 
 
+def test_a_dry_run_of_a_shard_counts_only_the_shards_records(tmp_path: Path) -> None:
+    """`--dry-run --shard 0/2` estimated the whole input (and the tier planner planned for it)."""
+    project = _project(tmp_path / "p", n=40, workers=1,
+                       steps=[{"type": "ask", "prompt": "Reply to: {text}", "output": "reply"}])
+    totals = []
+    for index in range(2):
+        result = project.run("--dry-run", "--shard", f"{index}/2")
+        assert result.exit_code == 0 and result.summary is not None, result
+        expected = sum(1 for i in range(40) if shard_of(f"r{i}", 2) == index)
+        assert result.summary["records"]["total"] == expected
+        assert result.summary["estimate"]["calls"] == expected
+        totals.append(expected)
+    assert sum(totals) == 40 and 0 < totals[0] < 40
+
+
 def _read(target: Path, index: int) -> list[dict[str, Any]]:
     import csv
 

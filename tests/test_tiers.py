@@ -272,3 +272,53 @@ def test_the_schema_describes_tier_and_deadline(home: Path) -> None:
     assert openai["properties"]["tier"]["anyOf"][0]["enum"] == ["auto", "standard", "flex", "priority", "batch"]
     assert "deadline" in openai["properties"]["tier"]["description"]
     assert "ISO time" in openai["properties"]["deadline"]["description"]
+
+
+BAD_DATE_PIPELINE = """\
+name: bad-date
+backend:
+  type: openai
+  tier: auto
+  deadline: {deadline}
+source: {{type: csv, path: reviews.csv, id_column: id}}
+steps:
+  - {{type: ask, prompt: "Reply to: {{text}}", output: reply}}
+sinks:
+  - {{type: jsonl, path: out/records.jsonl}}
+"""
+
+
+@pytest.mark.parametrize(("deadline", "shown"), [
+    ("2026-13-45T00:00:00", "'2026-13-45T00:00:00' is neither a duration nor an ISO time"),  # was a crash, exit 1
+    ("2026-11-30T06:00:00+99:00", "is neither a duration nor an ISO time"),                  # idem
+    ("2020-01-01", "has passed"),                                                            # a YAML date
+])
+def test_an_unquoted_date_that_is_not_one_is_a_config_error_with_its_line(
+        tmp_path: Path, home: Path, deadline: str, shown: str) -> None:
+    project = PipelineProject(tmp_path)
+    project.write(BAD_DATE_PIPELINE.format(deadline=deadline))
+    project.write_file("reviews.csv", "id,text\n1,Great mug\n")
+    result = project.cli("validate", str(project.file), "--json")
+    assert result.exit_code == 2, result
+    problems = json.loads(result.out)
+    assert [(p["key"], p["line"]) for p in problems] == [("backend.deadline", 5)], problems
+    assert shown in problems[0]["message"] and "datetime" not in problems[0]["message"], problems
+    via_set = project.cli("validate", str(project.file), "--set", f"backend.deadline={deadline}")
+    assert via_set.exit_code == 2 and shown in via_set.err and "unexpected" not in via_set.err, via_set
+
+
+@pytest.mark.parametrize("backend", [{"tier": "flex", "deadline": "2h"}, {"deadline": "2h"}])
+def test_a_deadline_without_tier_auto_is_warned_about_with_its_line(tmp_path: Path, home: Path,
+                                                                    backend: dict[str, Any]) -> None:
+    """Only `tier: auto` reads `deadline:`; with another tier (or none) it was ignored without a word."""
+    project = _project(tmp_path, {"type": "openai", "base_url": "http://127.0.0.1:9/v1", **backend})
+    result = project.cli("validate", str(project.file))
+    assert result.exit_code == 0, result
+    line = next(i for i, text in enumerate(project.file.read_text().splitlines(), 1) if "deadline" in text)
+    said = result.out + result.err  # validate prints its warnings with its report
+    assert f"warning: {project.file}:{line}: backend.deadline: 2h has no effect" in said, said
+    assert "set `tier: auto`, or remove the deadline" in said
+    auto = _project(tmp_path / "auto", {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "tier": "auto",
+                                        "deadline": "2h"})
+    checked = auto.cli("validate", str(auto.file))
+    assert checked.exit_code == 0 and "has no effect" not in checked.out + checked.err

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import hookimpl
 from ..base import SyncBackend
-from ..keys import check_redirect, endpoint_url
+from ..keys import check_redirect, endpoint_url, too_many_redirects
 from ..kit.http import HTTPBackendMixin, http_error, not_the_api
 from ..lazy import lazy_module
 from ..openai_wire import (
@@ -103,6 +103,8 @@ class RequestsBackend(HTTPBackendMixin, SyncBackend):
             resp = self.session.request(method, url, json=body, timeout=timeout)
         except requests.Timeout as exc:
             raise connection_error(type(exc).__name__, url=url, timeout=timeout) from exc
+        except requests.TooManyRedirects as exc:
+            raise too_many_redirects(url, exc) from exc
         except requests.RequestException as exc:
             raise connection_error(f"{type(exc).__name__}: {exc}", url=url) from exc
         request_id = resp.headers.get("x-request-id")

@@ -5,11 +5,13 @@ Thin over :mod:`oaipipe.training`.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import ExitCode
+from ..errors import DatasetError, ExitCode
 from ..models_table import DEFAULT_FINE_TUNE_MODEL
 from ..models_table import FINE_TUNE_DEFAULT_WHY as FT_MODEL_WHY
 from .common import build_options, echo_json, json_option
@@ -37,6 +39,28 @@ def _print_build(result: Any, files: Any, report: Any, output: str) -> None:
         click.echo(f"nothing written to {output}: the dataset is not ready (see the errors above)")
 
 
+#: a run's records and state: never the output of `dataset build` (train.jsonl is: the train: step writes it)
+_RUN_STATE = ("journal.jsonl", "errors.jsonl", "summary.json", "pipeline.json", "journal.rejected", "run.lock")
+
+
+def _refuse_overwriting(data: str, output: str) -> None:
+    """``-o`` must not be DATA itself (a CSV, a journal: the input would be replaced by the dataset) nor a
+    run's own records."""
+
+    out, source = Path(output), Path(data)
+    same = out.resolve() == source.resolve()
+    if not same and source.is_file() and out.exists():
+        try:
+            same = os.path.samefile(out, source)
+        except OSError:
+            same = False
+    folder = out.resolve().parent
+    if same or (out.name in _RUN_STATE and ((folder / "journal.jsonl").is_file() or (folder / "pipeline.json").is_file())):
+        what = "DATA, the input it reads" if same else f"a file of run {folder.name}"
+        raise DatasetError(f"-o {output} is {what}: the dataset is never written over it",
+                           hint="write the dataset elsewhere, e.g. -o train.jsonl")
+
+
 @dataset.command("build")
 @click.argument("data", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
@@ -52,6 +76,7 @@ def build(data: str, output: str, fmt: str, select: tuple[str, ...], system: str
     """Build a fine-tuning dataset from DATA (dialogue log, run records, CSV, JSONL or a folder)."""
     from ..training import build_dataset, parse_select, report_for, write_dataset
 
+    _refuse_overwriting(data, output)
     method = "dpo" if fmt == "dpo" else "supervised"
     result = build_dataset(data, method=method, select=parse_select(select), system=system,
                            validation_fraction=validation_fraction, seed=seed, step=step)

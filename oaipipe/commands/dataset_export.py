@@ -81,4 +81,10 @@ def export(run: str | None, fmt: str, output: str, pipeline_file: str | None, ru
         echo_json(result.to_dict())
     else:
         _print(result)
+    if not result.run_complete:
+        state = (f"its status is {result.run_status}" if result.run_status else
+                 "it has no summary: it is still running, or was killed")
+        click.echo(f"warning: run {result.run_dir.name} has not finished ({state}); the export holds only the "
+                   f"records it finished so far: finish the run (rerun the same `oaipipe run` command), then "
+                   f"export again", err=True)
     return ExitCode.OK

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
-from ..errors import ExitCode
+from ..errors import ConfigError, ExitCode
 from .common import json_option, note
 
 __all__ = ["schema"]
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 @click.command()
@@ -24,6 +32,9 @@ def schema(pipeline: str | None, output: str | None, as_json: bool) -> ExitCode:
     """
     from ..schema import pipeline_schema
 
+    if output and pipeline and _same_file(output, pipeline):
+        raise ConfigError(f"-o {output} is the pipeline file --pipeline reads: writing the schema there would "
+                          f"replace the pipeline", hint="write the schema next to it, e.g. -o pipeline.schema.json")
     text = json.dumps(pipeline_schema(pipeline), indent=2)
     if output:
         with open(output, "w", encoding="utf-8") as fh:

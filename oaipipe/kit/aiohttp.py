@@ -16,7 +16,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..keys import check_redirect, endpoint_url
+from ..keys import check_redirect, endpoint_url, too_many_redirects
 from ..lazy import lazy_module
 from ..openai_wire import parse_models
 from ..retry import connection_error
@@ -95,6 +95,8 @@ class AiohttpTransportMixin:
                 reason = resp.reason or ""
         except TimeoutError as exc:
             raise connection_error("timed out", url=url, timeout=self.options.timeout) from exc
+        except aiohttp.TooManyRedirects as exc:
+            raise too_many_redirects(url, exc) from exc
         except aiohttp.ClientError as exc:
             raise connection_error(f"{type(exc).__name__}: {exc}", url=url) from exc
         self.policy.observe(headers)

@@ -27,7 +27,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, ServerError
-from ..keys import endpoint_url, sdk_client
+from ..keys import endpoint_url, sdk_client, too_many_redirects
 from ..lazy import lazy_module
 from ..openai_wire import parse_models
 from ..retry import connection_error
@@ -69,6 +69,8 @@ def translate_sdk_error(exc: Exception, *, url: str, timeout: float, model: str 
         cause = exc.__cause__ or exc
         if isinstance(cause, BackendError):  # raised on the way (a redirect to another server: oaipipe.keys)
             return cause
+        if isinstance(cause, httpx2.TooManyRedirects):
+            return too_many_redirects(url, cause)
         return connection_error(f"{type(cause).__name__}: {cause}", url=url)
     return ServerError(f"unexpected answer from {url}: {type(exc).__name__}: {exc}",
                        hint="base_url must point at an OpenAI-compatible API (it usually ends in /v1)")

@@ -91,12 +91,34 @@ class ExportResult:
     step: str | None
     pairing: str | None = None
     stats: dict[str, int] = field(default_factory=dict)
+    #: the run's ``summary.json`` status (None: no summary yet: the run is still going, or was killed)
+    run_status: str | None = None
+
+    @property
+    def run_complete(self) -> bool:
+        """Whether every record of the run is done (else the export holds only those finished so far)."""
+        return self.run_status in COMPLETE_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
         fmt = FORMATS[self.format]
         return {"path": str(self.path), "format": self.format, "rows": self.rows, "run": self.run_dir.name,
                 "run_dir": str(self.run_dir), "select": self.select, "step": self.step, "pairing": self.pairing,
-                "shape_source": fmt.source, "stats": self.stats}
+                "shape_source": fmt.source, "stats": self.stats, "run_status": self.run_status,
+                "run_complete": self.run_complete}
+
+
+#: summary statuses of a run whose records are all done (``training``: only its train: step is left)
+COMPLETE_STATUSES = frozenset({"finished", "nothing-to-do", "training"})
+
+
+def run_status(run_dir: Path) -> str | None:
+    """The status in the run's ``summary.json``; None when it has none (running, or killed)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    status = summary.get("status") if isinstance(summary, dict) else None
+    return status if isinstance(status, str) else None
 
 
 def run_train_settings(run_dir: Path) -> dict[str, Any]:
@@ -111,14 +133,66 @@ def run_train_settings(run_dir: Path) -> dict[str, Any]:
 
 
 def check_target(out: Path, run_dir: Path) -> None:
-    """Refuse an output that would overwrite one of the run's own files (or is a folder)."""
+    """Refuse an output that would overwrite one of the run's own files (or is a folder), or a file the run
+    read or wrote: its pipeline file, its source, its sinks' outputs, the run index (``runs.db``)."""
     target = out.resolve()
     if target.is_dir():
         raise DatasetError(f"{out} is a folder; the export writes one file",
                            hint=f"name a file, e.g. {out / 'train.jsonl'}")
-    if target.parent == run_dir.resolve() and (target.name in RUN_FILES or target.exists()):
-        raise DatasetError(f"{out} is a file of run {run_dir.name}: the export does not overwrite it",
+    folder = target.parent  # this run's folder, or another run's (of any pipeline)
+    is_run = folder == run_dir.resolve() or (folder / "pipeline.json").is_file() or (folder / "journal.jsonl").is_file()
+    if is_run and (target.name in RUN_FILES or target.exists()):
+        raise DatasetError(f"{out} is a file of run {folder.name}: the export does not overwrite it",
                            hint="write the export elsewhere, e.g. -o export/train.jsonl")
+    for what, path in _run_inputs_and_outputs(run_dir):
+        if _same_file(out, path):
+            raise DatasetError(f"{out} is {what} of run {run_dir.name}: the export does not overwrite it",
+                               hint="write the export elsewhere, e.g. -o export/train.jsonl")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _run_inputs_and_outputs(run_dir: Path) -> list[tuple[str, Path]]:
+    """The files the run in ``run_dir`` read or wrote outside its folder, as its ``pipeline.json`` records them."""
+    index = run_dir.resolve().parent.parent / "runs.db"
+    found: list[tuple[str, Path]] = [("the run index", index)]
+    found += [("the run index", index.with_name(f"runs.db{end}")) for end in ("-wal", "-shm", "-journal")]
+    try:
+        meta = json.loads((run_dir / "pipeline.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return found
+    if not isinstance(meta, dict):
+        return found
+    pipeline_file = meta.get("file")
+    base = Path(pipeline_file).parent if isinstance(pipeline_file, str) and pipeline_file else run_dir
+    if isinstance(pipeline_file, str) and pipeline_file:
+        found.append(("the pipeline file", Path(pipeline_file)))
+    state = meta.get("source_state")
+    if isinstance(state, dict) and isinstance(state.get("path"), str):
+        found.append(("the source", Path(state["path"])))
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        return found
+    source = config.get("source")
+    if isinstance(source, dict) and isinstance(source.get("path"), str) and source["path"]:
+        found.append(("the source", _under(base, source["path"])))
+    sinks = config.get("sinks")
+    for i, sink in enumerate(sinks if isinstance(sinks, list) else []):
+        if isinstance(sink, dict) and isinstance(sink.get("path"), str) and sink["path"]:
+            found.append((f"the output of sink {i} ({sink.get('type')})", _under(base, sink["path"])))
+    return found
+
+
+def _under(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
 
 
 # --- rows ---------------------------------------------------------------------------------------------
@@ -230,7 +304,15 @@ _COUNTED = {"not_selected": "not selected", "skipped_non_text": "with images", "
 
 
 def _nothing_selected(run_dir: Path, select: dict[str, Any], given: bool, step: str | None,
-                      read: int) -> DatasetError:
+                      stats: dict[str, int]) -> DatasetError:
+    read = stats.get("read", 0)
+    if not select and not step:  # nothing was filtered out: --all (or no train.select) and still no row
+        images = stats.get("skipped_non_text", 0)
+        why = (f"{images} of them send images, which are not trained on" if images else
+               "no record of it finished with an exchange (see its errors.jsonl)")
+        return DatasetError(f"run {run_dir.name}: none of its {read} exchange(s) can be exported: {why}",
+                            hint="finish the run (rerun the same `oaipipe run` command; `oaipipe logs` says why "
+                                 "records failed), or export another run (`oaipipe runs` lists them)")
     where = f"{'--select' if given else 'train.select'} {select}" + (f" and step {step!r}" if step else "")
     return DatasetError(f"run {run_dir.name}: none of its {read} exchange(s) matches {where}",
                         hint="export every exchange with --all, or choose others with --select KEY=VALUE / --step")
@@ -310,10 +392,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, select: dict[s
     if not rows:
         if pairing is not None:
             raise _nothing_paired(run_dir, pairing, None if pair else step, stats)
-        raise _nothing_selected(run_dir, wanted, bool(select), step, stats.get("read", 0))
+        raise _nothing_selected(run_dir, wanted, bool(select), step, stats)
     WRITERS[spec.container](out, rows, spec.rows)
     return ExportResult(path=out, format=fmt, rows=len(rows), run_dir=run_dir, select=wanted, step=step,
-                        pairing=pairing, stats=stats)
+                        pairing=pairing, stats=stats, run_status=run_status(run_dir))
 
 
 def _journal(run_dir: Path) -> Path:
