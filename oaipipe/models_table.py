@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["AS_OF", "DEFAULT_FINE_TUNE_MODEL", "DEFAULT_MODEL", "FINE_TUNE_DEFAULT_WHY", "MODELS", "ModelEntry", "ModelInfo", "api_for", "model_info"]
 
@@ -86,10 +86,12 @@ class ModelEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: float | None = Field(None, ge=0, allow_inf_nan=False, description="USD per 1M input tokens")
-    cached_input: float | None = Field(None, ge=0, allow_inf_nan=False,
+    # strict: `input: true` or `input: "0.1"` is a mistake, not $1.00 or $0.10 (an int is still a price)
+    input: float | None = Field(None, ge=0, allow_inf_nan=False, strict=True, description="USD per 1M input tokens")
+    cached_input: float | None = Field(None, ge=0, allow_inf_nan=False, strict=True,
                                        description="USD per 1M cached input tokens (prompt cache hits)")
-    output: float | None = Field(None, ge=0, allow_inf_nan=False, description="USD per 1M output tokens")
+    output: float | None = Field(None, ge=0, allow_inf_nan=False, strict=True,
+                                 description="USD per 1M output tokens")
     context: int | None = Field(None, ge=1, description="Context window in tokens")
     api: Literal["responses", "chat"] | None = Field(
         None, description="The API `api: auto` calls for this model (the backend's api_models still wins)")
@@ -99,6 +101,13 @@ class ModelEntry(BaseModel):
     substitute: str | None = Field(None, description="The model to name in the shutdown message")
     reasoning: bool | None = Field(None, description="A reasoning model (no temperature; see docs/platform.md)")
     fine_tunable: bool | None = Field(None, description="New fine-tuning jobs are accepted for it")
+
+    @model_validator(mode="after")
+    def _cached_not_above_input(self) -> ModelEntry:
+        if self.input is not None and self.cached_input is not None and self.cached_input > self.input:
+            raise ValueError(f"cached_input ({self.cached_input}) is above input ({self.input}): a prompt-cache hit "
+                             "is billed at most the input price; check the two figures")
+        return self
 
     def prices(self) -> dict[str, float]:
         """The price fields it sets (USD per 1M tokens), as the price table takes them."""

@@ -41,6 +41,9 @@ def _cli(monkeypatch: pytest.MonkeyPatch, *args: str, today: str = "2026-11-30")
     ("{imput: 0.1}", "unknown key 'imput' (did you mean 'input'?)", "oaipipe schema"),
     ("{api: completions}", "'responses' or 'chat'", "oaipipe schema"),
     ("{cached_input: 0.01}", "has no 'input' and no 'output' price", "`input: USD_PER_1M`"),
+    ("{input: true, output: 1}", "valid number", "oaipipe schema"),
+    ("{input: '0.1', output: 1}", "valid number", "oaipipe schema"),
+    ("{input: 0.1, cached_input: 0.5, output: 1}", "cached_input (0.5) is above input (0.1)", "oaipipe schema"),
 ])
 def test_a_bad_entry_is_refused_with_file_line_and_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        entry: str, message: str, fix: str) -> None:
