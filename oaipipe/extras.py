@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from .errors import ConfigError
 
-__all__ = ["EXTRAS", "require"]
+__all__ = ["EXTRAS", "missing", "require"]
 
 #: extra -> the distributions it installs (as in pyproject.toml)
 EXTRAS: dict[str, tuple[str, ...]] = {
@@ -34,3 +35,12 @@ def require(module: str, *, extra: str, feature: str) -> ModuleType:
             f"{feature} needs the Python package '{top}', which is not installed ({exc})",
             hint=f"install the extra: pip install 'oaipipe[{extra}]'",
         ) from None
+
+
+def missing(module: str, *, extra: str, feature: str) -> ConfigError | None:
+    """The error :func:`require` would raise for ``module``, found without importing it (a check that
+    costs nothing at ``validate`` or a run's start), or None when it is installed."""
+    if importlib.util.find_spec(module) is not None:
+        return None
+    return ConfigError(f"{feature} needs the Python package '{module}', which is not installed",
+                       hint=f"install the extra: pip install 'oaipipe[{extra}]'")

@@ -439,10 +439,24 @@ def check_deadline(pipeline: BuiltPipeline) -> None:
                              f"plans against a deadline (set `tier: auto`, or remove the deadline)")
 
 
+def check_executor(pipeline: BuiltPipeline) -> None:
+    """``run.executor: ray`` needs Ray installed: said at ``validate``, with the line, not mid-run."""
+    if pipeline.loaded.config.run.executor != "ray":
+        return
+    from .extras import missing
+
+    error = missing("ray", extra="ray", feature="run.executor: ray")
+    if error is not None:
+        line, col = pipeline.loaded.where("run.executor")
+        raise ConfigError(error.message, file=pipeline.file, line=line, column=col, key="run.executor",
+                          hint=f"{error.hint}, or set run.executor: local")
+
+
 #: the checks across blocks :func:`load_pipeline` runs once every block is valid; each raises a
 #: :class:`ConfigError` (with every problem it found in ``problems``)
 CHECKS: tuple[Callable[[BuiltPipeline], None], ...] = (check_name, check_templates, check_sink_paths, check_cache,
-                                                  check_train_select, check_models, check_deadline)
+                                                  check_train_select, check_models, check_deadline,
+                                                  check_executor)
 
 
 def public_data(data: Any) -> Any:

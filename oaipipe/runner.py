@@ -250,6 +250,11 @@ class Runner:
         notes = [f"warning: {w}" for w in pipeline.warnings] + ([pipeline.backend_note] if pipeline.backend_note else [])
         if self.options.dry_run:  # estimates the whole input, whatever the state of earlier runs
             return await self._dry_run(headline, notes)
+        if self.options.executor == "ray":  # --executor ray (the file's run.executor is checked at load)
+            from .extras import missing
+
+            if (error := missing("ray", extra="ray", feature="--executor ray")) is not None:
+                raise error
         # one run per run root at a time: the lock ends with this process, however it ends
         lock = _storage(lambda: lock_run_root(self.root, pipeline=pipeline.name, file=pipeline.file), self.root)
         try:

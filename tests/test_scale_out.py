@@ -195,3 +195,24 @@ def test_the_driver_killed_mid_run_resumes_with_the_pool_exactly_once(oaipipe_pr
     assert result.summary["status"] == "finished" and result.summary["workers"]["processes"] == 2
     assert result.summary["records"]["skipped"] >= done_before - 1  # a torn last journal line is redone
     assert [r["_id"] for r in project.records()] == [f"r{i}" for i in range(n)]
+
+
+def test_ray_not_installed_is_said_at_validate_with_its_line_and_before_a_run_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Ray, `run.executor: ray` is refused at validate (file, line, the extra to install), and
+    `--executor ray` before the run directory is made (not after "steps run in 2 Ray actors")."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    in_file = _project(tmp_path / "file", n=5)
+    in_file.write(run={"workers": 2, "pool_min_records": 0, "executor": "ray"})
+    checked = in_file.cli("validate", str(in_file.file))
+    assert checked.exit_code == 2
+    assert "run.executor: ray needs the Python package 'ray'" in checked.err
+    assert f"{in_file.file}:" in checked.err and "pip install 'oaipipe[ray]'" in checked.err
+    by_flag = _project(tmp_path / "flag", n=5)
+    result = by_flag.run("--executor", "ray", as_json=False)
+    assert result.exit_code == 2 and "--executor ray needs the Python package 'ray'" in result.err
+    assert "Ray actors" not in result.out + result.err
+    assert not (by_flag.path / "runs").exists()  # refused before any run directory was made
