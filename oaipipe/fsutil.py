@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["AtomicFile", "atomic_file", "dumps_json", "remove_stale_temps", "remove_stale_temps_in",
+__all__ = ["AtomicFile", "atomic_file", "dumps_json", "remove_stale_temps", "remove_stale_temps_in", "same_file",
            "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 #: the end of every temp file name :func:`atomic_file` makes
@@ -189,3 +189,14 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: equal after resolving symlinks, or (when both exist) the same
+    inode (a hard link, a bind mount)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

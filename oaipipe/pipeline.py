@@ -6,7 +6,6 @@ header: ``oaipipe validate`` is exactly :func:`load_pipeline` without running.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from .base import Backend, BackendOptions, Context, Sink, Source, Step
 from .cache import check_cache
 from .config import LoadedConfig, Problems, load_config, load_config_data
 from .errors import ConfigError, OaipipeError, redact
+from .fsutil import same_file
 from .lifecycle import check_models
 from .plugins import PluginHost
 from .pricing import PriceTable
@@ -290,17 +290,6 @@ def check_name(pipeline: BuiltPipeline) -> None:
     )
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file: equal after resolving symlinks, or (when both exist) the same
-    inode (a hard link, a bind mount)."""
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def check_sink_paths(pipeline: BuiltPipeline) -> None:
     """Two sinks writing one file would interleave their lines, and a sink writing the source (or the
     pipeline file) would destroy the input while it is read: refuse both (every such sink is reported)."""
@@ -317,7 +306,7 @@ def check_sink_paths(pipeline: BuiltPipeline) -> None:
         full = pipeline.context.path(path)
         resolved = full.resolve()
         line, col = pipeline.loaded.where(f"sinks.{i}.path")
-        clash = next((what for what, input_path in inputs if _same_file(full, input_path)), None)
+        clash = next((what for what, input_path in inputs if same_file(full, input_path)), None)
         if clash is not None:
             problems.add(ConfigError(
                 f"sink {i} would write {path}, which is {clash}: the input would be overwritten while it is "

@@ -39,7 +39,7 @@ from typing import Any
 
 from ..errors import ConfigError, DatasetError
 from ..extras import require
-from ..fsutil import atomic_file
+from ..fsutil import atomic_file, same_file
 from .build import _norm, _prompt_messages, _reply
 from .launch import _step_matches, build_dataset
 from .sources import Example, matches_select, read_examples
@@ -145,18 +145,9 @@ def check_target(out: Path, run_dir: Path) -> None:
         raise DatasetError(f"{out} is a file of run {folder.name}: the export does not overwrite it",
                            hint="write the export elsewhere, e.g. -o export/train.jsonl")
     for what, path in _run_inputs_and_outputs(run_dir):
-        if _same_file(out, path):
+        if same_file(out, path):
             raise DatasetError(f"{out} is {what} of run {run_dir.name}: the export does not overwrite it",
                                hint="write the export elsewhere, e.g. -o export/train.jsonl")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _run_inputs_and_outputs(run_dir: Path) -> list[tuple[str, Path]]:
