@@ -232,3 +232,16 @@ def test_the_tier_the_driver_chose_is_the_tier_the_actors_call_at(tmp_path: Path
     assert result.summary["workers"]["executor"] == "ray"
     assert result.summary["tier"]["chosen"] == "flex"
     assert result.summary["tier"]["calls"] == {"flex": 12}, result.summary["tier"]
+
+
+def test_calls_made_on_the_actors_are_priced_as_the_model_they_asked_for(tmp_path: Path) -> None:
+    """serve answers as ``local:<model>``, which no price table knows: a call is priced by the model it
+    asked for, also when an actor made it (the actor sends that model back with the answer's counts)."""
+    with running_server() as srv:
+        project = _api_project(tmp_path, srv.base_url, 8, model="gpt-6-luna")
+        result = project.run("--executor", "ray")
+    assert result.exit_code == 0, result.err
+    assert result.summary["workers"]["executor"] == "ray"
+    (ask,) = result.summary["by_step"]
+    assert ask["model"] == "local:gpt-6-luna" and ask["priced"] is True and ask["calls"] == 8
+    assert result.summary["cost_usd"] > 0
