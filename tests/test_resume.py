@@ -242,3 +242,20 @@ def test_a_finished_run_that_recorded_no_endpoint_is_done_for_any_server(tmp_pat
     _edit_json(run.meta_path, endpoint=None)
     selection = select_run(root, load_pipeline(path))
     assert (selection.mode, selection.run.run_id) == ("done", run.run_id)
+
+
+def test_retry_failed_without_a_run_or_with_fresh_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from oaipipe.errors import RunAborted
+    from oaipipe.pipeline import load_pipeline
+    from oaipipe.resume import select_run
+
+    path, root = _finished_run(tmp_path)
+    with pytest.raises(RunAborted) as raised:
+        select_run(root, load_pipeline(path), retry_failed=True, fresh=True)
+    assert raised.value.message == "--retry-failed and --fresh contradict each other"
+    assert raised.value.hint == ("--retry-failed redoes the failed records of the last run; "
+                                 "--fresh starts a new one")
+    with pytest.raises(RunAborted) as raised:
+        select_run(tmp_path / "elsewhere", load_pipeline(path), retry_failed=True)
+    assert raised.value.message == f"--retry-failed: this pipeline has no earlier run in {tmp_path / 'elsewhere'}"
+    assert raised.value.hint == "run it once without --retry-failed"
