@@ -143,3 +143,26 @@ def test_dry_run_says_so_before_anything_else(tmp_path: Path, capsys) -> None:
     assert main(["run", str(path), "--dry-run"]) == 0
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("oaipipe: t: ") and err[0].endswith(" (dry run: nothing is called)"), err
+
+
+def test_a_free_backend_that_answers_as_an_openai_model_costs_nothing_unless_priced() -> None:
+    # a plugin backend that is not `priced` and keeps the model id (Backend.model_label's default):
+    # its calls cost nothing, though the id has an OpenAI list price; an explicit `prices:` entry gives one
+    import asyncio
+    from types import SimpleNamespace
+
+    from oaipipe.dryrun import _Counter
+    from oaipipe.types import ChatRequest
+
+    backend = SimpleNamespace(priced=False, batched=False, options=SimpleNamespace(),
+                              model_label=lambda model: model)
+    request = ChatRequest(messages=[{"role": "user", "content": "hello there"}], model="gpt-4o-mini",
+                          max_tokens=10, step="ask:reply")
+    for prices, local_cost in ((PriceTable(), 0.0),
+                               (PriceTable({"gpt-4o-mini": {"input": 1e6, "output": 1e6}}), None)):
+        counter = _Counter(prices, 150, backend)  # type: ignore[arg-type]
+        asyncio.run(counter.call(request))
+        row = counter.by_step[("ask:reply", "gpt-4o-mini")]
+        assert row["cost_usd"] > 0, row  # what the calls would cost on OpenAI
+        expected = row["prompt_tokens"] + row["completion_tokens"] if local_cost is None else local_cost
+        assert row["local_cost"] == pytest.approx(expected), row
