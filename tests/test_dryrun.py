@@ -166,3 +166,20 @@ def test_a_free_backend_that_answers_as_an_openai_model_costs_nothing_unless_pri
         assert row["cost_usd"] > 0, row  # what the calls would cost on OpenAI
         expected = row["prompt_tokens"] + row["completion_tokens"] if local_cost is None else local_cost
         assert row["local_cost"] == pytest.approx(expected), row
+
+
+def test_a_model_without_a_price_costs_nothing_in_the_estimate_and_is_named_unpriced() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from oaipipe.dryrun import _Counter
+    from oaipipe.types import ChatRequest
+
+    backend = SimpleNamespace(priced=True, batched=False, options=SimpleNamespace(),
+                              model_label=lambda model: model)
+    counter = _Counter(PriceTable(), 150, backend)  # type: ignore[arg-type]
+    for model in ("no-such-model", "gpt-4o-mini"):
+        asyncio.run(counter.call(ChatRequest(messages=[{"role": "user", "content": "hi"}], model=model, step="s")))
+    assert counter.by_step[("s", "no-such-model")]["cost_usd"] == 0.0
+    assert counter.by_step[("s", "gpt-4o-mini")]["cost_usd"] > 0
+    assert counter.unpriced == {"no-such-model"}
