@@ -183,3 +183,23 @@ def test_a_model_without_a_price_costs_nothing_in_the_estimate_and_is_named_unpr
     assert counter.by_step[("s", "no-such-model")]["cost_usd"] == 0.0
     assert counter.by_step[("s", "gpt-4o-mini")]["cost_usd"] > 0
     assert counter.unpriced == {"no-such-model"}
+
+
+def test_at_the_priority_tier_a_model_without_priority_prices_is_unpriced() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from oaipipe.dryrun import _Counter
+    from oaipipe.types import ChatRequest
+
+    backend = SimpleNamespace(priced=True, batched=False, options=SimpleNamespace(tier="priority"),
+                              model_label=lambda model: model)
+    table = PriceTable({"plain": {"input": 1.0, "output": 2.0},
+                        "fast": {"input": 1.0, "output": 2.0, "priority_input": 3.0, "priority_output": 6.0}})
+    counter = _Counter(table, 150, backend)  # type: ignore[arg-type]
+    for model in ("plain", "fast"):
+        asyncio.run(counter.call(ChatRequest(messages=[{"role": "user", "content": "hi"}], model=model, step="s",
+                                             max_tokens=1_000_000)))
+    assert counter.unpriced == {"plain"} and counter.by_step[("s", "plain")]["cost_usd"] == 0.0
+    assert counter.by_step[("s", "fast")]["cost_usd"] == pytest.approx(
+        6.0 + counter.by_step[("s", "fast")]["prompt_tokens"] * 3.0 / 1e6)
