@@ -162,6 +162,7 @@ def test_a_free_backend_that_answers_as_an_openai_model_costs_nothing_unless_pri
                                (PriceTable({"gpt-4o-mini": {"input": 1e6, "output": 1e6}}), None)):
         counter = _Counter(prices, 150, backend)  # type: ignore[arg-type]
         asyncio.run(counter.call(request))
+        asyncio.run(counter.call(request))  # two calls: the row sums them
         row = counter.by_step[("ask:reply", "gpt-4o-mini")]
         assert row["cost_usd"] > 0, row  # what the calls would cost on OpenAI
         expected = row["prompt_tokens"] + row["completion_tokens"] if local_cost is None else local_cost
