@@ -204,3 +204,28 @@ def test_at_the_priority_tier_a_model_without_priority_prices_is_unpriced() -> N
     assert counter.unpriced == {"plain"} and counter.by_step[("s", "plain")]["cost_usd"] == 0.0
     assert counter.by_step[("s", "fast")]["cost_usd"] == pytest.approx(
         6.0 + counter.by_step[("s", "fast")]["prompt_tokens"] * 3.0 / 1e6)
+
+
+def test_a_dry_run_answers_a_json_request_with_an_empty_object_and_any_other_with_nothing() -> None:
+    # so that a step asking for JSON (a json_schema or json_object response_format) goes on as in a real run
+    import asyncio
+    from types import SimpleNamespace
+
+    from oaipipe.dryrun import _Counter
+    from oaipipe.types import ChatRequest
+
+    backend = SimpleNamespace(priced=True, batched=False, options=SimpleNamespace(), model_label=lambda m: m)
+    counter = _Counter(PriceTable(), 150, backend)  # type: ignore[arg-type]
+
+    def reply(response_format: dict | None) -> tuple[str, object]:
+        request = ChatRequest(messages=[{"role": "user", "content": "hi"}], model="gpt-4o-mini",
+                              response_format=response_format)
+        response = asyncio.run(counter.call(request))
+        assert response.backend == "dry-run" and response.model == "gpt-4o-mini"
+        return response.text, response.parsed
+
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    assert reply(schema) == ("{}", {})
+    assert reply({"type": "json_object"}) == ("{}", {})
+    assert reply({"type": "text"}) == ("", None)
+    assert reply(None) == ("", None)
