@@ -212,7 +212,7 @@ def test_a_dry_run_answers_a_json_request_with_an_empty_object_and_any_other_wit
     from types import SimpleNamespace
 
     from oaipipe.dryrun import _Counter
-    from oaipipe.types import ChatRequest
+    from oaipipe.types import ChatRequest, Usage
 
     backend = SimpleNamespace(priced=True, batched=False, options=SimpleNamespace(), model_label=lambda m: m)
     counter = _Counter(PriceTable(), 150, backend)  # type: ignore[arg-type]
@@ -222,6 +222,8 @@ def test_a_dry_run_answers_a_json_request_with_an_empty_object_and_any_other_wit
                               response_format=response_format)
         response = asyncio.run(counter.call(request))
         assert response.backend == "dry-run" and response.model == "gpt-4o-mini"
+        prompt = count_message_tokens(request.messages, "gpt-4o-mini")
+        assert response.usage == Usage(prompt, 150, prompt + 150)  # the request's tokens, the default reply's
         return response.text, response.parsed
 
     schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
