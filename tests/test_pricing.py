@@ -140,3 +140,19 @@ def test_a_lookup_names_the_model_it_was_asked_for_known_or_not() -> None:
     assert table.lookup("my-model", priced=False).known is True  # an explicit price: also for a free backend
     assert table.lookup("gpt-4o-mini", priced=False).known is False
     assert table.lookup("no-such-model").known is False and table.lookup("").known is False
+
+
+def test_a_call_priced_as_the_requested_model_gets_its_explicit_price_whole() -> None:
+    # the reported id is unknown (a proxy's label): the explicit price of the model asked for applies,
+    # as a plain model's price (its cached and priority prices), not as a fine-tuned model's
+    entry = {"input": 1.0, "cached_input": 0.25, "output": 4.0, "priority_input": 2.0, "priority_output": 8.0}
+    table = PriceTable({"my-model": entry})
+    price = table.lookup("deployment-7", requested="my-model")
+    assert (price.model, price.known) == ("deployment-7", True)
+    assert (price.input, price.cached_input, price.output) == (1.0, 0.25, 4.0)
+    assert (price.priority_input, price.priority_output) == (2.0, 8.0)
+
+
+def test_an_id_with_a_colon_that_is_not_a_fine_tune_is_priced_by_its_longest_known_prefix() -> None:
+    table = PriceTable()
+    assert table.lookup("gpt-4o-mini:eu-west").input == table.lookup("gpt-4o-mini").input > 0
