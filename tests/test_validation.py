@@ -299,3 +299,20 @@ def test_a_bad_row_does_not_stop_the_rows_after_it_and_the_token_limit_itself_is
     assert "example_over_token_limit" not in report.errors  # exactly at the limit: accepted
     over = validate_rows([("line 1", good)], model="gpt-4o-mini", token_limit=n - 1)
     assert over.errors["example_over_token_limit"] == [f"line 1 ({n:,} tokens)"]
+
+
+def test_tokens_are_counted_with_the_models_own_tokenizer_and_one_missing_system_message_is_warned() -> None:
+    from oaipipe.training.validate import PER_MESSAGE_OVERHEAD, REPLY_PRIMING
+
+    text = "Überraschend günstige Kaffeetassen — 日本語のレビュー ✓"
+    reply = {"role": "assistant", "content": text}
+    rows = [("line 1", {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text},
+                                     reply]}),
+            ("line 2", {"messages": [{"role": "user", "content": text}, reply]})]
+    for model in ("gpt-3.5-turbo", "gpt-4o-mini"):  # cl100k_base and o200k_base count this text differently
+        report = validate_rows(rows, model=model)
+        assert report.tokens["total"] == sum(count_message_tokens(r["messages"], model) for _, r in rows), model
+        own = count_message_tokens([reply], model) - REPLY_PRIMING - PER_MESSAGE_OVERHEAD  # the reply alone
+        assert report.assistant_tokens["total"] == 2 * own, model
+        assert report.warnings == ["1 example(s) have no system message while others do"]
+    assert validate_rows(rows[:1]).warnings == []  # every example has one: nothing to warn about
