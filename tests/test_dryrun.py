@@ -143,3 +143,91 @@ def test_dry_run_says_so_before_anything_else(tmp_path: Path, capsys) -> None:
     assert main(["run", str(path), "--dry-run"]) == 0
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("oaipipe: t: ") and err[0].endswith(" (dry run: nothing is called)"), err
+
+
+def test_a_free_backend_that_answers_as_an_openai_model_costs_nothing_unless_priced() -> None:
+    # a plugin backend that is not `priced` and keeps the model id (Backend.model_label's default):
+    # its calls cost nothing, though the id has an OpenAI list price; an explicit `prices:` entry gives one
+    import asyncio
+    from types import SimpleNamespace
+
+    from oaipipe.dryrun import _Counter
+    from oaipipe.types import ChatRequest
+
+    backend = SimpleNamespace(priced=False, batched=False, options=SimpleNamespace(),
+                              model_label=lambda model: model)
+    request = ChatRequest(messages=[{"role": "user", "content": "hello there"}], model="gpt-4o-mini",
+                          max_tokens=10, step="ask:reply")
+    for prices, local_cost in ((PriceTable(), 0.0),
+                               (PriceTable({"gpt-4o-mini": {"input": 1e6, "output": 1e6}}), None)):
+        counter = _Counter(prices, 150, backend)  # type: ignore[arg-type]
+        asyncio.run(counter.call(request))
+        asyncio.run(counter.call(request))  # two calls: the row sums them
+        row = counter.by_step[("ask:reply", "gpt-4o-mini")]
+        assert row["cost_usd"] > 0, row  # what the calls would cost on OpenAI
+        expected = row["prompt_tokens"] + row["completion_tokens"] if local_cost is None else local_cost
+        assert row["local_cost"] == pytest.approx(expected), row
+
+
+def test_a_model_without_a_price_costs_nothing_in_the_estimate_and_is_named_unpriced() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from oaipipe.dryrun import _Counter
+    from oaipipe.types import ChatRequest
+
+    backend = SimpleNamespace(priced=True, batched=False, options=SimpleNamespace(),
+                              model_label=lambda model: model)
+    counter = _Counter(PriceTable(), 150, backend)  # type: ignore[arg-type]
+    for model in ("no-such-model", "gpt-4o-mini"):
+        asyncio.run(counter.call(ChatRequest(messages=[{"role": "user", "content": "hi"}], model=model, step="s")))
+    assert counter.by_step[("s", "no-such-model")]["cost_usd"] == 0.0
+    assert counter.by_step[("s", "gpt-4o-mini")]["cost_usd"] > 0
+    assert counter.unpriced == {"no-such-model"}
+
+
+def test_at_the_priority_tier_a_model_without_priority_prices_is_unpriced() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from oaipipe.dryrun import _Counter
+    from oaipipe.types import ChatRequest
+
+    backend = SimpleNamespace(priced=True, batched=False, options=SimpleNamespace(tier="priority"),
+                              model_label=lambda model: model)
+    table = PriceTable({"plain": {"input": 1.0, "output": 2.0},
+                        "fast": {"input": 1.0, "output": 2.0, "priority_input": 3.0, "priority_output": 6.0}})
+    counter = _Counter(table, 150, backend)  # type: ignore[arg-type]
+    for model in ("plain", "fast"):
+        asyncio.run(counter.call(ChatRequest(messages=[{"role": "user", "content": "hi"}], model=model, step="s",
+                                             max_tokens=1_000_000)))
+    assert counter.unpriced == {"plain"} and counter.by_step[("s", "plain")]["cost_usd"] == 0.0
+    assert counter.by_step[("s", "fast")]["cost_usd"] == pytest.approx(
+        6.0 + counter.by_step[("s", "fast")]["prompt_tokens"] * 3.0 / 1e6)
+
+
+def test_a_dry_run_answers_a_json_request_with_an_empty_object_and_any_other_with_nothing() -> None:
+    # so that a step asking for JSON (a json_schema or json_object response_format) goes on as in a real run
+    import asyncio
+    from types import SimpleNamespace
+
+    from oaipipe.dryrun import _Counter
+    from oaipipe.types import ChatRequest, Usage
+
+    backend = SimpleNamespace(priced=True, batched=False, options=SimpleNamespace(), model_label=lambda m: m)
+    counter = _Counter(PriceTable(), 150, backend)  # type: ignore[arg-type]
+
+    def reply(response_format: dict | None) -> tuple[str, object]:
+        request = ChatRequest(messages=[{"role": "user", "content": "hi"}], model="gpt-4o-mini",
+                              response_format=response_format)
+        response = asyncio.run(counter.call(request))
+        assert response.backend == "dry-run" and response.model == "gpt-4o-mini"
+        prompt = count_message_tokens(request.messages, "gpt-4o-mini")
+        assert response.usage == Usage(prompt, 150, prompt + 150)  # the request's tokens, the default reply's
+        return response.text, response.parsed
+
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    assert reply(schema) == ("{}", {})
+    assert reply({"type": "json_object"}) == ("{}", {})
+    assert reply({"type": "text"}) == ("", None)
+    assert reply(None) == ("", None)

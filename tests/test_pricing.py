@@ -118,3 +118,41 @@ def test_the_prompt_cache_saving_is_the_input_price_minus_the_cached_price() -> 
     assert price.cache_saving(1_000_000, batch=True) == pytest.approx(0.375)  # half price, half the saving
     assert price.cache_saving(0) == 0.0 and price.cache_saving(-5) == 0.0
     assert Price("m", input=1.0, output=2.0).cache_saving(1_000_000) == 0.0  # no cached price: nothing saved
+
+
+def test_a_call_costs_its_tokens_at_the_tier_rates_with_cached_tokens_at_the_cached_price() -> None:
+    price = Price("m", input=2.0, cached_input=0.5, output=8.0)
+    assert price.cost(1_000_000, 0) == 2.0  # exactly: USD per 1M tokens
+    assert price.cost(0, 1_000_000) == 8.0
+    assert price.cost(1_000_000, 1_000_000, batch=True) == 5.0  # the Batch API: half of 2 + 8
+    assert price.cost(1_000_000, 1_000_000, batch=True, tier="standard") == 10.0  # the tier wins over batch
+    # 400k of the 1M prompt tokens from the prompt cache: 600k at 2.0 + 400k at 0.5
+    assert price.cost(1_000_000, 0, cached_tokens=400_000) == pytest.approx(1.4)
+    assert price.cost(100, 0, cached_tokens=500) == pytest.approx(100 * 0.5 / 1e6)  # never more than the prompt
+
+
+def test_a_lookup_names_the_model_it_was_asked_for_known_or_not() -> None:
+    table = PriceTable({"my-model": {"input": 1.0, "output": 2.0}})
+    for model, priced in (("my-model", True), ("my-model", False), ("gpt-4o-mini", False),
+                          ("no-such-model", True), ("local:gpt-4o-mini", True)):
+        price = table.lookup(model, priced=priced)
+        assert price.model == model, (model, priced)
+    assert table.lookup("my-model", priced=False).known is True  # an explicit price: also for a free backend
+    assert table.lookup("gpt-4o-mini", priced=False).known is False
+    assert table.lookup("no-such-model").known is False and table.lookup("").known is False
+
+
+def test_a_call_priced_as_the_requested_model_gets_its_explicit_price_whole() -> None:
+    # the reported id is unknown (a proxy's label): the explicit price of the model asked for applies,
+    # as a plain model's price (its cached and priority prices), not as a fine-tuned model's
+    entry = {"input": 1.0, "cached_input": 0.25, "output": 4.0, "priority_input": 2.0, "priority_output": 8.0}
+    table = PriceTable({"my-model": entry})
+    price = table.lookup("deployment-7", requested="my-model")
+    assert (price.model, price.known) == ("deployment-7", True)
+    assert (price.input, price.cached_input, price.output) == (1.0, 0.25, 4.0)
+    assert (price.priority_input, price.priority_output) == (2.0, 8.0)
+
+
+def test_an_id_with_a_colon_that_is_not_a_fine_tune_is_priced_by_its_longest_known_prefix() -> None:
+    table = PriceTable()
+    assert table.lookup("gpt-4o-mini:eu-west").input == table.lookup("gpt-4o-mini").input > 0

@@ -168,3 +168,94 @@ def test_the_endpoint_of_a_backend_whose_options_name_no_server() -> None:
     assert backend_endpoint(backend(SimpleNamespace(), True)) == OPENAI_BASE_URL
     assert backend_endpoint(backend(SimpleNamespace(base_url="http://h:1/v1/"), True)) == "http://h:1/v1"
     assert backend_endpoint(backend(SimpleNamespace(base_url="http://h:1/BOX/"), False)) == "http://h:1/BOX"
+
+
+def _finished_run(tmp_path: Path, prompt: str = "Reply to: {text}") -> tuple[Path, Path]:
+    """A local pipeline over three rows, run to the end: (its file, its run root)."""
+    from oaipipe.runner import run_pipeline_file
+
+    text = (f"name: t\nbackend: {{type: local}}\nsource: {{type: csv, path: r.csv, id_column: id}}\n"
+            f"steps:\n  - {{type: ask, prompt: \"{prompt}\", output: reply}}\n"
+            f"sinks:\n  - {{type: jsonl, path: out/records.jsonl}}\n")
+    path = PipelineProject(tmp_path).write(text, files={"r.csv": [("id", "text"), ("1", "a"), ("2", "b"), ("3", "c")]})
+    summary = run_pipeline_file(path)
+    assert summary["status"] == "finished"
+    return path, Path(summary["run_dir"]).parent
+
+
+def _edit_json(path: Path, **changes: object) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def test_retry_failed_after_a_change_says_what_changed_and_how_to_go_on(tmp_path: Path) -> None:
+    from oaipipe.errors import RunAborted
+    from oaipipe.pipeline import load_pipeline
+    from oaipipe.resume import select_run
+
+    path, root = _finished_run(tmp_path)
+    run_id = select_run(root, load_pipeline(path)).run.run_id
+    _finished_run(tmp_path, prompt="Answer: {text}")  # the steps changed (and that run is the latest now)
+    latest = select_run(root, load_pipeline(path)).run.run_id
+    path.write_text(path.read_text(encoding="utf-8").replace("Answer: {text}", "Say: {text}"), encoding="utf-8")
+    with pytest.raises(RunAborted) as raised:
+        select_run(root, load_pipeline(path), retry_failed=True)
+    assert latest != run_id
+    assert raised.value.message == f"the steps changed since run {latest}; --retry-failed needs the same pipeline"
+    assert raised.value.hint == "undo the change, or start over with --fresh"
+
+
+def test_a_run_whose_summary_says_nothing_to_do_counts_as_finished(tmp_path: Path) -> None:
+    from oaipipe.pipeline import load_pipeline
+    from oaipipe.resume import select_run
+
+    path, root = _finished_run(tmp_path)
+    run = select_run(root, load_pipeline(path)).run
+    _edit_json(run.summary_path, status="nothing-to-do")
+    selection = select_run(root, load_pipeline(path))
+    assert (selection.mode, selection.run.run_id) == ("done", run.run_id)
+
+
+def test_a_run_stopped_while_training_is_continued_at_its_train_step(tmp_path: Path) -> None:
+    from oaipipe.pipeline import load_pipeline
+    from oaipipe.resume import select_run
+
+    path, root = _finished_run(tmp_path)
+    run = select_run(root, load_pipeline(path)).run
+    _edit_json(run.summary_path, status="training")  # its records done, its train: step not
+    selection = select_run(root, load_pipeline(path))
+    assert (selection.mode, selection.run.run_id, selection.skip) == ("train", run.run_id, None)
+
+
+def test_a_finished_run_that_recorded_no_endpoint_is_done_for_any_server(tmp_path: Path) -> None:
+    # a run directory written before pipeline.json had its `endpoint` field: the run is still done
+    from oaipipe.pipeline import load_pipeline
+    from oaipipe.resume import select_run
+
+    path, root = _finished_run(tmp_path)
+    run = select_run(root, load_pipeline(path)).run
+    _edit_json(run.meta_path, endpoint=None)
+    selection = select_run(root, load_pipeline(path))
+    assert (selection.mode, selection.run.run_id) == ("done", run.run_id)
+
+
+def test_retry_failed_without_a_run_or_with_fresh_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from oaipipe.errors import RunAborted
+    from oaipipe.pipeline import load_pipeline
+    from oaipipe.resume import select_run
+
+    path, root = _finished_run(tmp_path)
+    with pytest.raises(RunAborted) as raised:
+        select_run(root, load_pipeline(path), retry_failed=True, fresh=True)
+    assert raised.value.message == "--retry-failed and --fresh contradict each other"
+    assert raised.value.hint == ("--retry-failed redoes the failed records of the last run; "
+                                 "--fresh starts a new one")
+    with pytest.raises(RunAborted) as raised:
+        select_run(tmp_path / "elsewhere", load_pipeline(path), retry_failed=True)
+    assert raised.value.message == f"--retry-failed: this pipeline has no earlier run in {tmp_path / 'elsewhere'}"
+    assert raised.value.hint == "run it once without --retry-failed"

@@ -266,3 +266,53 @@ def test_a_dpo_output_is_checked_like_a_conversation_and_blamed_by_name() -> Non
         "missing_content": ["line 12 (preferred_output)"],
     }
     assert validate_rows(good, method="dpo").ok
+
+
+def test_validate_rows_describes_what_it_checked_and_refuses_an_unknown_method() -> None:
+    from oaipipe.errors import DatasetError
+    from oaipipe.models_table import DEFAULT_FINE_TUNE_MODEL
+    from oaipipe.tokens import tokenizer_name
+    from oaipipe.training.validate import MIN_EXAMPLES
+
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
+    report = validate_rows([("line 1", row)])
+    assert (report.source, report.model, report.min_examples) == ("dataset", DEFAULT_FINE_TUNE_MODEL, MIN_EXAMPLES)
+    assert report.tokenizer == tokenizer_name(DEFAULT_FINE_TUNE_MODEL)
+    assert report.assistant_tokens and report.assistant_tokens["max"] > 0
+    report = validate_rows([("line 1", row)], model="gpt-3.5-turbo", source="d.jsonl", min_examples=3)
+    assert (report.source, report.model, report.min_examples) == ("d.jsonl", "gpt-3.5-turbo", 3)
+    assert report.tokenizer == tokenizer_name("gpt-3.5-turbo")
+    with pytest.raises(DatasetError) as raised:
+        validate_rows([("line 1", row)], method="ppo")
+    assert (raised.value.message, raised.value.hint) == ("unknown fine-tuning method 'ppo'", "use supervised or dpo")
+
+
+def test_a_bad_row_does_not_stop_the_rows_after_it_and_the_token_limit_itself_is_allowed() -> None:
+    from oaipipe.training.validate import ParseError
+
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
+    n = count_message_tokens(good["messages"], "gpt-4o-mini")
+    report = validate_rows([("line 1", ParseError("not JSON")), ("line 2", 5), ("line 3", good)],
+                           model="gpt-4o-mini", token_limit=n)
+    assert set(report.errors) >= {"invalid_json", "data_type"}
+    assert report.tokens["total"] == n and report.messages_per_example["total"] == 2  # line 3 was counted
+    assert "example_over_token_limit" not in report.errors  # exactly at the limit: accepted
+    over = validate_rows([("line 1", good)], model="gpt-4o-mini", token_limit=n - 1)
+    assert over.errors["example_over_token_limit"] == [f"line 1 ({n:,} tokens)"]
+
+
+def test_tokens_are_counted_with_the_models_own_tokenizer_and_one_missing_system_message_is_warned() -> None:
+    from oaipipe.training.validate import PER_MESSAGE_OVERHEAD, REPLY_PRIMING
+
+    text = "Überraschend günstige Kaffeetassen — 日本語のレビュー ✓"
+    reply = {"role": "assistant", "content": text}
+    rows = [("line 1", {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text},
+                                     reply]}),
+            ("line 2", {"messages": [{"role": "user", "content": text}, reply]})]
+    for model in ("gpt-3.5-turbo", "gpt-4o-mini"):  # cl100k_base and o200k_base count this text differently
+        report = validate_rows(rows, model=model)
+        assert report.tokens["total"] == sum(count_message_tokens(r["messages"], model) for _, r in rows), model
+        own = count_message_tokens([reply], model) - REPLY_PRIMING - PER_MESSAGE_OVERHEAD  # the reply alone
+        assert report.assistant_tokens["total"] == 2 * own, model
+        assert report.warnings == ["1 example(s) have no system message while others do"]
+    assert validate_rows(rows[:1]).warnings == []  # every example has one: nothing to warn about
