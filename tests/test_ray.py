@@ -98,7 +98,11 @@ def test_two_actors_share_one_rate_limit_counted_at_the_server(tmp_path: Path) -
     assert result.exit_code == 0, result.err
     assert result.summary["workers"]["executor"] == "ray"  # the API step ran on the actors
     assert result.summary["records"]["done"] == 40 and result.summary["calls"] == 40
-    assert stats["requests"] == 40 and not stats["by_status"].get("429"), stats
+    # one limiter hands out 10 turns a second; two limiters of 600 RPM would send 20 a second into the
+    # server's 15 (about 5 refused a second, over 10 in the run). Under heavy CPU load an actor that
+    # took its turn may send it late, bunching two turns into one server second: a 429 or two, retried
+    refused = stats["by_status"].get("429", 0)
+    assert refused <= 2 and stats["requests"] == 40 + refused, stats
     assert result.summary["rate_limit"]["rpm"] == 600
     assert result.summary["rate_limit"]["shared_by"] == 2  # both actors took their turns from it
 
