@@ -27,6 +27,7 @@ BROKEN = [
     ("missing_preferred_output.jsonl", "missing_preferred_output", "dpo"),
     ("missing_non_preferred_output.jsonl", "missing_non_preferred_output", "dpo"),
     ("invalid_weight.jsonl", "invalid_weight", "supervised"),
+    ("image_in_assistant_message.jsonl", "image_in_assistant_message", "supervised"),
 ]
 
 
@@ -316,3 +317,43 @@ def test_tokens_are_counted_with_the_models_own_tokenizer_and_one_missing_system
         assert report.assistant_tokens["total"] == 2 * own, model
         assert report.warnings == ["1 example(s) have no system message while others do"]
     assert validate_rows(rows[:1]).warnings == []  # every example has one: nothing to warn about
+
+
+def test_an_image_in_a_reply_is_an_error_and_its_tokens_are_counted_at_the_models_image_rate() -> None:
+    from oaipipe.tokens import image_tokens
+    from oaipipe.training.validate import PER_MESSAGE_OVERHEAD, REPLY_PRIMING
+
+    image = {"type": "image_url", "image_url": {"url": "https://example.invalid/a.png", "detail": "low"}}
+    user = {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}
+    ok = {"messages": [user, {"role": "assistant", "content": "A cat."}]}  # an image in a question: fine
+    bad = {"messages": [{"role": "user", "content": "Draw a cat."},
+                        {"role": "assistant", "content": [{"type": "text", "text": "Here:"}, image]}]}
+    report = validate_rows([("line 1", ok), ("line 2", bad)], model="gpt-4o-mini")
+    assert report.errors["image_in_assistant_message"] == ["line 2"]
+    dpo = {"input": {"messages": [user]}, "preferred_output": [{"role": "assistant", "content": [image]}],
+           "non_preferred_output": [{"role": "assistant", "content": "A dog."}]}
+    assert validate_rows([("line 1", dpo)], method="dpo").errors["image_in_assistant_message"] == [
+        "line 1 (preferred_output)"]
+    # the figures still describe the file as written: the reply's image at gpt-4o-mini's own rate (2833 for a
+    # low-detail image, not gpt-4o's 85)
+    reply = bad["messages"][1]
+    text_only = count_message_tokens([{"role": "assistant", "content": "Here:"}], "gpt-4o-mini")
+    assert report.assistant_tokens["max"] == (text_only + image_tokens(1, 1, "low", model="gpt-4o-mini")
+                                              - REPLY_PRIMING - PER_MESSAGE_OVERHEAD)
+    assert count_message_tokens([reply], "gpt-4o-mini", image_model="gpt-4o-mini") - text_only == 2833
+
+
+def test_no_row_a_user_can_write_makes_the_token_count_fail() -> None:
+    # a count never fails (oaipipe.tokens.count_tokens): a row the format checks let through, however odd, is
+    # counted and the rows after it are checked too
+    odd_contents: list[Any] = [
+        "<|endoftext|> <|im_start|>", "\udcff lone surrogate", "x" * 200_000, [1, None, [2]], {"text": "a dict"},
+        [{"type": "image_url", "image_url": "not a dict"}], [{"type": "image_url", "image_url": {"detail": ["x"]}}],
+        [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}, "detail": 7}],
+        [{"type": "input_image"}], [{"type": "text", "text": {"nested": True}}], [{"type": None}], 12.5, True,
+    ]
+    rows = [(f"line {i}", {"messages": [{"role": "user", "content": c, "name": "n"},
+                                        {"role": "assistant", "content": "ok", "weight": 1}]})
+            for i, c in enumerate(odd_contents, start=1)]
+    report = validate_rows(rows, model="gpt-4o-mini")
+    assert report.messages_per_example["total"] == 2 * len(odd_contents)  # every row was counted

@@ -2,7 +2,8 @@
 
 Format categories (the cookbook's names): ``data_type``, ``missing_messages_list``,
 ``message_missing_key``, ``message_unrecognized_key``, ``unrecognized_role``, ``missing_content``,
-``example_missing_assistant_message``; plus ``invalid_json`` (a line that is not JSON), ``invalid_weight``
+``example_missing_assistant_message``; plus ``image_in_assistant_message`` (an image part in a reply: fine-tuning
+learns text replies), ``invalid_json`` (a line that is not JSON), ``invalid_weight``
 (a message ``weight`` other than 0 or 1),
 ``missing_preferred_output`` / ``missing_non_preferred_output`` (DPO rows), ``too_few_examples``
 (OpenAI refuses fewer than 10) and ``example_over_token_limit``.
@@ -48,6 +49,8 @@ CATEGORIES: dict[str, str] = {
     "missing_content": "content must be a non-empty string",
     "invalid_weight": "a message's \"weight\" must be 0 (do not learn from this reply) or 1 (learn from it)",
     "example_missing_assistant_message": "each example needs at least one assistant message to learn from",
+    "image_in_assistant_message": "images may only be in user messages; an assistant reply (what the model "
+                                  "learns to write) must be text",
     "missing_preferred_output": "DPO rows need \"preferred_output\": [{\"role\": \"assistant\", \"content\": ...}]",
     "missing_non_preferred_output": "DPO rows need \"non_preferred_output\": [{\"role\": \"assistant\", "
                                     "\"content\": ...}]",
@@ -166,9 +169,16 @@ def _check_messages(report: ValidationReport, messages: Any, where: str, *, need
             report.add("missing_content", where)
         if "weight" in message and not _valid_weight(message["weight"]):
             report.add("invalid_weight", where)
+        if message.get("role") == "assistant" and _has_image(content):
+            report.add("image_in_assistant_message", where)
     if need_assistant and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         report.add("example_missing_assistant_message", where)
     return usable
+
+
+def _has_image(content: Any) -> bool:
+    return isinstance(content, list) and any(
+        isinstance(part, dict) and part.get("type") in ("image_url", "input_image") for part in content)
 
 
 def _valid_weight(value: Any) -> bool:
@@ -227,12 +237,11 @@ def validate_rows(rows: list[tuple[str, Any]], *, method: str = "supervised", mo
         if example is None:
             continue
         convo, replies = example
-        try:
-            n = count_message_tokens(convo, model, image_model=model)
-            a = sum(count_message_tokens([m], model, image_model=model) - REPLY_PRIMING - PER_MESSAGE_OVERHEAD
-                    for m in replies)
-        except Exception:  # noqa: BLE001 - malformed content already reported above
-            continue
+        # a count never fails (oaipipe.tokens.count_tokens; every message here is a dict); images are counted at
+        # the model's own rate, and a reply's images (an error above) like its text
+        n = count_message_tokens(convo, model, image_model=model)
+        a = sum(count_message_tokens([m], model, image_model=model) - REPLY_PRIMING - PER_MESSAGE_OVERHEAD
+                for m in replies)
         lengths.append(n)
         assistant.append(a)
         n_messages.append(len(convo))
