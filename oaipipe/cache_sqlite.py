@@ -59,6 +59,7 @@ from .cache import (
     parse_size,
     read_file_entry,
 )
+from .errors import redact_data
 
 __all__ = ["DB_NAME", "SqliteStore"]
 
@@ -546,7 +547,9 @@ class SqliteStore(CacheStore):
                 created = int(path.stat().st_mtime)
             except (OSError, ValueError):
                 continue  # unreadable: it was a miss before, and goes with the others
-            rows.append((_h(key), key, created, created, encode(compact_entry(value), self.options.compress)))
+            # masked as ResponseCache.put masks a new answer: entries of older versions were stored as they came
+            value = redact_data(compact_entry(value))
+            rows.append((_h(key), key, created, created, encode(value, self.options.compress)))
         conn.execute("BEGIN IMMEDIATE")
         try:
             before = conn.total_changes

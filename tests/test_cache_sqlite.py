@@ -390,6 +390,28 @@ def test_a_kill_mid_migration_leaves_a_working_cache_that_finishes_next_time(tmp
     _wait_until_removed(cache, tmp_path)
 
 
+def test_entries_imported_from_an_old_directory_cache_have_their_secrets_masked(tmp_path: Path) -> None:
+    from oaipipe.cache import _FORMAT
+    from oaipipe.errors import register_secret
+
+    secret = "sk-stored-unmasked-by-an-old-version-0123456789"
+    register_secret(secret)
+    cache = ResponseCache(tmp_path, store=FileStore.at(tmp_path), namespace="srv")
+    request = _req("what key do I use?")
+    # written the way versions before the masking wrote it: the answer as it came, echoing the key
+    cache.store.put(cache.key_for(request), {"format": _FORMAT, "response": _resp(f"you sent {secret}").to_dict()})
+    assert secret.encode() in b"".join(p.read_bytes() for p in tmp_path.glob("??/*.json"))
+    imported = ResponseCache(tmp_path, namespace="srv")
+    hit = imported.get(request)
+    assert hit is not None and hit.text == "you sent ***"
+    _wait_until_removed(imported, tmp_path)
+    imported.close()
+    from oaipipe.cache_sqlite import decode
+
+    rows = sqlite3.connect(tmp_path / DB_NAME).execute("SELECT value FROM entries").fetchall()
+    assert len(rows) == 1 and secret not in json.dumps(decode(rows[0][0]))  # the stored row, decompressed
+
+
 # --- damage and locks -----------------------------------------------------------------------------
 
 
@@ -572,3 +594,4 @@ def test_a_write_that_finds_the_file_malformed_has_it_checked_at_the_next_open(t
     with pytest.raises(sqlite3.DatabaseError):
         store.put(_key(2), _value(2))  # the response cache turns this into one warning and an uncached run
     assert (tmp_path / f"{DB_NAME}.check").exists()
+
