@@ -325,3 +325,15 @@ def test_bad_shutdown_dates_are_refused_naming_the_model() -> None:
 
     result = CliRunner().invoke(cli, ["serve", "--model-shutdown", "gpt-4o-mini"])
     assert result.exit_code != 0 and "MODEL=YYYY-MM-DD" in (result.output + str(result.exception))
+
+
+def test_serve_and_the_client_model_table_agree_on_which_models_reason(server: Any) -> None:
+    from oaipipe.models_table import MODELS, model_info
+    from oaipipe.server.options import is_reasoning_model
+
+    names = [n + ("4" if n in ("gpt-5.", "o") else "") for n in MODELS]  # "gpt-5." / "o" are prefixes
+    assert {n: is_reasoning_model(n) for n in names} == {n: bool(model_info(n) and model_info(n).reasoning)
+                                                          for n in names}
+    luna = client(server).responses.create(model="gpt-6-luna", input="Is the mug dishwasher safe?")  # the default
+    assert luna.reasoning.effort == "medium"
+    assert luna.usage.output_tokens_details.reasoning_tokens == REASONING_TOKENS["medium"]

@@ -2,7 +2,7 @@
 
 * :func:`refuse_unsupported`: what the engine cannot honour (tools, stored conversations, logprobs, ...) is
   refused with a 400 in OpenAI's shape instead of being ignored.
-* :func:`reasoning_for`: reasoning effort for reasoning-class models (gpt-5, o-series); a fixed stand-in
+* :func:`reasoning_for`: reasoning effort for reasoning-class models (gpt-5, gpt-6, o-series); a fixed stand-in
   count of reasoning tokens per effort (the engine does not reason); their refusals of ``max_tokens`` and
   of a ``temperature`` other than 1, and of reasoning options on other models.
 * :func:`service_tier`: ``service_tier`` echoed as served (``auto`` → ``default``, ``fast`` → ``priority``),
@@ -106,7 +106,7 @@ DEFAULT_EFFORT = "medium"
 #: stand-in reasoning tokens per effort: the engine does not reason; these fixed numbers are reported (and
 #: counted in the output tokens, as OpenAI bills them) so that a client's accounting can be tested
 REASONING_TOKENS = {"none": 0, "minimal": 8, "low": 32, "medium": 64, "high": 128, "xhigh": 256, "max": 512}
-_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(?!.*-chat)")
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5|gpt-6)(?!.*-chat)")
 
 
 def base_model(model: str) -> str:
@@ -119,7 +119,7 @@ def base_model(model: str) -> str:
 
 
 def is_reasoning_model(model: str) -> bool:
-    """gpt-5 models (not the ``-chat`` ones) and the o-series, and models fine-tuned from them."""
+    """gpt-5 and gpt-6 models (not the ``-chat`` ones) and the o-series, and models fine-tuned from them."""
     return bool(_REASONING_MODEL.match(base_model(model)))
 
 
