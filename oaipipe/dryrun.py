@@ -6,7 +6,10 @@ a run, but the backend is replaced by a stand-in that only *measures* each reque
 * prompt tokens: :func:`oaipipe.tokens.count_message_tokens` (images by the request model's rule:
   :func:`oaipipe.tokens.image_tokens` with ``model=``, e.g. 2833 + 5667 per tile on gpt-4o-mini);
 * completion tokens: the request's ``max_tokens`` if set, else ``completion_tokens`` per call
-  (default :data:`DEFAULT_COMPLETION_TOKENS`), an assumption the summary states;
+  (default :data:`DEFAULT_COMPLETION_TOKENS`), an assumption the summary states; a reasoning model
+  (:func:`oaipipe.models_table.model_info`) also spends reasoning tokens, billed as output, which no
+  offline count can know: without ``max_tokens`` (which caps reasoning and reply together) the summary
+  names such models (``reasoning_not_counted``) instead of guessing;
 * cost: :class:`oaipipe.pricing.PriceTable` with the pipeline's ``prices:``, at the backend's tier
   (:func:`oaipipe.tiers.configured_tier`): half price for a :attr:`~oaipipe.base.Backend.batched` backend and
   for ``tier: flex``; with ``tier: auto`` the tier planner's choice, and its plan (``tier_plan``: each tier's
@@ -24,7 +27,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .base import StepContext
-from .models_table import DEFAULT_MODEL
+from .models_table import DEFAULT_MODEL, Models, model_info
 from .pricing import PriceTable
 from .tiers import configured_tier, plan_for, tier_costs
 from .tokens import count_message_tokens, tokenizer_name
@@ -41,19 +44,25 @@ DEFAULT_COMPLETION_TOKENS = 150
 
 
 class _Counter:
-    def __init__(self, prices: PriceTable, completion_tokens: int, backend: Backend) -> None:
+    def __init__(self, prices: PriceTable, completion_tokens: int, backend: Backend,
+                 models: Models | None = None) -> None:
         self.prices = prices
+        self.models = models
         self.completion_tokens = completion_tokens
         self.backend = backend
         self.tier = configured_tier(backend)
         self.free = not backend.priced
         self.by_step: dict[tuple[str, str], dict[str, Any]] = {}
         self.unpriced: set[str] = set()
+        #: reasoning models called without max_tokens: their reasoning tokens (billed as output) are not counted
+        self.reasoning_uncapped: set[str] = set()
 
     async def call(self, request: ChatRequest) -> ChatResponse:
         # images by the request model's own rule (gpt-4o-mini, patch-based models bill differently)
         prompt = count_message_tokens(request.messages, request.model, image_model=request.model)
         completion = request.max_tokens or self.completion_tokens
+        if not request.max_tokens and _reasons(request.model, self.models):
+            self.reasoning_uncapped.add(request.model)
         price = self.prices.lookup(request.model)
         # a free backend costs nothing, unless a `prices:` entry names the model id it answers with
         # (the local engine answers as `local:<model>`)
@@ -81,6 +90,11 @@ class _Counter:
                             parsed={} if json_reply else None)
 
 
+def _reasons(model: str, models: Models | None) -> bool:
+    info = model_info(model, models)
+    return bool(info and info.reasoning)
+
+
 def estimate(pipeline: BuiltPipeline, limit: int | None = None, *,
              completion_tokens: int = DEFAULT_COMPLETION_TOKENS, shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """The dry-run part of a summary: ``records`` and ``estimate`` (tokens, cost, per step and model).
@@ -91,8 +105,8 @@ def estimate(pipeline: BuiltPipeline, limit: int | None = None, *,
 async def _estimate(pipeline: BuiltPipeline, limit: int | None, completion_tokens: int,
                     shard: tuple[int, int] | None = None) -> dict[str, Any]:
     backend = pipeline.backend
-    counter = _Counter(PriceTable(pipeline.loaded.config.prices, models=pipeline.loaded.config.models),
-                       completion_tokens, backend)
+    config = pipeline.loaded.config
+    counter = _Counter(PriceTable(config.prices, models=config.models), completion_tokens, backend, config.models)
     total = failed = 0
     errors: list[str] = []
     records = pipeline.source.records()
@@ -163,6 +177,8 @@ def _notes_and_plan(est: dict[str, Any], counter: _Counter, cost: float) -> dict
         est["note"] = f"priced at the {counter.tier} tier"
     if counter.unpriced:
         est["unpriced_models"] = sorted(counter.unpriced)
+    if counter.reasoning_uncapped:
+        est["reasoning_not_counted"] = sorted(counter.reasoning_uncapped)
     plan = None if counter.free else plan_for(backend, est, counter.prices)
     if plan is None:
         return None

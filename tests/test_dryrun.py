@@ -120,6 +120,23 @@ def test_dry_run_prices_the_local_engine_like_the_real_run(tmp_path: Path) -> No
     assert real["cost_usd"] > 0
 
 
+def test_a_dry_run_names_the_reasoning_models_whose_reasoning_tokens_it_cannot_count(tmp_path: Path, capsys) -> None:
+    # reasoning tokens are billed as output and no offline count knows them: a call without max_tokens (which
+    # caps reasoning and reply together) to a reasoning model is named, a capped one or a plain model is not
+    steps = ('- {type: ask, prompt: "Reply to: {text}", output: a}\n'
+             '- {type: ask, prompt: "Again: {text}", output: b, model: gpt-5-mini, max_tokens: 400}\n'
+             '- {type: ask, prompt: "Once more: {text}", output: c, model: gpt-4o-mini}\n')
+    path = write_pipeline(tmp_path, "{type: local}", n=2, steps=steps)
+    assert main(["run", str(path), "--dry-run", "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)["estimate"]
+    assert est["reasoning_not_counted"] == [DEFAULT_MODEL]  # gpt-6-luna reasons by default
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {DEFAULT_MODEL} reason: the reasoning tokens, billed as output, are not in this estimate" in out
+    plain = write_pipeline(tmp_path / "plain", "{type: local, model: gpt-4o-mini}", n=2)
+    assert "reasoning_not_counted" not in run_pipeline_file(plain, dry_run=True)["estimate"]
+
+
 # --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
 
 
