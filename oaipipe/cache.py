@@ -311,8 +311,12 @@ class FileStore(CacheStore):
 class CacheStats:
     """What one :class:`ResponseCache` did in this process (the run summary's ``cache`` block)."""
 
+    #: answers found in the store
     hits: int = 0
+    #: lookups that found nothing (a call was made)
     misses: int = 0
+    #: calls answered by an identical call in flight at the same time (no lookup, no call of their own)
+    merged: int = 0
     writes: int = 0
     errors: int = 0
     #: problems worked around (a store that failed, a corrupt file moved aside), one line each
@@ -324,8 +328,8 @@ class CacheStats:
             setattr(self, name, getattr(self, name) + 1)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"hits": self.hits, "misses": self.misses, "writes": self.writes,
-                               "errors": self.errors}
+        out: dict[str, Any] = {"hits": self.hits, "misses": self.misses, "merged": self.merged,
+                               "writes": self.writes, "errors": self.errors}
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
@@ -466,9 +470,8 @@ def cache_wrapper(cache: ResponseCache) -> Callable[[Call], Call]:
 
         async def cached_call(request: ChatRequest) -> ChatResponse:
             key = cache.key_for(request)  # hashes every message (images too): once per call
-            hit = cache.get(request, key)
-            if hit is not None:
-                return hit
+            # an identical call in flight first: its answer is not in the store yet, and a store lookup would
+            # count a miss for a call that is never made (`cache stats` misses = calls made)
             while (waiting := in_flight.get(key)) is not None:
                 try:
                     response = await asyncio.shield(waiting)
@@ -477,8 +480,11 @@ def cache_wrapper(cache: ResponseCache) -> Callable[[Call], Call]:
                     if not waiting.cancelled() or (task is not None and task.cancelling()):
                         raise  # this call itself was cancelled
                     continue  # the call it waited for was cancelled (its record timed out): call anew
-                cache.stats.bump("hits")
+                cache.stats.bump("merged")
                 return replace(response, cached=True, latency=0.0)
+            hit = cache.get(request, key)
+            if hit is not None:
+                return hit
             future: asyncio.Future[ChatResponse] = asyncio.get_running_loop().create_future()
             in_flight[key] = future
             try:

@@ -397,11 +397,12 @@ def _add_retries(stats: RetryStats | None, delta: dict[str, Any] | None) -> None
         stats.gave_up += delta["gave_up"]
 
 
-_CACHE_COUNTS = ("hits", "misses", "writes", "errors")
+_CACHE_COUNTS = ("hits", "misses", "merged", "writes", "errors")
 
 
 def _take_cache_stats(cache: ResponseCache | None) -> dict[str, Any] | None:
-    """The cache's hits, misses, writes, errors and warnings since the last batch (counted again from 0)."""
+    """The cache's hits, misses, merged calls, writes, errors and warnings since the last batch (counted again
+    from 0)."""
     if cache is None:
         return None
     stats = cache.stats

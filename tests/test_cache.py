@@ -37,7 +37,7 @@ def test_round_trip_marks_hits_cached(tmp_path: Path) -> None:
     assert hit.text == "hello" and hit.usage.total_tokens == 7 and hit.latency == 0.0
     assert (tmp_path / "c" / "cache.sqlite3").is_file()  # one file, not one per entry
     assert not [p for p in (tmp_path / "c").iterdir() if p.is_dir()]
-    assert cache.stats.to_dict() == {"hits": 1, "misses": 1, "writes": 1, "errors": 0}
+    assert cache.stats.to_dict() == {"hits": 1, "misses": 1, "merged": 0, "writes": 1, "errors": 0}
     assert len(cache) == 1
 
 
@@ -213,6 +213,7 @@ def test_identical_calls_in_flight_are_made_once(tmp_path: Path) -> None:
     answers = asyncio.run(main_())
     assert len(calls) == 2  # one per distinct request
     assert sum(1 for a in answers if a.cached) == 4
+    assert (cache.stats.merged, cache.stats.hits, cache.stats.misses) == (4, 0, 2)  # lookups: the 2 calls made
     assert {a.text for a in answers} == {"hello"}
 
 

@@ -567,6 +567,21 @@ def test_a_run_closes_its_cache_and_adds_its_hits_and_misses(tmp_path: Path, ser
     assert (data["entries"], data["hits"], data["misses"]) == (3, 3, 3)
 
 
+def test_calls_merged_in_flight_are_not_counted_as_misses(tmp_path: Path, server, capsys) -> None:
+    # every record asks the same question: one call is made; the others are answered from the store or by
+    # waiting for that call (merged). The run's cache block and `cache stats` count the same lookups.
+    steps = '- {type: ask, prompt: "Say hello to the shop.", output: reply}\n'
+    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}', concurrency: 8}}", n=12,
+                          steps=steps)
+    summary = run_pipeline_file(path)
+    block = summary["cache"]
+    assert chat_requests(server) == 1 and summary["cached"] == 11
+    assert (block["misses"], block["hits"] + block["merged"]) == (1, 11)  # a merged call is not a miss too
+    assert main(["cache", "stats", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["hits"], data["misses"]) == (block["hits"], 1)  # the store's totals: misses = calls made
+
+
 # --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
 
 
