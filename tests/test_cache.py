@@ -387,3 +387,23 @@ def test_a_store_that_fails_to_write_is_dropped_with_one_warning(tmp_path: Path)
     stats = cache.stats.to_dict()
     assert stats["errors"] == 1 and stats.get("writes", 0) == 0
     assert cache.get(_req("a")) is None  # a broken cache is not read either
+
+
+def test_a_store_that_fails_to_read_is_a_miss_and_is_dropped_with_one_warning(tmp_path: Path) -> None:
+    notes: list[str] = []
+    cache = ResponseCache(tmp_path, notify=notes.append)
+    cache.put(_req("a"), _resp())
+    reads: list[str] = []
+
+    def gone(key: str) -> dict:
+        reads.append(key)
+        raise OSError(5, "Input/output error")
+
+    cache.store.get = gone  # type: ignore[method-assign]
+    assert cache.get(_req("a")) is None  # a miss: the call is made, the run goes on
+    assert cache.get(_req("a")) is None and len(reads) == 1  # a broken store is not read again
+    assert cache.broken == "OSError: [Errno 5] Input/output error"
+    assert notes == [f"warning: the response cache ({cache.store.where}) failed while it read: {cache.broken}; "
+                     "this run goes on without it (its calls are made and not stored)"]
+    stats = cache.stats.to_dict()
+    assert (stats["errors"], stats["misses"], stats["hits"]) == (1, 2, 0)
