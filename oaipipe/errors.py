@@ -117,6 +117,9 @@ class OaipipeError(Exception):
 
     #: what the command line exits with for this kind of error
     exit_code: ExitCode = ExitCode.RECORDS_FAILED
+    #: the option of the component's block the error is about (``path``), when one is: whoever builds the
+    #: component from a pipeline file places the error on that option's line (``source.path``)
+    option: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
@@ -125,6 +128,13 @@ class OaipipeError(Exception):
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
+        placed = self._problems[0] if len(self._problems) == 1 else None
+        if placed is not None and placed.where():  # placed in a file by whoever found it: say where
+            return str(placed)
+        return self._text()
+
+    def _text(self) -> str:
+        """The message and its hint, redacted (no place)."""
         text = redact(self.message)
         if self.hint:
             text += f"\n  hint: {redact(self.hint)}"
@@ -210,6 +220,9 @@ class ConfigError(OaipipeError):
         super().__init__(where + message, hint=hint)
         self._problems = list(problems or [])
 
+    def __str__(self) -> str:
+        return self._text()  # the message carries the place already
+
     @property
     def problems(self) -> list[Problem]:
         """Each problem with its own place and fix (one: this error itself, unless several were given)."""
@@ -234,9 +247,14 @@ class PluginLoadError(PluginError):
 
 
 class InputError(OaipipeError):
-    """The input cannot be read at all (as opposed to one bad record)."""
+    """The input cannot be read at all (as opposed to one bad record). ``option`` names the option of the
+    component's block it is about (``path``), when one is: the error is then placed on that option's line."""
 
     exit_code = ExitCode.INPUT_ERROR
+
+    def __init__(self, message: str, *, hint: str | None = None, option: str | None = None) -> None:
+        self.option = option
+        super().__init__(message, hint=hint)
 
 
 class RecordError(OaipipeError):
