@@ -125,9 +125,11 @@ def test_top_level_keys_bad_values_and_a_missing_file_are_reported_together(
     project.write_text(text.replace("sinks:\n  - {type: jsonl", "sinks:\n  - {type: jsonll"), encoding="utf-8")
     assert main(["validate", str(project), "--json"]) == 2
     problems = {p["key"]: p for p in json.loads(capsys.readouterr().out)}
-    assert set(problems) == {"runn", "run.max_failures", "source", "sinks.0.type"}
-    assert "nowhere.csv" in problems["source"]["message"] and problems["source"]["line"] == 3
-    assert "relative to the pipeline file" in problems["source"]["hint"]
+    assert set(problems) == {"runn", "run.max_failures", "source.path", "sinks.0.type"}
+    # the line and column of `path:` in `source: {type: csv, path: nowhere.csv, ...}`
+    assert "nowhere.csv" in problems["source.path"]["message"] and problems["source.path"]["line"] == 3
+    assert problems["source.path"]["column"] == 21
+    assert "relative to the pipeline file" in problems["source.path"]["hint"]
     assert problems["runn"]["line"] == 9 and "did you mean 'run'" in problems["runn"]["message"]
 
 
@@ -149,7 +151,7 @@ def test_run_reports_every_problem_too_and_one_problem_keeps_its_own_exit_code(
     project.write_text(good.replace("path: r.csv", "path: nowhere.csv"), encoding="utf-8")
     assert main(["run", str(project)]) == ExitCode.INPUT_ERROR  # one problem: raised as it always was
     assert main(["validate", str(project), "--json"]) == ExitCode.INPUT_ERROR
-    assert json.loads(capsys.readouterr().out)[0]["key"] == "source"
+    assert json.loads(capsys.readouterr().out)[0]["key"] == "source.path"
 
 
 # --- $schema -------------------------------------------------------------------------------------
