@@ -264,7 +264,7 @@ def test_a_missing_source_path_names_the_line_of_path(tmp_path: Path, kind: str,
         assert "not found" in err and str(tmp_path / f"nothere{ext}") in err  # what was looked for
         assert "hint: paths in pipeline.yaml are relative to the pipeline file's folder" in err  # the fix
     assert main(["validate", "--json", str(path)]) == InputError.exit_code
-    [problem] = json.loads(capsys.readouterr().out)
+    [problem] = json.loads(capsys.readouterr().out)["problems"]
     assert (problem["file"], problem["line"], problem["column"], problem["key"]) == (str(path), line, 3,
                                                                                      "source.path")
     with pytest.raises(InputError) as raised:  # the Python API says where too
