@@ -27,7 +27,7 @@ hold one.
      ├── StorageError                a file or folder cannot be written (or read back): permissions, a full
      │                               disk, a read-only file system, a run directory deleted mid-run
      └── RunLockedError              another run of this pipeline (or another run writing the same output
-                                     file) holds the lock
+                                     file, or another process writing the job registry) holds the lock
 
 Each class carries the :class:`ExitCode` the command line exits with (``exit_code``).
 """
@@ -106,7 +106,7 @@ class ExitCode(enum.IntEnum):
     ABORTED = 8
     #: an output or state file cannot be written or read (the message names the path)
     IO_ERROR = 9
-    #: another process holds the run's lock
+    #: another process holds a run's lock or the job registry's (or is launching a job on the same dataset)
     RUN_LOCKED = 10
     #: interrupted (Ctrl-C, SIGTERM); rerun the same command to resume
     INTERRUPTED = 130
@@ -412,7 +412,8 @@ def is_storage_error(exc: BaseException) -> bool:
 
 
 class RunLockedError(OaipipeError):
-    """Another run of this pipeline holds its lock (or another run is writing the same output file).
+    """Another run of this pipeline holds its lock (or another run is writing the same output file, another
+    process the job registry, or another launch the same dataset's job).
 
     The lock is an OS lock (``flock``) held by the running process: it ends with that process, whatever
     way it ends, so there is never a stale lock to delete. ``holder`` is what the holder wrote about
