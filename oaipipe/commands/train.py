@@ -50,6 +50,12 @@ def _trainer(trainer: str, block: dict[str, Any], base_url: str | None, api_key_
     return host.build("trainer", block, Context(host=host), key="--trainer")
 
 
+#: why `train -o -` is refused, and the fix
+_NOT_STDOUT = "the job is launched from the dataset file (uploaded, and recorded in the job registry)"
+_NOT_STDOUT_FIX = ("drop -o (the dataset goes to $OAIPIPE_HOME/datasets/), or give -o train.jsonl; to see the dataset "
+                   "on standard output, use `oaipipe dataset build DATA -o -`")
+
+
 @click.command()
 @click.argument("data", type=click.Path())
 @click.option("--trainer", default="local", show_default=True, help="local (offline engine), openai, or a plugin")
@@ -96,10 +102,7 @@ def train(data: str, trainer: str, method: str, model: str, suffix: str | None, 
         write_dataset,
     )
 
-    refuse_stdout(output, why="the job is launched from the dataset file (uploaded, and recorded in the job "
-                              "registry)",
-                  fix="drop -o (the dataset goes to $OAIPIPE_HOME/datasets/), or give -o train.jsonl; to see the "
-                      "dataset on standard output, use `oaipipe dataset build DATA -o -`")
+    refuse_stdout(output, why=_NOT_STDOUT, fix=_NOT_STDOUT_FIX)
     say = progress_printer(as_json)
     hp = _hyperparameters(n_epochs, batch_size, learning_rate_multiplier, beta)
     if "beta" in hp and method != "dpo":
