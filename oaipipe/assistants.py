@@ -10,8 +10,8 @@ File format (``assistants.yaml``; a ``.json`` file with the same structure works
       support-agent:
         description: Friendly first-line support
         instructions: You are a helpful support agent. Answer in two sentences.
-        model: gpt-4o-mini
-        temperature: 0.3
+        model: gpt-6-luna          # a reasoning model: no temperature (OpenAI refuses it)
+        max_tokens: 120
 
 The ``assistants:`` wrapper is optional (a top-level mapping of name → preset works), and a list of
 presets each with a ``name`` key is accepted as well (the seed module's ``assistants.json`` shape).

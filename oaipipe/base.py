@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from .keys import BaseURL
-from .models_table import DEFAULT_MODEL
+from .models_table import DEFAULT_FINE_TUNE_MODEL, DEFAULT_MODEL
 from .types import ChatRequest, ChatResponse, ModelInfo, Record, RecordResult, RunInfo, Sentiment
 
 if TYPE_CHECKING:
@@ -467,7 +467,8 @@ class Trainer(Component[OptionsT]):
         type: str = "local"
         model: str | None = Field(
             None, description="Base model to fine-tune; defaults to the backend's `model:` when the pipeline sets "
-            "one, else gpt-4o-mini (DEFAULT_FINE_TUNE_MODEL: the chat default gpt-6-luna takes no fine-tuning)")
+            f"one, else {DEFAULT_FINE_TUNE_MODEL} (DEFAULT_FINE_TUNE_MODEL: the chat default {DEFAULT_MODEL} takes "
+            "no fine-tuning)")
         method: Literal["supervised", "dpo"] = Field("supervised", description="supervised (SFT) or dpo")
         suffix: str | None = Field(None, description="Up to 64 characters added to the fine-tuned model name")
         hyperparameters: dict[str, Any] = Field(

@@ -486,7 +486,8 @@ class Problems:
     """The errors of one pipeline file, collected so that all of them are reported in one pass.
 
     ``with problems.collect(key): ...`` records an :class:`OaipipeError` raised inside instead of letting
-    it through (an error without a place of its own is placed at ``key``); :meth:`raise_if_any` then
+    it through (an error without a place of its own is placed at ``key``, or at ``key.option`` when it
+    names the :attr:`~oaipipe.errors.OaipipeError.option` it is about); :meth:`raise_if_any` then
     raises the one error as it is, or several as one :class:`ConfigError` listing each problem.
     """
 
@@ -505,6 +506,8 @@ class Problems:
         if isinstance(exc, ConfigError):
             self.items.extend(exc.problems)
             return
+        if key and exc.option:  # the error is about one option of the block: place it on that option's line
+            key = f"{key}.{exc.option}"
         line, column = self.where(key) if self.where is not None and key else (None, None)
         exc.set_problems([Problem.of(exc, file=self.file, line=line, column=column, key=key)])
         self.items.extend(exc.problems)

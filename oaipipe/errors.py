@@ -27,7 +27,7 @@ hold one.
      ├── StorageError                a file or folder cannot be written (or read back): permissions, a full
      │                               disk, a read-only file system, a run directory deleted mid-run
      └── RunLockedError              another run of this pipeline (or another run writing the same output
-                                     file) holds the lock
+                                     file, or another process writing the job registry) holds the lock
 
 Each class carries the :class:`ExitCode` the command line exits with (``exit_code``).
 """
@@ -106,7 +106,7 @@ class ExitCode(enum.IntEnum):
     ABORTED = 8
     #: an output or state file cannot be written or read (the message names the path)
     IO_ERROR = 9
-    #: another process holds the run's lock
+    #: another process holds a run's lock or the job registry's (or is launching a job on the same dataset)
     RUN_LOCKED = 10
     #: interrupted (Ctrl-C, SIGTERM); rerun the same command to resume
     INTERRUPTED = 130
@@ -117,6 +117,9 @@ class OaipipeError(Exception):
 
     #: what the command line exits with for this kind of error
     exit_code: ExitCode = ExitCode.RECORDS_FAILED
+    #: the option of the component's block the error is about (``path``), when one is: whoever builds the
+    #: component from a pipeline file places the error on that option's line (``source.path``)
+    option: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
@@ -125,6 +128,13 @@ class OaipipeError(Exception):
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
+        placed = self._problems[0] if len(self._problems) == 1 else None
+        if placed is not None and placed.where():  # placed in a file by whoever found it: say where
+            return str(placed)
+        return self._text()
+
+    def _text(self) -> str:
+        """The message and its hint, redacted (no place)."""
         text = redact(self.message)
         if self.hint:
             text += f"\n  hint: {redact(self.hint)}"
@@ -210,6 +220,9 @@ class ConfigError(OaipipeError):
         super().__init__(where + message, hint=hint)
         self._problems = list(problems or [])
 
+    def __str__(self) -> str:
+        return self._text()  # the message carries the place already
+
     @property
     def problems(self) -> list[Problem]:
         """Each problem with its own place and fix (one: this error itself, unless several were given)."""
@@ -234,9 +247,14 @@ class PluginLoadError(PluginError):
 
 
 class InputError(OaipipeError):
-    """The input cannot be read at all (as opposed to one bad record)."""
+    """The input cannot be read at all (as opposed to one bad record). ``option`` names the option of the
+    component's block it is about (``path``), when one is: the error is then placed on that option's line."""
 
     exit_code = ExitCode.INPUT_ERROR
+
+    def __init__(self, message: str, *, hint: str | None = None, option: str | None = None) -> None:
+        self.option = option
+        super().__init__(message, hint=hint)
 
 
 class RecordError(OaipipeError):
@@ -394,7 +412,8 @@ def is_storage_error(exc: BaseException) -> bool:
 
 
 class RunLockedError(OaipipeError):
-    """Another run of this pipeline holds its lock (or another run is writing the same output file).
+    """Another run of this pipeline holds its lock (or another run is writing the same output file, another
+    process the job registry, or another launch the same dataset's job).
 
     The lock is an OS lock (``flock``) held by the running process: it ends with that process, whatever
     way it ends, so there is never a stale lock to delete. ``holder`` is what the holder wrote about

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 import multiprocessing
 import os
 import threading
@@ -463,13 +462,12 @@ class RayPool(ProcessPool):
                  stop: Callable[[], bool] | None = None, run: RunInfo | None = None,
                  tier: str | None = None) -> None:
         from .extras import require
-        from .ray_cluster import ClusterServices
+        from .ray_cluster import ClusterServices, join_ray
 
         self.ray = require("ray", extra="ray", feature="run.executor: ray")
         self._started = False
         if not self.ray.is_initialized():
-            kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
-            self.ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
+            join_ray(self.ray, address, workers)  # an address that does not answer fails in seconds
             self._started = True
         quiet_ray_output(self.ray)
         self._remote = self.ray.remote(num_cpus=1, max_restarts=0)(BatchActor)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import StorageError, TrainingError, redact
+from .errors import RunLockedError, StorageError, TrainingError, redact
 from .fsutil import remove_stale_temps, write_text_atomic
 from .home import home_dir
 from .runlock import LockBusy, acquire, describe_holder
@@ -120,11 +120,11 @@ class JobRegistry:
         holding it delays nobody; a live holder is waited for up to ``timeout`` seconds."""
         try:
             lock = acquire(self.lock_path, wait=timeout, registry=str(self.path))
-        except LockBusy as busy:
-            raise TrainingError(f"the job registry {self.path} is locked by {describe_holder(busy.holder)}, "
-                                f"still after {timeout:.0f} s",
-                                hint="that process is writing the registry; try again when it is done (the lock "
-                                     "ends with the process: there is nothing to delete)") from None
+        except LockBusy as busy:  # another process holds the lock: exit 10, as for a run's lock
+            raise RunLockedError(f"the job registry {self.path} is locked by {describe_holder(busy.holder)}, "
+                                 f"still after {timeout:.0f} s", path=self.lock_path, holder=busy.holder,
+                                 hint="that process is writing the registry; try again when it is done (the lock "
+                                      "ends with the process: there is nothing to delete)") from None
         except OSError as exc:
             raise StorageError.from_os_error(exc, self.lock_path) from None
         with lock:

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from .pipeline import BuiltPipeline
     from .types import ChatRequest, ChatResponse
 
-__all__ = ["CacheActor", "ClusterServices", "LimiterActor", "RemoteRateLimiter", "RemoteStore"]
+__all__ = ["CONNECT_TIMEOUT", "CacheActor", "ClusterServices", "LimiterActor", "RemoteRateLimiter", "RemoteStore",
+           "check_ray_address", "join_ray"]
 
 
 def _ray() -> Any:
@@ -45,6 +46,110 @@ def _ray() -> Any:
     from .extras import require
 
     return require("ray", extra="ray", feature="run.executor: ray")
+
+
+# --- joining a cluster -----------------------------------------------------------------------------------
+
+#: seconds a cluster's address has to accept a TCP connection before joining it is given up (``ray.init``
+#: itself retries an address that does not answer for a minute and more)
+CONNECT_TIMEOUT = 3.0
+#: the ports Ray listens on when an address names none: the Ray Client server, the GCS
+RAY_CLIENT_PORT, GCS_PORT = 10001, 6379
+
+_ADDRESS_HINT = ("start the cluster (`ray start --head` on its head node; Ray Client listens on port 10001), "
+                 "correct --ray-address / run.ray_address, or leave it out to run on a local Ray")
+
+
+def _endpoint(address: str) -> tuple[str, int] | None:
+    """The (host, port) that joining ``address`` connects to first; None for ``local`` (Ray starts one) and
+    for ``auto`` when Ray's own lookup cannot be asked. Raises the :class:`ConfigError` of
+    :func:`check_ray_address` when ``auto`` finds no running cluster."""
+    import urllib.parse
+
+    if address == "local":
+        return None
+    if address == "auto":  # the cluster Ray finds on this machine (RAY_ADDRESS, /tmp/ray's latest)
+        try:
+            from ray._private import services  # private: if it moves, ray.init does the looking itself
+        except ImportError:
+            return None
+        lookup = getattr(services, "canonicalize_bootstrap_address_or_die", None)
+        if lookup is None:
+            return None
+        try:
+            address = str(lookup("auto"))
+        except ConnectionError as exc:
+            raise _unreachable("auto", f"no running Ray cluster was found on this machine ({exc})") from None
+        except Exception:  # noqa: BLE001 - Ray's lookup failing otherwise: ray.init says what it says
+            return None
+    client = address.startswith("ray://")
+    parsed = urllib.parse.urlsplit(address if "://" in address else f"//{address}")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise _unreachable(address, "its port is not a number") from None
+    if not parsed.hostname:
+        raise _unreachable(address, "it names no host")
+    return parsed.hostname, port or (RAY_CLIENT_PORT if client else GCS_PORT)
+
+
+def _unreachable(address: str, why: str) -> Exception:
+    from .errors import ConfigError
+
+    return ConfigError(f"cannot join the Ray cluster at {address}: {why}", hint=_ADDRESS_HINT)
+
+
+def check_ray_address(address: str | None, *, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Fail fast, naming ``address`` and the fix (a :class:`~oaipipe.errors.ConfigError`, exit 2), when the
+    cluster it names cannot be reached: its host and port must accept a TCP connection within ``timeout``
+    seconds (``ray://host[:10001]`` the Ray Client server, ``host[:6379]`` the GCS, ``auto`` the cluster
+    Ray finds on this machine). Nothing to check for None or ``local`` (a local Ray is started)."""
+    import socket
+
+    if not address:
+        return
+    endpoint = _endpoint(address)
+    if endpoint is None:
+        return
+    host, port = endpoint
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except TimeoutError:
+        raise _unreachable(address, f"{host}:{port} did not answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise _unreachable(address, f"{host}:{port}: {exc.strerror or exc}") from None
+
+
+def _require_ray_client(address: str) -> None:
+    """A ``ray://`` address goes through Ray Client, which needs ``grpcio`` (``ray[client]``): say so plainly
+    (Ray's own error surfaces as an unexpected ValueError)."""
+    import importlib.util
+
+    from .errors import ConfigError
+
+    if importlib.util.find_spec("grpc") is None:
+        raise ConfigError(f"joining {address} goes through Ray Client, which needs the Python package 'grpcio' "
+                          "(not installed: the `ray` extra installs the core of Ray only)",
+                          hint="pip install 'ray[client]', or give the cluster's GCS address (HEAD:6379) from a "
+                               "machine of the cluster")
+
+
+def join_ray(ray: Any, address: str | None, workers: int) -> None:
+    """``ray.init``: join the cluster at ``address`` (checked first: :func:`check_ray_address`), else start a
+    local Ray with ``workers`` CPUs. A connection Ray itself refuses is the same clear error."""
+    import logging
+
+    check_ray_address(address)
+    if address and address.startswith("ray://"):
+        _require_ray_client(address)
+    kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
+    try:
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
+    except ConnectionError as exc:
+        if not address:
+            raise
+        raise _unreachable(address, str(exc)) from None
 
 
 # --- the actors ------------------------------------------------------------------------------------------

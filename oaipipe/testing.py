@@ -16,7 +16,7 @@ The server:
 
     with running_server(error_rates={429: 0.2}, seed=1) as srv:
         client = OpenAI(base_url=srv.base_url, api_key="test", max_retries=0)
-        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(model="gpt-6-luna", messages=[{"role": "user", "content": "hi"}])
         print(srv.stats()["by_status"])
 
 The server listens on a free loopback port (port 0) in a background thread and is shut down on exit.

@@ -234,6 +234,54 @@ def test_a_source_path_that_is_not_a_regular_file(tmp_path: Path, what: str, kin
     assert "not a regular file" in capsys.readouterr().err
 
 
+# --- an input path that does not exist: the pipeline file's line of `path:` --------------------------
+
+MISSING_PATH_PIPELINE = """\
+name: missing
+source:
+  type: {kind}
+  id_column: id
+  path: nothere{ext}
+steps:
+  - {{type: sentiment, analyzer: keyword, input: "{{filename}}", output: s}}
+"""
+
+
+@pytest.mark.parametrize(("kind", "ext"), [("csv", ".csv"), ("jsonl", ".jsonl"), ("images", "")])
+def test_a_missing_source_path_names_the_line_of_path(tmp_path: Path, kind: str, ext: str,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    text = MISSING_PATH_PIPELINE.format(kind=kind, ext=ext)
+    text = text.replace("id_column", "id_field") if kind == "jsonl" else text
+    if kind == "images":
+        text = text.replace("  id_column: id\n", "")
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    line = 5 if kind != "images" else 4
+    for command in (["validate"], ["run"]):
+        assert main([*command, str(path)]) == InputError.exit_code
+        err = capsys.readouterr().err
+        assert f"{path}:{line}:3: source.path: " in err, err  # the file, the line of `path:`, the key
+        assert "not found" in err and str(tmp_path / f"nothere{ext}") in err  # what was looked for
+        assert "hint: paths in pipeline.yaml are relative to the pipeline file's folder" in err  # the fix
+    assert main(["validate", "--json", str(path)]) == InputError.exit_code
+    [problem] = json.loads(capsys.readouterr().out)["problems"]
+    assert (problem["file"], problem["line"], problem["column"], problem["key"]) == (str(path), line, 3,
+                                                                                     "source.path")
+    with pytest.raises(InputError) as raised:  # the Python API says where too
+        run_pipeline_file(path)
+    assert str(raised.value).startswith(f"{path}:{line}:3: source.path: ")
+
+
+def test_a_missing_source_column_names_the_line_of_its_option(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    csv_file(tmp_path, b"r_mid,fine")
+    path = tmp_path / "p.yaml"
+    path.write_text("name: col\nsource:\n  type: csv\n  path: in.csv\n  id_column: idd\n", encoding="utf-8")
+    assert main(["validate", str(path)]) == InputError.exit_code
+    err = capsys.readouterr().err
+    assert f"{path}:5:3: source.id_column: " in err and "did you mean 'id'" in err
+
+
 # --- the pipeline file --------------------------------------------------------------------------------
 
 BOMB = """\

@@ -106,7 +106,7 @@ def test_validate_json_lists_every_problem_with_its_place_and_fix(project: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     project.write_text(FOUR_TYPOS, encoding="utf-8")
     assert main(["validate", str(project), "--json"]) == 2
-    problems = json.loads(capsys.readouterr().out)
+    problems = json.loads(capsys.readouterr().out)["problems"]
     assert [p["line"] for p in problems] == [2, 3, 5, 7]
     assert [p["key"] for p in problems] == ["backend.modle", "source.id_colum", "steps.0.type", "sinks.0.pth"]
     for problem in problems:
@@ -114,9 +114,9 @@ def test_validate_json_lists_every_problem_with_its_place_and_fix(project: Path,
         assert problem["file"] == str(project) and "did you mean" in (problem["hint"] + problem["message"])
 
 
-def test_validate_json_of_a_valid_file_is_an_empty_list(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_json_of_a_valid_file_has_no_problems(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(project), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == []
+    assert json.loads(capsys.readouterr().out) == {"problems": [], "warnings": []}
 
 
 def test_top_level_keys_bad_values_and_a_missing_file_are_reported_together(
@@ -124,10 +124,12 @@ def test_top_level_keys_bad_values_and_a_missing_file_are_reported_together(
     text = project.read_text().replace("path: r.csv", "path: nowhere.csv") + "runn: {dir: x}\nrun: {max_failures: -1}\n"
     project.write_text(text.replace("sinks:\n  - {type: jsonl", "sinks:\n  - {type: jsonll"), encoding="utf-8")
     assert main(["validate", str(project), "--json"]) == 2
-    problems = {p["key"]: p for p in json.loads(capsys.readouterr().out)}
-    assert set(problems) == {"runn", "run.max_failures", "source", "sinks.0.type"}
-    assert "nowhere.csv" in problems["source"]["message"] and problems["source"]["line"] == 3
-    assert "relative to the pipeline file" in problems["source"]["hint"]
+    problems = {p["key"]: p for p in json.loads(capsys.readouterr().out)["problems"]}
+    assert set(problems) == {"runn", "run.max_failures", "source.path", "sinks.0.type"}
+    # the line and column of `path:` in `source: {type: csv, path: nowhere.csv, ...}`
+    assert "nowhere.csv" in problems["source.path"]["message"] and problems["source.path"]["line"] == 3
+    assert problems["source.path"]["column"] == 21
+    assert "relative to the pipeline file" in problems["source.path"]["hint"]
     assert problems["runn"]["line"] == 9 and "did you mean 'run'" in problems["runn"]["message"]
 
 
@@ -135,7 +137,7 @@ def test_every_missing_template_field_is_reported(project: Path, capsys: pytest.
     project.write_text(project.read_text().replace('input: "{text}"', 'input: "{txt}"')
                        .replace("Reply to: {text}", "Reply to: {tex}"), encoding="utf-8")
     assert main(["validate", str(project), "--json"]) == 2
-    problems = json.loads(capsys.readouterr().out)
+    problems = json.loads(capsys.readouterr().out)["problems"]
     assert [(p["key"], p["line"]) for p in problems] == [("steps.0.input", 5), ("steps.1.prompt", 6)]
     assert all("did you mean '{text}'" in p["hint"] for p in problems)
 
@@ -149,7 +151,7 @@ def test_run_reports_every_problem_too_and_one_problem_keeps_its_own_exit_code(
     project.write_text(good.replace("path: r.csv", "path: nowhere.csv"), encoding="utf-8")
     assert main(["run", str(project)]) == ExitCode.INPUT_ERROR  # one problem: raised as it always was
     assert main(["validate", str(project), "--json"]) == ExitCode.INPUT_ERROR
-    assert json.loads(capsys.readouterr().out)[0]["key"] == "source"
+    assert json.loads(capsys.readouterr().out)["problems"][0]["key"] == "source.path"
 
 
 # --- $schema -------------------------------------------------------------------------------------

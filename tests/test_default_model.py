@@ -138,3 +138,18 @@ def test_train_block_inherits_the_backends_model_only_when_the_pipeline_names_on
     named = BackendOptions(model="gpt-4.1-mini")
     _, block = build_train_block({"type": "local"}, host=host, context=ctx, backend_options=named)
     assert block["model"] == "gpt-4.1-mini"
+
+
+def test_the_engine_names_the_default_model_as_the_example_when_none_is_given(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from oaipipe.cli import main
+    from oaipipe.engine.chat import complete
+    from oaipipe.engine.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as err:
+        complete([{"role": "user", "content": "hi"}], "")
+    assert f"e.g. {DEFAULT_MODEL}." in str(err.value) and "gpt-4o-mini" not in str(err.value)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # the embedded engine answers
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert main(["ask", "-m", "", "hi"]) != 0
+    assert f"No model given; name one, e.g. {DEFAULT_MODEL}." in capsys.readouterr().err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from oaipipe.errors import StorageError, TrainingError, register_secret
+from oaipipe.errors import RunLockedError, StorageError, TrainingError, register_secret
 from oaipipe.jobs import Job, JobRegistry, default_registry_path
 
 
@@ -103,7 +103,7 @@ def test_leftover_lock_file_is_no_lock_and_live_lock_times_out_naming_its_holder
     lock.write_text("123")  # a lock file nobody holds (an OS lock ends with its process): no waiting at all
     reg.add(job(1))
     # held (by another open of the file): a second writer waits, then names the holder
-    with reg._locked(), pytest.raises(TrainingError, match="locked") as err, reg._locked(timeout=0.1):
+    with reg._locked(), pytest.raises(RunLockedError, match="locked") as err, reg._locked(timeout=0.1):  # exit 10
         pass
     assert f"pid {os.getpid()}" in str(err.value)
     reg.add(job(2))

@@ -144,6 +144,26 @@ def test_a_writer_killed_while_holding_the_registry_lock_delays_nobody(tmp_path:
     assert not list(tmp_path.glob(".jobs.json.*"))
 
 
+def test_a_busy_registry_lock_is_run_locked_exit_10_naming_the_holder(tmp_path: Path) -> None:
+    """Another process holding the job registry's lock is what RUN_LOCKED means (exit 10), not a failed
+    fine-tuning job (7)."""
+    from oaipipe.errors import ExitCode, RunLockedError
+
+    registry = tmp_path / "jobs.json"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_REGISTRY, str(registry)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError) as err, JobRegistry(registry)._locked(timeout=0.2):
+            pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert err.value.exit_code == ExitCode.RUN_LOCKED == 10
+    assert f"the job registry {registry} is locked by pid {holder.pid}" in str(err.value)
+    assert err.value.holder["pid"] == holder.pid and err.value.path == str(registry) + ".lock"
+    assert "nothing to delete" in str(err.value)
+
+
 def test_lock_holder_note_is_readable_while_held(tmp_path: Path) -> None:
     from oaipipe.runlock import LockBusy, acquire, read_holder
 

@@ -167,7 +167,7 @@ class _Result:
         self.exit_code, self.output = exit_code, output
 
 
-def _validate(path: Path, monkeypatch: pytest.MonkeyPatch, today: str = "2026-11-30") -> _Result:
+def _validate(path: Path, monkeypatch: pytest.MonkeyPatch, today: str = "2026-11-30", *args: str) -> _Result:
     from oaipipe.cli import main
 
     monkeypatch.setenv("OAIPIPE_TODAY", today)
@@ -177,7 +177,7 @@ def _validate(path: Path, monkeypatch: pytest.MonkeyPatch, today: str = "2026-11
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main(["validate", str(path)])
+        code = main(["validate", str(path), *args])
     return _Result(int(code), out.getvalue())
 
 
@@ -200,6 +200,20 @@ def test_validate_warns_within_60_days_of_shutdown(tmp_path: Path, monkeypatch: 
     assert far.exit_code == 0 and "shuts down" not in far.output
     gone = _validate(path, monkeypatch, today="2027-01-14")
     assert gone.exit_code == 2 and "was shut down on 2027-01-14" in gone.output
+
+
+def test_validate_json_lists_the_warnings_the_text_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _pipeline(tmp_path, "{type: openai, model: gpt-4o-mini}")
+    text = _validate(path, monkeypatch)
+    result = _validate(path, monkeypatch, "2026-11-30", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)  # stdout and stderr together: the JSON is all there is
+    assert data["problems"] == []
+    [warning] = data["warnings"]
+    assert warning.startswith(f"{path}:2: ") and "gpt-4o-mini shuts down on 2027-01-14, in 45 days" in warning
+    assert f"warning: {warning}" in text.output  # the same line as the text output's
+    far = _validate(path, monkeypatch, "2026-06-01", "--json")
+    assert json.loads(far.output) == {"problems": [], "warnings": []}
 
 
 def test_validate_refuses_temperature_on_a_reasoning_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

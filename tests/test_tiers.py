@@ -245,7 +245,7 @@ def test_bad_tier_settings_are_refused_at_validate_with_file_and_line(
     project = _project(tmp_path, {"type": "openai", "base_url": "http://127.0.0.1:9/v1", **backend})
     result = project.cli("validate", str(project.file), "--json")
     assert result.exit_code == 2, result.out
-    problems = json.loads(result.out)
+    problems = json.loads(result.out)["problems"]
     assert any(expected in p["message"] for p in problems), problems
     lines = project.file.read_text().splitlines()
     for problem in problems:
@@ -300,7 +300,7 @@ def test_an_unquoted_date_that_is_not_one_is_a_config_error_with_its_line(
     project.write_file("reviews.csv", "id,text\n1,Great mug\n")
     result = project.cli("validate", str(project.file), "--json")
     assert result.exit_code == 2, result
-    problems = json.loads(result.out)
+    problems = json.loads(result.out)["problems"]
     assert [(p["key"], p["line"]) for p in problems] == [("backend.deadline", 5)], problems
     assert shown in problems[0]["message"] and "datetime" not in problems[0]["message"], problems
     via_set = project.cli("validate", str(project.file), "--set", f"backend.deadline={deadline}")

@@ -353,7 +353,7 @@ class CsvSource(FileSource):
                 raise InputError(
                     f"{self.options.path}: column '{col}' (source.{key}) is not in the header"
                     f"{did_you_mean(col, header)}",
-                    hint=hint,
+                    hint=hint, option=key,
                 )
         if self.options.columns is None:
             return None

@@ -43,9 +43,12 @@ class ImagesSource(Source):
     def folder(self) -> Path:
         return self.context.path(self.options.path)
 
+    def _checked_folder(self) -> Path:
+        return checked_path("images", self.options.path, self.context, folder=True,
+                            hint="point `source.path` at the folder that holds the images")
+
     def _files(self) -> list[tuple[str, Path]]:
-        folder = checked_path("images", self.options.path, self.context, folder=True,
-                              hint="point `source.path` at the folder that holds the images")
+        folder = self._checked_folder()
         exts = set(self.options.extensions)
         candidates = folder.rglob("*") if self.options.recursive else folder.iterdir()
         found: list[tuple[str, Path]] = []
@@ -61,6 +64,7 @@ class ImagesSource(Source):
         return found
 
     def fields(self) -> list[str] | None:
+        self._checked_folder()  # a missing folder is reported by `validate`, at the line of `path:`
         return ["id", "image", "filename"]
 
     def count(self) -> int | None:

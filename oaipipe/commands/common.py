@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -24,6 +26,7 @@ import click
 from ..errors import ConfigError, redact
 
 __all__ = [
+    "STDOUT",
     "Verbosity",
     "add_verbosity_options",
     "backend_options",
@@ -35,10 +38,13 @@ __all__ = [
     "key_from_env",
     "log_records_to",
     "note",
+    "output_path",
     "progress_printer",
+    "refuse_stdout",
     "registry_option",
     "reset_logging",
     "set_option",
+    "stdout_output",
     "verbosity",
 ]
 
@@ -61,6 +67,53 @@ def json_option(help: str = "Print JSON instead of text") -> Callable[[F], F]:
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+# --- -o - ---------------------------------------------------------------------------------------
+#
+# ``-o -`` means standard output on every command with ``-o/--output`` (the Unix convention), never a file
+# named ``-``. A command whose output is one text stream (JSON, JSONL, HTML) writes it there and moves its
+# own messages to stderr; one whose output cannot be (a binary format, a file something else reads back)
+# refuses ``-o -`` with the reason and the fix (:func:`refuse_stdout`).
+
+#: the ``-o`` value that means standard output
+STDOUT = "-"
+
+
+def refuse_stdout(output: str | None, *, why: str, fix: str) -> None:
+    """A :class:`ConfigError` (exit 2) when ``output`` is ``-`` and this output cannot go to standard output."""
+    if output == STDOUT:
+        raise ConfigError(f"-o - (standard output) cannot be used here: {why}", hint=fix)
+
+
+def stdout_output(output: str | None, as_json: bool = False) -> bool:
+    """Whether ``-o -`` asks for standard output; refuses it with ``--json``, which prints there too."""
+    if output != STDOUT:
+        return False
+    if as_json:
+        raise ConfigError("-o - writes the output to standard output, where --json would print too",
+                          hint="drop --json (with -o - the messages go to stderr), or give -o FILE")
+    return True
+
+
+@contextmanager
+def output_path(output: str, *, suffix: str = "") -> Iterator[Path]:
+    """The path a command writes its text output to: ``output`` itself, or for ``-o -`` a file in a
+    temporary folder whose text is copied to standard output (line by line, through the same masking as
+    everything printed) when the block ends without an error, then removed. Writers that take a path (and
+    write it atomically) serve both."""
+    if output != STDOUT:
+        yield Path(output)
+        return
+    with tempfile.TemporaryDirectory(prefix="oaipipe-stdout-") as folder:
+        path = Path(folder) / f"stdout{suffix}"
+        yield path
+        if path.is_file():
+            out = sys.stdout
+            with path.open(encoding="utf-8", newline="") as fh:
+                for line in fh:
+                    out.write(line)
+            out.flush()
 
 
 # --- -v / -q ------------------------------------------------------------------------------------

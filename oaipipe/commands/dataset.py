@@ -14,7 +14,7 @@ import click
 from ..errors import DatasetError, ExitCode
 from ..models_table import DEFAULT_FINE_TUNE_MODEL
 from ..models_table import FINE_TUNE_DEFAULT_WHY as FT_MODEL_WHY
-from .common import build_options, echo_json, json_option
+from .common import STDOUT, build_options, echo_json, json_option, output_path, refuse_stdout, stdout_output
 
 __all__ = ["build", "dataset", "validate"]
 
@@ -25,18 +25,21 @@ def dataset() -> None:
 
 
 def _print_build(result: Any, files: Any, report: Any, output: str) -> None:
+    err = output == STDOUT  # the dataset is on stdout: the messages go to stderr
+    shown = "standard output" if err else output
     s = result.stats
     click.echo(f"read {s.get('read', 0)} example(s); kept {len(result.train)} for training"
                + (f", {len(result.validation)} for validation" if result.validation else "")
                + f" ({s.get('duplicates', 0)} duplicate(s), {s.get('not_selected', 0)} not selected"
                + (f", {s['not_pairable']} without a pair" if s.get("not_pairable") else "")
                + (f", {s['skipped_non_text']} with images skipped" if s.get("skipped_non_text") else "")
-               + ")")
+               + ")", err=err)
     if files is not None:
-        click.echo(f"wrote {files.train_path}" + (f" and {files.validation_path}" if files.validation_path else ""))
-    click.echo(report.to_text())
+        click.echo(f"wrote {shown if err else files.train_path}"
+                   + (f" and {files.validation_path}" if files.validation_path else ""), err=err)
+    click.echo(report.to_text(), err=err)
     if files is None:
-        click.echo(f"nothing written to {output}: the dataset is not ready (see the errors above)")
+        click.echo(f"nothing written to {shown}: the dataset is not ready (see the errors above)", err=err)
 
 
 #: a run's records and state: never the output of `dataset build` (train.jsonl is: the train: step writes it)
@@ -63,8 +66,9 @@ def _refuse_overwriting(data: str, output: str) -> None:
 
 @dataset.command("build")
 @click.argument("data", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Training JSONL to write (a validation split goes to OUT.validation.jsonl)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="Training JSONL to write (a validation split goes to OUT.validation.jsonl; -: standard output, "
+                   "without a split)")
 @click.option("--format", "fmt", type=click.Choice(["sft", "dpo"]), default="sft", show_default=True,
               help="sft: {messages}; dpo: {input, preferred_output, non_preferred_output}")
 @build_options
@@ -76,13 +80,20 @@ def build(data: str, output: str, fmt: str, select: tuple[str, ...], system: str
     """Build a fine-tuning dataset from DATA (dialogue log, run records, CSV, JSONL or a folder)."""
     from ..training import build_dataset, parse_select, report_for, write_dataset
 
-    _refuse_overwriting(data, output)
+    if stdout_output(output, as_json) and validation_fraction:
+        refuse_stdout(output, why="a validation split is a second file (OUT.validation.jsonl)",
+                      fix="give -o train.jsonl, or drop --validation-fraction")
+    if output != STDOUT:
+        _refuse_overwriting(data, output)
     method = "dpo" if fmt == "dpo" else "supervised"
     result = build_dataset(data, method=method, select=parse_select(select), system=system,
                            validation_fraction=validation_fraction, seed=seed, step=step)
     report = report_for(result, model=model, source=output)
     # a dataset that is not ready is not written (no empty or half-usable file to train on by mistake)
-    files = write_dataset(result, output) if report.ok else None
+    files = None
+    if report.ok:
+        with output_path(output, suffix=".jsonl") as path:
+            files = write_dataset(result, path)
     if as_json:
         dataset_info = ({**files.to_dict(), "written": True} if files is not None else
                         {"train_path": output, "written": False, "n_train": len(result.train),

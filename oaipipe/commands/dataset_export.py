@@ -12,7 +12,7 @@ import click
 
 from ..errors import ExitCode
 from ._options import runs_location, store_for
-from .common import echo_json, json_option
+from .common import STDOUT, echo_json, json_option, output_path, refuse_stdout, stdout_output
 
 __all__ = ["export"]
 
@@ -36,13 +36,14 @@ def _run_dir(run: str | None, pipeline_file: str | None, runs_dir: Path | None) 
         return Path(store.run(found)["run_dir"])
 
 
-def _print(result: Any) -> None:
+def _print(result: Any, output: str) -> None:
     data = result.to_dict()
+    err = output == STDOUT  # the rows are on stdout: the messages go to stderr
     how = f"; pairs: {data['pairing']}" if data["pairing"] else ""
-    click.echo(f"wrote {data['rows']} row(s) to {data['path']} ({data['format']}) from run {data['run']} "
-               f"(select {data['select'] or 'none: every exchange'}"
-               + (f", step {data['step']}" if data["step"] else "") + f"{how})")
-    click.echo(f"the shape is documented at {data['shape_source']}")
+    click.echo(f"wrote {data['rows']} row(s) to {'standard output' if err else data['path']} ({data['format']}) "
+               f"from run {data['run']} (select {data['select'] or 'none: every exchange'}"
+               + (f", step {data['step']}" if data["step"] else "") + f"{how})", err=err)
+    click.echo(f"the shape is documented at {data['shape_source']}", err=err)
 
 
 @click.command("export")
@@ -50,7 +51,8 @@ def _print(result: Any) -> None:
 @click.option("--format", "fmt", type=click.Choice(_FORMATS), required=True,
               help="hf-jsonl / hf-parquet: {messages} (TRL SFTTrainer); dpo-jsonl / dpo-parquet: {prompt, chosen, "
                    "rejected} (TRL DPOTrainer); openai-jsonl: OpenAI's fine-tuning JSONL")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="File to write")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="File to write (-: standard output, for the JSONL formats)")
 @runs_location
 @click.option("--all", "all_exchanges", is_flag=True, help="Every exchange, not only those train.select keeps")
 @click.option("--select", "select", multiple=True, metavar="KEY=VALUE",
@@ -72,15 +74,22 @@ def export(run: str | None, fmt: str, output: str, pipeline_file: str | None, ru
     from a positive and a negative reply to the same prompt (docs/training.md).
     """
     from ..training import parse_select
-    from ..training.export import export_run
+    from ..training.export import FORMATS, export_run
 
-    result = export_run(_run_dir(run, pipeline_file, runs_dir), fmt, output, select=parse_select(select),
-                        all_exchanges=all_exchanges, step=step, chosen_step=chosen_step,
-                        rejected_step=rejected_step)
+    spec = FORMATS[fmt]
+    if stdout_output(output, as_json) and not spec.text:
+        streams = [f.name for f in FORMATS.values() if f.text and f.rows == spec.rows]
+        refuse_stdout(output, why=f"{fmt} is a binary {spec.container} file, written through a seekable file",
+                      fix=f"give -o FILE.{spec.container}" + (f", or use --format {streams[0]} for a stream of "
+                                                             "text lines" if streams else ""))
+    with output_path(output, suffix=".jsonl") as path:
+        result = export_run(_run_dir(run, pipeline_file, runs_dir), fmt, path, select=parse_select(select),
+                            all_exchanges=all_exchanges, step=step, chosen_step=chosen_step,
+                            rejected_step=rejected_step)
     if as_json:
         echo_json(result.to_dict())
     else:
-        _print(result)
+        _print(result, output)
     if not result.run_complete:
         state = (f"its status is {result.run_status}" if result.run_status else
                  "it has no summary: it is still running, or was killed")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ._options import runs_location, store_for
+from .common import stdout_output
 
 __all__ = ["report"]
 
@@ -17,8 +18,8 @@ __all__ = ["report"]
 @click.option("--compare", "compare_ref", metavar="RUN2", help="Show a second run side by side")
 @click.option("--eval", "eval_file", type=click.Path(dir_okay=False),
               help="Add a sentiment evaluation (the JSON of `oaipipe sentiment eval ... -o FILE`)")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
-              help="HTML file to write")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="report.html",
+              show_default=True, help="HTML file to write (-: standard output)")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON: path, size, runs")
 @runs_location
 def report(run_ref: str | None, compare_ref: str | None, eval_file: str | None, output: str, as_json: bool,
@@ -31,6 +32,7 @@ def report(run_ref: str | None, compare_ref: str | None, eval_file: str | None, 
     from ..report import build_report, read_evaluation, write_report
     from ..store import find_run_dirs, runs_dir_for
 
+    to_stdout = stdout_output(output, as_json)
     evaluation = read_evaluation(eval_file) if eval_file else None
     folder = runs_dir_for(pipeline_file, runs_dir)
     if evaluation is not None and run_ref is None and compare_ref is None and not find_run_dirs(folder):
@@ -42,6 +44,9 @@ def report(run_ref: str | None, compare_ref: str | None, eval_file: str | None, 
             if compare_ref:
                 ids.append(store.resolve(compare_ref))
             text = build_report(store, ids, evaluation=evaluation)
+    if to_stdout:
+        click.echo(text, nl=False)
+        return
     path = write_report(output, text)
     if as_json:
         click.echo(json.dumps({"path": str(path), "bytes": len(text.encode("utf-8")), "runs": ids,

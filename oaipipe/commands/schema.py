@@ -8,7 +8,7 @@ import os
 import click
 
 from ..errors import ConfigError, ExitCode
-from .common import json_option, note
+from .common import STDOUT, json_option, note
 
 __all__ = ["schema"]
 
@@ -22,7 +22,8 @@ def _same_file(a: str, b: str) -> bool:
 
 @click.command()
 @click.option("--pipeline", type=click.Path(exists=True), help="Include the plugins this pipeline lists")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to a file")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+              help="Write to a file (-: standard output, as without -o)")
 @json_option("Accepted for uniformity: the schema is JSON anyway")
 def schema(pipeline: str | None, output: str | None, as_json: bool) -> ExitCode:
     """Print the JSON Schema of pipeline.yaml, every plugin's options included (for editors).
@@ -36,7 +37,7 @@ def schema(pipeline: str | None, output: str | None, as_json: bool) -> ExitCode:
         raise ConfigError(f"-o {output} is the pipeline file --pipeline reads: writing the schema there would "
                           f"replace the pipeline", hint="write the schema next to it, e.g. -o pipeline.schema.json")
     text = json.dumps(pipeline_schema(pipeline), indent=2)
-    if output:
+    if output and output != STDOUT:
         with open(output, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
         note(f"wrote {output}")

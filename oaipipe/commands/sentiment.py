@@ -123,15 +123,18 @@ def _errors(result: dict[str, Any], n: int) -> list[str]:
 @_pipeline_option
 @_plugin_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON")
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Also write the results as JSON (for `oaipipe report --eval FILE`)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Also write the results as JSON (for `oaipipe report --eval FILE`; -: standard output, as --json)")
 def evaluate_command(data: str, label_column: str, text_column: str, analyzers: tuple[str, ...],
                      label_map: tuple[str, ...], limit: int | None, pipeline_file: str | None,
                      plugins: tuple[str, ...], as_json: bool, output: str | None) -> None:
     """Evaluate analyzers on labelled DATA (.csv, .jsonl, .parquet, .xlsx or a saved dataset folder):
     accuracy, precision/recall per class, macro and weighted F1, confusion matrix."""
     from ..evaluate import evaluate, read_labelled
+    from .common import STDOUT
 
+    if output == STDOUT:  # the JSON on standard output: what --json prints
+        output, as_json = None, True
     mapping: dict[str, str] = {}
     for item in label_map:
         key, sep, value = item.partition("=")

@@ -13,7 +13,15 @@ import click
 from ..errors import ConfigError, ExitCode
 from ..models_table import DEFAULT_FINE_TUNE_MODEL
 from ..models_table import FINE_TUNE_DEFAULT_WHY as FT_MODEL_WHY
-from .common import build_options, echo_json, json_option, key_from_env, progress_printer, registry_option
+from .common import (
+    build_options,
+    echo_json,
+    json_option,
+    key_from_env,
+    progress_printer,
+    refuse_stdout,
+    registry_option,
+)
 
 __all__ = ["train"]
 
@@ -42,6 +50,12 @@ def _trainer(trainer: str, block: dict[str, Any], base_url: str | None, api_key_
     return host.build("trainer", block, Context(host=host), key="--trainer")
 
 
+#: why `train -o -` is refused, and the fix
+_NOT_STDOUT = "the job is launched from the dataset file (uploaded, and recorded in the job registry)"
+_NOT_STDOUT_FIX = ("drop -o (the dataset goes to $OAIPIPE_HOME/datasets/), or give -o train.jsonl; to see the dataset "
+                   "on standard output, use `oaipipe dataset build DATA -o -`")
+
+
 @click.command()
 @click.argument("data", type=click.Path())
 @click.option("--trainer", default="local", show_default=True, help="local (offline engine), openai, or a plugin")
@@ -59,8 +73,9 @@ def _trainer(trainer: str, block: dict[str, Any], base_url: str | None, api_key_
 @click.option("--beta", type=float, default=None, help="DPO only")
 @click.option("--max-tokens-per-example", type=int, default=None)
 @click.option("--description", default=None, help="Shown by `oaipipe jobs list`")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Where to write the dataset (default: $OAIPIPE_HOME/datasets/, content-addressed)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Where to write the dataset (default: $OAIPIPE_HOME/datasets/, content-addressed; not -: the job "
+                   "is launched from the file)")
 @click.option("--wait", is_flag=True, help="Follow the job until it finishes; print the fine-tuned model id")
 @click.option("--force", is_flag=True, help="Launch even if this dataset was trained already")
 @click.option("--poll-interval", type=float, default=2.0, show_default=True)
@@ -87,6 +102,7 @@ def train(data: str, trainer: str, method: str, model: str, suffix: str | None, 
         write_dataset,
     )
 
+    refuse_stdout(output, why=_NOT_STDOUT, fix=_NOT_STDOUT_FIX)
     say = progress_printer(as_json)
     hp = _hyperparameters(n_epochs, batch_size, learning_rate_multiplier, beta)
     if "beta" in hp and method != "dpo":

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..errors import ExitCode, OaipipeError
+from ..errors import ExitCode, OaipipeError, redact
 from .common import disable_option, echo_json, json_option, note, set_option
 
 __all__ = ["validate"]
@@ -19,7 +19,8 @@ __all__ = ["validate"]
 @click.option("--online", is_flag=True,
               help="Also ask the backend's server (GET /models) for the shutdown_date of each model: warn within "
                    "60 days, refuse past it (one request; a server without the list is not an error)")
-@json_option("Print the problems as a JSON list of {file, line, column, key, message, hint} ([] when valid)")
+@json_option("Print {problems, warnings} as JSON: each problem {file, line, column, key, message, hint} ([] when "
+             "valid), each warning a line naming its file and line (as the text output prints them)")
 def validate(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...], online: bool,
              as_json: bool) -> ExitCode:
     """Check a pipeline file: YAML, keys, plugin names and options, input files, templates. Calls nothing
@@ -36,12 +37,10 @@ def validate(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...
     except OaipipeError as exc:
         if not as_json:
             raise
-        echo_json([problem.to_dict() for problem in exc.problems])
+        echo_json({"problems": [problem.to_dict() for problem in exc.problems], "warnings": []})
         return exc.exit_code
     if as_json:
-        echo_json([])
-        for warning in built.warnings:
-            click.echo(f"warning: {warning}", err=True)
+        echo_json({"problems": [], "warnings": [redact(w) for w in built.warnings]})
         return ExitCode.OK
     fields = built.source.fields()
     click.echo(f"ok: {pipeline}: source {built.source.name}"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from ..models_table import DEFAULT_MODEL
 from ..tokens import count_message_tokens, count_tokens
 from ..types import Usage
 from .errors import InvalidRequest, ModelNotFound
@@ -304,7 +305,7 @@ def complete(messages: list[dict[str, Any]], model: str, *, response_format: dic
     """Answer a chat request. Raises :class:`ModelNotFound` for an ``ft:`` model that was never trained
     here, :class:`InvalidImage` for an unreadable image, :class:`InvalidRequest` for a malformed request."""
     if not model:
-        raise InvalidRequest("No model given; name one, e.g. gpt-4o-mini.", param="model")
+        raise InvalidRequest(f"No model given; name one, e.g. {DEFAULT_MODEL}.", param="model")
     if max_tokens is not None and max_tokens < 1:
         raise InvalidRequest(f"max_tokens must be at least 1, got {max_tokens}.", param="max_tokens")
     analysis = analyse_messages(messages)

@@ -53,13 +53,17 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 MAX_NESTING = 256
 
 
-def missing_file_error(kind: str, path: Path, given: str, base_dir: Path, *, folder: bool = False) -> InputError:
-    """The :class:`InputError` for a ``path`` that does not exist: says where it was looked for and why."""
+def missing_file_error(kind: str, path: Path, given: str, base_dir: Path, *, folder: bool = False,
+                       option: str = "path") -> InputError:
+    """The :class:`InputError` for a ``path`` that does not exist: says where it was looked for and why.
+
+    ``option`` is the option that gave the path: the error is placed on its line of the pipeline file."""
     what = "folder" if folder else "file"
     return InputError(
         f"{kind} {what} not found: {given} (looked for {path}, resolved against {base_dir})",
         hint="paths in pipeline.yaml are relative to the pipeline file's folder; check the spelling "
         "or give an absolute path",
+        option=option,
     )
 
 
@@ -72,28 +76,31 @@ def _file_type(mode: int) -> str:
     return "not a regular file"
 
 
-def checked_path(kind: str, given: str, context: Any, *, hint: str, folder: bool = False) -> Path:
+def checked_path(kind: str, given: str, context: Any, *, hint: str, folder: bool = False,
+                 option: str = "path") -> Path:
     """``given`` resolved against the pipeline file's folder, checked to be an existing regular file (or,
     with ``folder=True``, folder); an :class:`InputError` naming ``kind`` otherwise: "not found" only when
-    nothing is there, "not a regular file" for a folder, a device (``/dev/zero``), a FIFO or a socket."""
+    nothing is there, "not a regular file" for a folder, a device (``/dev/zero``), a FIFO or a socket.
+
+    ``option`` is the option that gave ``given``: every error is placed on its line of the pipeline file."""
     path: Path = context.path(given)
     try:
         mode = os.stat(path).st_mode  # follows symlinks: what would be opened
     except FileNotFoundError:
-        raise missing_file_error(kind, path, given, context.base_dir, folder=folder) from None
+        raise missing_file_error(kind, path, given, context.base_dir, folder=folder, option=option) from None
     except OSError as exc:
         raise InputError(f"{kind} source path cannot be read: {path}: {exc.strerror or exc}",
-                         hint="check the permissions of the path and of its folders") from None
+                         hint="check the permissions of the path and of its folders", option=option) from None
     if stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode):
         return path
     if folder:
         what = "a file, not a folder" if stat.S_ISREG(mode) else f"{_file_type(mode)}, not a folder"
-        raise InputError(f"{kind} source path is {what}: {path}", hint=hint)
+        raise InputError(f"{kind} source path is {what}: {path}", hint=hint, option=option)
     what = "a folder, not a file" if stat.S_ISDIR(mode) else _file_type(mode)
     raise InputError(f"{kind} source path is not a regular file ({what}): {path}",
                      hint=hint if stat.S_ISDIR(mode) else
-                     "point `source.path` at a file on disk; devices, pipes and sockets cannot be read as input "
-                     "(resuming needs to read the input again)")
+                     f"point `source.{option}` at a file on disk; devices, pipes and sockets cannot be read as "
+                     "input (resuming needs to read the input again)", option=option)
 
 
 class FileOptions(PluginOptions):
@@ -281,7 +288,7 @@ def check_columns(label: str, available: list[str], id_column: str | None, colum
     for key, col in ([("id_column", id_column)] if id_column else []) + [("columns", c) for c in columns or []]:
         if col not in available:
             raise InputError(f"{label}: column '{col}' (source.{key}) is not in the data{did_you_mean(col, available)}",
-                             hint=f"columns: {', '.join(available) or '(none)'}")
+                             hint=f"columns: {', '.join(available) or '(none)'}", option=key)
 
 
 def wanted_columns(id_column: str | None, columns: list[str] | None) -> list[str] | None:

@@ -62,6 +62,14 @@ class ExportFormat:
     #: the third-party documentation of the shape
     source: str
 
+    @property
+    def text(self) -> bool:
+        """Whether the file is one stream of text lines (it can go to standard output: ``-o -``)."""
+        return self.container in TEXT_CONTAINERS
+
+
+#: the containers whose file is text lines (Parquet is binary, and written through a seekable file)
+TEXT_CONTAINERS = frozenset({"jsonl"})
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("hf-jsonl", "sft", "jsonl", "{messages} JSONL (TRL SFTTrainer, datasets' json loader)", TRL_FORMATS_URL),

@@ -67,7 +67,7 @@ class Example:
 
 
 def parse_select(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["reply_sentiment=positive", "model=gpt-4o-mini"]`` → a ``select`` mapping."""
+    """``["reply_sentiment=positive", "model=gpt-6-luna"]`` → a ``select`` mapping."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:

@@ -1,0 +1,109 @@
+"""``-o -`` means standard output on every command with ``-o/--output``, never a file named ``-``.
+
+Each command whose output is one text stream writes it to stdout (its own messages go to stderr); each whose
+output cannot be (a binary format, a file something reads back) refuses ``-o -`` with the reason and the fix.
+Every test runs in a folder of its own and checks that no file named ``-`` appears there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from oaipipe.errors import ExitCode
+from oaipipe.testing import CliResult, PipelineProject
+
+GOLD = REPO / "examples" / "data" / "sentiment_gold.csv"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> PipelineProject:
+    """A finished run of the default test pipeline (a vader sentiment and an ask step), in a folder of its own."""
+    project = PipelineProject(tmp_path_factory.mktemp("stdout"))
+    reviews = [(f"r{i}", f"Review number {i}: the mug is {'great' if i % 2 else 'fine'}") for i in range(12)]
+    project.write(files={"reviews.csv": [("id", "text"), *reviews]})  # 12: `dataset build` wants 10
+    result = project.run()
+    assert result.exit_code == 0, result
+    return project
+
+
+@pytest.fixture
+def cli(project: PipelineProject, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``oaipipe ARGV...`` in this process, run from an empty folder that must stay free of a file named ``-``."""
+    monkeypatch.chdir(tmp_path)
+
+    def call(*argv: str) -> CliResult:
+        result = project.cli(*argv)
+        assert not (tmp_path / "-").exists(), f"{argv} wrote a file named '-'"
+        return result
+
+    return call
+
+
+def _jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_schema_o_dash_prints_the_schema(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("schema", "-o", "-")
+    assert result.exit_code == 0, result
+    assert json.loads(result.out)["$schema"].startswith("http")
+
+
+def test_report_o_dash_prints_the_html(cli, project: PipelineProject) -> None:  # type: ignore[no-untyped-def]
+    result = cli("report", "--pipeline", str(project.file), "-o", "-")
+    assert result.exit_code == 0, result
+    assert result.out.lstrip().lower().startswith("<!doctype html") and result.out.rstrip().endswith("</html>")
+    refused = cli("report", "--pipeline", str(project.file), "-o", "-", "--json")
+    assert refused.exit_code == ExitCode.USAGE_ERROR and refused.out == ""
+    assert "where --json would print too" in refused.err and "hint: drop --json" in refused.err
+
+
+def test_sentiment_eval_o_dash_prints_the_json(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("sentiment", "eval", str(GOLD), "--label-column", "gold", "-a", "keyword", "-o", "-")
+    assert result.exit_code == 0, result
+    assert json.loads(result.out)["analyzers"]["keyword"]["n"] > 0  # the JSON alone: no table around it
+
+
+def test_dataset_build_o_dash_prints_the_rows(cli, project: PipelineProject) -> None:  # type: ignore[no-untyped-def]
+    journal = str(project.run_dir() / "journal.jsonl")
+    result = cli("dataset", "build", journal, "-o", "-", "--step", "reply")
+    assert result.exit_code == 0, result
+    rows = _jsonl(result.out)
+    assert len(rows) == 12 and all(row["messages"][-1]["role"] == "assistant" for row in rows)
+    assert "wrote standard output" in result.err  # the messages went to stderr
+    split = cli("dataset", "build", journal, "-o", "-", "--validation-fraction", "0.2")
+    assert split.exit_code == ExitCode.USAGE_ERROR and split.out == ""
+    assert "validation split is a second file" in split.err and "hint: give -o train.jsonl" in split.err
+
+
+def test_dataset_export_o_dash_prints_jsonl_and_refuses_parquet(cli, project: PipelineProject) -> None:  # type: ignore[no-untyped-def]
+    result = cli("dataset", "export", str(project.run_dir()), "--all", "--format", "hf-jsonl", "-o", "-")
+    assert result.exit_code == 0, result
+    rows = _jsonl(result.out)
+    assert len(rows) == len(project.journal()) and all("messages" in row for row in rows)
+    assert f"row(s) to standard output (hf-jsonl) from run {project.run_dir().name}" in result.err
+    refused = cli("dataset", "export", str(project.run_dir()), "--all", "--format", "dpo-parquet", "-o", "-")
+    assert refused.exit_code == ExitCode.USAGE_ERROR and refused.out == ""
+    assert "dpo-parquet is a binary parquet file" in refused.err
+    assert "give -o FILE.parquet, or use --format dpo-jsonl" in refused.err
+
+
+def test_train_refuses_o_dash(cli, project: PipelineProject, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = cli("train", str(project.run_dir() / "journal.jsonl"), "-o", "-", "--registry",
+                 str(tmp_path / "jobs.json"))
+    assert result.exit_code == ExitCode.USAGE_ERROR, result
+    assert "the job is launched from the dataset file" in result.err and "oaipipe dataset build DATA -o -" in result.err
+    assert not (tmp_path / "jobs.json").exists()  # nothing launched
+
+
+def test_o_dash_reaches_the_real_standard_output(project: PipelineProject) -> None:
+    """The console script, not an in-process capture: the rows are on the process's stdout."""
+    result = project.cli_process("dataset", "export", str(project.run_dir()), "--all", "--format", "openai-jsonl",
+                                 "-o", "-")
+    assert result.exit_code == 0, result
+    assert len(_jsonl(result.out)) == len(project.journal()) and "standard output" in result.err
+    assert not (project.path / "-").exists()
