@@ -673,3 +673,94 @@ def test_key_gate_every_later_call_fails_with_the_servers_own_refusal() -> None:
         err = later.value
         assert (err.message, err.status, err.request_id, err.hint) == \
             ("Incorrect API key provided", 401, "req_42", "set another")
+
+
+def _peaks_after(first: BaseException | None, n: int = 3) -> tuple[int, BaseException | str]:
+    """A fresh gate's probe ends with ``first`` (None: an answer); then ``n`` calls at once. Returns how many
+    of those ran together at most, and what the probe's caller got."""
+    from oaipipe.keys import KeyGate
+
+    async def scenario() -> tuple[int, BaseException | str]:
+        gate = KeyGate()
+        running = peak = 0
+
+        async def go() -> str:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+            return "answer"
+
+        async def probe() -> str:
+            if first is not None:
+                raise first
+            return "answer"
+
+        got = (await asyncio.gather(gate.acall(probe), return_exceptions=True))[0]
+        await asyncio.gather(*(gate.acall(go) for _ in range(n)))
+        return peak, got
+
+    return asyncio.run(scenario())
+
+
+def test_key_gate_opens_on_any_answer_and_stays_shut_on_none() -> None:
+    from oaipipe.errors import BackendConnectionError, ServerError
+
+    assert _peaks_after(None) == (3, "answer")  # an answer (a 200): everyone at once
+    peak, got = _peaks_after(ServerError("busy", status=500))  # an HTTP answer that is not a 401: open too
+    assert peak == 3 and isinstance(got, ServerError)
+    # no answer about the key: the next caller probes alone, then the gate opens (2 together, never 3)
+    peak, got = _peaks_after(BackendConnectionError("refused"))
+    assert peak == 2 and isinstance(got, BackendConnectionError)
+    peak, got = _peaks_after(ValueError("a bug in a transport"))  # not an HTTP answer at all
+    assert peak == 2 and type(got) is ValueError  # the caller gets its own error, not one of the gate's
+
+
+def test_key_gate_a_waiter_whose_event_loop_closed_does_not_break_the_gate() -> None:
+    # an async caller waits behind a blocking probe, then its loop ends (asyncio.run returns): the probe's
+    # answer must still come back, and the gate must go on working
+    from oaipipe.keys import KeyGate
+
+    gate = KeyGate()
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_probe() -> str:
+        entered.set()
+        release.wait(10)
+        return "probe answered"
+
+    results: list[str] = []
+    prober = threading.Thread(target=lambda: results.append(gate.call(slow_probe)), daemon=True)
+    prober.start()
+    assert entered.wait(10)
+
+    async def wait_then_leave() -> None:
+        waiter = asyncio.ensure_future(gate.acall(lambda: asyncio.sleep(0)))
+        await asyncio.sleep(0)  # it runs to its first await: waiting behind the probe
+        assert not waiter.done()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+    asyncio.run(wait_then_leave())  # closes that loop
+    release.set()
+    prober.join(10)
+    assert results == ["probe answered"]
+    assert gate.call(lambda: "open") == "open"
+
+
+def test_resolve_api_key_reads_what_the_options_have_and_registers_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from oaipipe.errors import mask_secrets
+
+    named = "sk-named-in-the-block-0123456789abcdef"
+    assert resolve_api_key(SimpleNamespace(api_key=named, base_url="http://127.0.0.1:1/v1")) == named
+    assert named not in mask_secrets(f"sent {named}")  # a named key is masked wherever it is printed
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert resolve_api_key(SimpleNamespace(api_key=None, base_url=None)) is None  # OpenAI, no key anywhere
+    # a plugin's options need neither field: no base_url means OpenAI's API
+    assert resolve_api_key(SimpleNamespace()) is None
+    monkeypatch.setenv("OPENAI_API_KEY", " sk-from-the-environment-0123456789 ")
+    assert resolve_api_key(SimpleNamespace()) == "sk-from-the-environment-0123456789"
