@@ -764,3 +764,4 @@ def test_resolve_api_key_reads_what_the_options_have_and_registers_the_key(monke
     assert resolve_api_key(SimpleNamespace()) is None
     monkeypatch.setenv("OPENAI_API_KEY", " sk-from-the-environment-0123456789 ")
     assert resolve_api_key(SimpleNamespace()) == "sk-from-the-environment-0123456789"
+    assert "environment" not in mask_secrets("sent sk-from-the-environment-0123456789")  # masked too
