@@ -248,3 +248,25 @@ def test_a_dry_run_answers_a_json_request_with_an_empty_object_and_any_other_wit
     assert reply({"type": "json_object"}) == ("{}", {})
     assert reply({"type": "text"}) == ("", None)
     assert reply(None) == ("", None)
+
+
+def test_a_dry_run_summary_names_its_pipeline_counts_only_its_shard_and_goes_to_the_reporter(tmp_path: Path) -> None:
+    import yaml
+
+    from oaipipe.progress import Reporter
+
+    class Recorder(Reporter):
+        def __init__(self) -> None:
+            self.finished: list[dict] = []
+
+        def finish(self, summary: dict) -> None:
+            self.finished.append(summary)
+
+    path = write_pipeline(tmp_path, "{type: local}", n=20)
+    recorder = Recorder()
+    summaries = [run_pipeline_file(path, dry_run=True, shard=(i, 3), reporter=recorder) for i in range(3)]
+    name = yaml.safe_load(path.read_text(encoding="utf-8"))["name"]
+    assert all((s["pipeline"], s["status"], s["backend"]) == (name, "dry-run", "local") for s in summaries)
+    totals = [s["records"]["total"] for s in summaries]
+    assert sum(totals) == 20 and max(totals) < 20  # each shard's own records, together the whole input
+    assert recorder.finished == summaries  # a reporter (the Python API's reporter=) gets each summary

@@ -585,3 +585,22 @@ def test_the_early_abort_says_how_to_go_on(tmp_path: Path) -> None:
         run_pipeline_file(path)
     assert (err.value.hint or "").endswith(
         "errors.jsonl; fix the cause and rerun (finished records are kept), or pass --max-failures N to go on")
+
+
+def test_each_call_is_counted_under_its_step_and_priced_as_the_model_it_asked_for(tmp_path: Path, server) -> None:
+    from _scale_util import write_pipeline
+
+    from oaipipe.pricing import PriceTable
+
+    steps = ('- {type: ask, prompt: "Reply to: {text}", output: a}\n'
+             '- {type: ask, prompt: "Summarise: {text}", output: b}\n')
+    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}', model: gpt-6-luna}}", n=3,
+                          steps=steps)
+    summary = run_pipeline_file(path)
+    rows = {row["step"]: row for row in summary["by_step"]}
+    assert set(rows) == {"ask:a", "ask:b"} and all(row["calls"] == 3 for row in rows.values())
+    price = PriceTable().lookup("gpt-6-luna")  # serve answers as local:gpt-6-luna: priced as what was asked
+    for row in rows.values():
+        assert row["model"] == "local:gpt-6-luna" and row["priced"] is True
+        want = (row["prompt_tokens"] * price.input + row["completion_tokens"] * price.output) / 1_000_000
+        assert row["cost_usd"] == pytest.approx(want, abs=1e-6) and want > 0  # rows are rounded to 1e-6
