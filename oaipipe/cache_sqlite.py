@@ -4,7 +4,7 @@
   connection per thread) and processes (two runs sharing a cache) read and write at once; readers never
   wait for writers. Each ``put`` is its own transaction: an answer stored before a kill is kept (a power
   cut may lose the last few, never the file).
-* **Bounds.** ``max_age`` (``30d``): an entry stored longer ago is a miss, and is deleted (once a day, when
+* **Bounds.** ``max_age`` (``30d``): an entry stored that long ago or longer is a miss, and is deleted (once a day, when
   a run opens the cache, and by ``oaipipe cache clear --older-than``). ``max_size`` (``500MB``): when the
   file grows past it, entries are dropped, least recently used first, down to 90 % of it. "Recently used"
   is kept to the day so that a hit costs no write: rows are kept in the order they were stored, and an
@@ -215,7 +215,7 @@ class SqliteStore(CacheStore):
         path: str | None = Field(None, description="The database file (default: cache.sqlite3 in run.cache_dir)")
         max_size: int | None = Field(None, description="Largest file size, e.g. 500MB or 2GiB; past it the least "
                                                        "recently used entries are dropped")
-        max_age: float | None = Field(None, description="Entries stored longer ago are misses and are deleted, "
+        max_age: float | None = Field(None, description="Entries stored this long ago or longer are misses and are deleted, "
                                                         "e.g. 30d, 12h")
         compress: bool = Field(False, description="Store values zlib-compressed: about half the file, a slower hit")
         busy_timeout: float = Field(5.0, gt=0, le=600, description="Seconds to wait for another writer")

@@ -610,3 +610,68 @@ def test_a_write_that_finds_the_file_malformed_has_it_checked_at_the_next_open(t
         store.put(_key(2), _value(2))  # the response cache turns this into one warning and an uncached run
     assert (tmp_path / f"{DB_NAME}.check").exists()
 
+
+
+def test_an_answer_is_good_for_max_age_and_no_longer(tmp_path: Path) -> None:
+    clock = Clock()
+    store = SqliteStore.at(tmp_path, max_age="30d")
+    store.clock = clock
+    store.put(_key(1), _value(1))
+    clock.now += 30 * DAY - 1
+    assert store.get(_key(1)) is not None  # a second short of 30 days: still good
+    clock.now += 1
+    assert store.get(_key(1)) is None  # 30 days old: expired, as the sweep deletes it
+    assert store.evict() == 1
+
+
+def test_the_counts_of_an_open_store_reach_the_file_every_few_seconds(tmp_path: Path, monkeypatch) -> None:
+    # `cache stats` from another process sees a running store's hits and misses (they are added to the file
+    # at most every _FLUSH_EVERY seconds, here at once), not only when it closes
+    import oaipipe.cache_sqlite as cs
+
+    monkeypatch.setattr(cs, "_FLUSH_EVERY", 0.0)
+    store = SqliteStore.at(tmp_path)
+    store.put(_key(1), _value(1))
+    assert store.get(_key(1)) is not None and store.get(_key(2)) is None
+    other = sqlite3.connect(tmp_path / DB_NAME)
+    totals = dict(other.execute("SELECT name, value FROM meta WHERE name IN ('hits', 'misses')").fetchall())
+    other.close()
+    assert totals == {"hits": 1, "misses": 1}
+    store.close()
+
+
+def test_a_read_moves_an_entry_to_the_back_only_once_it_is_a_day_old(tmp_path: Path) -> None:
+    # reads do not write: an entry read again moves to the back of the eviction order only a day (or more)
+    # after it was stored or last moved
+    clock = Clock()
+    store = SqliteStore.at(tmp_path, max_size="500KB", compress=False)  # entries of ~1.1 KB: about 450 fit
+    store.clock = clock
+    for i in range(300):
+        store.put(_key(i), _value(i, 1000))
+    clock.now += DAY - 1
+    assert store.get(_key(0)) is not None  # read a second short of a day later: stays where it was
+    clock.now += 1
+    assert store.get(_key(1)) is not None  # read a day later: to the back
+    for i in range(300, 600):
+        store.put(_key(i), _value(i, 1000))
+    store.evict()
+    assert store.get(_key(0)) is None, "read too soon to move: evicted with the oldest"
+    assert store.get(_key(1)) is not None, "moved to the back: it outlived older ones"
+    store.close()
+
+
+def test_a_read_that_cannot_move_its_entry_still_answers(tmp_path: Path) -> None:
+    # moving an entry to the back is only a hint: with the file locked by another writer the read answers
+    clock = Clock()
+    store = SqliteStore.at(tmp_path, busy_timeout=0.05)
+    store.clock = clock
+    store.put(_key(1), _value(1))
+    clock.now += 2 * DAY  # old enough to be moved on this read
+    writer = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # holds the write lock
+    try:
+        assert store.get(_key(1)) == _value(1) | {"pad": ""}
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    store.close()
