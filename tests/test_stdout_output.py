@@ -162,3 +162,15 @@ def test_a_broken_pipe_that_is_not_the_output_is_an_error_not_silence(capsys: py
         cli.commands.pop("broken-socket")
     assert code == ExitCode.RECORDS_FAILED
     assert "error: unexpected BrokenPipeError: [Errno 32] Broken pipe" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [("ask", "--log", "-", "hello"), ("jobs", "list", "--registry", "-"),
+                                  ("train", "data.jsonl", "--registry", "-")])
+def test_a_file_option_that_cannot_be_a_stream_refuses_dash(cli, argv: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    """``--log -`` (a dialogue log appended to) and ``--registry -`` (a registry read back) are refused, exit 2,
+    before anything is called: they wrote (or read) a file named ``-`` (the ``cli`` fixture checks none
+    appears)."""
+    result = cli(*argv)
+    assert result.exit_code == ExitCode.USAGE_ERROR, result
+    assert "'-' is not a file" in result.err and "give a path" in result.err
+    assert result.out == ""

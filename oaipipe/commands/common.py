@@ -37,6 +37,7 @@ __all__ = [
     "json_option",
     "key_from_env",
     "log_records_to",
+    "not_a_stream",
     "note",
     "output_path",
     "progress_printer",
@@ -56,8 +57,19 @@ set_option = click.option(
 )
 disable_option = click.option("--disable-plugin", "disabled", multiple=True, metavar="NAME",
                               help="Do not load this plugin (repeatable)")
+
+
+def not_a_stream(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """click callback of a file option that cannot be a stream (a file oaipipe appends to or reads back):
+    ``-`` is refused (exit 2) rather than becoming a file named ``-``, as ``-o -`` never does."""
+    if value == STDOUT:
+        raise click.BadParameter("'-' is not a file: this option names a file oaipipe keeps (appends to, reads "
+                                 "back), which standard output cannot be; give a path", ctx=ctx, param=param)
+    return value
+
+
 registry_option = click.option("--registry", "registry_path", type=click.Path(dir_okay=False), default=None,
-                               help="Job registry file (default: $OAIPIPE_HOME/jobs.json)")
+                               callback=not_a_stream, help="Job registry file (default: $OAIPIPE_HOME/jobs.json)")
 
 
 def json_option(help: str = "Print JSON instead of text") -> Callable[[F], F]:
