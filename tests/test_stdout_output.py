@@ -174,3 +174,21 @@ def test_a_file_option_that_cannot_be_a_stream_refuses_dash(cli, argv: tuple[str
     assert result.exit_code == ExitCode.USAGE_ERROR, result
     assert "'-' is not a file" in result.err and "give a path" in result.err
     assert result.out == ""
+
+
+@pytest.mark.parametrize("command", ["schema -o -", "dataset build examples.jsonl -o -",
+                                     f"sentiment eval {GOLD} --label-column gold -a keyword -o -"])
+def test_o_dash_with_standard_output_closed_says_so(tmp_path: Path, command: str) -> None:
+    """``-o -`` with stdout closed (``>&-``) is a clear error (exit 9, naming it) before any work: the rows
+    went nowhere with exit 0 (schema, sentiment eval), or an unexpected AttributeError, exit 1 (dataset build)."""
+    import shlex
+    import subprocess
+
+    from oaipipe.testing import oaipipe_command
+
+    _many_examples(tmp_path / "examples.jsonl", n=12)
+    line = " ".join(map(shlex.quote, oaipipe_command())) + f" {command} >&-"
+    proc = subprocess.run(["sh", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == ExitCode.IO_ERROR, proc.stderr
+    assert "error: cannot write standard output (-o -): it is closed" in proc.stderr
+    assert "hint: give -o FILE" in proc.stderr and "unexpected" not in proc.stderr

@@ -99,12 +99,18 @@ def refuse_stdout(output: str | None, *, why: str, fix: str) -> None:
 
 
 def stdout_output(output: str | None, as_json: bool = False) -> bool:
-    """Whether ``-o -`` asks for standard output; refuses it with ``--json``, which prints there too."""
+    """Whether ``-o -`` asks for standard output; refuses it with ``--json``, which prints there too, and
+    when there is no standard output to write to (closed: ``>&-``), before any work is done."""
     if output != STDOUT:
         return False
     if as_json:
         raise ConfigError("-o - writes the output to standard output, where --json would print too",
                           hint="drop --json (with -o - the messages go to stderr), or give -o FILE")
+    if sys.stdout is None or getattr(sys.stdout, "closed", False):
+        from ..errors import StorageError
+
+        raise StorageError("cannot write standard output (-o -): it is closed", path=STDOUT,
+                           hint="give -o FILE, or run the command with its standard output open (a pipe, a file)")
     return True
 
 
