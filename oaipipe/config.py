@@ -217,6 +217,8 @@ class LoadedConfig:
     invalid: set[str] = field(default_factory=set)
     #: built from data given in code (``oaipipe.Pipeline({...})``): no file, messages name key paths only
     in_code: bool = False
+    #: the file as messages name it: as the user gave it (``p.yaml``; a folder's ``FOLDER/pipeline.yaml``)
+    shown_file: str = ""
 
     @property
     def base_dir(self) -> Path:
@@ -694,7 +696,8 @@ def _load_data(data: dict[str, Any], positions: dict[str, tuple[int, int]], path
         if problems is None:
             own.raise_if_any()
     loaded = LoadedConfig(path=path.resolve(), config=None, data=data, positions=positions,  # type: ignore[arg-type]
-                          overridden={o.split("=", 1)[0].strip() for o in overrides or ()}, unset_env=unset)
+                          overridden={o.split("=", 1)[0].strip() for o in overrides or ()}, unset_env=unset,
+                          shown_file=file)
     loaded.warnings = _env_warnings(loaded, file, too_short)
     own.where = loaded.where
     loaded.config = _validated(loaded, file, own)
