@@ -170,3 +170,13 @@ def test_an_address_ray_init_refuses_is_the_same_clear_error(monkeypatch: pytest
     monkeypatch.setattr(ray_cluster, "check_ray_address", lambda address: None)
     with pytest.raises(ConfigError, match="cannot join the Ray cluster at head:6379: Invalid address format"):
         ray_cluster.join_ray(FakeRay(), "head:6379", 2)
+
+
+def test_ray_address_without_the_ray_executor_is_refused_not_ignored(tmp_path: Path) -> None:
+    """``--ray-address`` on a run whose executor is local was ignored in silence (the run went on local
+    worker processes, exit 0); it is a usage error naming the missing ``--executor ray``, before anything runs."""
+    project = _project(tmp_path, n=20, workers=2)
+    result = project.cli("run", str(project.file), "--ray-address", "ray://head.invalid:10001")
+    assert result.exit_code == ExitCode.USAGE_ERROR, result
+    assert "--ray-address is read only with --executor ray" in result.err and "give --executor ray too" in result.err
+    assert not (project.path / "runs").exists()  # nothing ran
