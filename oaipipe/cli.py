@@ -22,13 +22,14 @@ A command returns an :class:`~oaipipe.errors.ExitCode`; an error raised on purpo
       run directory deleted while its run was going (``StorageError``); rerun after fixing it
 10    ``RUN_LOCKED``: another run of this pipeline holds the lock (or another run is writing the same output
       file): the message names the holder (pid, host, since when) (``RunLockedError``)
-130   ``INTERRUPTED``: Ctrl-C, SIGTERM; rerun the same command to resume (a ``train:`` job keeps running:
-      the rerun or ``oaipipe jobs wait`` follows it)
+130   ``INTERRUPTED``: Ctrl-C, SIGTERM, or the output's reader gone (``oaipipe ... | head``: quietly); rerun
+      the same command to resume (a ``train:`` job keeps running: the rerun or ``oaipipe jobs wait`` follows it)
 ====  =====================================================================================
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from typing import Any
@@ -65,6 +66,23 @@ class OaipipeGroup(click.Group):
         self._load_plugin_commands()
         command = super().get_command(ctx, cmd_name)
         return add_verbosity_options(command) if command is not None else None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            raise _BrokenPipe(exc) from exc  # click's main would end it with a silent exit 1: main() judges
+
+
+class _BrokenPipe(Exception):
+    """An EPIPE carried past click (which exits 1 on every one, saying nothing) to :func:`main`: a closed
+    stdout/stderr (the reader is gone) ends the command quietly; any other is an error like any other."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @click.group(cls=OaipipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -131,17 +149,28 @@ def _main(argv: list[str] | None) -> ExitCode | int:
         return _exit_code(exc.exit_code)
     except click.exceptions.Exit as exc:
         return _exit_code(exc.exit_code)
-    except BrokenPipeError:
-        return ExitCode.OK
+    except _BrokenPipe as broken:
+        if _reader_gone():  # `oaipipe ... | head`: the reader has what it wanted, and hears nothing more
+            return ExitCode.INTERRUPTED
+        return _os_error(broken.error)
     except OSError as exc:
-        if not is_storage_error(exc):
-            return _unexpected(exc)
-        err = StorageError.from_os_error(exc)  # wherever it happened: name the path, exit 9
-        click.echo(f"error: {err}", err=True)
-        return err.exit_code
+        return _os_error(exc)
     except Exception as exc:  # noqa: BLE001 - last resort: one readable line, never a key
         return _unexpected(exc)
     return _exit_code(code)
+
+
+def _os_error(exc: OSError) -> ExitCode:
+    if not is_storage_error(exc):
+        return _unexpected(exc)
+    err = StorageError.from_os_error(exc)  # wherever it happened: name the path, exit 9
+    click.echo(f"error: {err}", err=True)
+    return err.exit_code
+
+
+def _reader_gone() -> bool:
+    """Whether stdout or stderr lost its reader: a write to it met a closed pipe (``oaipipe ... | head``)."""
+    return any(isinstance(s, RedactingStream) and s.reader_gone for s in (sys.stdout, sys.stderr))
 
 
 def _unexpected(exc: BaseException) -> ExitCode:

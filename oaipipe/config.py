@@ -89,6 +89,19 @@ class RunSettings(BaseModel):
         raise ValueError("run.cache is true, false or a store block such as {type: sqlite, max_size: 1GB, "
                          "max_age: 30d}")
 
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, value: str | None) -> str | None:
+        """Held to what a Ray address looks like when the file is read (``validate`` places it on its line);
+        whether the cluster answers is checked when a run joins it."""
+        from .ray_cluster import ray_address_problem  # no Ray import: the text alone
+
+        problem = None if value is None else ray_address_problem(value)
+        if problem is not None:
+            raise ValueError(f"not a Ray address: {problem}; give auto, HOST:6379 (the GCS) or "
+                             "ray://HOST:10001 (Ray Client), or leave it out for a local Ray")
+        return value
+
 
 class PipelineConfig(BaseModel):
     """The top level of pipeline.yaml. Plugin blocks are plain mappings here; their plugin validates them."""
@@ -204,6 +217,8 @@ class LoadedConfig:
     invalid: set[str] = field(default_factory=set)
     #: built from data given in code (``oaipipe.Pipeline({...})``): no file, messages name key paths only
     in_code: bool = False
+    #: the file as messages name it: as the user gave it (``p.yaml``; a folder's ``FOLDER/pipeline.yaml``)
+    shown_file: str = ""
 
     @property
     def base_dir(self) -> Path:
@@ -577,6 +592,8 @@ def _error_text(err: Any, loc: tuple[Any, ...], model: type[BaseModel] | None) -
     if kind == "missing":
         return "required key is missing"
     text = err.get("msg", "invalid value")
+    if kind == "value_error":  # a validator's own message: without pydantic's "Value error, " before it
+        text = text.removeprefix("Value error, ")
     if "input" in err and not isinstance(err["input"], dict | list):
         got = err["input"]  # a YAML date is shown as written, not as datetime.date(2020, 1, 1)
         text += f" (got {got.isoformat() if isinstance(got, _dt.date) else repr(got)})"
@@ -679,7 +696,8 @@ def _load_data(data: dict[str, Any], positions: dict[str, tuple[int, int]], path
         if problems is None:
             own.raise_if_any()
     loaded = LoadedConfig(path=path.resolve(), config=None, data=data, positions=positions,  # type: ignore[arg-type]
-                          overridden={o.split("=", 1)[0].strip() for o in overrides or ()}, unset_env=unset)
+                          overridden={o.split("=", 1)[0].strip() for o in overrides or ()}, unset_env=unset,
+                          shown_file=file)
     loaded.warnings = _env_warnings(loaded, file, too_short)
     own.where = loaded.where
     loaded.config = _validated(loaded, file, own)

@@ -593,16 +593,29 @@ class RedactingStream:
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
+        #: a write or flush found the reading end of the pipe closed (``oaipipe ... | head``)
+        self.reader_gone = False
 
     @property
     def wrapped(self) -> Any:
         return self._stream
 
     def write(self, text: Any) -> int:
-        if isinstance(text, str):
-            self._stream.write(mask_secrets(text))
-            return len(text)
-        return int(self._stream.write(text) or 0)
+        try:
+            if isinstance(text, str):
+                self._stream.write(mask_secrets(text))
+                return len(text)
+            return int(self._stream.write(text) or 0)
+        except BrokenPipeError:
+            self.reader_gone = True
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self.reader_gone = True
+            raise
 
     def writelines(self, lines: Any) -> None:
         for line in lines:

@@ -109,7 +109,7 @@ def check_models(pipeline: BuiltPipeline) -> None:
     models = pipeline.loaded.config.models
     if not openai and not models:
         return
-    problems = Problems(pipeline.file)
+    problems = Problems(pipeline.shown_file)
     warned: set[str] = set()
     for block, model, temperature, temp_block in _calls(pipeline):
         info = model_info(model, models, table=openai)
@@ -129,7 +129,7 @@ def _check_shutdown(pipeline: BuiltPipeline, problems: Any, model_key: str, mode
     kind, message = found
     line, col = pipeline.loaded.where(model_key)
     if kind == "error":
-        problems.add(ConfigError(message, file=pipeline.file, line=line, column=col, key=model_key,
+        problems.add(ConfigError(message, file=pipeline.shown_file, line=line, column=col, key=model_key,
                                  hint=f"set `model: {info.substitute or 'A_CURRENT_MODEL'}` "
                                  "(see `oaipipe models` and docs/platform.md)"))
     elif model not in warned:
@@ -139,7 +139,7 @@ def _check_shutdown(pipeline: BuiltPipeline, problems: Any, model_key: str, mode
 
 def _where(pipeline: BuiltPipeline, line: int | None) -> str:
     """``FILE:LINE`` of a warning, or ``FILE (--set)`` for a value given on the command line."""
-    return f"{pipeline.file}:{line}" if line else f"{pipeline.file} (--set)"
+    return f"{pipeline.shown_file}:{line}" if line else f"{pipeline.shown_file} (--set)"
 
 
 def _check_reasoning(pipeline: BuiltPipeline, problems: Any, model: str, info: ModelInfo, temperature: Any,
@@ -150,7 +150,7 @@ def _check_reasoning(pipeline: BuiltPipeline, problems: Any, model: str, info: M
         line, col = where(key)
         problems.add(ConfigError(
             f"temperature is not supported by the reasoning model {model}: OpenAI refuses the call",
-            file=pipeline.file, line=line, column=col, key=key,
+            file=pipeline.shown_file, line=line, column=col, key=key,
             hint="remove `temperature` (steer a reasoning model with `reasoning_effort`), or pick a "
             "non-reasoning model such as gpt-4.1"))
     api_of = getattr(backend, "api_of", None)
@@ -159,7 +159,7 @@ def _check_reasoning(pipeline: BuiltPipeline, problems: Any, model: str, info: M
         line, col = where("backend.max_tokens_param")
         problems.add(ConfigError(
             f"the reasoning model {model} refuses `max_tokens` on Chat Completions",
-            file=pipeline.file, line=line, column=col, key="backend.max_tokens_param",
+            file=pipeline.shown_file, line=line, column=col, key="backend.max_tokens_param",
             hint="remove `max_tokens_param: max_tokens` (auto sends max_completion_tokens to OpenAI), "
             "or use `api: responses`"))
 
@@ -205,7 +205,7 @@ async def check_server_models(pipeline: BuiltPipeline, *, explicit: bool = False
                   url, str(exc).splitlines()[0])
         return []
     dates = {m.id: m.shutdown_date for m in listed if m.shutdown_date}
-    problems = Problems(pipeline.file)
+    problems = Problems(pipeline.shown_file)
     warnings: list[str] = []
     warned: set[str] = set()
     models, openai = pipeline.loaded.config.models, _openai(backend)

@@ -52,6 +52,10 @@ class BuiltPipeline:
     #: how the pipeline was loaded (``load_pipeline``'s arguments but the path): a worker process loads the
     #: same pipeline from its file with them (``run.workers``); None for a pipeline built another way
     load_args: dict[str, Any] | None = None
+    #: the pipeline file as the user named it (``oaipipe validate p.yaml``: ``p.yaml``), which every message
+    #: about the file names, as the per-block checks do; ``""`` for a pipeline built in code. (``file`` is the
+    #: absolute path, which the run directory records.)
+    shown_file: str = ""
 
     @property
     def name(self) -> str:
@@ -59,7 +63,8 @@ class BuiltPipeline:
 
     @property
     def file(self) -> str:
-        """The pipeline file, as messages name it (``""`` for a pipeline built in code: messages name keys)."""
+        """The pipeline file, absolute (what the run directory records; messages name ``shown_file``); ``""``
+        for a pipeline built in code."""
         return "" if self.loaded.in_code else str(self.loaded.path)
 
     @property
@@ -191,9 +196,9 @@ def load_pipeline(
     (:data:`CHECKS`) run once every block is valid. One problem is raised as it is; several as one
     :class:`ConfigError` whose ``problems`` lists each with its file, line and fix.
     """
-    file = str(path)
-    problems = Problems(file)
+    problems = Problems(str(path))
     loaded = load_config(path, overrides, environ=environ, problems=problems)
+    problems.file = file = loaded.shown_file  # a folder's FOLDER/pipeline.yaml, as load_config names it
     pipeline = build_pipeline(loaded, problems, file=file, disabled=disabled, entry_points=entry_points)
     # how to build it again from its file (the workers of a process pool or Ray do)
     pipeline.load_args = {"overrides": list(overrides or []), "disabled": list(disabled or []),
@@ -233,7 +238,8 @@ def build_pipeline(loaded: LoadedConfig, problems: Problems, *, file: str, disab
     context.settings.update(settings or {})
     parts = _build_parts(loaded, host, context, file, problems)
     problems.raise_if_any()
-    pipeline = BuiltPipeline(loaded=loaded, host=host, context=context, warnings=list(loaded.warnings), **parts)
+    pipeline = BuiltPipeline(loaded=loaded, host=host, context=context, warnings=list(loaded.warnings),
+                             shown_file=file, **parts)
     for check in CHECKS:
         with problems.collect():
             check(pipeline)
@@ -285,7 +291,7 @@ def check_name(pipeline: BuiltPipeline) -> None:
     line, col = pipeline.loaded.where("name")
     raise ConfigError(
         f"{name!r} cannot name a folder inside run.dir ({pipeline.loaded.config.run.dir}): it would put "
-        f"the run directory elsewhere", file=pipeline.file, line=line, column=col, key="name",
+        f"the run directory elsewhere", file=pipeline.shown_file, line=line, column=col, key="name",
         hint="use a plain name such as reviews-demo (letters, digits, '-', '_', '.'; no '/', '\\' or '..')",
     )
 
@@ -293,7 +299,7 @@ def check_name(pipeline: BuiltPipeline) -> None:
 def check_sink_paths(pipeline: BuiltPipeline) -> None:
     """Two sinks writing one file would interleave their lines, and a sink writing the source (or the
     pipeline file) would destroy the input while it is read: refuse both (every such sink is reported)."""
-    problems = Problems(pipeline.file)
+    problems = Problems(pipeline.shown_file)
     seen: dict[Path, int] = {}
     inputs: list[tuple[str, Path]] = [("the pipeline file", Path(pipeline.loaded.path))]
     source_path = getattr(pipeline.source.options, "path", None)
@@ -310,12 +316,12 @@ def check_sink_paths(pipeline: BuiltPipeline) -> None:
         if clash is not None:
             problems.add(ConfigError(
                 f"sink {i} would write {path}, which is {clash}: the input would be overwritten while it is "
-                f"read", file=pipeline.file, line=line, column=col, key=f"sinks.{i}.path",
+                f"read", file=pipeline.shown_file, line=line, column=col, key=f"sinks.{i}.path",
                 hint="give the sink its own path, e.g. out/records.jsonl",
             ))
             continue
         if resolved in seen:
-            problems.add(ConfigError(f"sinks {seen[resolved]} and {i} both write {path}", file=pipeline.file,
+            problems.add(ConfigError(f"sinks {seen[resolved]} and {i} both write {path}", file=pipeline.shown_file,
                                      line=line, column=col, key=f"sinks.{i}.path",
                                      hint="give each sink its own path"))
             continue
@@ -337,7 +343,7 @@ def check_train_select(pipeline: BuiltPipeline) -> None:
         if step.writes_sentiment:
             sentiment_fields.add(step.options.output)
     known = None if fields is None else {*fields, *produced, "sentiment"}
-    problems = Problems(pipeline.file)
+    problems = Problems(pipeline.shown_file)
     for key, value in select.items():
         with problems.collect():
             _check_select(pipeline, key, value, known, sentiment_fields)
@@ -352,7 +358,7 @@ def _check_select(pipeline: BuiltPipeline, key: str, value: Any, known: set[str]
     if known is not None and key not in known:
         close = difflib.get_close_matches(str(key), sorted(known), n=1)
         raise ConfigError(
-            f"selects on field '{key}', which no record will have", file=pipeline.file, line=line, column=col,
+            f"selects on field '{key}', which no record will have", file=pipeline.shown_file, line=line, column=col,
             key=f"train.select.{key}",
             hint=(f"did you mean '{close[0]}'? " if close else "") + f"fields: {', '.join(sorted(known))}",
         )
@@ -361,7 +367,7 @@ def _check_select(pipeline: BuiltPipeline, key: str, value: Any, known: set[str]
         for v in values:
             if v not in ("positive", "negative", "neutral"):
                 raise ConfigError(
-                    f"'{key}' holds a sentiment label, and {v!r} is not one", file=pipeline.file, line=line,
+                    f"'{key}' holds a sentiment label, and {v!r} is not one", file=pipeline.shown_file, line=line,
                     column=col, key=f"train.select.{key}", hint="use positive, negative or neutral",
                 )
 
@@ -391,7 +397,7 @@ def check_templates(pipeline: BuiltPipeline) -> None:
     if available is None:
         return
     have = set(available)
-    problems = Problems(pipeline.file)
+    problems = Problems(pipeline.shown_file)
     for i, step in enumerate(pipeline.steps):
         for opt, names in step.template_fields().items():
             for name in names:
@@ -411,7 +417,7 @@ def _missing_field(pipeline: BuiltPipeline, key: str, name: str, have: set[str])
     hint += f"fields available at this step: {', '.join(sorted(have))}"
     line, col = pipeline.loaded.where(key)
     return ConfigError(f"template names field '{name}', which neither the source nor an earlier step provides",
-                       file=pipeline.file, line=line, column=col, key=key, hint=hint)
+                       file=pipeline.shown_file, line=line, column=col, key=key, hint=hint)
 
 
 def check_deadline(pipeline: BuiltPipeline) -> None:
@@ -422,7 +428,7 @@ def check_deadline(pipeline: BuiltPipeline) -> None:
     if deadline is None or tier == "auto":
         return
     line, _col = pipeline.loaded.where("backend.deadline")
-    where = f"{pipeline.file}:{line}" if line else f"{pipeline.file} (--set)"
+    where = f"{pipeline.shown_file}:{line}" if line else f"{pipeline.shown_file} (--set)"
     now = f"with tier: {tier}" if tier else "without `tier:`"
     pipeline.warnings.append(f"{where}: backend.deadline: {deadline} has no effect {now}; only `tier: auto` "
                              f"plans against a deadline (set `tier: auto`, or remove the deadline)")
@@ -437,7 +443,7 @@ def check_executor(pipeline: BuiltPipeline) -> None:
     error = missing("ray", extra="ray", feature="run.executor: ray")
     if error is not None:
         line, col = pipeline.loaded.where("run.executor")
-        raise ConfigError(error.message, file=pipeline.file, line=line, column=col, key="run.executor",
+        raise ConfigError(error.message, file=pipeline.shown_file, line=line, column=col, key="run.executor",
                           hint=f"{error.hint}, or set run.executor: local")
 
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .types import ChatRequest, ChatResponse
 
 __all__ = ["CONNECT_TIMEOUT", "CacheActor", "ClusterServices", "LimiterActor", "RemoteRateLimiter", "RemoteStore",
-           "check_ray_address", "join_ray"]
+           "check_ray_address", "join_ray", "ray_address_problem"]
 
 
 def _ray() -> Any:
@@ -60,10 +60,46 @@ _ADDRESS_HINT = ("start the cluster (`ray start --head` on its head node; Ray Cl
                  "correct --ray-address / run.ray_address, or leave it out to run on a local Ray")
 
 
+def ray_address_problem(address: str) -> str | None:
+    """What makes ``address`` something no Ray cluster can be joined at, read from its text alone (no lookup,
+    no connection), or None: a Ray address is ``auto``, ``local``, ``HOST[:PORT]`` (the GCS) or
+    ``ray://HOST[:PORT]`` (Ray Client), with a port from 1 to 65535 and nothing after it. ``run.ray_address``
+    is held to it when the pipeline file is read (placed on its line), ``--ray-address`` before joining."""
+    import urllib.parse
+
+    if address in ("auto", "local"):
+        return None
+    if not address.strip():
+        return "it is empty"
+    if address != address.strip():
+        return "it has spaces around it"
+    scheme, sep, _ = address.partition("://")
+    if sep and scheme != "ray":
+        why = f"{scheme}:// is not a scheme Ray joins (only ray://, or none for the GCS's HOST:PORT)"
+        if scheme in ("http", "https"):
+            why += "; an http address is the dashboard's or the Jobs API's, not the cluster's"
+        return why
+    try:
+        parsed = urllib.parse.urlsplit(address if sep else f"//{address}")
+        port = parsed.port
+    except ValueError as exc:
+        text = str(exc)
+        return ("its port is not a number from 1 to 65535" if "port" in text.lower() else
+                f"it is not an address ({text})")
+    if not parsed.hostname:
+        return "it names no host"
+    if port == 0:
+        return "its port is 0 (give the cluster's port, or none: 10001 for ray://, 6379 for the GCS)"
+    if parsed.path or parsed.query or parsed.fragment:
+        return "it has something after the host and port (a Ray address is HOST[:PORT], with no path)"
+    return None
+
+
 def _endpoint(address: str) -> tuple[str, int] | None:
     """The (host, port) that joining ``address`` connects to first; None for ``local`` (Ray starts one) and
     for ``auto`` when Ray's own lookup cannot be asked. Raises the :class:`ConfigError` of
-    :func:`check_ray_address` when ``auto`` finds no running cluster."""
+    :func:`check_ray_address` when ``auto`` finds no running cluster, or when ``address`` is not one
+    (:func:`ray_address_problem`)."""
     import urllib.parse
 
     if address == "local":
@@ -82,15 +118,13 @@ def _endpoint(address: str) -> tuple[str, int] | None:
             raise _unreachable("auto", f"no running Ray cluster was found on this machine ({exc})") from None
         except Exception:  # noqa: BLE001 - Ray's lookup failing otherwise: ray.init says what it says
             return None
+    problem = ray_address_problem(address)
+    if problem is not None:
+        raise _unreachable(address, problem)
     client = address.startswith("ray://")
     parsed = urllib.parse.urlsplit(address if "://" in address else f"//{address}")
-    try:
-        port = parsed.port
-    except ValueError:
-        raise _unreachable(address, "its port is not a number") from None
-    if not parsed.hostname:
-        raise _unreachable(address, "it names no host")
-    return parsed.hostname, port or (RAY_CLIENT_PORT if client else GCS_PORT)
+    assert parsed.hostname is not None  # ray_address_problem holds it
+    return parsed.hostname, parsed.port or (RAY_CLIENT_PORT if client else GCS_PORT)
 
 
 def _unreachable(address: str, why: str) -> Exception:
@@ -146,7 +180,7 @@ def join_ray(ray: Any, address: str | None, workers: int) -> None:
     kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
     try:
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
-    except ConnectionError as exc:
+    except (ConnectionError, ValueError) as exc:  # Ray refusing the address: the same clear error
         if not address:
             raise
         raise _unreachable(address, str(exc)) from None

@@ -392,3 +392,38 @@ def test_a_step_raising_anything_fails_that_record_alone(tmp_path: Path, raised:
     assert summary["records"]["done"] == 10 and summary["records"]["failed"] == 1
     [error] = errors_of(summary)
     assert error["id"] == "r5" and "step boom:z" in error["error"]
+
+
+def test_every_message_names_the_pipeline_file_as_the_user_gave_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The checks across blocks (two sinks on one file) and the model checks (a shutdown date) named the file
+    by its absolute path, the per-block checks by the name given; a folder given for its pipeline.yaml was
+    named as the bare folder (``proj:2:21: source.path``). Each now says what the user typed."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OAIPIPE_TODAY", "2026-11-30")  # gpt-4o-mini shuts down on 2027-01-14: a warning
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-never-sent")  # validate calls nothing
+    (tmp_path / "in.csv").write_text("id,text\nr1,hello\n", encoding="utf-8")
+    (tmp_path / "other.yaml").write_text(textwrap.dedent("""\
+        name: other
+        backend: {type: openai, model: gpt-4o-mini}
+        source: {type: csv, path: in.csv, id_column: id}
+        steps: [{type: sentiment, analyzer: keyword, input: "{text}", output: s}]
+        sinks:
+          - {type: jsonl, path: out.jsonl}
+          - {type: jsonl, path: out.jsonl}
+        """), encoding="utf-8")
+    assert main(["validate", "other.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "error: other.yaml:7:" in err and "sinks 0 and 1 both write out.jsonl" in err, err
+    assert str(tmp_path) not in err
+    (tmp_path / "other.yaml").write_text((tmp_path / "other.yaml").read_text().replace("  - {type: jsonl, path: "
+                                                                                       "out.jsonl}\n", "", 1))
+    assert main(["validate", "other.yaml"]) == 0
+    err = "".join(capsys.readouterr())  # the warnings follow the "ok" line
+    assert "warning: other.yaml:2: model gpt-4o-mini shuts down on 2027-01-14" in err, err
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "pipeline.yaml").write_text("name: p\nsource: {type: csv, path: nothere.csv}\nsteps: []\n",
+                                                     encoding="utf-8")
+    assert main(["validate", "proj"]) == 3
+    err = capsys.readouterr().err
+    assert f"error: {Path('proj', 'pipeline.yaml')}:2:21: source.path: CSV file not found: nothere.csv" in err, err

@@ -105,3 +105,78 @@ def test_ray_client_without_its_package_says_what_to_install(tmp_path: Path, mon
         with pytest.raises(ConfigError, match="Ray Client, which needs the Python package 'grpcio'") as err:
             join_ray(object(), address, 2)  # never reaches ray.init
     assert "pip install 'ray[client]'" in str(err.value)
+
+
+#: addresses no cluster can be joined at, and what the refusal says about each (no lookup, no connection)
+NOT_ADDRESSES = [
+    ("ray://[::1", "it is not an address (Invalid IPv6 URL)"),
+    ("ray://127.0.0.1:99999", "its port is not a number from 1 to 65535"),
+    ("ray://127.0.0.1:0", "its port is 0"),
+    ("127.0.0.1:0", "its port is 0"),
+    ("ray://127.0.0.1:10001/some/path", "it has something after the host and port"),
+    ("ray://127.0.0.1:10001?x=1", "it has something after the host and port"),
+    ("http://127.0.0.1:8265", "an http address is the dashboard's or the Jobs API's"),
+    ("anyscale://head", "anyscale:// is not a scheme Ray joins"),
+    (" ", "it is empty"),
+    (" ray://head:10001", "it has spaces around it"),
+]
+
+
+@pytest.mark.parametrize(("address", "why"), NOT_ADDRESSES)
+def test_a_malformed_address_is_refused_by_its_text_naming_it(address: str, why: str) -> None:
+    """Refused before any connection or ``ray.init`` (which raised ValueError for some: an unexpected error,
+    exit 1; and for port 0 the check tried 10001 instead)."""
+    from oaipipe.ray_cluster import check_ray_address, ray_address_problem
+
+    assert why in (ray_address_problem(address) or "")
+    with pytest.raises(ConfigError) as err:
+        check_ray_address(address)
+    assert f"cannot join the Ray cluster at {address}: " in str(err.value) and why in str(err.value)
+    assert "ray start --head" in str(err.value)
+
+
+@pytest.mark.parametrize("address", ["auto", "local", "head:6379", "ray://head:10001", "ray://[::1]:10001",
+                                     "10.0.0.5", "ray://head.example"])
+def test_well_formed_addresses_pass_the_text_check(address: str) -> None:
+    from oaipipe.ray_cluster import ray_address_problem
+
+    assert ray_address_problem(address) is None
+
+
+def test_a_malformed_run_ray_address_is_placed_on_its_line_by_validate(tmp_path: Path) -> None:
+    """``run.ray_address`` in the file is judged when the file is read: ``validate`` (which joins nothing) names
+    its line, as ``run`` does, instead of the run failing later on Ray's own error."""
+    project = _project(tmp_path, n=20, workers=2)
+    project.write(run={"executor": "ray", "ray_address": "http://127.0.0.1:8265"})
+    lines = project.file.read_text(encoding="utf-8").splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if "ray_address" in text)
+    for command in ("validate", "run"):
+        result = project.cli(command, str(project.file))
+        assert result.exit_code == ExitCode.USAGE_ERROR, result
+        assert f"{project.file.name}:{line}:" in result.err
+        assert "run.ray_address: not a Ray address: http:// is not a scheme" in result.err
+        assert "give auto, HOST:6379 (the GCS) or ray://HOST:10001" in result.err
+        assert "Value error" not in result.err
+
+
+def test_an_address_ray_init_refuses_is_the_same_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever Ray's ``init`` says of an address it will not take (a ValueError) is a ConfigError naming it."""
+    from oaipipe import ray_cluster
+
+    class FakeRay:
+        def init(self, **kwargs: object) -> None:
+            raise ValueError(f"Invalid address format: {kwargs['address']}")
+
+    monkeypatch.setattr(ray_cluster, "check_ray_address", lambda address: None)
+    with pytest.raises(ConfigError, match="cannot join the Ray cluster at head:6379: Invalid address format"):
+        ray_cluster.join_ray(FakeRay(), "head:6379", 2)
+
+
+def test_ray_address_without_the_ray_executor_is_refused_not_ignored(tmp_path: Path) -> None:
+    """``--ray-address`` on a run whose executor is local was ignored in silence (the run went on local
+    worker processes, exit 0); it is a usage error naming the missing ``--executor ray``, before anything runs."""
+    project = _project(tmp_path, n=20, workers=2)
+    result = project.cli("run", str(project.file), "--ray-address", "ray://head.invalid:10001")
+    assert result.exit_code == ExitCode.USAGE_ERROR, result
+    assert "--ray-address is read only with --executor ray" in result.err and "give --executor ray too" in result.err
+    assert not (project.path / "runs").exists()  # nothing ran

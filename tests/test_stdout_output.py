@@ -107,3 +107,88 @@ def test_o_dash_reaches_the_real_standard_output(project: PipelineProject) -> No
     assert result.exit_code == 0, result
     assert len(_jsonl(result.out)) == len(project.journal()) and "standard output" in result.err
     assert not (project.path / "-").exists()
+
+
+def _many_examples(path: Path, n: int = 400) -> Path:
+    """A training JSONL far larger than a pipe's buffer (64 KiB), so that writing it meets a closed pipe."""
+    filler = "and the mug keeps it warm " * 20
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            messages = [{"role": "user", "content": f"Question {i}: {filler}"},
+                        {"role": "assistant", "content": f"Answer {i}: {filler}"}]
+            fh.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``oaipipe ... -o - | head -c 10``: the command stops at the closed pipe with exit 130 (INTERRUPTED, as
+    for a SIGPIPE), saying nothing (no traceback, no "Exception ignored" at exit), and leaves no temporary
+    file. It was a silent exit 1 (click's), which the README reads as failed records or a bug."""
+    import os
+    import subprocess
+
+    from oaipipe.testing import oaipipe_command
+
+    data = _many_examples(tmp_path / "examples.jsonl")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = subprocess.Popen([*oaipipe_command(), "dataset", "build", str(data), "-o", "-"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(temp)})
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10) == b'{"messages'
+    proc.stdout.close()  # the reader is gone: the rest of the rows meet a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == ExitCode.INTERRUPTED, err
+    assert "Traceback" not in err and "Exception ignored" not in err and "error" not in err, err
+    assert list(temp.iterdir()) == []  # the temporary file behind -o - is gone
+    assert not (tmp_path / "-").exists()
+
+
+def test_a_broken_pipe_that_is_not_the_output_is_an_error_not_silence(capsys: pytest.CaptureFixture[str]) -> None:
+    """An EPIPE from anything but stdout/stderr (a socket, a subprocess's pipe) is reported like any other
+    unexpected error (exit 1, one line); click ended every EPIPE with a bare exit 1."""
+    import click
+
+    from oaipipe.cli import cli, main
+
+    @click.command("broken-socket")
+    def broken_socket() -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    cli.add_command(broken_socket)
+    try:
+        code = main(["broken-socket"])
+    finally:
+        cli.commands.pop("broken-socket")
+    assert code == ExitCode.RECORDS_FAILED
+    assert "error: unexpected BrokenPipeError: [Errno 32] Broken pipe" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [("ask", "--log", "-", "hello"), ("jobs", "list", "--registry", "-"),
+                                  ("train", "data.jsonl", "--registry", "-")])
+def test_a_file_option_that_cannot_be_a_stream_refuses_dash(cli, argv: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    """``--log -`` (a dialogue log appended to) and ``--registry -`` (a registry read back) are refused, exit 2,
+    before anything is called: they wrote (or read) a file named ``-`` (the ``cli`` fixture checks none
+    appears)."""
+    result = cli(*argv)
+    assert result.exit_code == ExitCode.USAGE_ERROR, result
+    assert "'-' is not a file" in result.err and "give a path" in result.err
+    assert result.out == ""
+
+
+@pytest.mark.parametrize("command", ["schema -o -", "dataset build examples.jsonl -o -",
+                                     f"sentiment eval {GOLD} --label-column gold -a keyword -o -"])
+def test_o_dash_with_standard_output_closed_says_so(tmp_path: Path, command: str) -> None:
+    """``-o -`` with stdout closed (``>&-``) is a clear error (exit 9, naming it) before any work: the rows
+    went nowhere with exit 0 (schema, sentiment eval), or an unexpected AttributeError, exit 1 (dataset build)."""
+    import shlex
+    import subprocess
+
+    from oaipipe.testing import oaipipe_command
+
+    _many_examples(tmp_path / "examples.jsonl", n=12)
+    line = " ".join(map(shlex.quote, oaipipe_command())) + f" {command} >&-"
+    proc = subprocess.run(["sh", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == ExitCode.IO_ERROR, proc.stderr
+    assert "error: cannot write standard output (-o -): it is closed" in proc.stderr
+    assert "hint: give -o FILE" in proc.stderr and "unexpected" not in proc.stderr

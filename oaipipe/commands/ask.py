@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from ..errors import ExitCode, InputError
-from .common import backend_options, json_option, key_from_env, note
+from .common import backend_options, json_option, key_from_env, not_a_stream, note
 
 __all__ = ["ask"]
 
@@ -52,7 +52,7 @@ def _sentiment_text(sentiment: object) -> str:
 @click.option("--sentiment", is_flag=True, help="Score the sentiment of the message and of the reply")
 @click.option("--analyzer", default="vader", show_default=True, metavar="NAME",
               help="Analyzer for --sentiment and --log: vader, keyword, llm or a plugin's")
-@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), callback=not_a_stream,
               help="Append the exchange (with sentiments) to this dialogue log (.jsonl)")
 @json_option("Print the whole response as JSON")
 def ask(message: str | None, system: str | None, model: str | None, backend_name: str | None,

@@ -37,6 +37,7 @@ __all__ = [
     "json_option",
     "key_from_env",
     "log_records_to",
+    "not_a_stream",
     "note",
     "output_path",
     "progress_printer",
@@ -56,8 +57,19 @@ set_option = click.option(
 )
 disable_option = click.option("--disable-plugin", "disabled", multiple=True, metavar="NAME",
                               help="Do not load this plugin (repeatable)")
+
+
+def not_a_stream(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """click callback of a file option that cannot be a stream (a file oaipipe appends to or reads back):
+    ``-`` is refused (exit 2) rather than becoming a file named ``-``, as ``-o -`` never does."""
+    if value == STDOUT:
+        raise click.BadParameter("'-' is not a file: this option names a file oaipipe keeps (appends to, reads "
+                                 "back), which standard output cannot be; give a path", ctx=ctx, param=param)
+    return value
+
+
 registry_option = click.option("--registry", "registry_path", type=click.Path(dir_okay=False), default=None,
-                               help="Job registry file (default: $OAIPIPE_HOME/jobs.json)")
+                               callback=not_a_stream, help="Job registry file (default: $OAIPIPE_HOME/jobs.json)")
 
 
 def json_option(help: str = "Print JSON instead of text") -> Callable[[F], F]:
@@ -87,12 +99,18 @@ def refuse_stdout(output: str | None, *, why: str, fix: str) -> None:
 
 
 def stdout_output(output: str | None, as_json: bool = False) -> bool:
-    """Whether ``-o -`` asks for standard output; refuses it with ``--json``, which prints there too."""
+    """Whether ``-o -`` asks for standard output; refuses it with ``--json``, which prints there too, and
+    when there is no standard output to write to (closed: ``>&-``), before any work is done."""
     if output != STDOUT:
         return False
     if as_json:
         raise ConfigError("-o - writes the output to standard output, where --json would print too",
                           hint="drop --json (with -o - the messages go to stderr), or give -o FILE")
+    if sys.stdout is None or getattr(sys.stdout, "closed", False):
+        from ..errors import StorageError
+
+        raise StorageError("cannot write standard output (-o -): it is closed", path=STDOUT,
+                           hint="give -o FILE, or run the command with its standard output open (a pipe, a file)")
     return True
 
 

@@ -203,6 +203,9 @@ def run(pipeline: str, overrides: tuple[str, ...], resume: bool, limit: int | No
     quiet = verbosity().quiet  # -q: no progress output
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run like Ctrl-C: summary written, resumable
     built = load_pipeline(pipeline, list(overrides), disabled=list(disabled))
+    if ray_address is not None and (executor or built.loaded.config.run.executor) != "ray":
+        raise click.UsageError("--ray-address is read only with --executor ray (or run.executor: ray), and this run "
+                               "uses local worker processes: give --executor ray too, or drop --ray-address")
     options = RunOptions(fresh=not resume, limit=limit, dry_run=dry_run, max_failures=max_failures,
                          retry_failed=retry_failed, use_cache=not no_cache, max_cost=max_cost, shard=shard,
                          executor=executor, ray_address=ray_address)

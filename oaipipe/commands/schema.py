@@ -8,7 +8,7 @@ import os
 import click
 
 from ..errors import ConfigError, ExitCode
-from .common import STDOUT, json_option, note
+from .common import json_option, note, stdout_output
 
 __all__ = ["schema"]
 
@@ -36,8 +36,9 @@ def schema(pipeline: str | None, output: str | None, as_json: bool) -> ExitCode:
     if output and pipeline and _same_file(output, pipeline):
         raise ConfigError(f"-o {output} is the pipeline file --pipeline reads: writing the schema there would "
                           f"replace the pipeline", hint="write the schema next to it, e.g. -o pipeline.schema.json")
+    to_stdout = stdout_output(output)  # --json is accepted with it: the schema is JSON anyway
     text = json.dumps(pipeline_schema(pipeline), indent=2)
-    if output and output != STDOUT:
+    if output and not to_stdout:
         with open(output, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
         note(f"wrote {output}")

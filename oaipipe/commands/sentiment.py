@@ -131,9 +131,9 @@ def evaluate_command(data: str, label_column: str, text_column: str, analyzers: 
     """Evaluate analyzers on labelled DATA (.csv, .jsonl, .parquet, .xlsx or a saved dataset folder):
     accuracy, precision/recall per class, macro and weighted F1, confusion matrix."""
     from ..evaluate import evaluate, read_labelled
-    from .common import STDOUT
+    from .common import stdout_output
 
-    if output == STDOUT:  # the JSON on standard output: what --json prints
+    if stdout_output(output):  # the JSON on standard output: what --json prints (so --json with it is fine)
         output, as_json = None, True
     mapping: dict[str, str] = {}
     for item in label_map:
