@@ -28,6 +28,7 @@ BROKEN = [
     ("missing_non_preferred_output.jsonl", "missing_non_preferred_output", "dpo"),
     ("invalid_weight.jsonl", "invalid_weight", "supervised"),
     ("image_in_assistant_message.jsonl", "image_in_assistant_message", "supervised"),
+    ("invalid_content_part.jsonl", "invalid_content_part", "supervised"),
 ]
 
 
@@ -357,3 +358,21 @@ def test_no_row_a_user_can_write_makes_the_token_count_fail() -> None:
             for i, c in enumerate(odd_contents, start=1)]
     report = validate_rows(rows, model="gpt-4o-mini")
     assert report.messages_per_example["total"] == 2 * len(odd_contents)  # every row was counted
+
+
+@pytest.mark.parametrize("content", [
+    [[1, 2, [3]]], ["a bare string"], [{"type": "text", "text": None}], [{"type": "text"}], [{"type": "text", "text": ""}],
+    [{"type": "image_url", "image_url": {"url": None}}], [{"type": "image_url", "image_url": "https://x.invalid/a.png"}],
+    [{"type": "image_url", "image_url": {"url": "https://x.invalid/a.png", "detail": "ultra"}}],
+    [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}], [{"type": "audio", "audio": "..."}],
+])
+def test_a_malformed_content_part_is_reported_at_its_line(content: list) -> None:
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    bad = {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": "hello"}]}
+    report = validate_rows([("line 1", good), ("line 2", bad)])
+    assert report.errors["invalid_content_part"] == ["line 2"]
+    parts = [{"type": "text", "text": "What is this?"},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+             {"type": "image_url", "image_url": {"url": "https://x.invalid/a.png"}}]
+    fine = {"messages": [{"role": "user", "content": parts}, {"role": "assistant", "content": [parts[0]]}]}
+    assert "invalid_content_part" not in validate_rows([("line 1", fine)]).errors

@@ -2,7 +2,8 @@
 
 Format categories (the cookbook's names): ``data_type``, ``missing_messages_list``,
 ``message_missing_key``, ``message_unrecognized_key``, ``unrecognized_role``, ``missing_content``,
-``example_missing_assistant_message``; plus ``image_in_assistant_message`` (an image part in a reply: fine-tuning
+``example_missing_assistant_message``; plus ``invalid_content_part`` (a parts list holding anything but text and
+image parts of OpenAI's shape), ``image_in_assistant_message`` (an image part in a reply: fine-tuning
 learns text replies), ``invalid_json`` (a line that is not JSON), ``invalid_weight``
 (a message ``weight`` other than 0 or 1),
 ``missing_preferred_output`` / ``missing_non_preferred_output`` (DPO rows), ``too_few_examples``
@@ -46,7 +47,9 @@ CATEGORIES: dict[str, str] = {
     "message_unrecognized_key": "messages may only have role, content, name, weight, function_call, "
                                 "tool_calls, tool_call_id; remove the others",
     "unrecognized_role": "role must be system, developer, user, assistant, tool or function",
-    "missing_content": "content must be a non-empty string",
+    "missing_content": "content must be a non-empty string or a non-empty list of content parts",
+    "invalid_content_part": "a content part must be {\"type\": \"text\", \"text\": \"...\"} or {\"type\": \"image_url\", "
+                            "\"image_url\": {\"url\": \"https://... or data:image/...\", \"detail\": \"auto|low|high\"}}",
     "invalid_weight": "a message's \"weight\" must be 0 (do not learn from this reply) or 1 (learn from it)",
     "example_missing_assistant_message": "each example needs at least one assistant message to learn from",
     "image_in_assistant_message": "images may only be in user messages; an assistant reply (what the model "
@@ -169,11 +172,30 @@ def _check_messages(report: ValidationReport, messages: Any, where: str, *, need
             report.add("missing_content", where)
         if "weight" in message and not _valid_weight(message["weight"]):
             report.add("invalid_weight", where)
+        if isinstance(content, list) and not all(_valid_part(part) for part in content):
+            report.add("invalid_content_part", where)
         if message.get("role") == "assistant" and _has_image(content):
             report.add("image_in_assistant_message", where)
     if need_assistant and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         report.add("example_missing_assistant_message", where)
     return usable
+
+
+#: what an image part's url may be: a web address or an image as a data URL (OpenAI's vision fine-tuning guide)
+_IMAGE_URL_PREFIXES = ("http://", "https://", "data:image/")
+
+
+def _valid_part(part: Any) -> bool:
+    """A content part of OpenAI's chat format: non-empty text, or an image by URL with a known detail."""
+    if not isinstance(part, dict):
+        return False
+    if part.get("type") == "text":
+        return isinstance(part.get("text"), str) and bool(part["text"])
+    if part.get("type") == "image_url":
+        image = part.get("image_url")
+        return (isinstance(image, dict) and isinstance(image.get("url"), str)
+                and image["url"].startswith(_IMAGE_URL_PREFIXES) and image.get("detail", "auto") in ("auto", "low", "high"))
+    return False
 
 
 def _has_image(content: Any) -> bool:
