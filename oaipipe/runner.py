@@ -298,7 +298,7 @@ class Runner:
             choice = await asyncio.to_thread(choose_tier, self.pipeline, self.options.limit, self.options.shard)
         except ValueError as exc:
             line, column = self.pipeline.loaded.where("backend.tier")
-            raise ConfigError(str(exc), file=self.pipeline.file or None, line=line, column=column,
+            raise ConfigError(str(exc), file=self.pipeline.shown_file or None, line=line, column=column,
                               key="backend.tier",
                               hint="set backend.tier to a tier the backend offers, or remove it") from None
         if choice is None:

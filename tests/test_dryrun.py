@@ -132,7 +132,7 @@ def test_a_dry_run_names_the_reasoning_models_whose_reasoning_tokens_it_cannot_c
     assert est["reasoning_not_counted"] == [DEFAULT_MODEL]  # gpt-6-luna reasons by default
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert f"note: {DEFAULT_MODEL} reason: the reasoning tokens, billed as output, are not in this estimate" in out
+    assert f"note: {DEFAULT_MODEL}: reasoning model; its reasoning tokens, billed as output, are not in this estimate" in out
     plain = write_pipeline(tmp_path / "plain", "{type: local, model: gpt-4o-mini}", n=2)
     assert "reasoning_not_counted" not in run_pipeline_file(plain, dry_run=True)["estimate"]
 

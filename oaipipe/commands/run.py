@@ -101,7 +101,7 @@ def _print_dry_run(summary: dict[str, Any]) -> None:
         if est.get("note"):
             click.echo(f"  note: {est['note']}")
         if est.get("reasoning_not_counted"):
-            click.echo(f"  note: {', '.join(est['reasoning_not_counted'])} reason: the reasoning tokens, billed as "
+            click.echo(f"  note: {', '.join(est['reasoning_not_counted'])}: reasoning model; its reasoning tokens, billed as "
                        "output, are not in this estimate; set max_tokens on the step to cap them")
     if rec.get("would_fail"):
         click.echo(f"  {rec['would_fail']} records would fail: " + "; ".join(summary.get("record_errors", [])))
