@@ -270,3 +270,12 @@ def test_a_dry_run_summary_names_its_pipeline_counts_only_its_shard_and_goes_to_
     totals = [s["records"]["total"] for s in summaries]
     assert sum(totals) == 20 and max(totals) < 20  # each shard's own records, together the whole input
     assert recorder.finished == summaries  # a reporter (the Python API's reporter=) gets each summary
+
+
+def test_a_models_block_can_say_a_model_reasons_and_the_dry_run_names_it(tmp_path: Path) -> None:
+    steps = '- {type: ask, prompt: "Reply to: {text}", output: a, model: house-reasoner}\n'
+    extra = "models:\n  house-reasoner: {reasoning: true, input: 1.0, output: 2.0}\n"
+    path = write_pipeline(tmp_path, "{type: local}", n=2, steps=steps, extra=extra)
+    assert run_pipeline_file(path, dry_run=True)["estimate"]["reasoning_not_counted"] == ["house-reasoner"]
+    plain = write_pipeline(tmp_path / "plain", "{type: local}", n=2, steps=steps, extra=extra.replace("true", "false"))
+    assert "reasoning_not_counted" not in run_pipeline_file(plain, dry_run=True)["estimate"]
