@@ -890,6 +890,11 @@ def _exchange_dict(exchange: Any, result: RecordResult) -> dict[str, Any]:
                           **({"cached_tokens": usage.cached_tokens} if usage.cached_tokens else {}),
                           **({"reasoning_tokens": usage.reasoning_tokens} if usage.reasoning_tokens else {})},
                 "latency": exchange.latency, "request_id": exchange.request_id, "cached": exchange.cached}
+        # what the call's price depends on besides its model and usage, only when there is something to say
+        if exchange.requested:
+            data["requested"] = exchange.requested
+        if exchange.service_tier:
+            data["service_tier"] = exchange.service_tier
     else:
         data = exchange.to_dict()
     for message in data.get("messages", []):

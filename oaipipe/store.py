@@ -550,6 +550,8 @@ class _Ingest:
         # their capabilities in pipeline.json are priced at standard rates here; summary.json has their cost)
         capabilities = config.get("backend_capabilities")
         self.batch = isinstance(capabilities, dict) and bool(capabilities.get("batched"))
+        # a free backend (the local engine) costs nothing unless `prices:` names the id it answers with
+        self.priced = not isinstance(capabilities, dict) or capabilities.get("priced") is not False
         self.records: list[tuple[Any, ...]] = []
         self.sentiments: list[tuple[Any, ...]] = []
         self.exchanges: list[tuple[Any, ...]] = []
@@ -591,11 +593,16 @@ class _Ingest:
         cached = bool(ex.get("cached"))
         model = str(ex.get("model") or "")
         cost = 0.0
-        if not cached:
-            price = self.prices.lookup(model)
+        if not cached:  # priced as the run's summary prices it (oaipipe.stats.RunStats.add_call)
+            requested = ex.get("requested")
+            price = self.prices.lookup(model, priced=self.priced,
+                                       requested=requested if isinstance(requested, str) else None)
             if price.known:
-                cost = price.cost(prompt, completion, batch=self.batch,
-                                  cached_tokens=int(usage.get("cached_tokens") or 0))
+                from .pricing import tier_of
+
+                tier = tier_of(ex.get("service_tier") if isinstance(ex.get("service_tier"), str) else None,
+                               batch=self.batch)
+                cost = price.cost(prompt, completion, tier=tier, cached_tokens=int(usage.get("cached_tokens") or 0))
         self.exchanges.append(
             (self.run_id, rid, number, idx, ex.get("step"), model, ex.get("backend"), system, user_text,
              reply_text, _json(messages), in_label, in_score, out_label, out_score, prompt, completion,

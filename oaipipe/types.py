@@ -173,6 +173,11 @@ class Exchange:
     latency: float = 0.0
     request_id: str | None = None
     cached: bool = False
+    #: the model the call asked for, when the server reported another id as ``model`` (its price is the asked
+    #: model's when the price table does not know the reported one: :meth:`oaipipe.pricing.PriceTable.lookup`)
+    requested: str | None = None
+    #: the service tier the reply says it was served at (``flex``, ``priority``...): the rate it is billed at
+    service_tier: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

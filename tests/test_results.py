@@ -328,3 +328,24 @@ def test_report_without_plotly_names_the_extra(demo: Path, cli: Any, monkeypatch
         monkeypatch.delitem(sys.modules, mod)
     out = cli("report", "-o", str(demo / "x.html"), cwd=demo, check=False)
     assert out.returncode == 2 and "pip install 'oaipipe[report]'" in out.stderr
+
+
+def test_the_store_prices_each_exchange_as_the_run_summary_does(tmp_path: Path, server: Any) -> None:
+    # serve answers as local:gpt-6-luna (priced as the gpt-6-luna asked for) and at the flex tier it was asked
+    # for (billed at the Batch API's rates): the store's costs add up to the summary's, not to $0 or standard
+    from _scale_util import write_pipeline as write_scale_pipeline
+
+    from oaipipe.pricing import PriceTable
+
+    path = write_scale_pipeline(
+        tmp_path, f"{{type: openai, base_url: '{server.base_url}', model: gpt-6-luna, tier: flex}}", n=4)
+    summary = run_pipeline_file(path)
+    assert summary["cost_usd"] > 0
+    with open_store(tmp_path / "runs") as store:
+        rows = store.query("SELECT model, prompt_tokens, completion_tokens, cost_usd FROM exchanges")
+    assert len(rows) == 4 and all(model == "local:gpt-6-luna" for model, *_ in rows)
+    assert sum(cost for *_, cost in rows) == pytest.approx(summary["cost_usd"], abs=1e-6)
+    luna = PriceTable().lookup("gpt-6-luna")
+    for _, prompt, completion, cost in rows:
+        assert cost == pytest.approx(luna.cost(prompt, completion, tier="flex"), abs=1e-8)
+        assert cost < luna.cost(prompt, completion)  # not at the standard rate

@@ -145,10 +145,11 @@ class ChatStepMixin:
         params = self._params(ctx)
         resp = await ctx.chat(ChatRequest(messages=messages, step=self.label, extra=dict(extra or {}), **params))
         outputs = self._outputs(resp, params["response_format"])
-        self._exchange(ctx, system, logged_text, resp)
+        self._exchange(ctx, system, logged_text, resp, requested=params["model"])
         return outputs
 
-    def _exchange(self, ctx: StepContext, system: str | None, user_text: str, resp: ChatResponse) -> Exchange:
+    def _exchange(self, ctx: StepContext, system: str | None, user_text: str, resp: ChatResponse, *,
+                  requested: str | None = None) -> Exchange:
         messages: list[dict[str, Any]] = []
         if system:
             messages.append({"role": "system", "content": system, "sentiment": None})
@@ -164,6 +165,8 @@ class ChatStepMixin:
             latency=resp.latency,
             request_id=resp.request_id,
             cached=resp.cached,
+            requested=requested if requested and requested != resp.model else None,
+            service_tier=resp.service_tier,
         )
         ctx.exchanges.append(exchange)
         return exchange
