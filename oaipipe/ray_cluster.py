@@ -164,9 +164,9 @@ def _require_ray_client(address: str) -> None:
 
     if importlib.util.find_spec("grpc") is None:
         raise ConfigError(f"joining {address} goes through Ray Client, which needs the Python package 'grpcio' "
-                          "(not installed: the `ray` extra installs the core of Ray only)",
-                          hint="pip install 'ray[client]', or give the cluster's GCS address (HEAD:6379) from a "
-                               "machine of the cluster")
+                          "(not installed: this Ray was installed without its client part)",
+                          hint="pip install 'ray[client]' (oaipipe's `ray` extra brings it), or give the cluster's "
+                               "GCS address (HEAD:6379) from a machine of the cluster")
 
 
 def join_ray(ray: Any, address: str | None, workers: int) -> None:
