@@ -182,6 +182,9 @@ class Exchange:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["usage"] = self.usage.to_dict()
+        for name in ("requested", "service_tier"):  # only when there is something to say (as usage's counts)
+            if data[name] is None:
+                del data[name]
         return data
 
 

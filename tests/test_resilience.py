@@ -138,6 +138,8 @@ def test_journal_exchange_matches_the_exchange_dataclass() -> None:
     expected["messages"][0]["sentiment"] = {"label": "positive", "score": 0.5, "analyzer": "vader"}
     assert _exchange_dict(exchange, result) == expected
     assert exchange.messages[0]["sentiment"] is None  # the record's own exchange is not modified
+    priced = Exchange("1", "ask:reply", [], "local:gpt-6-luna", "openai", requested="gpt-6-luna", service_tier="flex")
+    assert _exchange_dict(priced, result) == priced.to_dict()  # what its price depends on, both ways
 
 
 SLOW_ANALYZER = '''
