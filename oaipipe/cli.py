@@ -29,9 +29,11 @@ A command returns an :class:`~oaipipe.errors.ExitCode`; an error raised on purpo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -67,13 +69,26 @@ class OaipipeGroup(click.Group):
         command = super().get_command(ctx, cmd_name)
         return add_verbosity_options(command) if command is not None else None
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        with _carry_broken_pipe():  # the group's own --help and --version write while its context is made
+            return super().make_context(info_name, args, parent, **extra)
+
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with _carry_broken_pipe():  # a sub-command's output (its --help included)
             return super().invoke(ctx)
-        except OSError as exc:
-            if exc.errno != errno.EPIPE:
-                raise
-            raise _BrokenPipe(exc) from exc  # click's main would end it with a silent exit 1: main() judges
+
+
+@contextlib.contextmanager
+def _carry_broken_pipe() -> Iterator[None]:
+    """An EPIPE raised inside becomes a :class:`_BrokenPipe`: click's main would end it with a silent exit 1,
+    :func:`main` judges it instead (exit 130 when the reader of stdout/stderr went away)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        raise _BrokenPipe(exc) from exc
 
 
 class _BrokenPipe(Exception):
