@@ -635,16 +635,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
     config is built from the keys that are valid (:attr:`LoadedConfig.invalid` names the others); a file
     that cannot be read or parsed still raises at once.
     """
+    given = str(path)
     path = Path(path)
     file = str(path)
     if not path.exists():
         raise ConfigError(f"pipeline file not found: {path}", hint="give the path of a pipeline .yaml file")
     if path.is_dir():
         candidate = path / "pipeline.yaml"
-        if candidate.exists():
-            path, file = candidate, str(candidate)
-        else:
-            raise ConfigError(f"{path} is a folder without a pipeline.yaml")
+        if not candidate.exists():
+            raise _folder_without_pipeline(path, given)
+        path, file = candidate, str(candidate)
     try:
         text = read_text(path, what="the pipeline file")
     except OSError as exc:
@@ -652,11 +652,34 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
     data, positions = parse_yaml(text, file)
     if data is None:
         raise ConfigError("the pipeline file is empty", file=file,
-                          hint="start from the shipped pipeline.yaml: it needs at least `source:`")
+                          hint=f"it needs at least `source:`; {STARTER}")
     if not isinstance(data, dict):
         raise ConfigError(f"the top level must be a mapping of keys, not a {type(data).__name__}",
-                          file=file, line=1, hint="start from the shipped pipeline.yaml")
+                          file=file, line=1, hint=STARTER)
     return _load_data(data, positions, path, file, overrides, environ=environ, problems=problems)
+
+
+#: how to start a pipeline file (there is no command that writes one)
+STARTER = ("start from the example in oaipipe's README (\"Walk-through of pipeline.yaml\"); `oaipipe schema` "
+           "lists every key")
+
+
+def _folder_without_pipeline(folder: Path, given: str) -> ConfigError:
+    """The error for a folder given as the pipeline that has no ``pipeline.yaml``: what was looked for, the
+    pipeline files the folder holds (give one of them), or how to write one."""
+    shown = given if given.endswith(("/", os.sep)) else given + "/"
+    try:
+        others = sorted(p.name for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    except OSError:
+        others = []
+    if others:
+        listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        hint = (f"give the pipeline file's path instead of the folder: {shown}{others[0]} (the folder holds "
+                f"{listed}), or create {shown}pipeline.yaml")
+    else:
+        hint = f"give the pipeline file's path ({shown}NAME.yaml), or create {shown}pipeline.yaml: {STARTER}"
+    return ConfigError(f"{shown} has no pipeline.yaml (a folder given as the pipeline is read as "
+                       f"{shown}pipeline.yaml)", hint=hint)
 
 
 def load_config_data(data: dict[str, Any], base_dir: str | Path | None = None, overrides: list[str] | None = None,
