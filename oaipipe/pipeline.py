@@ -175,7 +175,7 @@ def pipeline_context(loaded: LoadedConfig, host: PluginHost) -> Context:
     """What every component of a pipeline file is built with: its folder, plugins, presets, prices."""
     cfg = loaded.config
     assistants = loaded.base_dir / cfg.assistants if cfg.assistants else None
-    return Context(base_dir=loaded.base_dir, host=host, pipeline_name=cfg.name,
+    return Context(base_dir=loaded.base_dir, host=host, pipeline_name=cfg.name, shown_file=loaded.shown_file,
                    settings={"assistants": str(assistants) if assistants else None,
                              "pipeline_file": str(loaded.path), "prices": cfg.prices, "models": cfg.models,
                              "unset_env": dict(loaded.unset_env)})

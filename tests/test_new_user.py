@@ -50,3 +50,29 @@ def test_a_folder_without_pipeline_yaml_says_what_was_looked_for_and_the_fix(
     err = capsys.readouterr().err
     assert "error: work/ has no pipeline.yaml" in err, err
     assert "hint: give the pipeline file's path instead of the folder: work/p2.yaml" in err, err
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_the_hint_of_a_missing_input_names_the_pipeline_file_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, command: str) -> None:
+    """The fix of a missing input file names the pipeline file as the user gave it (``p2.yaml``, a folder's
+    ``work/pipeline.yaml``), not "pipeline.yaml" whatever the file is called; without a file (a pipeline
+    built in code) it names the folder relative paths are resolved against."""
+    import oaipipe
+    from oaipipe.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p2.yaml").write_text("source: {type: csv, path: data.csv}\n", encoding="utf-8")
+    assert main([command, "p2.yaml"]) == 3
+    err = capsys.readouterr().err
+    assert "error: p2.yaml:1:21: source.path: CSV file not found: data.csv" in err, err
+    assert "hint: paths in p2.yaml are relative to the folder it is in" in err, err
+    assert "pipeline.yaml" not in err, err
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "pipeline.yaml").write_text("source: {type: jsonl, path: data.jsonl}\n", encoding="utf-8")
+    assert main([command, "work"]) == 3
+    assert "hint: paths in work/pipeline.yaml are relative to the folder it is in" in capsys.readouterr().err
+    with pytest.raises(InputError) as raised:
+        oaipipe.Pipeline({"source": {"type": "csv", "path": "data.csv"}}, base_dir=tmp_path)
+    assert raised.value.hint == f"relative paths are resolved against {tmp_path}; check the spelling or give an " \
+                                "absolute path"
