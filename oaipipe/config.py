@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,6 +209,8 @@ class LoadedConfig:
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: dotted keys given with --set: they have no line in the file
     overridden: set[str] = field(default_factory=set)
+    #: dotted key -> its ``--set KEY=VALUE`` as given (the last one of a key given twice)
+    override_items: dict[str, str] = field(default_factory=dict)
     #: dotted key -> VAR for each whole value ``${env:VAR}`` whose variable is not set (the key became None)
     unset_env: dict[str, str] = field(default_factory=dict)
     #: what the user should know before anything runs (unset variables, secrets too short to mask)
@@ -224,6 +226,14 @@ class LoadedConfig:
     def base_dir(self) -> Path:
         return self.path.parent
 
+    def origin(self, key: str) -> str | None:
+        """``--set KEY=VALUE`` when the value at ``key`` came from one (given for ``key`` or a block above it,
+        or, for a key the file does not have, for a key below it: ``--set sourc.path=x``); else None. A
+        secret's value is not shown, a long one is cut short."""
+        given = [k for k in self.override_items if key == k or key.startswith(k + ".")]
+        given = given or [k for k in self.override_items if k.startswith(key + ".")]
+        return f"--set {_shown_override(given[-1], self.override_items[given[-1]])}" if given else None
+
     def where(self, key: str) -> tuple[int | None, int | None]:
         """(line, column) of a dotted key, or of its closest parent that has one (none for --set keys)."""
         if any(key == k or key.startswith(k + ".") for k in self.overridden):
@@ -234,6 +244,22 @@ class LoadedConfig:
                 return self.positions[probe]
             probe = probe.rsplit(".", 1)[0] if "." in probe else ""
         return (None, None)
+
+
+#: a key whose value is a secret (``api_key``, ``token``, ``password``...): never shown in a message
+SECRET_KEY_NAME = re.compile(r"(?i)key|secret|passw|(^|_)token$|(^|_)auth$|authorization|credential")
+#: a ``--set`` value longer than this is cut short where a message names the ``--set``
+_SHOWN_VALUE = 60
+
+
+def _shown_override(key: str, item: str) -> str:
+    """``KEY=VALUE`` of a ``--set`` as a message shows it: a secret's value masked, a long value cut short."""
+    value = item.split("=", 1)[1] if "=" in item else ""
+    if value and SECRET_KEY_NAME.search(key.rsplit(".", 1)[-1]):
+        value = "***"
+    elif len(value) > _SHOWN_VALUE:
+        value = value[:_SHOWN_VALUE - 3] + "..."
+    return f"{key}={value}"
 
 
 #: values that aliases (``*name``) may add to a pipeline file beyond those written in it: a few anchors
@@ -507,24 +533,40 @@ class Problems:
     """
 
     def __init__(self, file: str | None = None,
-                 where: Callable[[str], tuple[int | None, int | None]] | None = None) -> None:
+                 where: Callable[[str], tuple[int | None, int | None]] | None = None,
+                 origin: Callable[[str], str | None] | None = None) -> None:
         self.file = file
         self.where = where
+        #: the ``--set`` that gave a key (:meth:`LoadedConfig.origin`): a problem at a key without a line names it
+        self.origin = origin
         self.errors: list[OaipipeError] = []
         self.items: list[Problem] = []
+        self._relisted = False  # an error of several problems gained an origin: list them again when raising
 
     def __bool__(self) -> bool:
         return bool(self.errors)
 
+    def _origin_of(self, key: str | None, line: int | None) -> str | None:
+        return self.origin(key) if self.origin is not None and key and line is None else None
+
     def add(self, exc: OaipipeError, key: str | None = None) -> None:
         self.errors.append(exc)
         if isinstance(exc, ConfigError):
-            self.items.extend(exc.problems)
+            found = exc.problems
+            placed = [p if p.origin else replace(p, origin=self._origin_of(p.key, p.line))
+                      for p in found]
+            if placed != found:  # a value given with --set: say so where a line would be
+                if len(placed) == 1:
+                    exc.set_origin(placed[0].origin or "")
+                else:
+                    self._relisted = True
+            self.items.extend(placed)
             return
         if key and exc.option:  # the error is about one option of the block: place it on that option's line
             key = f"{key}.{exc.option}"
         line, column = self.where(key) if self.where is not None and key else (None, None)
-        exc.set_problems([Problem.of(exc, file=self.file, line=line, column=column, key=key)])
+        exc.set_problems([Problem.of(exc, file=self.file, line=line, column=column, key=key,
+                                     origin=self._origin_of(key, line))])
         self.items.extend(exc.problems)
 
     @contextmanager
@@ -537,7 +579,7 @@ class Problems:
     def raise_if_any(self) -> None:
         if not self.errors:
             return
-        if len(self.errors) == 1:
+        if len(self.errors) == 1 and not self._relisted:
             raise self.errors[0]
         items = sorted(self.items, key=lambda p: (p.line is None, p.line or 0, p.column or 0))  # file order
         listed = "\n".join("  " + str(p).replace("\n", "\n  ") for p in items)
@@ -718,11 +760,11 @@ def _load_data(data: dict[str, Any], positions: dict[str, tuple[int, int]], path
                             hint="export them, or use ${env:VAR:-default}"))
         if problems is None:
             own.raise_if_any()
+    given = {_override_key(o): o for o in overrides or ()}
     loaded = LoadedConfig(path=path.resolve(), config=None, data=data, positions=positions,  # type: ignore[arg-type]
-                          overridden={o.split("=", 1)[0].strip() for o in overrides or ()}, unset_env=unset,
-                          shown_file=file)
+                          overridden=set(given), override_items=given, unset_env=unset, shown_file=file)
     loaded.warnings = _env_warnings(loaded, file, too_short)
-    own.where = loaded.where
+    own.where, own.origin = loaded.where, loaded.origin
     loaded.config = _validated(loaded, file, own)
     for key in ("backend", "source", "train"):
         block = data.get(key)
@@ -733,6 +775,11 @@ def _load_data(data: dict[str, Any], positions: dict[str, tuple[int, int]], path
     if problems is None:
         own.raise_if_any()
     return loaded
+
+
+def _override_key(item: str) -> str:
+    """The dotted key of a ``--set KEY=VALUE`` as :func:`apply_overrides` reads it (``steps..1`` is ``steps.1``)."""
+    return ".".join(p for p in item.split("=", 1)[0].strip().split(".") if p)
 
 
 def _validated(loaded: LoadedConfig, file: str, problems: Problems) -> PipelineConfig:

@@ -20,7 +20,7 @@ from oaipipe.commands.common import add_verbosity_options
 from oaipipe.errors import ExitCode
 
 REPO = Path(__file__).resolve().parent.parent
-PROBLEM_KEYS = {"file", "line", "column", "key", "message", "hint"}
+PROBLEM_KEYS = {"file", "line", "column", "key", "message", "hint", "origin"}
 
 
 def oaipipe_exe() -> str:

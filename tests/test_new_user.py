@@ -76,3 +76,49 @@ def test_the_hint_of_a_missing_input_names_the_pipeline_file_given(
         oaipipe.Pipeline({"source": {"type": "csv", "path": "data.csv"}}, base_dir=tmp_path)
     assert raised.value.hint == f"relative paths are resolved against {tmp_path}; check the spelling or give an " \
                                 "absolute path"
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize(("override", "code", "said"), [
+    ("source.path=missing.csv", 3, "source.path (from --set source.path=missing.csv): CSV file not found"),
+    ("backend.concurrency=0", 2, "backend.concurrency (from --set backend.concurrency=0): Input should be"),
+    ("backend.concurency=3", 2, "backend.concurency (from --set backend.concurency=3): unknown key 'concurency'"),
+    ("sourc.path=in.csv", 2, "sourc (from --set sourc.path=in.csv): unknown key 'sourc'"),
+    ("sinks.0.path=in.csv", 2, "sinks.0.path (from --set sinks.0.path=in.csv): sink 0 would write in.csv"),
+    ("backend.api_key=[1, 2]", 2, "backend.api_key (from --set backend.api_key=***): Input should be a valid"),
+])
+def test_a_wrong_value_given_with_set_says_it_came_from_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, command: str,
+        override: str, code: int, said: str) -> None:
+    """A value given with ``--set`` that is wrong is reported naming the ``--set`` where a line of the file
+    would be (``p2.yaml: source.path (from --set source.path=missing.csv): ...``); it said ``p2.yaml:
+    source.path:``, as if the file had the key without a line. A secret's value is not shown."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("id,text\n1,hello\n", encoding="utf-8")
+    (tmp_path / "p2.yaml").write_text("backend: {type: local}\nsource: {type: csv, path: in.csv}\n"
+                                      "sinks:\n  - {type: jsonl, path: out/records.jsonl}\n", encoding="utf-8")
+    assert main([command, "p2.yaml", "--set", override]) == code
+    err = capsys.readouterr().err
+    assert f"error: p2.yaml: {said}" in err, err
+
+
+def test_validate_json_gives_the_set_of_each_problem_and_lists_several(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """``validate --json``: a problem of a ``--set`` value has ``origin`` (the ``--set``), one of the file its
+    line and no origin; several problems of one block are each listed with their own ``--set``."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("id,text\n1,hello\n", encoding="utf-8")
+    (tmp_path / "p2.yaml").write_text("backend: {type: local, max_retries: -1}\nsource: {type: csv, path: in.csv}\n",
+                                      encoding="utf-8")
+    argv = ["p2.yaml", "--set", "backend.concurrency=0", "--set", "backend.timeout=-1"]
+    assert main(["validate", *argv, "--json"]) == 2
+    problems = {p["key"]: p for p in json.loads(capsys.readouterr().out)["problems"]}
+    assert problems["backend.concurrency"]["origin"] == "--set backend.concurrency=0"
+    assert problems["backend.timeout"]["origin"] == "--set backend.timeout=-1"
+    assert problems["backend.max_retries"]["origin"] is None and problems["backend.max_retries"]["line"] == 1
+    assert main(["validate", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "p2.yaml: backend.timeout (from --set backend.timeout=-1): " in err, err
+    assert "p2.yaml:1:" in err and "backend.max_retries: " in err, err
