@@ -19,7 +19,8 @@ A command returns an :class:`~oaipipe.errors.ExitCode`; an error raised on purpo
 7     ``TRAINING_ERROR``: a fine-tuning job failed or is unknown (also the job of a run's ``train:``)
 8     ``ABORTED``: the run was stopped on purpose (--max-failures, --max-cost reached, a changed pipeline)
 9     ``IO_ERROR``: an I/O problem, naming the path: no permission, a full disk, a read-only file system, a
-      run directory deleted while its run was going (``StorageError``); rerun after fixing it
+      run directory deleted while its run was going, an output file a sink did not write (``StorageError``);
+      rerun after fixing it
 10    ``RUN_LOCKED``: another run of this pipeline holds the lock (or another run is writing the same output
       file): the message names the holder (pid, host, since when) (``RunLockedError``)
 130   ``INTERRUPTED``: Ctrl-C, SIGTERM, or the output's reader gone (``oaipipe ... | head``: quietly); rerun

@@ -353,7 +353,8 @@ class RunAborted(OaipipeError):
 
 class StorageError(OaipipeError):
     """A file or folder oaipipe must write (or read back) cannot be: no permission, a full disk or quota, a
-    read-only file system, a folder removed while a run was writing it. ``path`` is the file concerned.
+    read-only file system, a folder removed while a run was writing it, an output file a sink did not write
+    (``oaipipe.kit.refused_output``: left as it is). ``path`` is the file concerned.
 
     :meth:`from_os_error` turns an ``OSError`` into one, naming the path and what to do about it.
     """
