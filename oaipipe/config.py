@@ -452,13 +452,14 @@ def _env_warnings(loaded: LoadedConfig, file: str, too_short: list[EnvUse]) -> l
         line, _ = loaded.where(key)
         if line is not None:
             return f"{file}:{line}"
-        given = any(key == k or key.startswith(k + ".") for k in loaded.overridden)
-        return f"{file} (--set)" if given else file
+        origin = loaded.origin(key)
+        return f"{file} ({origin})" if origin else file
 
     for key, var in loaded.unset_env.items():
         means = "no key is sent" if key.rsplit(".", 1)[-1] == "api_key" else "it counts as not given"
+        drop = "drop that --set" if loaded.where(key)[0] is None and loaded.origin(key) else "remove the line"
         out.append(f"{where(key)}: {key} is ${{env:{var}}}, and {var} is not set, so {means}; "
-                   f"export {var}=... or remove the line")
+                   f"export {var}=... or {drop}")
     for use in too_short:
         out.append(f"{where(use.key)}: {use.key}: the value of ${{env:{use.var}}} is shorter than "
                    f"{MIN_SECRET_LENGTH} characters, too short to be masked: it may appear in output and files")

@@ -427,7 +427,8 @@ def check_deadline(pipeline: BuiltPipeline) -> None:
     if deadline is None or tier == "auto":
         return
     line, _col = pipeline.loaded.where("backend.deadline")
-    where = f"{pipeline.shown_file}:{line}" if line else f"{pipeline.shown_file} (--set)"
+    origin = pipeline.loaded.origin("backend.deadline") or "--set"
+    where = f"{pipeline.shown_file}:{line}" if line else f"{pipeline.shown_file} ({origin})"
     now = f"with tier: {tier}" if tier else "without `tier:`"
     pipeline.warnings.append(f"{where}: backend.deadline: {deadline} has no effect {now}; only `tier: auto` "
                              f"plans against a deadline (set `tier: auto`, or remove the deadline)")

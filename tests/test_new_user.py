@@ -122,3 +122,19 @@ def test_validate_json_gives_the_set_of_each_problem_and_lists_several(
     err = capsys.readouterr().err
     assert "p2.yaml: backend.timeout (from --set backend.timeout=-1): " in err, err
     assert "p2.yaml:1:" in err and "backend.max_retries: " in err, err
+
+
+def test_a_warning_about_a_value_given_with_set_names_the_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Warnings name the ``--set`` that gave the value (they said ``p2.yaml (--set)``), and the fix of an unset
+    variable is to drop that --set, not to "remove the line" the file does not have."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OAIPIPE_TEST_UNSET", raising=False)
+    (tmp_path / "in.csv").write_text("id,text\n1,hello\n", encoding="utf-8")
+    (tmp_path / "p2.yaml").write_text("backend: {type: local}\nsource: {type: csv, path: in.csv}\n", encoding="utf-8")
+    assert main(["validate", "p2.yaml", "--set", "backend.api_key=${env:OAIPIPE_TEST_UNSET}",
+                 "--set", "backend.deadline=2h"]) == 0
+    out = capsys.readouterr().out
+    assert ("warning: p2.yaml (--set backend.api_key=***): backend.api_key is ${env:OAIPIPE_TEST_UNSET}, and "
+            "OAIPIPE_TEST_UNSET is not set, so no key is sent; export OAIPIPE_TEST_UNSET=... or drop that --set") in out
+    assert "warning: p2.yaml (--set backend.deadline=2h): backend.deadline: 2h has no effect" in out, out
