@@ -65,12 +65,15 @@ class Context:
 
     ``base_dir`` is the pipeline file's folder: resolve relative paths against it (:meth:`path`).
     ``host`` gives access to the other registered components (``host.analyzer("vader")``).
+    ``shown_file`` is the pipeline file as the user named it (``p2.yaml``), for messages about it (``""``
+    when there is none: a pipeline built in code, a one-off command).
     """
 
     base_dir: Path = field(default_factory=Path.cwd)
     host: PluginHost | None = None
     pipeline_name: str = "pipeline"
     settings: dict[str, Any] = field(default_factory=dict)
+    shown_file: str = ""
 
     def path(self, value: str | Path) -> Path:
         p = Path(value).expanduser()

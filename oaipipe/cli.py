@@ -19,7 +19,8 @@ A command returns an :class:`~oaipipe.errors.ExitCode`; an error raised on purpo
 7     ``TRAINING_ERROR``: a fine-tuning job failed or is unknown (also the job of a run's ``train:``)
 8     ``ABORTED``: the run was stopped on purpose (--max-failures, --max-cost reached, a changed pipeline)
 9     ``IO_ERROR``: an I/O problem, naming the path: no permission, a full disk, a read-only file system, a
-      run directory deleted while its run was going (``StorageError``); rerun after fixing it
+      run directory deleted while its run was going, an output file a sink did not write (``StorageError``);
+      rerun after fixing it
 10    ``RUN_LOCKED``: another run of this pipeline holds the lock (or another run is writing the same output
       file): the message names the holder (pid, host, since when) (``RunLockedError``)
 130   ``INTERRUPTED``: Ctrl-C, SIGTERM, or the output's reader gone (``oaipipe ... | head``: quietly); rerun
@@ -29,9 +30,11 @@ A command returns an :class:`~oaipipe.errors.ExitCode`; an error raised on purpo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -67,13 +70,26 @@ class OaipipeGroup(click.Group):
         command = super().get_command(ctx, cmd_name)
         return add_verbosity_options(command) if command is not None else None
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        with _carry_broken_pipe():  # the group's own --help and --version write while its context is made
+            return super().make_context(info_name, args, parent, **extra)
+
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with _carry_broken_pipe():  # a sub-command's output (its --help included)
             return super().invoke(ctx)
-        except OSError as exc:
-            if exc.errno != errno.EPIPE:
-                raise
-            raise _BrokenPipe(exc) from exc  # click's main would end it with a silent exit 1: main() judges
+
+
+@contextlib.contextmanager
+def _carry_broken_pipe() -> Iterator[None]:
+    """An EPIPE raised inside becomes a :class:`_BrokenPipe`: click's main would end it with a silent exit 1,
+    :func:`main` judges it instead (exit 130 when the reader of stdout/stderr went away)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        raise _BrokenPipe(exc) from exc
 
 
 class _BrokenPipe(Exception):

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,6 +209,8 @@ class LoadedConfig:
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: dotted keys given with --set: they have no line in the file
     overridden: set[str] = field(default_factory=set)
+    #: dotted key -> its ``--set KEY=VALUE`` as given (the last one of a key given twice)
+    override_items: dict[str, str] = field(default_factory=dict)
     #: dotted key -> VAR for each whole value ``${env:VAR}`` whose variable is not set (the key became None)
     unset_env: dict[str, str] = field(default_factory=dict)
     #: what the user should know before anything runs (unset variables, secrets too short to mask)
@@ -224,6 +226,14 @@ class LoadedConfig:
     def base_dir(self) -> Path:
         return self.path.parent
 
+    def origin(self, key: str) -> str | None:
+        """``--set KEY=VALUE`` when the value at ``key`` came from one (given for ``key`` or a block above it,
+        or, for a key the file does not have, for a key below it: ``--set sourc.path=x``); else None. A
+        secret's value is not shown, a long one is cut short."""
+        given = [k for k in self.override_items if key == k or key.startswith(k + ".")]
+        given = given or [k for k in self.override_items if k.startswith(key + ".")]
+        return f"--set {_shown_override(given[-1], self.override_items[given[-1]])}" if given else None
+
     def where(self, key: str) -> tuple[int | None, int | None]:
         """(line, column) of a dotted key, or of its closest parent that has one (none for --set keys)."""
         if any(key == k or key.startswith(k + ".") for k in self.overridden):
@@ -234,6 +244,22 @@ class LoadedConfig:
                 return self.positions[probe]
             probe = probe.rsplit(".", 1)[0] if "." in probe else ""
         return (None, None)
+
+
+#: a key whose value is a secret (``api_key``, ``token``, ``password``...): never shown in a message
+SECRET_KEY_NAME = re.compile(r"(?i)key|secret|passw|(^|_)token$|(^|_)auth$|authorization|credential")
+#: a ``--set`` value longer than this is cut short where a message names the ``--set``
+_SHOWN_VALUE = 60
+
+
+def _shown_override(key: str, item: str) -> str:
+    """``KEY=VALUE`` of a ``--set`` as a message shows it: a secret's value masked, a long value cut short."""
+    value = item.split("=", 1)[1] if "=" in item else ""
+    if value and SECRET_KEY_NAME.search(key.rsplit(".", 1)[-1]):
+        value = "***"
+    elif len(value) > _SHOWN_VALUE:
+        value = value[:_SHOWN_VALUE - 3] + "..."
+    return f"{key}={value}"
 
 
 #: values that aliases (``*name``) may add to a pipeline file beyond those written in it: a few anchors
@@ -426,13 +452,14 @@ def _env_warnings(loaded: LoadedConfig, file: str, too_short: list[EnvUse]) -> l
         line, _ = loaded.where(key)
         if line is not None:
             return f"{file}:{line}"
-        given = any(key == k or key.startswith(k + ".") for k in loaded.overridden)
-        return f"{file} (--set)" if given else file
+        origin = loaded.origin(key)
+        return f"{file} ({origin})" if origin else file
 
     for key, var in loaded.unset_env.items():
         means = "no key is sent" if key.rsplit(".", 1)[-1] == "api_key" else "it counts as not given"
+        drop = "drop that --set" if loaded.where(key)[0] is None and loaded.origin(key) else "remove the line"
         out.append(f"{where(key)}: {key} is ${{env:{var}}}, and {var} is not set, so {means}; "
-                   f"export {var}=... or remove the line")
+                   f"export {var}=... or {drop}")
     for use in too_short:
         out.append(f"{where(use.key)}: {use.key}: the value of ${{env:{use.var}}} is shorter than "
                    f"{MIN_SECRET_LENGTH} characters, too short to be masked: it may appear in output and files")
@@ -507,24 +534,40 @@ class Problems:
     """
 
     def __init__(self, file: str | None = None,
-                 where: Callable[[str], tuple[int | None, int | None]] | None = None) -> None:
+                 where: Callable[[str], tuple[int | None, int | None]] | None = None,
+                 origin: Callable[[str], str | None] | None = None) -> None:
         self.file = file
         self.where = where
+        #: the ``--set`` that gave a key (:meth:`LoadedConfig.origin`): a problem at a key without a line names it
+        self.origin = origin
         self.errors: list[OaipipeError] = []
         self.items: list[Problem] = []
+        self._relisted = False  # an error of several problems gained an origin: list them again when raising
 
     def __bool__(self) -> bool:
         return bool(self.errors)
 
+    def _origin_of(self, key: str | None, line: int | None) -> str | None:
+        return self.origin(key) if self.origin is not None and key and line is None else None
+
     def add(self, exc: OaipipeError, key: str | None = None) -> None:
         self.errors.append(exc)
         if isinstance(exc, ConfigError):
-            self.items.extend(exc.problems)
+            found = exc.problems
+            placed = [p if p.origin else replace(p, origin=self._origin_of(p.key, p.line))
+                      for p in found]
+            if placed != found:  # a value given with --set: say so where a line would be
+                if len(placed) == 1:
+                    exc.set_origin(placed[0].origin or "")
+                else:
+                    self._relisted = True
+            self.items.extend(placed)
             return
         if key and exc.option:  # the error is about one option of the block: place it on that option's line
             key = f"{key}.{exc.option}"
         line, column = self.where(key) if self.where is not None and key else (None, None)
-        exc.set_problems([Problem.of(exc, file=self.file, line=line, column=column, key=key)])
+        exc.set_problems([Problem.of(exc, file=self.file, line=line, column=column, key=key,
+                                     origin=self._origin_of(key, line))])
         self.items.extend(exc.problems)
 
     @contextmanager
@@ -537,7 +580,7 @@ class Problems:
     def raise_if_any(self) -> None:
         if not self.errors:
             return
-        if len(self.errors) == 1:
+        if len(self.errors) == 1 and not self._relisted:
             raise self.errors[0]
         items = sorted(self.items, key=lambda p: (p.line is None, p.line or 0, p.column or 0))  # file order
         listed = "\n".join("  " + str(p).replace("\n", "\n  ") for p in items)
@@ -635,16 +678,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
     config is built from the keys that are valid (:attr:`LoadedConfig.invalid` names the others); a file
     that cannot be read or parsed still raises at once.
     """
+    given = str(path)
     path = Path(path)
     file = str(path)
     if not path.exists():
         raise ConfigError(f"pipeline file not found: {path}", hint="give the path of a pipeline .yaml file")
     if path.is_dir():
         candidate = path / "pipeline.yaml"
-        if candidate.exists():
-            path, file = candidate, str(candidate)
-        else:
-            raise ConfigError(f"{path} is a folder without a pipeline.yaml")
+        if not candidate.exists():
+            raise _folder_without_pipeline(path, given)
+        path, file = candidate, str(candidate)
     try:
         text = read_text(path, what="the pipeline file")
     except OSError as exc:
@@ -652,11 +695,34 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
     data, positions = parse_yaml(text, file)
     if data is None:
         raise ConfigError("the pipeline file is empty", file=file,
-                          hint="start from the shipped pipeline.yaml: it needs at least `source:`")
+                          hint=f"it needs at least `source:`; {STARTER}")
     if not isinstance(data, dict):
         raise ConfigError(f"the top level must be a mapping of keys, not a {type(data).__name__}",
-                          file=file, line=1, hint="start from the shipped pipeline.yaml")
+                          file=file, line=1, hint=STARTER)
     return _load_data(data, positions, path, file, overrides, environ=environ, problems=problems)
+
+
+#: how to start a pipeline file (there is no command that writes one)
+STARTER = ("start from the example in oaipipe's README (\"Walk-through of pipeline.yaml\"); `oaipipe schema` "
+           "lists every key")
+
+
+def _folder_without_pipeline(folder: Path, given: str) -> ConfigError:
+    """The error for a folder given as the pipeline that has no ``pipeline.yaml``: what was looked for, the
+    pipeline files the folder holds (give one of them), or how to write one."""
+    shown = given if given.endswith(("/", os.sep)) else given + "/"
+    try:
+        others = sorted(p.name for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    except OSError:
+        others = []
+    if others:
+        listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        hint = (f"give the pipeline file's path instead of the folder: {shown}{others[0]} (the folder holds "
+                f"{listed}), or create {shown}pipeline.yaml")
+    else:
+        hint = f"give the pipeline file's path ({shown}NAME.yaml), or create {shown}pipeline.yaml: {STARTER}"
+    return ConfigError(f"{shown} has no pipeline.yaml (a folder given as the pipeline is read as "
+                       f"{shown}pipeline.yaml)", hint=hint)
 
 
 def load_config_data(data: dict[str, Any], base_dir: str | Path | None = None, overrides: list[str] | None = None,
@@ -695,11 +761,11 @@ def _load_data(data: dict[str, Any], positions: dict[str, tuple[int, int]], path
                             hint="export them, or use ${env:VAR:-default}"))
         if problems is None:
             own.raise_if_any()
+    given = {_override_key(o): o for o in overrides or ()}
     loaded = LoadedConfig(path=path.resolve(), config=None, data=data, positions=positions,  # type: ignore[arg-type]
-                          overridden={o.split("=", 1)[0].strip() for o in overrides or ()}, unset_env=unset,
-                          shown_file=file)
+                          overridden=set(given), override_items=given, unset_env=unset, shown_file=file)
     loaded.warnings = _env_warnings(loaded, file, too_short)
-    own.where = loaded.where
+    own.where, own.origin = loaded.where, loaded.origin
     loaded.config = _validated(loaded, file, own)
     for key in ("backend", "source", "train"):
         block = data.get(key)
@@ -710,6 +776,11 @@ def _load_data(data: dict[str, Any], positions: dict[str, tuple[int, int]], path
     if problems is None:
         own.raise_if_any()
     return loaded
+
+
+def _override_key(item: str) -> str:
+    """The dotted key of a ``--set KEY=VALUE`` as :func:`apply_overrides` reads it (``steps..1`` is ``steps.1``)."""
+    return ".".join(p for p in item.split("=", 1)[0].strip().split(".") if p)
 
 
 def _validated(loaded: LoadedConfig, file: str, problems: Problems) -> PipelineConfig:

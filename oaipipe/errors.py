@@ -160,15 +160,18 @@ class Problem:
     column: int | None = None
     key: str | None = None
     hint: str | None = None
+    #: where the value came from when it is not a line of the file: ``--set source.path=x.csv``
+    origin: str | None = None
 
     @classmethod
     def of(cls, exc: OaipipeError, *, file: str | None = None, line: int | None = None,
-           column: int | None = None, key: str | None = None) -> Problem:
+           column: int | None = None, key: str | None = None, origin: str | None = None) -> Problem:
         """An error that carries no place of its own (an :class:`InputError`, say), placed at ``key``."""
-        return cls(exc.message, file=file, line=line, column=column, key=key, hint=exc.hint)
+        return cls(exc.message, file=file, line=line, column=column, key=key, hint=exc.hint, origin=origin)
 
     def where(self) -> str:
-        """``file:line:column: key: `` (the parts that are known)."""
+        """``file:line:column: key: `` (the parts that are known), or ``file: key (from --set k=v): `` for a
+        value given on the command line."""
         where = ""
         if self.file:
             where = self.file
@@ -178,7 +181,7 @@ class Problem:
                     where += f":{self.column}"
             where += ": "
         if self.key:
-            where += f"{self.key}: "
+            where += f"{self.key} (from {self.origin}): " if self.origin else f"{self.key}: "
         return where
 
     def __str__(self) -> str:
@@ -187,7 +190,8 @@ class Problem:
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "line": self.line, "column": self.column, "key": self.key,
-                "message": redact(self.message), "hint": redact(self.hint) if self.hint else None}
+                "message": redact(self.message), "hint": redact(self.hint) if self.hint else None,
+                "origin": redact(self.origin) if self.origin else None}
 
 
 class ConfigError(OaipipeError):
@@ -209,19 +213,30 @@ class ConfigError(OaipipeError):
         key: str | None = None,
         hint: str | None = None,
         problems: list[Problem] | None = None,
+        origin: str | None = None,
     ) -> None:
         self.file = str(file) if file is not None else None
         self.line = line
         self.column = column
         self.key = key
+        #: where the value came from when it is not a line of the file (``--set source.path=x.csv``)
+        self.origin = origin
         #: the message without the place
         self.detail = message
-        where = Problem("", file=self.file, line=line, column=column, key=key).where()
+        where = Problem("", file=self.file, line=line, column=column, key=key, origin=origin).where()
         super().__init__(where + message, hint=hint)
         self._problems = list(problems or [])
 
     def __str__(self) -> str:
         return self._text()  # the message carries the place already
+
+    def set_origin(self, origin: str) -> None:
+        """Say where the value of :attr:`key` came from (a ``--set``): the message names it instead of a line.
+        For an error of one problem (several are listed again by whoever collects them)."""
+        self.origin = origin
+        self.message = Problem("", file=self.file, line=self.line, column=self.column, key=self.key,
+                               origin=origin).where() + self.detail
+        self.args = (self._text(),)
 
     @property
     def problems(self) -> list[Problem]:
@@ -229,7 +244,7 @@ class ConfigError(OaipipeError):
         if self._problems:
             return list(self._problems)
         return [Problem(self.detail, file=self.file, line=self.line, column=self.column, key=self.key,
-                        hint=self.hint)]
+                        hint=self.hint, origin=self.origin)]
 
 
 class UnknownPluginError(ConfigError):
@@ -338,7 +353,8 @@ class RunAborted(OaipipeError):
 
 class StorageError(OaipipeError):
     """A file or folder oaipipe must write (or read back) cannot be: no permission, a full disk or quota, a
-    read-only file system, a folder removed while a run was writing it. ``path`` is the file concerned.
+    read-only file system, a folder removed while a run was writing it, an output file a sink did not write
+    (``oaipipe.kit.refused_output``: left as it is). ``path`` is the file concerned.
 
     :meth:`from_os_error` turns an ``OSError`` into one, naming the path and what to do about it.
     """

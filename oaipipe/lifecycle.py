@@ -109,7 +109,7 @@ def check_models(pipeline: BuiltPipeline) -> None:
     models = pipeline.loaded.config.models
     if not openai and not models:
         return
-    problems = Problems(pipeline.shown_file)
+    problems = Problems(pipeline.shown_file, pipeline.loaded.where, pipeline.loaded.origin)
     warned: set[str] = set()
     for block, model, temperature, temp_block in _calls(pipeline):
         info = model_info(model, models, table=openai)
@@ -134,12 +134,12 @@ def _check_shutdown(pipeline: BuiltPipeline, problems: Any, model_key: str, mode
                                  "(see `oaipipe models` and docs/platform.md)"))
     elif model not in warned:
         warned.add(model)
-        warnings.append(f"{_where(pipeline, line)}: {message}")
+        warnings.append(f"{_where(pipeline, model_key, line)}: {message}")
 
 
-def _where(pipeline: BuiltPipeline, line: int | None) -> str:
-    """``FILE:LINE`` of a warning, or ``FILE (--set)`` for a value given on the command line."""
-    return f"{pipeline.shown_file}:{line}" if line else f"{pipeline.shown_file} (--set)"
+def _where(pipeline: BuiltPipeline, key: str, line: int | None) -> str:
+    """``FILE:LINE`` of a warning, or ``FILE (--set KEY=VALUE)`` for a value given on the command line."""
+    return f"{pipeline.shown_file}:{line}" if line else f"{pipeline.shown_file} ({pipeline.loaded.origin(key) or '--set'})"
 
 
 def _check_reasoning(pipeline: BuiltPipeline, problems: Any, model: str, info: ModelInfo, temperature: Any,
@@ -205,7 +205,7 @@ async def check_server_models(pipeline: BuiltPipeline, *, explicit: bool = False
                   url, str(exc).splitlines()[0])
         return []
     dates = {m.id: m.shutdown_date for m in listed if m.shutdown_date}
-    problems = Problems(pipeline.shown_file)
+    problems = Problems(pipeline.shown_file, pipeline.loaded.where, pipeline.loaded.origin)
     warnings: list[str] = []
     warned: set[str] = set()
     models, openai = pipeline.loaded.config.models, _openai(backend)
@@ -215,7 +215,7 @@ async def check_server_models(pipeline: BuiltPipeline, *, explicit: bool = False
         if ids and model not in ids and model not in absent:  # a model past its date leaves the list
             absent.add(model)
             line, _col = pipeline.loaded.where(f"{block}.model")
-            warnings.append(f"{_where(pipeline, line)}: model {model} is not among the {len(ids)} models GET "
+            warnings.append(f"{_where(pipeline, f'{block}.model', line)}: model {model} is not among the {len(ids)} models GET "
                             f"{url}/models lists: it may be shut down, misspelt or not open to this key, and "
                             f"then every call to it fails (`oaipipe models` lists what the server offers)")
         date = dates.get(model) or dates.get(_base(model))

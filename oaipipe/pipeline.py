@@ -6,7 +6,6 @@ header: ``oaipipe validate`` is exactly :func:`load_pipeline` without running.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 from .base import Backend, BackendOptions, Context, Sink, Source, Step
 from .cache import check_cache
-from .config import LoadedConfig, Problems, load_config, load_config_data
+from .config import SECRET_KEY_NAME, LoadedConfig, Problems, load_config, load_config_data
 from .errors import ConfigError, OaipipeError, redact
 from .fsutil import same_file
 from .lifecycle import check_models
@@ -175,7 +174,7 @@ def pipeline_context(loaded: LoadedConfig, host: PluginHost) -> Context:
     """What every component of a pipeline file is built with: its folder, plugins, presets, prices."""
     cfg = loaded.config
     assistants = loaded.base_dir / cfg.assistants if cfg.assistants else None
-    return Context(base_dir=loaded.base_dir, host=host, pipeline_name=cfg.name,
+    return Context(base_dir=loaded.base_dir, host=host, pipeline_name=cfg.name, shown_file=loaded.shown_file,
                    settings={"assistants": str(assistants) if assistants else None,
                              "pipeline_file": str(loaded.path), "prices": cfg.prices, "models": cfg.models,
                              "unset_env": dict(loaded.unset_env)})
@@ -228,7 +227,7 @@ def load_pipeline_data(
 def build_pipeline(loaded: LoadedConfig, problems: Problems, *, file: str, disabled: list[str] | None = None,
                    entry_points: bool = True, settings: dict[str, Any] | None = None) -> BuiltPipeline:
     """Build and check every block of a loaded config (``file``: the name errors carry; ``""`` for none)."""
-    problems.where = loaded.where
+    problems.where, problems.origin = loaded.where, loaded.origin
     if "prices" not in loaded.invalid and "models" not in loaded.invalid:
         with problems.collect(key="prices"):  # every price finite and >= 0, `models:` under `prices:`
             PriceTable(loaded.config.prices, file=file, lines=loaded.where, models=loaded.config.models)
@@ -428,7 +427,8 @@ def check_deadline(pipeline: BuiltPipeline) -> None:
     if deadline is None or tier == "auto":
         return
     line, _col = pipeline.loaded.where("backend.deadline")
-    where = f"{pipeline.shown_file}:{line}" if line else f"{pipeline.shown_file} (--set)"
+    origin = pipeline.loaded.origin("backend.deadline") or "--set"
+    where = f"{pipeline.shown_file}:{line}" if line else f"{pipeline.shown_file} ({origin})"
     now = f"with tier: {tier}" if tier else "without `tier:`"
     pipeline.warnings.append(f"{where}: backend.deadline: {deadline} has no effect {now}; only `tier: auto` "
                              f"plans against a deadline (set `tier: auto`, or remove the deadline)")
@@ -458,15 +458,12 @@ def public_data(data: Any) -> Any:
     """A copy of the config data without secrets: values of keys named like one (``api_key``, ``token``,
     ``password``...) become ``***``, and any string is :func:`~oaipipe.errors.redact`-ed (keys, URL passwords)."""
     if isinstance(data, dict):
-        return {k: ("***" if v and _SECRET_NAME.search(str(k)) else public_data(v)) for k, v in data.items()}
+        return {k: ("***" if v and SECRET_KEY_NAME.search(str(k)) else public_data(v)) for k, v in data.items()}
     if isinstance(data, list):
         return [public_data(v) for v in data]
     if isinstance(data, str):
         return redact(data)
     return data
-
-
-_SECRET_NAME = re.compile(r"(?i)key|secret|passw|(^|_)token$|(^|_)auth$|authorization|credential")
 
 
 def public_config(pipeline: BuiltPipeline) -> dict[str, Any]:

@@ -262,7 +262,7 @@ def test_a_missing_source_path_names_the_line_of_path(tmp_path: Path, kind: str,
         err = capsys.readouterr().err
         assert f"{path}:{line}:3: source.path: " in err, err  # the file, the line of `path:`, the key
         assert "not found" in err and str(tmp_path / f"nothere{ext}") in err  # what was looked for
-        assert "hint: paths in pipeline.yaml are relative to the pipeline file's folder" in err  # the fix
+        assert f"hint: paths in {path} are relative to the folder it is in" in err  # the fix, naming the file
     assert main(["validate", "--json", str(path)]) == InputError.exit_code
     [problem] = json.loads(capsys.readouterr().out)["problems"]
     assert (problem["file"], problem["line"], problem["column"], problem["key"]) == (str(path), line, 3,

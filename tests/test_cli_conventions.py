@@ -20,7 +20,7 @@ from oaipipe.commands.common import add_verbosity_options
 from oaipipe.errors import ExitCode
 
 REPO = Path(__file__).resolve().parent.parent
-PROBLEM_KEYS = {"file", "line", "column", "key", "message", "hint"}
+PROBLEM_KEYS = {"file", "line", "column", "key", "message", "hint", "origin"}
 
 
 def oaipipe_exe() -> str:
@@ -129,7 +129,7 @@ def test_top_level_keys_bad_values_and_a_missing_file_are_reported_together(
     # the line and column of `path:` in `source: {type: csv, path: nowhere.csv, ...}`
     assert "nowhere.csv" in problems["source.path"]["message"] and problems["source.path"]["line"] == 3
     assert problems["source.path"]["column"] == 21
-    assert "relative to the pipeline file" in problems["source.path"]["hint"]
+    assert f"paths in {project} are relative to the folder it is in" in problems["source.path"]["hint"]
     assert problems["runn"]["line"] == 9 and "did you mean 'run'" in problems["runn"]["message"]
 
 

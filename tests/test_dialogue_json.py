@@ -20,7 +20,7 @@ import pytest
 from _scale_util import read_jsonl, write_pipeline
 from test_sinks import build, killed, result, run_info
 
-from oaipipe.errors import InputError
+from oaipipe.errors import InputError, StorageError
 from oaipipe.kit import sinks as _sink_files
 from oaipipe.plugins import PluginHost
 
@@ -254,7 +254,7 @@ def test_a_file_oaipipe_did_not_write_is_left_as_it_is(host: PluginHost, tmp_pat
     path.write_text(content, encoding="utf-8")
     for mode in ("append", "overwrite"):
         sink = build(host, tmp_path, type="dialogue-json", path="d.json", mode=mode)
-        with pytest.raises(InputError) as err:
+        with pytest.raises(StorageError) as err:
             sink.open(run_info(), {"a"} if resume else None)
         sink.close()
         assert str(path) in str(err.value) and ("move it away" in str(err.value) or "not overwritten" in str(err.value))
@@ -270,7 +270,7 @@ def test_a_marker_left_for_another_file_allows_no_cut(host: PluginHost, tmp_path
     path.unlink()
     path.write_text('[{"role": "user", "content": "mine"}, {"role": "us', encoding="utf-8")  # a new inode
     again = build(host, tmp_path, type="dialogue-json", path="d.json")
-    with pytest.raises(InputError, match="not a valid JSON array"):
+    with pytest.raises(StorageError, match="not a valid JSON array"):
         again.open(run_info("R2"), None)
     assert path.read_text(encoding="utf-8") == '[{"role": "user", "content": "mine"}, {"role": "us'
 

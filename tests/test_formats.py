@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from oaipipe.errors import ConfigError, InputError
+from oaipipe.errors import ConfigError, InputError, StorageError
 from oaipipe.runner import run_pipeline_file
 
 pa = pytest.importorskip("pyarrow")
@@ -126,7 +126,7 @@ def test_parquet_sink_refuses_a_file_it_did_not_write(tmp_path: Path) -> None:
     pq.write_table(typed_table(), tmp_path / "theirs.parquet")
     path = pipeline(tmp_path, {"type": "parquet", "path": "in.parquet", "id_column": "id"},
                     [{"type": "parquet", "path": "theirs.parquet"}])
-    with pytest.raises(InputError, match="not written by this sink"):
+    with pytest.raises(StorageError, match="not written by this sink"):
         run_pipeline_file(path)
     assert pq.read_table(tmp_path / "theirs.parquet").equals(typed_table())
 

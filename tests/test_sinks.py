@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from oaipipe.base import Context, Sink
-from oaipipe.errors import InputError
+from oaipipe.errors import StorageError
 from oaipipe.plugins import PluginHost
 from oaipipe.types import Exchange, Record, RecordResult, RunInfo, Sentiment, Usage
 
@@ -253,7 +253,7 @@ def test_dialogue_json_corrupt_file_is_never_overwritten(host: PluginHost, tmp_p
     path = tmp_path / "d.json"
     path.write_text(content, encoding="utf-8")
     sink = build(host, tmp_path, type="dialogue-json", path="d.json")
-    with pytest.raises(InputError) as err:
+    with pytest.raises(StorageError) as err:
         sink.open(run_info(), None)
     assert str(path) in str(err.value) and "move it away" in str(err.value)
     sink.close()
@@ -331,7 +331,7 @@ def test_records_csv_columns_option_and_append(host: PluginHost, tmp_path: Path)
         ["b", "Thanks, glad you like it!", "review b", "R2"],
     ]
     other = build(host, tmp_path, type="csv", path="r.csv", columns=["text"], mode="append")
-    with pytest.raises(InputError, match="columns"):
+    with pytest.raises(StorageError, match="columns"):
         other.open(run_info("R3"), None)
 
 
@@ -357,7 +357,7 @@ def test_records_csv_exactly_once_on_resume(host: PluginHost, tmp_path: Path) ->
 def test_records_csv_refuses_foreign_file(host: PluginHost, tmp_path: Path) -> None:
     (tmp_path / "r.csv").write_text("name,age\nx,1\n", encoding="utf-8")
     sink = build(host, tmp_path, type="csv", path="r.csv")
-    with pytest.raises(InputError, match="move it away"):
+    with pytest.raises(StorageError, match="move it away"):
         sink.open(run_info(), None)
     assert (tmp_path / "r.csv").read_text(encoding="utf-8") == "name,age\nx,1\n"
 
@@ -410,6 +410,61 @@ def test_overwrite_never_removes_a_file_oaipipe_did_not_write(host: PluginHost, 
                                                               path: str) -> None:
     (tmp_path / path).write_text("my own notes\n", encoding="utf-8")
     sink = build(host, tmp_path, type=kind, path=path, mode="overwrite")
-    with pytest.raises(InputError, match="not overwritten|move it away"):
+    with pytest.raises(StorageError, match="not overwritten|move it away"):
         sink.open(run_info(), None)
     assert (tmp_path / path).read_text(encoding="utf-8") == "my own notes\n"
+
+
+@pytest.mark.parametrize(("kind", "name", "content"), [
+    ("jsonl", "records.jsonl", b"my own notes\n"),
+    ("csv", "records.csv", b"name,age\nx,1\n"),
+    ("dialogue-jsonl, mode: overwrite", "dialogue.jsonl", b"my own notes\n"),  # append adds to any JSONL log
+    ("dialogue-json", "dialogue.json", b'{"mine": true}'),
+    ("parquet", "records.parquet", b"PAR1 not ours PAR1"),
+])
+def test_a_run_whose_sink_finds_a_file_it_did_not_write_exits_9_naming_it_and_the_fix(
+        tmp_path: Path, capsys: pytest.CaptureFixture, kind: str, name: str, content: bytes) -> None:
+    """A file at a sink's path that the sink did not write is left as it is, and the run stops: an output
+    problem, exit 9 (IO_ERROR: "an output ... cannot be written", the message names the path), not 3 (an
+    input that cannot be read, which it was). The message names the file; the hint says how to get past it."""
+    from oaipipe.cli import main
+
+    (tmp_path / "in.csv").write_text("id,text\n1,hello\n", encoding="utf-8")
+    out = tmp_path / "out" / name
+    out.parent.mkdir()
+    out.write_bytes(content)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"backend: {{type: local}}\nsource: {{type: csv, path: in.csv, id_column: id}}\n"
+                        f"steps:\n  - {{type: ask, prompt: '{{text}}', output: reply}}\n"
+                        f"sinks:\n  - {{type: {kind}, path: out/{name}}}\n", encoding="utf-8")
+    assert main(["run", str(pipeline)]) == 9
+    err = capsys.readouterr().err
+    assert "error: " in err and str(out) in err, err
+    assert "hint: move it away" in err and "`path:`" in err and "rerun the same command" in err, err
+    assert out.read_bytes() == content  # left as it is
+
+
+def test_a_run_whose_sqlite_sink_finds_a_table_it_did_not_write_exits_9(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An SQLite table the sink did not write (no ``_id``/``_run`` columns) is not changed, and the run stops
+    with exit 9 naming the database, the table and the fix (it was 3, an input error)."""
+    import sqlite3
+
+    from oaipipe.cli import main
+
+    (tmp_path / "in.csv").write_text("id,text\n1,hello\n", encoding="utf-8")
+    db = tmp_path / "mine.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE records (name TEXT)")
+        conn.execute("INSERT INTO records VALUES ('mine')")
+    conn.close()
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("backend: {type: local}\nsource: {type: csv, path: in.csv, id_column: id}\n"
+                        "sinks:\n  - {type: sqlite, path: mine.db}\n", encoding="utf-8")
+    assert main(["run", str(pipeline)]) == 9
+    err = capsys.readouterr().err
+    assert f"{db}: table 'records' exists and was not written by this sink" in err, err
+    assert "hint: name another `table:`" in err and "rerun the same command" in err, err
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT * FROM records").fetchall() == [("mine",)]
+    conn.close()

@@ -144,6 +144,29 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> N
     assert not (tmp_path / "-").exists()
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["run", "--help"], ["-h"]])
+def test_help_and_version_to_a_reader_that_went_away_end_quietly(tmp_path: Path, argv: list[str]) -> None:
+    """``oaipipe --help | head -1``: the group's own ``--help`` and ``--version`` (written while click parses
+    the command line, before any command runs) meet a closed pipe like any output: exit 130, nothing said.
+    They exited 1 (click's silent exit on EPIPE), which the README reads as failed records or a bug. The pipe's
+    reading end is closed before the command starts, so every write meets it closed."""
+    import os
+    import subprocess
+
+    from oaipipe.testing import oaipipe_command
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte
+    try:
+        proc = subprocess.run([*oaipipe_command(), *argv], cwd=tmp_path, stdout=write_end, stderr=subprocess.PIPE,
+                              timeout=60)
+    finally:
+        os.close(write_end)
+    err = proc.stderr.decode()
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert err == "", err  # no traceback, no "Exception ignored", no error line
+
+
 def test_a_broken_pipe_that_is_not_the_output_is_an_error_not_silence(capsys: pytest.CaptureFixture[str]) -> None:
     """An EPIPE from anything but stdout/stderr (a socket, a subprocess's pipe) is reported like any other
     unexpected error (exit 1, one line); click ended every EPIPE with a bare exit 1."""

@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..extras import require
 from ..hookspecs import hookimpl
 from ..kit.columnar import ColumnarSink
-from ..kit.sinks import MODE_FIELD_DOC
+from ..kit.sinks import MODE_FIELD_DOC, refused_output
 from ..kit.sources import check_columns, checked_path, numbered, records_of_batches, wanted_columns
 from ..types import Record, RunInfo
 
@@ -110,7 +110,9 @@ class HfDatasetSink(ColumnarSink):
         require("datasets", extra="hf", feature="the hf-dataset sink")
         out = self.file
         if out.exists() and not out.is_dir():
-            raise InputError(f"{out} is a file; the hf-dataset sink writes a folder", hint="point `path:` elsewhere")
+            raise refused_output(out, f"{out} is a file; the hf-dataset sink writes a folder",
+                                 fix="point `path:` at a folder (or a name not taken), or move the file away, then "
+                                     "rerun the same command")
         for leftover in out.parent.glob(f".{out.name}.*{_SAVING}") if out.parent.is_dir() else ():
             shutil.rmtree(leftover, ignore_errors=True)  # a save cut short by a crash (we hold the output lock)
         super().open(run, done_ids)

@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from ..base import PluginOptions, Sink
 from ..errors import InputError
 from ..hookspecs import hookimpl
-from ..kit.sinks import MODE_FIELD_DOC
+from ..kit.sinks import MODE_FIELD_DOC, refused_output
 from ..kit.sources import FileSource, check_columns, records_of_batches, wanted_columns
 from ..types import Record, RecordResult, RunInfo
 
@@ -167,9 +167,10 @@ class SqliteSink(Sink):
         table = quote(self.options.table)
         self._columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
         if self._columns and not {"_id", "_run"} <= set(self._columns):
-            raise InputError(f"{path}: table '{self.options.table}' exists and was not written by this sink "
-                             f"(it has no _id and _run columns); it is not changed",
-                             hint="name another `table:`, or point `path:` at another file")
+            raise refused_output(path, f"{path}: table '{self.options.table}' exists and was not written by this "
+                                 f"sink (it has no _id and _run columns); it is not changed",
+                                 fix="name another `table:`, or point `path:` at another file, then rerun the same "
+                                     "command")
         conn.execute("BEGIN IMMEDIATE")
         if not self._columns:
             conn.execute(f"CREATE TABLE {table} (_id TEXT NOT NULL, _run TEXT NOT NULL, PRIMARY KEY (_run, _id))")

@@ -24,7 +24,6 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ..base import PluginOptions
-from ..errors import InputError
 from ..fsutil import atomic_file
 from ..hookspecs import hookimpl
 from ..kit.sinks import (
@@ -33,6 +32,7 @@ from ..kit.sinks import (
     JsonlAppendingSink,
     first_line,
     jsonl_text,
+    refused_output,
     start_over,
     unfinished,
 )
@@ -122,17 +122,15 @@ class CsvRecordsSink(AppendingSink):
         if not header:
             return
         if ID_COLUMN not in header or RUN_COLUMN not in header:
-            raise InputError(
-                f"csv sink: {path} exists but has no '{ID_COLUMN}' and '{RUN_COLUMN}' columns, so it was not "
-                f"written by this sink; it will not be appended to",
-                hint=f"move it away (e.g. `mv {path} {path}.bak`) or point `path:` at another file",
-            )
+            raise refused_output(
+                path, f"csv sink: {path} exists but has no '{ID_COLUMN}' and '{RUN_COLUMN}' columns, so it was not "
+                f"written by this sink; it will not be appended to")
         if self.options.columns is not None and header != self._header_for(self.options.columns):
-            raise InputError(
-                f"csv sink: {path} exists with columns {', '.join(header)}, but `columns:` asks for "
+            raise refused_output(
+                path, f"csv sink: {path} exists with columns {', '.join(header)}, but `columns:` asks for "
                 f"{', '.join(self._header_for(self.options.columns))}",
-                hint="use the same columns as the existing file, or write to a new file",
-            )
+                fix="use the same columns as the existing file, or point `path:` at a new file, then rerun the "
+                    "same command")
         self._header = header
         self._header_written = True
         if done_ids is None and not truncated:

@@ -19,8 +19,9 @@ __all__ = ["validate"]
 @click.option("--online", is_flag=True,
               help="Also ask the backend's server (GET /models) for the shutdown_date of each model: warn within "
                    "60 days, refuse past it (one request; a server without the list is not an error)")
-@json_option("Print {problems, warnings} as JSON: each problem {file, line, column, key, message, hint} ([] when "
-             "valid), each warning a line naming its file and line (as the text output prints them)")
+@json_option("Print {problems, warnings} as JSON: each problem {file, line, column, key, message, hint, origin} "
+             "([] when valid; origin: the --set that gave the value, or null), each warning a line naming its file "
+             "and line (as the text output prints them)")
 def validate(pipeline: str, overrides: tuple[str, ...], disabled: tuple[str, ...], online: bool,
              as_json: bool) -> ExitCode:
     """Check a pipeline file: YAML, keys, plugin names and options, input files, templates. Calls nothing

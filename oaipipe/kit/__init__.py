@@ -12,7 +12,8 @@ module                     what it gives
                            its line), :func:`unique_id_record`, :func:`count_lines`, :func:`read_lines`, and
                            for sources of rows in batches :func:`records_of_batches`, :func:`check_columns`
 :mod:`oaipipe.kit.sinks`    :class:`AppendingSink` / :class:`JsonlAppendingSink` (append and flush per record,
-                           every record exactly once on resume: :func:`reconcile_jsonl`, :func:`start_over`)
+                           every record exactly once on resume: :func:`reconcile_jsonl`, :func:`start_over`;
+                           an output it will not write: :func:`refused_output`)
 :mod:`oaipipe.kit.columnar` :class:`ColumnarSink` (a row log that survives a kill, turned into Arrow batches
                            on ``close()``: how the Parquet and Hugging Face sinks are written)
 :mod:`oaipipe.kit.chat`     :class:`ChatStepOptions` and :class:`ChatStepMixin` (prompt templates, presets,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
         first_line,
         jsonl_written_by,
         reconcile_jsonl,
+        refused_output,
         start_over,
         unfinished,
         utc_now,
@@ -81,7 +83,7 @@ _WHERE: dict[str, str] = {
                     "http"),
     **dict.fromkeys(["OpenAISDKMixin", "translate_sdk_error"], "openai"),
     **dict.fromkeys(["MODE_FIELD_DOC", "AppendingSink", "JsonlAppendingSink", "first_line", "jsonl_written_by",
-                     "reconcile_jsonl", "start_over", "unfinished", "utc_now"], "sinks"),
+                     "reconcile_jsonl", "refused_output", "start_over", "unfinished", "utc_now"], "sinks"),
     **dict.fromkeys(["COUNT_LIMIT_BYTES", "MAX_LINE_BYTES", "MAX_NESTING", "FileOptions", "FileOptionsT", "FileSource", "check_columns",
                      "checked_path", "count_lines", "describe_parse_failure", "did_you_mean", "guarded_record",
                      "line_too_long", "missing_file_error", "numbered", "read_lines", "records_of_batches",
@@ -124,6 +126,7 @@ __all__ = [
     "read_lines",
     "reconcile_jsonl",
     "records_of_batches",
+    "refused_output",
     "start_over",
     "too_deep",
     "translate_sdk_error",

@@ -24,10 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import InputError
 from ..extras import require
 from ..types import RecordResult, RunInfo
-from .sinks import JsonlAppendingSink, jsonl_written_by, reconcile_jsonl, start_over
+from .sinks import JsonlAppendingSink, jsonl_written_by, reconcile_jsonl, refused_output, start_over
 
 __all__ = ["ColumnarSink", "arrow_batches", "decode_row", "encode_value"]
 
@@ -177,10 +176,9 @@ class ColumnarSink(JsonlAppendingSink):
         mode = getattr(self.options, "mode", "overwrite")
         has_rows = rows.is_file() and jsonl_written_by(rows, self.run_key, self.id_key)
         if self._output_exists() and not has_rows and not (rows.is_file() and rows.stat().st_size == 0):
-            raise InputError(
-                f"{self.file} exists and was not written by this sink (its row log {rows.name} is missing); "
-                f"it is not {'overwritten' if mode == 'overwrite' else 'appended to'}",
-                hint="move it away, or point the sink's `path:` elsewhere")
+            raise refused_output(
+                self.file, f"{self.file} exists and was not written by this sink (its row log {rows.name} is "
+                f"missing); it is not {'overwritten' if mode == 'overwrite' else 'appended to'}")
         start_over(rows, mode=mode, done_ids=done_ids, ours=lambda p: jsonl_written_by(p, self.run_key, self.id_key))
         reconcile_jsonl(rows, run_id=run.run_id, done_ids=done_ids, run_key=self.run_key, id_key=self.id_key)
         self._open_for_append(rows, run, newline="\n")

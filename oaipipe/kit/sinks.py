@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..base import Context, Sink
-from ..errors import InputError
+from ..errors import InputError, StorageError
 from ..fsutil import atomic_file, write_text_atomic
 from ..types import RecordResult, RunInfo
 from .sources import FileOptionsT
 
-__all__ = ["AppendingSink", "JsonArrayLog", "JsonlAppendingSink", "MODE_FIELD_DOC", "dumps_indented", "first_line", "jsonl_text", "jsonl_written_by", "reconcile_jsonl", "start_over", "unfinished", "utc_now"]
+__all__ = ["AppendingSink", "JsonArrayLog", "JsonlAppendingSink", "MODE_FIELD_DOC", "dumps_indented", "first_line", "jsonl_text", "jsonl_written_by", "reconcile_jsonl", "refused_output", "start_over", "unfinished", "utc_now"]
 
 
 def utc_now() -> str:
@@ -37,6 +37,18 @@ MODE_FIELD_DOC = ("overwrite: a new run (the first, or --fresh, or after a chang
                   "continues the file")
 
 
+def refused_output(path: str | Path, message: str, *, fix: str | None = None) -> StorageError:
+    """The error of a sink that will not write its output ``path``: something it did not write is there (the
+    user's file, another program's table, a file where a folder goes), and it is left as it is.
+
+    An output problem, not an input one: a :class:`~oaipipe.errors.StorageError` (exit 9, ``IO_ERROR``, "an
+    output ... cannot be written"), naming the path, with the fix (``fix``; by default: move it away or point
+    the sink's ``path:`` at another file, then rerun the same command)."""
+    hint = fix or (f"move it away (e.g. `mv {path} {path}.bak`) or point the sink's `path:` at another file, then "
+                   f"rerun the same command")
+    return StorageError(message, path=path, hint=hint)
+
+
 def start_over(path: Path, *extra: Path, mode: str, done_ids: set[str] | None,
                ours: Callable[[Path], bool]) -> None:
     """For ``mode: overwrite``, remove the files a *new* run (``done_ids is None``) must start over.
@@ -46,8 +58,7 @@ def start_over(path: Path, *extra: Path, mode: str, done_ids: set[str] | None,
     if mode != "overwrite" or done_ids is not None:
         return
     if path.is_file() and path.stat().st_size and not ours(path):
-        raise InputError(f"{path} exists and was not written by this sink; it is not overwritten",
-                         hint="move it away, or point the sink's `path:` elsewhere")
+        raise refused_output(path, f"{path} exists and was not written by this sink; it is not overwritten")
     for p in (path, *extra):
         p.unlink(missing_ok=True)
 
@@ -665,7 +676,6 @@ class JsonArrayLog:
         self._commit(end, empty=empty)
 
     def _refuse(self, reason: str | None = None, *, walk: _ArrayWalk | None = None) -> None:
-        move = f"move it away (e.g. `mv {self.path} {self.path}.bak`) or point `path:` at another file"
         if reason is None:
             if walk is None:
                 walk = _ArrayWalk(self._fh, 0, document=True)
@@ -678,7 +688,7 @@ class JsonArrayLog:
             else:
                 line, column = self._line_column(walk.problem[0])
                 reason = f"it is not a valid JSON array (line {line}, column {column}: {walk.problem[1]})"
-        raise InputError(f"{self.label}: {self.path} exists but {reason}; it will not be overwritten", hint=move)
+        raise refused_output(self.path, f"{self.label}: {self.path} exists but {reason}; it will not be overwritten")
 
     def _line_column(self, offset: int) -> tuple[int, int]:
         line, start, done = 1, 0, 0

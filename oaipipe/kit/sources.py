@@ -54,15 +54,18 @@ MAX_NESTING = 256
 
 
 def missing_file_error(kind: str, path: Path, given: str, base_dir: Path, *, folder: bool = False,
-                       option: str = "path") -> InputError:
+                       option: str = "path", pipeline_file: str = "") -> InputError:
     """The :class:`InputError` for a ``path`` that does not exist: says where it was looked for and why.
 
-    ``option`` is the option that gave the path: the error is placed on its line of the pipeline file."""
+    ``option`` is the option that gave the path: the error is placed on its line of the pipeline file.
+    ``pipeline_file`` is that file as the user named it (:attr:`Context.shown_file`), which the hint names;
+    ``""`` when there is none (the hint then names the folder paths are resolved against)."""
     what = "folder" if folder else "file"
+    where = (f"paths in {pipeline_file} are relative to the folder it is in" if pipeline_file else
+             f"relative paths are resolved against {base_dir}")
     return InputError(
         f"{kind} {what} not found: {given} (looked for {path}, resolved against {base_dir})",
-        hint="paths in pipeline.yaml are relative to the pipeline file's folder; check the spelling "
-        "or give an absolute path",
+        hint=f"{where}; check the spelling or give an absolute path",
         option=option,
     )
 
@@ -87,7 +90,8 @@ def checked_path(kind: str, given: str, context: Any, *, hint: str, folder: bool
     try:
         mode = os.stat(path).st_mode  # follows symlinks: what would be opened
     except FileNotFoundError:
-        raise missing_file_error(kind, path, given, context.base_dir, folder=folder, option=option) from None
+        raise missing_file_error(kind, path, given, context.base_dir, folder=folder, option=option,
+                                 pipeline_file=getattr(context, "shown_file", "")) from None
     except OSError as exc:
         raise InputError(f"{kind} source path cannot be read: {path}: {exc.strerror or exc}",
                          hint="check the permissions of the path and of its folders", option=option) from None
