@@ -582,7 +582,12 @@ class Problems:
             return
         if len(self.errors) == 1 and not self._relisted:
             raise self.errors[0]
-        items = sorted(self.items, key=lambda p: (p.line is None, p.line or 0, p.column or 0))  # file order
+        unique: dict[tuple[Any, ...], Problem] = {}  # one problem met by several blocks (a broken plugin) is one
+        for item in self.items:
+            unique.setdefault((item.message, item.file, item.line, item.column, item.key, item.origin), item)
+        if len(unique) == 1 and len(self.errors) > 1 and not self._relisted:
+            raise self.errors[0]
+        items = sorted(unique.values(), key=lambda p: (p.line is None, p.line or 0, p.column or 0))  # file order
         listed = "\n".join("  " + str(p).replace("\n", "\n  ") for p in items)
         raise ConfigError(f"{len(items)} problems:\n{listed}", file=self.file, problems=items)
 

@@ -313,7 +313,18 @@ class PluginHost:
                     if _plugin in self.info:
                         self.info[_plugin].registers.append(f"{_kind}:{name}")
 
-                impl.function(register=register)
+                if "register" not in impl.argnames:  # pluggy passes a hook only the arguments it names
+                    raise PluginLoadError(
+                        f"plugin '{plugin_name}': {hook_name}() takes no `register` argument, so it cannot "
+                        f"register anything",
+                        hint=f"write it as `def {hook_name}(register): register(\"NAME\", YourClass)` "
+                             "(docs/plugins.md)")
+                returned = impl.function(register=register)
+                if returned is not None:  # e.g. `return {"name": Class}`: nothing would be registered
+                    raise PluginLoadError(
+                        f"plugin '{plugin_name}': {hook_name}() returned {type(returned).__name__} instead of "
+                        "calling register(); a returned value registers nothing",
+                        hint=f"call register(\"NAME\", YourClass) for each {kind} inside {hook_name}(register)")
         return registry
 
     def names(self, kind: str) -> list[str]:

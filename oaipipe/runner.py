@@ -297,9 +297,10 @@ class Runner:
         try:
             choice = await asyncio.to_thread(choose_tier, self.pipeline, self.options.limit, self.options.shard)
         except ValueError as exc:
-            line, column = self.pipeline.loaded.where("backend.tier")
+            loaded = self.pipeline.loaded
+            line, column = loaded.where("backend.tier")
             raise ConfigError(str(exc), file=self.pipeline.shown_file or None, line=line, column=column,
-                              key="backend.tier",
+                              key="backend.tier", origin=loaded.origin("backend.tier"),
                               hint="set backend.tier to a tier the backend offers, or remove it") from None
         if choice is None:
             return headline

@@ -20,7 +20,7 @@ import pytest
 from _scale_util import read_jsonl, write_pipeline
 from test_sinks import build, killed, result, run_info
 
-from oaipipe.errors import InputError, StorageError
+from oaipipe.errors import ExitCode, InputError, RunLockedError, StorageError
 from oaipipe.kit import sinks as _sink_files
 from oaipipe.plugins import PluginHost
 
@@ -280,8 +280,9 @@ def test_a_second_writer_is_refused_while_the_first_is_open(host: PluginHost, tm
     first.open(run_info("R1"), None)
     first.write(result("a"))
     second = build(host, tmp_path, type="dialogue-json", path="d.json")
-    with pytest.raises(InputError, match="being written"):
+    with pytest.raises(RunLockedError, match="being written") as err:  # exit 10, as every busy lock
         second.open(run_info("R2"), None)
+    assert err.value.exit_code == ExitCode.RUN_LOCKED and err.value.path == str(tmp_path / "d.json")
     first.write(result("b"))
     first.close()
     assert ids(tmp_path / "d.json") == ["a"] * 3 + ["b"] * 3
@@ -298,3 +299,4 @@ def test_compact_layout_is_json_dumps_and_mixes_with_indented(host: PluginHost, 
         if run_id == "R1":
             assert path.read_text(encoding="utf-8") == json.dumps(entries(path), ensure_ascii=False) + "\n"
     assert [e["run_id"] for e in entries(path)] == ["R1"] * 6 + ["R2"] * 6 + ["R3"] * 6
+

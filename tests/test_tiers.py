@@ -322,3 +322,40 @@ def test_a_deadline_without_tier_auto_is_warned_about_with_its_line(tmp_path: Pa
                                         "deadline": "2h"})
     checked = auto.cli("validate", str(auto.file))
     assert checked.exit_code == 0 and "has no effect" not in checked.out + checked.err
+
+
+FLEXLESS = '''
+from oaipipe import hookimpl
+from oaipipe.base import Backend
+from oaipipe.types import ChatResponse, Usage
+
+
+class Flexless(Backend):
+    tiers = ("standard", "flex")  # no priority
+
+    async def chat(self, request):
+        return ChatResponse(text="ok", model="gpt-4o-mini", backend="flexless", usage=Usage(1, 1, 2))
+
+
+@hookimpl
+def register_backends(register):
+    register("flexless", Flexless)
+'''
+
+
+def test_a_tier_the_backend_does_not_offer_is_refused_at_its_line_or_its_set(tmp_path: Path, home: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from oaipipe.cli import main
+
+    (tmp_path / "flexless.py").write_text(FLEXLESS, encoding="utf-8")
+    (tmp_path / "r.csv").write_text("text\nhello\n", encoding="utf-8")
+    path = tmp_path / "p.yaml"
+    path.write_text("name: t\nplugins: [flexless.py]\nsource: {type: csv, path: r.csv}\n"
+                    "backend:\n  type: flexless\n  tier: priority\n"
+                    "steps: [{type: ask, prompt: 'Reply to: {text}', output: reply}]\n"
+                    "sinks: [{type: jsonl, path: out.jsonl}]\n", encoding="utf-8")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:6:3: backend.tier: backend flexless offers no tier priority (it offers standard, flex)" in err
+    assert main(["run", str(path), "--set", "backend.tier=priority", "--fresh"]) == 2
+    assert "backend.tier (from --set backend.tier=priority): backend flexless offers no tier" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..base import Context, Sink
-from ..errors import InputError, StorageError
+from ..errors import InputError, RunLockedError, StorageError
 from ..fsutil import atomic_file, write_text_atomic
 from ..types import RecordResult, RunInfo
 from .sources import FileOptionsT
@@ -508,8 +508,9 @@ class JsonArrayLog:
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise InputError(f"{self.label}: {self.path} is being written by another run (it is locked)",
-                             hint="wait until that run ends, or point this sink's `path:` at another file") from None
+            raise RunLockedError(f"{self.label}: {self.path} is being written by another run (it is locked)",
+                                 path=self.path,
+                                 hint="wait until that run ends, or point this sink's `path:` at another file") from None
         except OSError:  # a file system without locks: go on unlocked
             pass
 
