@@ -20,7 +20,7 @@ import pytest
 from _scale_util import read_jsonl, write_pipeline
 from test_sinks import build, killed, result, run_info
 
-from oaipipe.errors import ExitCode, InputError, RunLockedError, StorageError
+from oaipipe.errors import ExitCode, RunLockedError, StorageError
 from oaipipe.kit import sinks as _sink_files
 from oaipipe.plugins import PluginHost
 
