@@ -10,6 +10,9 @@ a run, but the backend is replaced by a stand-in that only *measures* each reque
   (:func:`oaipipe.models_table.model_info`) also spends reasoning tokens, billed as output, which no
   offline count can know: without ``max_tokens`` (which caps reasoning and reply together) the summary
   names such models (``reasoning_not_counted``) instead of guessing;
+* a call asking for more than its model's context window (prompt and ``max_tokens``; the window from the
+  model table or ``models:``) is refused as the API refuses it: its record counts as one that would fail,
+  and its tokens are not counted (offline backends have no window);
 * cost: :class:`oaipipe.pricing.PriceTable` with the pipeline's ``prices:``, at the backend's tier
   (:func:`oaipipe.tiers.configured_tier`): half price for a :attr:`~oaipipe.base.Backend.batched` backend and
   for ``tier: flex``; with ``tier: auto`` the tier planner's choice, and its plan (``tier_plan``: each tier's
@@ -27,7 +30,8 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .base import StepContext
-from .models_table import DEFAULT_MODEL, Models, model_info
+from .errors import BadRequestError
+from .models_table import DEFAULT_MODEL, ModelInfo, Models, model_info
 from .pricing import PriceTable
 from .tiers import configured_tier, plan_for, tier_costs
 from .tokens import count_message_tokens, tokenizer_name
@@ -61,7 +65,10 @@ class _Counter:
         # images by the request model's own rule (gpt-4o-mini, patch-based models bill differently)
         prompt = count_message_tokens(request.messages, request.model, image_model=request.model)
         completion = request.max_tokens or self.completion_tokens
-        if not request.max_tokens and _reasons(request.model, self.models):
+        info = model_info(request.model, self.models)
+        if not self.backend.offline:
+            _check_context(request, prompt, info)
+        if not request.max_tokens and info is not None and info.reasoning:
             self.reasoning_uncapped.add(request.model)
         price = self.prices.lookup(request.model)
         # a free backend costs nothing, unless a `prices:` entry names the model id it answers with
@@ -90,9 +97,18 @@ class _Counter:
                             parsed={} if json_reply else None)
 
 
-def _reasons(model: str, models: Models | None) -> bool:
-    info = model_info(model, models)
-    return bool(info and info.reasoning)
+def _check_context(request: ChatRequest, prompt: int, info: ModelInfo | None) -> None:
+    """The refusal the API gives a call that asks for more than the model's context window (prompt and
+    ``max_tokens`` together: docs/platform.md), so that the dry run counts its record as one that would
+    fail and its tokens as never billed. A model whose window is not known (the table, ``models:``) passes."""
+    wanted = prompt + (request.max_tokens or 0)
+    if info is None or not info.context or wanted <= info.context:
+        return
+    detail = f"{prompt:,} in the messages" + (f", {request.max_tokens:,} in the completion" if request.max_tokens else "")
+    raise BadRequestError(f"{request.model}'s context window is {info.context:,} tokens; this call asks for "
+                          f"{wanted:,} ({detail}): the API refuses it (context_length_exceeded)",
+                          status=400, hint="shorten the input (or max_tokens), or give this step a model with a "
+                                           "larger context window")
 
 
 def estimate(pipeline: BuiltPipeline, limit: int | None = None, *,

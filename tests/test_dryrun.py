@@ -137,6 +137,30 @@ def test_a_dry_run_names_the_reasoning_models_whose_reasoning_tokens_it_cannot_c
     assert "reasoning_not_counted" not in run_pipeline_file(plain, dry_run=True)["estimate"]
 
 
+def test_a_call_over_its_models_context_window_fails_its_record_in_the_dry_run(tmp_path: Path, server) -> None:
+    # the API refuses a call asking for more than the context window (prompt + max_tokens) with a 400: the dry
+    # run counts its record as one that would fail, and bills nothing for it
+    texts = ["fine", "great mug", "the handle broke on day two and the shop never answered my mails " * 3] * 2
+    for folder in (tmp_path, tmp_path / "local"):
+        folder.mkdir(exist_ok=True)
+        (folder / "r.csv").write_text("id,text\n" + "".join(f"{i},{t}\n" for i, t in enumerate(texts)),
+                                      encoding="utf-8")
+    steps = '- {type: ask, prompt: "Reply to: {text}", output: a, model: small-window, max_tokens: 20}\n'
+    extra = "models:\n  small-window: {context: 60, input: 1.0, output: 1.0}\n"
+    path = write_pipeline(tmp_path, f"{{type: openai, base_url: '{server.base_url}'}}", steps=steps, extra=extra)
+    summary = run_pipeline_file(path, dry_run=True)
+    prompts = [count_message_tokens([{"role": "user", "content": f"Reply to: {t}"}], "small-window") for t in texts]
+    fits = [p for p in prompts if p + 20 <= 60]
+    assert len(fits) == 4  # the long review does not fit a window of 60 with max_tokens 20
+    assert summary["records"]["would_fail"] == 2
+    assert "small-window's context window is 60 tokens; this call asks for" in summary["record_errors"][0]
+    est = summary["estimate"]
+    assert est["calls"] == 4 and est["prompt_tokens"] == sum(fits)  # the refused calls cost nothing
+    assert server.stats()["requests"] == 0
+    local = write_pipeline(tmp_path / "local", "{type: local}", steps=steps, extra=extra)
+    assert run_pipeline_file(local, dry_run=True)["records"]["would_fail"] == 0  # the engine has no window
+
+
 # --- found by the mutation run (docs/mutation.md) ------------------------------------------------------
 
 
@@ -171,7 +195,7 @@ def test_a_free_backend_that_answers_as_an_openai_model_costs_nothing_unless_pri
     from oaipipe.dryrun import _Counter
     from oaipipe.types import ChatRequest
 
-    backend = SimpleNamespace(priced=False, batched=False, options=SimpleNamespace(),
+    backend = SimpleNamespace(priced=False, offline=False, batched=False, options=SimpleNamespace(),
                               model_label=lambda model: model)
     request = ChatRequest(messages=[{"role": "user", "content": "hello there"}], model="gpt-4o-mini",
                           max_tokens=10, step="ask:reply")
@@ -193,7 +217,7 @@ def test_a_model_without_a_price_costs_nothing_in_the_estimate_and_is_named_unpr
     from oaipipe.dryrun import _Counter
     from oaipipe.types import ChatRequest
 
-    backend = SimpleNamespace(priced=True, batched=False, options=SimpleNamespace(),
+    backend = SimpleNamespace(priced=True, offline=False, batched=False, options=SimpleNamespace(),
                               model_label=lambda model: model)
     counter = _Counter(PriceTable(), 150, backend)  # type: ignore[arg-type]
     for model in ("no-such-model", "gpt-4o-mini"):
@@ -210,7 +234,7 @@ def test_at_the_priority_tier_a_model_without_priority_prices_is_unpriced() -> N
     from oaipipe.dryrun import _Counter
     from oaipipe.types import ChatRequest
 
-    backend = SimpleNamespace(priced=True, batched=False, options=SimpleNamespace(tier="priority"),
+    backend = SimpleNamespace(priced=True, offline=False, batched=False, options=SimpleNamespace(tier="priority"),
                               model_label=lambda model: model)
     table = PriceTable({"plain": {"input": 1.0, "output": 2.0},
                         "fast": {"input": 1.0, "output": 2.0, "priority_input": 3.0, "priority_output": 6.0}})
@@ -231,7 +255,7 @@ def test_a_dry_run_answers_a_json_request_with_an_empty_object_and_any_other_wit
     from oaipipe.dryrun import _Counter
     from oaipipe.types import ChatRequest, Usage
 
-    backend = SimpleNamespace(priced=True, batched=False, options=SimpleNamespace(), model_label=lambda m: m)
+    backend = SimpleNamespace(priced=True, offline=False, batched=False, options=SimpleNamespace(), model_label=lambda m: m)
     counter = _Counter(PriceTable(), 150, backend)  # type: ignore[arg-type]
 
     def reply(response_format: dict | None) -> tuple[str, object]:

@@ -104,7 +104,11 @@ def _print_dry_run(summary: dict[str, Any]) -> None:
             click.echo(f"  note: {', '.join(est['reasoning_not_counted'])}: reasoning model; its reasoning tokens, billed as "
                        "output, are not in this estimate; set max_tokens on the step to cap them")
     if rec.get("would_fail"):
-        click.echo(f"  {rec['would_fail']} records would fail: " + "; ".join(summary.get("record_errors", [])))
+        errors = summary.get("record_errors", [])
+        shown = f" (the first {len(errors)})" if len(errors) < rec["would_fail"] else ""
+        click.echo(f"  {rec['would_fail']} records would fail{shown}:")
+        for error in errors:  # one per line, its hint under it
+            click.echo("    " + error.replace("\n", "\n    "))
     if summary.get("tier_plan"):
         _print_tier_plan(summary["tier_plan"])
 
