@@ -303,3 +303,28 @@ def test_a_models_block_can_say_a_model_reasons_and_the_dry_run_names_it(tmp_pat
     assert run_pipeline_file(path, dry_run=True)["estimate"]["reasoning_not_counted"] == ["house-reasoner"]
     plain = write_pipeline(tmp_path / "plain", "{type: local}", n=2, steps=steps, extra=extra.replace("true", "false"))
     assert "reasoning_not_counted" not in run_pipeline_file(plain, dry_run=True)["estimate"]
+
+
+def test_the_context_check_allows_the_window_itself_and_refuses_a_token_more_saying_how_many() -> None:
+    from oaipipe.dryrun import _check_context
+    from oaipipe.errors import BadRequestError
+    from oaipipe.models_table import ModelInfo
+    from oaipipe.types import ChatRequest
+
+    window = ModelInfo("chat", context=1000)
+    capped = ChatRequest(messages=[], model="m", max_tokens=200)
+    uncapped = ChatRequest(messages=[], model="m")
+    _check_context(capped, 800, window)  # 800 + 200: exactly the window, allowed
+    _check_context(uncapped, 1000, window)  # no max_tokens: the prompt alone counts
+    _check_context(uncapped, 10**6, ModelInfo("chat"))  # a model whose window is not known passes
+    _check_context(uncapped, 10**6, None)
+    with pytest.raises(BadRequestError) as over:
+        _check_context(capped, 801, window)
+    assert over.value.status == 400
+    assert over.value.message == ("m's context window is 1,000 tokens; this call asks for 1,001 (801 in the messages, "
+                                  "200 in the completion): the API refuses it (context_length_exceeded)")
+    assert over.value.hint == ("shorten the input (or max_tokens), or give this step a model with a larger context "
+                               "window")
+    with pytest.raises(BadRequestError) as alone:
+        _check_context(uncapped, 1001, window)
+    assert "this call asks for 1,001 (1,001 in the messages): the API" in alone.value.message
