@@ -540,7 +540,7 @@ class _Ingest:
     """Writes the rows of journal lines of one run (inside the caller's transaction)."""
 
     def __init__(self, conn: sqlite3.Connection, run_id: str, config: dict[str, Any]) -> None:
-        from .pricing import price_table
+        from .pricing import price_table, tier_of
 
         self.conn = conn
         self.run_id = run_id
@@ -552,6 +552,7 @@ class _Ingest:
         self.batch = isinstance(capabilities, dict) and bool(capabilities.get("batched"))
         # a free backend (the local engine) costs nothing unless `prices:` names the id it answers with
         self.priced = not isinstance(capabilities, dict) or capabilities.get("priced") is not False
+        self.tier_of = tier_of  # imported here, once per ingest, not once per exchange
         self.records: list[tuple[Any, ...]] = []
         self.sentiments: list[tuple[Any, ...]] = []
         self.exchanges: list[tuple[Any, ...]] = []
@@ -598,9 +599,7 @@ class _Ingest:
             price = self.prices.lookup(model, priced=self.priced,
                                        requested=requested if isinstance(requested, str) else None)
             if price.known:
-                from .pricing import tier_of
-
-                tier = tier_of(ex.get("service_tier") if isinstance(ex.get("service_tier"), str) else None,
+                tier = self.tier_of(ex.get("service_tier") if isinstance(ex.get("service_tier"), str) else None,
                                batch=self.batch)
                 cost = price.cost(prompt, completion, tier=tier, cached_tokens=int(usage.get("cached_tokens") or 0))
         self.exchanges.append(

@@ -434,17 +434,16 @@ def test_every_message_names_the_pipeline_file_as_the_user_gave_it(
     ("def register_backends(register):\n    return {'mine': object}\n",
      "register_backends() returned dict instead of calling register()"),
 ])
-def test_a_register_hook_written_wrong_is_named_once_with_the_fix(tmp_path: Path, capsys, hook: str, said: str) -> None:
+def test_a_register_hook_written_wrong_is_named_once_with_the_fix(tmp_path: Path, hook: str, said: str) -> None:
     # pluggy hands a hook only the arguments it names: a register hook without `register`, or one that returns
     # what it means to register, registers nothing; the plugin is named, once, with the right shape
-    (tmp_path / "mine.py").write_text("from oaipipe import hookimpl\n\n@hookimpl\n" + hook, encoding="utf-8")
-    (tmp_path / "r.csv").write_text("text\nhi\n", encoding="utf-8")
-    (tmp_path / "p.yaml").write_text("name: t\nplugins: [mine.py]\nsource: {type: csv, path: r.csv}\n"
-                                     "backend: {type: local}\nsteps: [{type: ask, prompt: '{text}', output: a}]\n"
-                                     "sinks: [{type: jsonl, path: o.jsonl}]\n", encoding="utf-8")
-    assert main(["validate", str(tmp_path / "p.yaml")]) == 2
-    err = capsys.readouterr().err
-    assert err.count(said) == 1 and "plugin 'mine'" in err
-    assert 'def register_backends(register): register("NAME", YourClass)' in err or \
-        'call register("NAME", YourClass)' in err
-    assert "unexpected" not in err
+    from oaipipe.testing import PipelineProject
+
+    project = PipelineProject(tmp_path)
+    project.write(plugins=["mine.py"], files={"mine.py": "from oaipipe import hookimpl\n\n@hookimpl\n" + hook})
+    result = project.cli("validate", project.file)
+    assert result.exit_code == 2
+    assert result.err.count(said) == 1 and "plugin 'mine'" in result.err
+    assert 'def register_backends(register): register("NAME", YourClass)' in result.err or \
+        'call register("NAME", YourClass)' in result.err
+    assert "unexpected" not in result.err

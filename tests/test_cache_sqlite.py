@@ -267,12 +267,18 @@ def test_two_processes_write_one_cache_at_once(tmp_path: Path) -> None:
     assert all(cache.get(_req(f"q{i}")).text == f"a{i}" for i in range(50))
 
 
-def test_max_size_drops_the_least_recently_used_first(tmp_path: Path) -> None:
-    clock = Clock()
-    store = SqliteStore.at(tmp_path, max_size="500KB", compress=False)  # entries of ~1.1 KB: about 450 fit
+def _bounded_store(tmp_path: Path, clock: Clock) -> SqliteStore:
+    """A 500 KB store holding entries 0-299 of ~1.1 KB each (about 450 fit), on ``clock``."""
+    store = SqliteStore.at(tmp_path, max_size="500KB", compress=False)
     store.clock = clock
     for i in range(300):
         store.put(_key(i), _value(i, 1000))
+    return store
+
+
+def test_max_size_drops_the_least_recently_used_first(tmp_path: Path) -> None:
+    clock = Clock()
+    store = _bounded_store(tmp_path, clock)
     assert len(store) == 300  # still under the bound
     clock.now += 2 * DAY
     assert store.get(_key(0)) is not None  # read again after a day: it moves to the back of the queue
@@ -644,10 +650,7 @@ def test_a_read_moves_an_entry_to_the_back_only_once_it_is_a_day_old(tmp_path: P
     # reads do not write: an entry read again moves to the back of the eviction order only a day (or more)
     # after it was stored or last moved
     clock = Clock()
-    store = SqliteStore.at(tmp_path, max_size="500KB", compress=False)  # entries of ~1.1 KB: about 450 fit
-    store.clock = clock
-    for i in range(300):
-        store.put(_key(i), _value(i, 1000))
+    store = _bounded_store(tmp_path, clock)
     clock.now += DAY - 1
     assert store.get(_key(0)) is not None  # read a second short of a day later: stays where it was
     clock.now += 1

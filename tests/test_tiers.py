@@ -343,19 +343,15 @@ def register_backends(register):
 '''
 
 
-def test_a_tier_the_backend_does_not_offer_is_refused_at_its_line_or_its_set(tmp_path: Path, home: Path,
-                                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from oaipipe.cli import main
-
-    (tmp_path / "flexless.py").write_text(FLEXLESS, encoding="utf-8")
-    (tmp_path / "r.csv").write_text("text\nhello\n", encoding="utf-8")
-    path = tmp_path / "p.yaml"
-    path.write_text("name: t\nplugins: [flexless.py]\nsource: {type: csv, path: r.csv}\n"
-                    "backend:\n  type: flexless\n  tier: priority\n"
-                    "steps: [{type: ask, prompt: 'Reply to: {text}', output: reply}]\n"
-                    "sinks: [{type: jsonl, path: out.jsonl}]\n", encoding="utf-8")
-    assert main(["run", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert f"{path}:6:3: backend.tier: backend flexless offers no tier priority (it offers standard, flex)" in err
-    assert main(["run", str(path), "--set", "backend.tier=priority", "--fresh"]) == 2
-    assert "backend.tier (from --set backend.tier=priority): backend flexless offers no tier" in capsys.readouterr().err
+def test_a_tier_the_backend_does_not_offer_is_refused_at_its_line_or_its_set(tmp_path: Path, home: Path) -> None:
+    project = PipelineProject(tmp_path)
+    path = project.write(plugins=["flexless.py"], files={"flexless.py": FLEXLESS},
+                         backend={"type": "flexless", "tier": "priority"})
+    line = next(n for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if "tier:" in text)
+    result = project.run(as_json=False)
+    assert result.exit_code == 2
+    assert f"{path}:{line}:" in result.err
+    assert "backend.tier: backend flexless offers no tier priority (it offers standard, flex)" in result.err
+    again = project.run("--set", "backend.tier=priority", "--fresh", as_json=False)
+    assert again.exit_code == 2
+    assert "backend.tier (from --set backend.tier=priority): backend flexless offers no tier" in again.err

@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from .common import stdout_output
+
 __all__ = ["evaluate_command", "score", "sentiment"]
 
 
@@ -131,7 +133,6 @@ def evaluate_command(data: str, label_column: str, text_column: str, analyzers: 
     """Evaluate analyzers on labelled DATA (.csv, .jsonl, .parquet, .xlsx or a saved dataset folder):
     accuracy, precision/recall per class, macro and weighted F1, confusion matrix."""
     from ..evaluate import evaluate, read_labelled
-    from .common import stdout_output
 
     if stdout_output(output):  # the JSON on standard output: what --json prints (so --json with it is fine)
         output, as_json = None, True
